@@ -1,0 +1,5 @@
+"""`python -m poold` is the `poold` console script."""
+
+from poold.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""The `poold` console script: one entry point, one subcommand per operator task.
+
+Each subcommand lives in the module that owns its area and exposes two functions:
+
+    add_arguments(parser: argparse.ArgumentParser) -> None
+    run(args: argparse.Namespace) -> int            # the process exit code
+
+Only the chosen subcommand's module is imported, so `poold --help` stays fast and a missing
+optional dependency of one area never breaks another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from poold import __version__
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    name: str
+    module: str
+    help: str
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("run", "poold.daemon", "run the pool and the fleet controller (the daemon)"),
+    Command("demo", "poold.demo", "devnet + pool + simulated fleet, finding real blocks"),
+    Command("devnet", "poold.devnet.cli", "a regtest node validated by Bitcoin Core's kernel"),
+    Command("check-config", "poold.config_cli", "validate a config file and name any bad key"),
+    Command("config", "poold.config_cli", "config helpers: `poold config example`"),
+    Command("status", "poold.client_cli", "pool and fleet status from the running daemon"),
+    Command("workers", "poold.client_cli", "connected workers from the running daemon"),
+    Command("blocks", "poold.client_cli", "found blocks and their audit state"),
+    Command("fleet", "poold.client_cli", "fleet: ls, cap RACK KW, curtail RACK, restore RACK"),
+    Command("audit", "poold.client_cli", "audit export --format csv|json [--since ...]"),
+)
+
+
+def _chosen(argv: Sequence[str]) -> Command | None:
+    names = {c.name: c for c in COMMANDS}
+    for arg in argv:
+        if arg.startswith("-"):
+            continue
+        return names.get(arg)
+    return None
+
+
+def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="poold",
+        description="Bitcoin mining site daemon: a Stratum V1 pool and a power-capped fleet "
+        "controller in one process.",
+    )
+    parser.add_argument("--version", action="version", version=f"poold {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="logging threshold (default INFO)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = _chosen(argv)
+    for cmd in COMMANDS:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        p.set_defaults(_module=cmd.module)
+        if chosen is not None and chosen.name == cmd.name:
+            module = _import(cmd.module)
+            if module is not None:
+                module.add_arguments(p)
+    return parser
+
+
+def _import(name: str) -> object | None:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and exc.name.startswith("poold"):
+            return None
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(args_list)
+    args = parser.parse_args(args_list)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        return 2
+    module = _import(args._module)
+    if module is None:
+        print(f"poold {args.command}: not yet", file=sys.stderr)
+        return 3
+    code: int = module.run(args)  # type: ignore[attr-defined]
+    return code
