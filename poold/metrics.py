@@ -1,0 +1,139 @@
+"""Every poold_* Prometheus metric, defined once, on an injected registry.
+
+Conventions (Prometheus naming guide): base units (seconds, watts, hashes per second), `_total`
+on counters (prometheus_client appends it), labels with bounded values only: `reason` is a
+`RejectReason` name, `node` a configured node name, `rack` a configured rack id, `driver` a driver
+kind. Worker names and IP addresses are never labels by default.
+
+Live state that is cheaper to read at scrape time than to keep updated (connections, template
+age) is exported through `Metrics.add_scrape_hook`, called by the collector before each scrape.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+# Latency buckets in seconds, from 50 µs (a share check) to 10 s (a slow RPC).
+_FAST = (50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1)
+_SLOW = (1e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _HookCollector(Collector):
+    """Runs scrape hooks (which set gauges) before the registry reads the metrics."""
+
+    def __init__(self) -> None:
+        self.hooks: list[Callable[[], None]] = []
+
+    def collect(self) -> Iterable[Metric]:
+        for hook in self.hooks:
+            hook()
+        return ()
+
+
+class Metrics:
+    """All poold metrics. Tests pass nothing and get a private registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = CollectorRegistry(auto_describe=True) if registry is None else registry
+        self.registry = r
+        self._hooks = _HookCollector()
+        # Registered first so that hooks run before the gauges they set are read.
+        r.register(self._hooks)
+
+        # -- Stratum
+        self.connections = Gauge(
+            "poold_stratum_connections", "Open Stratum connections", registry=r)
+        self.connections_total = Counter(
+            "poold_stratum_connection_attempts", "Stratum connection attempts by outcome",
+            ["result"], registry=r)
+        self.shares = Counter(
+            "poold_shares", "Shares by result and reject reason", ["result", "reason"],
+            registry=r)
+        self.accepted_difficulty = Counter(
+            "poold_accepted_difficulty", "Sum of the difficulty of accepted shares",
+            registry=r)
+        self.pool_hashrate = Gauge(
+            "poold_pool_hashrate_hashes_per_second",
+            "Pool hashrate estimated from accepted difficulty", registry=r)
+        self.workers = Gauge(
+            "poold_workers", "Authorized workers with a share in the last 10 minutes",
+            registry=r)
+        self.notify_latency = Histogram(
+            "poold_notify_fanout_seconds",
+            "Time from a new template to the last miner's notify written", buckets=_SLOW,
+            registry=r)
+        self.share_check_seconds = Histogram(
+            "poold_share_check_seconds", "Time to check one share (hashing included)",
+            buckets=_FAST, registry=r)
+
+        # -- Blocks and templates
+        self.blocks_found = Counter(
+            "poold_blocks_found", "Shares that met the network target", registry=r)
+        self.block_submits = Counter(
+            "poold_block_submits", "submitblock outcomes per node", ["node", "result"],
+            registry=r)
+        self.template_age = Gauge(
+            "poold_template_age_seconds", "Age of the template behind the current job",
+            registry=r)
+        self.tip_height = Gauge("poold_tip_height", "Height of the best known block", registry=r)
+
+        # -- Nodes
+        self.rpc_latency = Histogram(
+            "poold_rpc_latency_seconds", "bitcoind JSON-RPC latency", ["node", "method"],
+            buckets=_SLOW, registry=r)
+        self.rpc_errors = Counter(
+            "poold_rpc_errors", "bitcoind JSON-RPC failures", ["node", "method"], registry=r)
+        self.zmq_gaps = Counter(
+            "poold_zmq_gaps", "ZMQ sequence gaps or silences that forced a resync", ["node"],
+            registry=r)
+        self.node_up = Gauge(
+            "poold_node_up", "1 if the node answered its last health check", ["node"],
+            registry=r)
+
+        # -- Ledger
+        self.ledger_lag_seconds = Gauge(
+            "poold_ledger_lag_seconds", "Age of the oldest share not yet committed", registry=r)
+        self.ledger_lost_shares = Counter(
+            "poold_ledger_lost_shares", "Accepted shares that could not be persisted",
+            registry=r)
+        self.ledger_committed_shares = Counter(
+            "poold_ledger_committed_shares", "Accepted shares committed to the ledger",
+            registry=r)
+
+        # -- Fleet
+        self.rack_power_watts = Gauge(
+            "poold_rack_power_watts", "Rack power from telemetry (stale counted at worst case)",
+            ["rack"], registry=r)
+        self.rack_cap_watts = Gauge(
+            "poold_rack_cap_watts", "Rack power cap in force", ["rack"], registry=r)
+        self.rack_hashrate = Gauge(
+            "poold_rack_hashrate_hashes_per_second", "Rack hashrate verified by the pool",
+            ["rack"], registry=r)
+        self.site_power_watts = Gauge(
+            "poold_site_power_watts", "Site power from telemetry", registry=r)
+        self.site_cap_watts = Gauge(
+            "poold_site_cap_watts", "Site power cap in force", registry=r)
+        self.controller_commands = Counter(
+            "poold_controller_commands", "Firmware commands by driver and outcome",
+            ["driver", "result"], registry=r)
+        self.controller_command_seconds = Histogram(
+            "poold_controller_command_seconds", "Firmware command latency including read-back",
+            ["driver"], buckets=_SLOW, registry=r)
+        self.grid_signal_age = Gauge(
+            "poold_grid_signal_age_seconds", "Seconds since the last grid signal heartbeat",
+            registry=r)
+
+        # -- Process
+        self.native_core = Info("poold_share_core", "Share core in use", registry=r)
+        self.start_time = Gauge(
+            "poold_start_time_seconds", "Unix time the daemon started", registry=r)
+        self.start_time.set(time.time())
+
+    def add_scrape_hook(self, hook: Callable[[], None]) -> None:
+        """Call `hook` (which sets gauges from live state) before every scrape."""
+        self._hooks.hooks.append(hook)
