@@ -17,6 +17,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
 from poold import __version__
 
@@ -76,7 +77,7 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     return parser
 
 
-def _import(name: str) -> object | None:
+def _import(name: str) -> ModuleType | None:
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
@@ -100,5 +101,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if module is None:
         print(f"poold {args.command}: not yet", file=sys.stderr)
         return 3
-    code: int = module.run(args)  # type: ignore[attr-defined]
+    code: int = module.run(args)
     return code

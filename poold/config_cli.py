@@ -1,0 +1,35 @@
+"""`poold check-config -c FILE` and `poold config example`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from poold.config import DEFAULT_PATH, load_config, render_example
+from poold.errors import ConfigError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    if parser.prog.endswith("check-config"):
+        parser.add_argument("-c", "--config", type=Path, default=DEFAULT_PATH,
+                            help=f"config file (default {DEFAULT_PATH})")
+        return
+    sub = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    sub.add_parser("example", help="print a full commented example config")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.command == "config":
+        sys.stdout.write(render_example())
+        return 0
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"poold: config error: {exc}", file=sys.stderr)
+        return 2
+    racks = len(cfg.fleet.racks) if cfg.fleet is not None and hasattr(cfg.fleet, "racks") else 0
+    print(f"{cfg.source}: ok (network {cfg.pool.network.value}, payout {cfg.pool.payout}, "
+          f"{len(cfg.nodes)} node(s), stratum {cfg.stratum.listen[0]}:{cfg.stratum.listen[1]}, "
+          f"{racks} rack(s))")
+    return 0

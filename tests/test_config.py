@@ -1,0 +1,142 @@
+"""Config: defaults, overrides, credentials, errors that name key and file, the example file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from poold.bitcoin.address import Network
+from poold.config import OPTIONS, config_from_dict, load_config, reload_diff, render_example
+from poold.errors import ConfigError
+
+MINIMAL = """
+[pool]
+network = "regtest"
+[[nodes]]
+rpc_url = "http://127.0.0.1:18443"
+rpc_user = "u"
+rpc_password = "p"
+[stratum]
+listen = "127.0.0.1:3333"
+start_difficulty = 0.001
+min_difficulty = 0.00001
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "poold.toml"
+    p.write_text(text)
+    return p
+
+
+def test_minimal_file_gets_defaults(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL), env={})
+    assert cfg.pool.network is Network.REGTEST
+    assert cfg.stratum.listen == ("127.0.0.1", 3333)
+    assert cfg.stratum.version_mask == 0x1FFFE000
+    assert cfg.stratum.start_difficulty == 0.001
+    assert cfg.nodes[0].name == "node0"
+    assert cfg.api.listen == ("127.0.0.1", 9332)
+    assert cfg.ledger_url.endswith("/var/lib/poold/ledger.sqlite3")
+
+
+def test_issue_example_config_loads(tmp_path: Path) -> None:
+    text = MINIMAL.replace('network = "regtest"', 'network = "regtest"\npayout = "solo"\n'
+                           'coinbase_tag = "/poold/"\ninstance_id = 1')
+    text += 'max_difficulty = 1e15\nshare_interval_s = 10\nversion_mask = "1fffe000"\n'
+    cfg = load_config(write(tmp_path, text), env={})
+    assert cfg.stratum.max_difficulty == 1e15
+    assert cfg.pool.instance_id == 1
+
+
+@pytest.mark.parametrize(
+    ("patch", "key"),
+    [
+        (("[stratum]", "[stratum]\nlisten_port = 1"), "stratum.listen_port"),
+        (('listen = "127.0.0.1:3333"', 'listen = "nowhere"'), "stratum.listen"),
+        (('network = "regtest"', 'network = "mainnet"'), "pool.network"),
+        (("start_difficulty = 0.001", "start_difficulty = 1e20"), "stratum.start_difficulty"),
+        (("start_difficulty = 0.001", 'start_difficulty = "x"'), "stratum.start_difficulty"),
+        (('rpc_url = "http://127.0.0.1:18443"', 'rpc_url = "127.0.0.1"'), "nodes[0].rpc_url"),
+        (('rpc_password = "p"', ""), "nodes[0].rpc_user"),
+        (("[pool]", "[pool]\npayout = \"reserve\""), "pool.reserve_address"),
+        (("[pool]", "[pool]\nreserve_address = \"bc1qnotanaddress\""), "pool.reserve_address"),
+        (("[pool]", "[pool]\ninstance_id = 300"), "pool.instance_id"),
+        (("[stratum]", "[stratum]\nversion_mask = \"ffffffff\""), "stratum.version_mask"),
+        (("[pool]", "[pools]\n[pool]"), "pools"),
+    ],
+)
+def test_errors_name_the_key_and_file(tmp_path: Path, patch: tuple[str, str], key: str) -> None:
+    path = write(tmp_path, MINIMAL.replace(*patch, 1))
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, env={})
+    assert exc.value.key == key
+    assert str(path) in str(exc.value)
+
+
+def test_syntax_error_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[pool\n")
+    with pytest.raises(ConfigError, match=r"poold\.toml"):
+        load_config(path, env={})
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "absent.toml", env={})
+
+
+def test_env_overrides_and_names_the_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL)
+    cfg = load_config(path, env={"POOLD_NODES_0_RPC_PASSWORD": "secret",
+                                 "POOLD_STRATUM_SHARE_INTERVAL_S": "5"})
+    assert cfg.nodes[0].rpc_password == "secret"
+    assert cfg.stratum.share_interval_s == 5.0
+    with pytest.raises(ConfigError) as exc:
+        load_config(path, env={"POOLD_STRATUM_MAX_PER_IP": "many"})
+    assert exc.value.key == "stratum.max_per_ip"
+    assert exc.value.source == "env:POOLD_STRATUM_MAX_PER_IP"
+
+
+def test_systemd_credentials_for_secrets(tmp_path: Path) -> None:
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "nodes.0.rpc_password").write_text("from-credential\n")
+    (creds / "api.write_tokens").write_text("tok1,tok2")
+    cfg = load_config(write(tmp_path, MINIMAL), env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert cfg.nodes[0].rpc_password == "from-credential"
+    assert cfg.api.write_tokens == ("tok1", "tok2")
+
+
+def test_secrets_not_in_repr(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, MINIMAL), env={"POOLD_API_WRITE_TOKENS": "hunter2"})
+    assert "hunter2" not in repr(cfg)
+    assert "rpc_password" not in repr(cfg.nodes[0])
+
+
+def test_example_is_complete_and_loads(tmp_path: Path) -> None:
+    text = render_example()
+    for opt in OPTIONS:
+        assert f"\n{opt.key} = " in text, opt.dotted
+    cfg = load_config(write(tmp_path, text), env={})
+    assert cfg.pool.network is Network.MAIN
+
+
+def test_deploy_example_matches_generator() -> None:
+    example = Path(__file__).parent.parent / "deploy" / "poold.toml.example"
+    assert example.read_text() == render_example(), (
+        "deploy/poold.toml.example is stale: run `poold config example > deploy/poold.toml.example`"
+    )
+
+
+def test_reload_diff_splits_safe_and_unsafe(tmp_path: Path) -> None:
+    a = load_config(write(tmp_path, MINIMAL), env={})
+    b = config_from_dict(
+        {"pool": {"network": "regtest"},
+         "nodes": [{"rpc_url": "http://127.0.0.1:18443", "rpc_user": "u", "rpc_password": "p"}],
+         "stratum": {"listen": "127.0.0.1:4444", "start_difficulty": 0.001,
+                     "min_difficulty": 0.0001}},
+        env={})
+    applied, ignored = reload_diff(a, b)
+    assert applied == ["stratum.min_difficulty"]
+    assert ignored == ["stratum.listen"]
