@@ -1,0 +1,199 @@
+"""Admin API over real HTTP on loopback: probes, metrics, auth scopes, clear 4xx on bad input.
+
+The backend here is a small recording fake: this tests the API's own behaviour (routing, auth,
+validation, error shapes); the daemon's real backend is exercised by the integration tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import aiohttp
+import pytest
+
+from poold.api import AdminApi, ApiError
+from poold.metrics import Metrics
+
+READ, WRITE = "read-token-1", "write-token-1"
+
+
+class FakeBackend:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.ready = {"bitcoind": True, "template_fresh": True, "ledger": True}
+
+    def readiness(self) -> Mapping[str, bool]:
+        return self.ready
+
+    def pool(self) -> dict[str, Any]:
+        return {"hashrate_hs": 1e15, "workers": 2}
+
+    def workers(self) -> Sequence[dict[str, Any]]:
+        return [{"name": "acct.w1"}]
+
+    async def blocks(self, since: float | None) -> Sequence[dict[str, Any]]:
+        self.calls.append(("blocks", since))
+        return [{"height": 101}]
+
+    def racks(self) -> Sequence[dict[str, Any]]:
+        return [{"id": "r1", "cap_w": 30000}]
+
+    def miners(self, rack: str | None) -> Sequence[dict[str, Any]]:
+        return [{"id": "m1", "rack": rack}]
+
+    def budgets(self) -> dict[str, Any]:
+        return {"site_kw": 100}
+
+    async def set_cap(self, scope: str, kw: float) -> dict[str, Any]:
+        if scope not in ("site", "r1"):
+            raise ApiError(404, "unknown rack", scope)
+        self.calls.append(("cap", (scope, kw)))
+        return {"scope": scope, "kw": kw}
+
+    async def curtail(self, rack: str) -> dict[str, Any]:
+        self.calls.append(("curtail", rack))
+        return {"rack": rack}
+
+    async def restore(self, rack: str) -> dict[str, Any]:
+        self.calls.append(("restore", rack))
+        return {"rack": rack}
+
+    async def grid_signal(self, cap_kw: float | None, ttl_s: float | None) -> dict[str, Any]:
+        self.calls.append(("grid", (cap_kw, ttl_s)))
+        return {"ok": True}
+
+    async def reconnect_worker(self, worker: str) -> dict[str, Any]:
+        self.calls.append(("reconnect", worker))
+        return {"worker": worker}
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[tuple[str, FakeBackend, Metrics]]:
+    backend = FakeBackend()
+    metrics = Metrics()
+    server = AdminApi(backend, metrics.registry, read_tokens=[READ], write_tokens=[WRITE])
+    await server.start("127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.port}", backend, metrics
+    finally:
+        await server.stop()
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_probes_and_metrics_need_no_token(api: tuple[str, FakeBackend, Metrics]) -> None:
+    url, backend, metrics = api
+    metrics.blocks_found.inc()
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{url}/healthz") as r:
+            assert r.status == 200
+            assert (await r.json())["status"] == "alive"
+        async with s.get(f"{url}/readyz") as r:
+            assert r.status == 200
+        backend.ready["ledger"] = False
+        async with s.get(f"{url}/readyz") as r:
+            assert r.status == 503
+            assert (await r.json())["checks"]["ledger"] is False
+        async with s.get(f"{url}/metrics") as r:
+            assert r.status == 200
+            assert "poold_blocks_found_total 1.0" in await r.text()
+
+
+async def test_reads_need_a_read_or_write_token(api: tuple[str, FakeBackend, Metrics]) -> None:
+    url, _, _ = api
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{url}/api/v1/pool") as r:
+            assert r.status == 401
+        async with s.get(f"{url}/api/v1/pool", headers=auth("wrong")) as r:
+            assert r.status == 403
+        for token in (READ, WRITE):
+            async with s.get(f"{url}/api/v1/pool", headers=auth(token)) as r:
+                assert r.status == 200
+                assert (await r.json())["workers"] == 2
+        async with s.get(f"{url}/api/v1/miners?rack=r1", headers=auth(READ)) as r:
+            assert (await r.json())["miners"][0]["rack"] == "r1"
+
+
+async def test_writes_need_the_write_scope(api: tuple[str, FakeBackend, Metrics]) -> None:
+    url, backend, _ = api
+    async with aiohttp.ClientSession() as s:
+        async with s.put(f"{url}/api/v1/racks/r1/cap", json={"kw": 20}) as r:
+            assert r.status == 401
+        async with s.put(f"{url}/api/v1/racks/r1/cap", json={"kw": 20},
+                         headers=auth(READ)) as r:
+            assert r.status == 403
+        async with s.put(f"{url}/api/v1/racks/r1/cap", json={"kw": 20},
+                         headers=auth(WRITE)) as r:
+            assert r.status == 200
+    assert backend.calls == [("cap", ("r1", 20.0))]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/api/v1/racks/r1/cap", b"{not json", 400, "body is not valid JSON"),
+        ("/api/v1/racks/r1/cap", b"[1]", 400, "body must be a JSON object"),
+        ("/api/v1/racks/r1/cap", b"{}", 400, "missing field 'kw'"),
+        ("/api/v1/racks/r1/cap", b'{"kw": "ten"}', 400, "field 'kw' must be a number"),
+        ("/api/v1/racks/r1/cap", b'{"kw": -1}', 422, "field 'kw' out of range"),
+        ("/api/v1/racks/r1/cap", b'{"kw": 1e9}', 422, "field 'kw' out of range"),
+        ("/api/v1/racks/nope/cap", b'{"kw": 1}', 404, "unknown rack"),
+        ("/api/v1/site/cap", b'{"kw": true}', 400, "field 'kw' must be a number"),
+    ],
+)
+async def test_bad_input_is_a_clear_4xx(
+    api: tuple[str, FakeBackend, Metrics], path: str, body: bytes, status: int, message: str
+) -> None:
+    url, backend, _ = api
+    async with aiohttp.ClientSession() as s:
+        async with s.put(f"{url}{path}", data=body, headers=auth(WRITE)) as r:
+            assert r.status == status
+            assert (await r.json())["error"] == message
+    assert backend.calls == []
+
+
+async def test_grid_signal_and_reconnect(api: tuple[str, FakeBackend, Metrics]) -> None:
+    url, backend, _ = api
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{url}/api/v1/grid/signal", json={"cap_kw": 500, "ttl_s": 60},
+                          headers=auth(WRITE)) as r:
+            assert r.status == 200
+        async with s.post(f"{url}/api/v1/workers/acct.w1/reconnect", headers=auth(WRITE)) as r:
+            assert r.status == 200
+    assert backend.calls == [("grid", (500.0, 60.0)), ("reconnect", "acct.w1")]
+
+
+async def test_writes_disabled_without_write_tokens() -> None:
+    server = AdminApi(FakeBackend(), Metrics().registry)
+    await server.start("127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{server.port}/api/v1/racks") as r:
+                assert r.status == 200
+            async with s.post(f"http://127.0.0.1:{server.port}/api/v1/racks/r1/curtail",
+                              headers=auth("anything")) as r:
+                assert r.status == 403
+    finally:
+        await server.stop()
+
+
+async def test_openapi_lists_every_route(api: tuple[str, FakeBackend, Metrics]) -> None:
+    url, _, _ = api
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{url}/api/v1/openapi.json") as r:
+            doc = await r.json()
+    assert doc["openapi"].startswith("3.")
+    for p in ("/api/v1/pool", "/api/v1/racks/{rack}/cap", "/api/v1/grid/signal",
+              "/api/v1/workers/{worker}/reconnect"):
+        assert p in doc["paths"]
+
+
+async def test_unknown_route_is_json_404(api: tuple[str, FakeBackend, Metrics]) -> None:
+    url, _, _ = api
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{url}/api/v1/nothing", headers=auth(READ)) as r:
+            assert r.status == 404
+            assert "error" in await r.json()
