@@ -1,0 +1,1 @@
+"""bitcoind I/O: JSON-RPC client, ZMQ hashblock listener, templates, and the set of nodes."""

@@ -1,0 +1,592 @@
+"""All configured bitcoind nodes as one source of templates and one sink for blocks.
+
+Responsibilities:
+- health: every node passes the startup check (`RpcClient.check` + a template that parses) before
+  it is used; a node that fails a call is marked down and re-checked in the background with capped
+  backoff, and comes back by itself;
+- tip tracking: ZMQ `hashblock` from every node that publishes it is a hint; a sequence gap, a
+  disconnect, a silence, or no ZMQ at all switches that node to polling `getbestblockhash`
+  (`poll_interval_s`, 250 ms default). The RPC answer is always the truth;
+- templates: on a new tip, a template from the node that announced it at once; if it is not there
+  within `empty_first_ms`, a coinbase-only template built from `getblockheader` of the new tip is
+  published first (new_tip=True, so miners drop the old tip), and the full template follows as
+  new_tip=False: the empty job is still valid work on the same tip, so miners need not discard it.
+  Every `refresh_s` a template from the healthiest node, for fees (new_tip=False unless the tip
+  moved);
+- blocks: `submit_block` goes to every node in parallel, retries transport failures for a bounded
+  time while no node has accepted, and never raises: it returns the outcome per node.
+
+Ordering rules for templates (`_publish`): answers to requests issued before the one that produced
+the current template are dropped; a different prevhash replaces the current template only if it is
+higher, or comes from the node the current one came from (that node's own reorg). That keeps a
+lagging node from pulling miners back onto an old tip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from poold.bitcoin.byteorder import hash_from_hex
+from poold.node.rpc import (
+    Backoff,
+    NodeCheckError,
+    NodeInfo,
+    NodeUnavailable,
+    RpcClient,
+    RpcError,
+    ThrottledLog,
+)
+from poold.node.templates import Template, TemplateError, empty_template_for_tip, parse_gbt
+from poold.node.zmqsub import HashblockListener
+
+if TYPE_CHECKING:
+    import zmq.asyncio
+
+    from poold.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+TemplateCallback = Callable[[Template, bool], None]
+
+
+class NodeSettings(Protocol):
+    """The fields of `poold.config.NodeConfig` this module reads (read-only)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def rpc_url(self) -> str: ...
+    @property
+    def rpc_user(self) -> str | None: ...
+    @property
+    def rpc_password(self) -> str | None: ...
+    @property
+    def rpc_cookie_file(self) -> Path | str | None: ...
+    @property
+    def zmq_hashblock(self) -> str | None: ...
+    @property
+    def timeout_s(self) -> float: ...
+
+
+class TemplateSettings(Protocol):
+    """The fields of `poold.config.TemplatesConfig` this module reads (read-only)."""
+
+    @property
+    def poll_interval_s(self) -> float: ...
+    @property
+    def refresh_s(self) -> float: ...
+    @property
+    def empty_first_ms(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    """A NodeSettings for tests, the devnet and the CLI (the daemon passes NodeConfig)."""
+
+    name: str
+    rpc_url: str
+    rpc_user: str | None = None
+    rpc_password: str | None = None
+    rpc_cookie_file: Path | str | None = None
+    zmq_hashblock: str | None = None
+    timeout_s: float = 10.0
+
+    def __repr__(self) -> str:
+        return f"NodeSpec(name={self.name!r}, zmq_hashblock={self.zmq_hashblock!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateTiming:
+    """A TemplateSettings with the documented defaults."""
+
+    poll_interval_s: float = 0.25
+    refresh_s: float = 30.0
+    empty_first_ms: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    name: str
+    up: bool
+    tip_hex: str | None
+    zmq: str  # "off", "ok", "down", "gap", "silent"
+    last_error: str | None
+
+
+def gbt_rules(chain: str) -> tuple[str, ...]:
+    """The `rules` poold announces to getblocktemplate (BIP9): segwit, and signet on signet."""
+    return ("segwit", "signet") if chain == "signet" else ("segwit",)
+
+
+class _Node:
+    def __init__(self, spec: NodeSettings, client: RpcClient) -> None:
+        self.name = spec.name
+        self.spec = spec
+        self.client = client
+        self.up = False
+        self.info: NodeInfo | None = None
+        self.last_error: str | None = None
+        self.tip_hex: str | None = None  # last tip this node told us about (ZMQ or RPC)
+        self.listener: HashblockListener | None = None
+        self.down = asyncio.Event()  # set while the node needs re-checking
+        self.wake = asyncio.Event()  # wakes the poller early (gap, disconnect)
+
+
+class NodeSet:
+    """Templates from the healthiest node, new tips from the fastest, blocks to all."""
+
+    def __init__(
+        self,
+        nodes: Sequence[NodeSettings],
+        *,
+        chain: str,
+        templates: TemplateSettings | None = None,
+        metrics: Metrics | None = None,
+        zmq_silence_s: float = 900.0,
+        safety_poll_s: float = 5.0,
+        submit_deadline_s: float = 30.0,
+        health_backoff_cap_s: float = 10.0,
+        zmq_context: zmq.asyncio.Context | None = None,
+    ) -> None:
+        if not nodes:
+            raise ValueError("NodeSet needs at least one node")
+        names = [n.name for n in nodes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"node names must be unique: {names}")
+        timing = templates or TemplateTiming()
+        self.chain = chain
+        self.rules = gbt_rules(chain)
+        self.poll_interval_s = timing.poll_interval_s
+        self.refresh_s = timing.refresh_s
+        self.empty_first_ms = timing.empty_first_ms
+        self.zmq_silence_s = zmq_silence_s
+        self.safety_poll_s = safety_poll_s
+        self.submit_deadline_s = submit_deadline_s
+        self.health_backoff_cap_s = health_backoff_cap_s
+        self._metrics = metrics
+        self._zmq_context = zmq_context
+        self._specs = tuple(nodes)
+        self._nodes: list[_Node] = []
+        self._subscribers: list[TemplateCallback] = []
+        self._latest: Template | None = None
+        self._latest_seq = -1
+        self._seq = itertools.count()
+        self._inflight: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._throttle = ThrottledLog(log)
+        self.tip_changes = 0
+
+    # -- public API -----------------------------------------------------------------------------
+
+    @property
+    def latest(self) -> Template | None:
+        return self._latest
+
+    def subscribe(self, callback: TemplateCallback) -> None:
+        """`callback(template, new_tip)` for every published template (new_tip = clean_jobs)."""
+        self._subscribers.append(callback)
+
+    def healthy(self) -> bool:
+        return self._latest is not None and any(n.up for n in self._nodes)
+
+    def status(self) -> list[NodeStatus]:
+        return [
+            NodeStatus(n.name, n.up, n.tip_hex, self._zmq_state(n), n.last_error)
+            for n in self._nodes
+        ]
+
+    def client(self, name: str) -> RpcClient:
+        for node in self._nodes:
+            if node.name == name:
+                return node.client
+        raise KeyError(name)
+
+    def listener(self, name: str) -> HashblockListener | None:
+        for node in self._nodes:
+            if node.name == name:
+                return node.listener
+        raise KeyError(name)
+
+    async def start(self) -> None:
+        """Check every node, get the first template, start the background loops.
+
+        Raises NodeCheckError if a node is on the wrong chain (a configuration error), and
+        NodeUnavailable if no node can give a template. Nodes that are merely unreachable are
+        retried in the background.
+        """
+        for spec in self._specs:
+            client = RpcClient(
+                spec.rpc_url, name=spec.name, user=spec.rpc_user, password=spec.rpc_password,
+                cookie_file=spec.rpc_cookie_file, timeout_s=spec.timeout_s, metrics=self._metrics,
+            )
+            await client.start()
+            self._nodes.append(_Node(spec, client))
+        results = await asyncio.gather(
+            *(self._check(n) for n in self._nodes), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, NodeCheckError):
+                await self.stop()
+                raise result
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                await self.stop()
+                raise result
+        ready = [r for r in results if isinstance(r, Template)]
+        if not ready:
+            errors = "; ".join(f"{n.name}: {n.last_error}" for n in self._nodes)
+            await self.stop()
+            raise NodeUnavailable(f"no node can give a block template ({errors})")
+        # Configuration order is the operator's preference.
+        self._publish(ready[0], next(self._seq))
+        if self._metrics is not None:
+            self._metrics.add_scrape_hook(self._export_template_age)
+        for node in self._nodes:
+            self._spawn(self._health_loop(node), f"health-{node.name}")
+            self._spawn(self._poll_loop(node), f"poll-{node.name}")
+            if node.spec.zmq_hashblock:
+                node.listener = HashblockListener(
+                    node.name, node.spec.zmq_hashblock, self._zmq_callback(node),
+                    on_disconnect=node.wake.set, context=self._zmq_context,
+                )
+                self._spawn(node.listener.run(), f"zmq-{node.name}")
+        self._spawn(self._refresh_loop(), "template-refresh")
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        for node in self._nodes:
+            await node.client.close()
+
+    async def __aenter__(self) -> NodeSet:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def refresh(self) -> Template | None:
+        """Fetch a template from the healthiest node now; the published template or None."""
+        seq = next(self._seq)
+        for node in self._ranked():
+            try:
+                template = await self._template(node)
+            except (NodeUnavailable, RpcError, TemplateError) as e:
+                self._mark_down(node, e)
+                continue
+            self._publish(template, seq)
+            return template
+        self._throttle.warning("no-template", "no healthy node can give a template")
+        return None
+
+    async def submit_block(self, block: bytes) -> dict[str, str | None]:
+        """Submit to every node in parallel; node name -> None (accepted) or the reason/error.
+
+        Never raises. A node's BIP22 answer ("duplicate", "high-hash", ...) is final; transport
+        failures are retried with backoff until some node accepts or `submit_deadline_s` passes.
+        """
+        block_hex = block.hex()
+        accepted = asyncio.Event()
+        results = await asyncio.gather(
+            *(self._submit_one(n, block_hex, accepted) for n in self._nodes),
+            return_exceptions=True,
+        )
+        out: dict[str, str | None] = {}
+        for node, result in zip(self._nodes, results, strict=True):
+            if isinstance(result, BaseException):
+                # _submit_one handles every expected failure; this is a bug, but the caller still
+                # gets an answer for the block instead of an exception.
+                log.error("submitblock to %s failed unexpectedly: %r", node.name, result)
+                out[node.name] = f"error: {type(result).__name__}: {result}"
+            else:
+                out[node.name] = result
+        return out
+
+    # -- health ---------------------------------------------------------------------------------
+
+    async def _check(self, node: _Node) -> Template:
+        """Startup/recovery check; on success the node is up and its template is returned."""
+        try:
+            node.info = await node.client.check(self.chain)
+            template = await self._template(node)
+        except (NodeUnavailable, RpcError, TemplateError, NodeCheckError) as e:
+            self._mark_down(node, e)
+            raise
+        node.tip_hex = template.prevhash_hex
+        self._mark_up(node)
+        return template
+
+    def _mark_up(self, node: _Node) -> None:
+        was_up = node.up
+        node.up = True
+        node.last_error = None
+        node.down.clear()
+        self._throttle.clear(f"down-{node.name}")
+        if self._metrics is not None:
+            self._metrics.node_up.labels(node=node.name).set(1)
+        if not was_up and self._tasks:
+            log.info("node %s is back", node.name)
+
+    def _mark_down(self, node: _Node, error: BaseException) -> None:
+        node.last_error = str(error)
+        if node.up:
+            log.warning("node %s is down: %s", node.name, error)
+        else:
+            self._throttle.warning(f"down-{node.name}", "node %s still down: %s", node.name, error)
+        node.up = False
+        node.down.set()
+        if self._metrics is not None:
+            self._metrics.node_up.labels(node=node.name).set(0)
+
+    async def _health_loop(self, node: _Node) -> None:
+        backoff = Backoff(initial_s=0.1, cap_s=self.health_backoff_cap_s)
+        while True:
+            await node.down.wait()
+            await asyncio.sleep(backoff.next_delay())
+            try:
+                template = await self._check(node)
+            except (NodeUnavailable, RpcError, TemplateError, NodeCheckError):
+                continue
+            backoff.reset()
+            # It may have missed tips while down, or be the preferred node again.
+            self._publish(template, next(self._seq))
+
+    def _ranked(self) -> list[_Node]:
+        """Up nodes in configuration order (the operator's preference), then the rest."""
+        return [n for n in self._nodes if n.up] + [n for n in self._nodes if not n.up]
+
+    # -- tips -----------------------------------------------------------------------------------
+
+    def _zmq_state(self, node: _Node) -> str:
+        listener = node.listener
+        if listener is None:
+            return "off"
+        if not listener.connected:
+            return "down"
+        if listener.gap_pending:
+            return "gap"
+        if listener.silent_for() > self.zmq_silence_s:
+            return "silent"
+        return "ok"
+
+    def _zmq_callback(self, node: _Node) -> Callable[[str, bool], None]:
+        def on_hint(tip_hex: str, gap: bool) -> None:
+            self._on_zmq(node, tip_hex, gap)
+
+        return on_hint
+
+    def _on_zmq(self, node: _Node, tip_hex: str, gap: bool) -> None:
+        if gap:
+            if self._metrics is not None:
+                self._metrics.zmq_gaps.labels(node=node.name).inc()
+            # Lost messages: what we got may not be the tip. Ask the node (the poller resyncs at
+            # once and keeps polling until ZMQ is in sequence again).
+            node.wake.set()
+            return
+        self._on_tip(node, tip_hex)
+
+    def _on_tip(self, node: _Node, tip_hex: str) -> None:
+        """A node says its tip is `tip_hex` (hint or RPC answer). Start a fetch if it is new."""
+        node.tip_hex = tip_hex
+        latest = self._latest
+        if latest is not None and latest.prevhash_hex == tip_hex:
+            return
+        if tip_hex in self._inflight:
+            return
+        self._inflight.add(tip_hex)
+        self._spawn(self._new_tip(node, tip_hex), f"new-tip-{node.name}")
+
+    async def _poll_loop(self, node: _Node) -> None:
+        while True:
+            zmq_state = self._zmq_state(node)
+            interval = self.poll_interval_s if zmq_state != "ok" else self.safety_poll_s
+            if node.up:
+                try:
+                    tip_hex = await node.client.getbestblockhash()
+                except (NodeUnavailable, RpcError) as e:
+                    self._mark_down(node, e)
+                else:
+                    if tip_hex != node.tip_hex or zmq_state == "gap":
+                        self._on_tip(node, tip_hex)
+            node.wake.clear()
+            try:
+                await asyncio.wait_for(node.wake.wait(), interval)
+            except TimeoutError:
+                pass
+
+    async def _new_tip(self, node: _Node, tip_hex: str) -> None:
+        seq = next(self._seq)
+        try:
+            if not node.up:
+                await self.refresh()
+                return
+            previous = self._latest
+            gbt = asyncio.ensure_future(self._template(node))
+            header: asyncio.Future[dict[str, object]] | None = None
+            if previous is not None and self.empty_first_ms >= 0:
+                header = asyncio.ensure_future(node.client.getblockheader(tip_hex))
+            try:
+                await asyncio.wait({gbt}, timeout=self.empty_first_ms / 1000.0)
+                if not gbt.done() and header is not None and previous is not None:
+                    empty = await self._empty_for(node, tip_hex, header, previous)
+                    if empty is not None and not gbt.done():
+                        self._publish(empty, seq)
+                template = await gbt
+            except (NodeUnavailable, RpcError, TemplateError) as e:
+                self._mark_down(node, e)
+                await self.refresh()
+                return
+            finally:
+                for fut in (gbt, header):
+                    if fut is not None and not fut.done():
+                        fut.cancel()
+            self._publish(template, seq)
+        finally:
+            self._inflight.discard(tip_hex)
+
+    async def _empty_for(
+        self, node: _Node, tip_hex: str, header: asyncio.Future[dict[str, object]],
+        previous: Template,
+    ) -> Template | None:
+        try:
+            hdr = await header
+        except (NodeUnavailable, RpcError) as e:
+            log.debug("node %s: getblockheader %s failed: %s", node.name, tip_hex, e)
+            return None
+        confirmations = hdr.get("confirmations")
+        height = hdr.get("height")
+        bits_hex = hdr.get("bits")
+        mediantime = hdr.get("mediantime")
+        if not (
+            isinstance(height, int) and isinstance(bits_hex, str)
+            and isinstance(mediantime, int) and confirmations == 1
+        ):
+            # confirmations != 1: no longer the tip (or not on the active chain); wait for GBT.
+            return None
+        return empty_template_for_tip(
+            previous,
+            tip_hash=hash_from_hex(tip_hex),
+            tip_height=height,
+            tip_bits=int(bits_hex, 16),
+            tip_mediantime=mediantime,
+            chain=self.chain,
+            now=int(time.time()),
+            received_at=time.time(),
+            source=node.name,
+        )
+
+    # -- templates ------------------------------------------------------------------------------
+
+    async def _template(self, node: _Node) -> Template:
+        result = await node.client.getblocktemplate(self.rules)
+        return parse_gbt(result, received_at=time.time(), source=node.name)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            await self.refresh()
+
+    def _publish(self, template: Template, seq: int) -> bool:
+        current = self._latest
+        if current is not None:
+            if seq < self._latest_seq:
+                return False  # answer to a request older than the current template's
+            if template.prevhash == current.prevhash:
+                if template.is_empty and not current.is_empty:
+                    return False  # never replace transactions by an empty block on one tip
+                if template.is_empty and current.is_empty:
+                    return False
+                new_tip = False
+            elif template.height > current.height or template.source == current.source:
+                new_tip = True
+            else:
+                log.debug(
+                    "template from %s at height %d ignored: current tip %s at %d from %s",
+                    template.source, template.height, current.prevhash_hex, current.height,
+                    current.source,
+                )
+                return False
+        else:
+            new_tip = True
+        self._latest = template
+        self._latest_seq = seq
+        if new_tip:
+            self.tip_changes += 1
+            log.info(
+                "new tip %s height %d from %s%s", template.prevhash_hex, template.height,
+                template.source, " (empty first)" if template.is_empty else "",
+            )
+        if self._metrics is not None:
+            self._metrics.tip_height.set(template.height - 1)
+        for callback in self._subscribers:
+            try:
+                callback(template, new_tip)
+            except Exception:
+                # A subscriber's bug must not stop the others from getting work.
+                log.exception("template subscriber %r failed", callback)
+        return True
+
+    def _export_template_age(self) -> None:
+        latest = self._latest
+        if latest is not None and self._metrics is not None:
+            self._metrics.template_age.set(max(0.0, time.time() - latest.received_at))
+
+    # -- blocks ---------------------------------------------------------------------------------
+
+    async def _submit_one(self, node: _Node, block_hex: str, accepted: asyncio.Event) -> str | None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.submit_deadline_s
+        backoff = Backoff(initial_s=0.05, cap_s=2.0)
+        while True:
+            try:
+                result = await node.client.submitblock(block_hex)
+            except RpcError as e:
+                self._count_submit(node, "rejected")
+                log.error("submitblock to %s: RPC error %d %s", node.name, e.code, e.message)
+                return f"rpc-error {e.code}: {e.message}"
+            except NodeUnavailable as e:
+                self._mark_down(node, e)
+                delay = backoff.next_delay()
+                if accepted.is_set() or loop.time() + delay >= end:
+                    self._count_submit(node, "error")
+                    log.error("submitblock to %s failed: %s", node.name, e)
+                    return f"error: {e}"
+                log.warning("submitblock to %s failed (%s); retrying in %.2f s",
+                            node.name, e, delay)
+                try:
+                    await asyncio.wait_for(accepted.wait(), delay)
+                except TimeoutError:
+                    pass
+                # Another node accepted meanwhile: one last attempt, then give up.
+                continue
+            if result is None:
+                accepted.set()
+                self._count_submit(node, "accepted")
+                log.info("submitblock to %s: accepted", node.name)
+            else:
+                self._count_submit(node, "rejected")
+                log.warning("submitblock to %s: %s", node.name, result)
+            return result
+
+    def _count_submit(self, node: _Node, result: str) -> None:
+        if self._metrics is not None:
+            self._metrics.block_submits.labels(node=node.name, result=result).inc()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("node task %s died", task.get_name(), exc_info=task.exception())
