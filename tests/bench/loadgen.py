@@ -1,0 +1,319 @@
+"""Stratum V1 load generator: many miner connections per process over real TCP.
+
+Run as its own process (the benchmarks pin it to the core the server does not use):
+
+    python -m tests.bench.loadgen --port 3333 --conns 1000 --pipeline 4 --user ADDR
+
+Protocol with the parent on stdin/stdout (one JSON object per line on stdout):
+  -> {"event": "ready", "connected": n, "subscribed": n}    after every handshake completed
+  <- "go <seconds>"                                         start submitting for that long
+  -> {"event": "done", "answered": n, "accepted": n, "rejected": n, "seconds": s,
+      "p50_ms": x, "p99_ms": y}
+  <- "watch <limit_s>"   stamp each connection's first clean job on a new prevhash:
+  -> {"event": "watching"}, later
+  -> {"event": "clean", "first": t, "last": t, "count": n}  (time.time() stamps)
+  <- "quit"
+
+Efficiency matters more than elegance here: raw asyncio Protocols, one write per reply batch,
+submit lines built from preformatted pieces with random nonces, and JSON parsed only for the
+rare `mining.notify`/`set_difficulty` lines. Replies are recognised by their `"id":` prefix; a
+connection keeps `pipeline` submits outstanding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import resource
+import sys
+import time
+from collections import deque
+
+# job_id, prevhash, ... ntime, clean_jobs of a mining.notify (params = 9 items, pools.md §3.7).
+NOTIFY_RE = re.compile(
+    rb'"params"\s*:\s*\[\s*"([^"]*)"\s*,\s*"([0-9a-fA-F]{64})"\s*,.*\]\s*,'
+    rb'\s*"[0-9a-fA-F]{8}"\s*,\s*"[0-9a-fA-F]{8}"\s*,\s*"([0-9a-fA-F]{8})"\s*,\s*(true|false)\s*\]'
+)
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.answered = 0
+        self.accepted = 0
+        self.rejected = 0
+        self.latencies: list[float] = []
+        self.sample_every = 16
+        self.clean_seen: list[float] = []
+        self.watching = False
+        self.all_clean = asyncio.Event()
+
+
+class MinerConn(asyncio.Protocol):
+    """One simulated miner. Submits only while `gen.running`."""
+
+    def __init__(self, gen: LoadGen, index: int) -> None:
+        self.gen = gen
+        self.index = index
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.subscribed = False
+        self.authorized = False
+        self.job_id: str | None = None
+        self.ntime = "00000000"
+        self.prevhash = ""
+        self.prefix = b""
+        self.next_id = 10
+        self.sent_at: deque[float] = deque()
+        self.outstanding = 0
+        self.counter = random.getrandbits(32)
+        self.ready = asyncio.get_running_loop().create_future()
+        self.clean_at: float | None = None
+        self.watch_from = ""
+        self.en2_hex_len = 16
+        self.en2_mask = (1 << 64) - 1
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        user = self.gen.user
+        transport.write(
+            b'{"id":1,"method":"mining.subscribe","params":["poold-loadgen/1"]}\n'
+            + b'{"id":2,"method":"mining.authorize","params":["'
+            + user.encode()
+            + b'","x"]}\n'
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gen.lost += 1
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionError(f"conn {self.index} lost: {exc}"))
+
+    def _set_job_fields(self, job_id: str, prevhash: str, ntime: str, clean: bool) -> None:
+        self.job_id = job_id
+        self.prevhash = prevhash
+        self.ntime = ntime
+        self.prefix = (
+            b',"method":"mining.submit","params":["'
+            + self.gen.user.encode()
+            + b'","'
+            + self.job_id.encode()
+            + b'","'
+        )
+        stats = self.gen.stats
+        if clean and stats.watching and self.prevhash != self.watch_from and not self.clean_at:
+            self.clean_at = time.time()
+            stats.clean_seen.append(self.clean_at)
+            if len(stats.clean_seen) >= len(self.gen.conns):
+                stats.all_clean.set()
+        if self.subscribed and self.authorized and not self.ready.done():
+            self.ready.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data
+        lines = buf.split(b"\n")
+        self.buf = lines.pop()
+        replies = 0
+        stats = self.gen.stats
+        for line in lines:
+            if line.startswith(b'{"id":null') or b'"method"' in line:
+                self._pool_message(line)
+                continue
+            # A reply. The handshake ids are 1 and 2; everything else is a submit.
+            if not (self.subscribed and self.authorized):
+                msg = json.loads(line)
+                if msg.get("id") == 1:
+                    self.subscribed = msg.get("error") is None
+                    size = int(msg["result"][2])
+                    self.en2_hex_len = 2 * size
+                    self.en2_mask = (1 << (8 * size)) - 1
+                elif msg.get("id") == 2:
+                    self.authorized = msg.get("result") is True
+                if self.subscribed and self.authorized and self.job_id and not self.ready.done():
+                    self.ready.set_result(None)
+                continue
+            replies += 1
+            if b'"result":true' in line:
+                stats.accepted += 1
+            else:
+                stats.rejected += 1
+            if self.sent_at:
+                t0 = self.sent_at.popleft()
+                if stats.answered % stats.sample_every == 0:
+                    stats.latencies.append(time.perf_counter() - t0)
+            stats.answered += 1
+        if replies:
+            self.outstanding -= replies
+            if self.gen.running:
+                self.fill()
+
+    def _pool_message(self, line: bytes) -> None:
+        m = NOTIFY_RE.search(line) if b'"mining.notify"' in line else None
+        if m is not None:
+            # Cheap path for the fan-out measurement: no json.loads of a whole notify per miner.
+            self._set_job_fields(
+                m.group(1).decode(), m.group(2).decode(), m.group(3).decode(), m.group(4) == b"true"
+            )
+            return
+        msg = json.loads(line)
+        method = msg.get("method")
+        if method == "mining.notify":
+            p = msg["params"]
+            self._set_job_fields(str(p[0]), str(p[1]), str(p[7]), bool(p[8]))
+        elif msg.get("id") is not None and method is not None and self.transport is not None:
+            # A request from the pool (mining.ping etc.): answer it.
+            self.transport.write(
+                b'{"id":%s,"result":true,"error":null}\n' % json.dumps(msg["id"]).encode()
+            )
+
+    def fill(self) -> None:
+        """Top up to `pipeline` outstanding submits in one write."""
+        want = self.gen.pipeline - self.outstanding
+        if want <= 0 or self.transport is None or self.job_id is None:
+            return
+        now = time.perf_counter()
+        parts = []
+        for _ in range(want):
+            self.counter = (self.counter + 1) & 0xFFFFFFFF
+            parts.append(self._line(random.getrandbits(32)))
+            self.next_id += 1
+            self.sent_at.append(now)
+        self.outstanding += want
+        self.transport.write(b"".join(parts))
+
+    def _line(self, nonce: int) -> bytes:
+        # extranonce2 = connection index + counter (unique per submit, so never a duplicate).
+        en2 = (self.index << 32 | self.counter) & self.en2_mask
+        return b'{"id":%d%s%0*x","%s","%08x"]}\n' % (
+            self.next_id,
+            self.prefix,
+            self.en2_hex_len,
+            en2,
+            self.ntime.encode(),
+            nonce,
+        )
+
+
+class LoadGen:
+    def __init__(self, host: str, port: int, conns: int, pipeline: int, user: str) -> None:
+        self.host = host
+        self.port = port
+        self.nconns = conns
+        self.pipeline = pipeline
+        self.user = user
+        self.conns: list[MinerConn] = []
+        self.stats = Stats()
+        self.running = False
+        self.lost = 0
+
+    async def connect_all(self, batch: int = 200) -> None:
+        loop = asyncio.get_running_loop()
+        for start in range(0, self.nconns, batch):
+            tasks = [
+                loop.create_connection(lambda i=i: MinerConn(self, i), self.host, self.port)
+                for i in range(start, min(start + batch, self.nconns))
+            ]
+            for _, proto in await asyncio.gather(*tasks):
+                self.conns.append(proto)
+        await asyncio.wait_for(asyncio.gather(*(c.ready for c in self.conns)), 120)
+
+    async def run_for(self, seconds: float) -> dict[str, object]:
+        self.stats = Stats()
+        self.running = True
+        t0 = time.perf_counter()
+        for c in self.conns:
+            c.fill()
+        await asyncio.sleep(seconds)
+        self.running = False
+        elapsed = time.perf_counter() - t0
+        answered = self.stats.answered
+        lat = sorted(self.stats.latencies) or [0.0]
+        # Let the in-flight tail drain so the next phase starts clean.
+        for _ in range(50):
+            if all(c.outstanding <= 0 for c in self.conns):
+                break
+            await asyncio.sleep(0.1)
+        return {
+            "event": "done",
+            "answered": answered,
+            "accepted": self.stats.accepted,
+            "rejected": self.stats.rejected,
+            "seconds": elapsed,
+            "p50_ms": 1000 * lat[len(lat) // 2],
+            "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+            "lost": self.lost,
+        }
+
+    async def watch_clean(self, limit_s: float) -> dict[str, object]:
+        """From now, stamp each connection's first clean job on a prevhash it did not hold."""
+        for c in self.conns:
+            c.watch_from = c.prevhash
+            c.clean_at = None
+        self.stats.clean_seen = []
+        self.stats.all_clean.clear()
+        self.stats.watching = True
+        emit({"event": "watching"})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stats.all_clean.wait(), limit_s)
+        seen = sorted(self.stats.clean_seen)
+        return {
+            "event": "clean",
+            "count": len(seen),
+            "first": seen[0] if seen else None,
+            "last": seen[-1] if seen else None,
+        }
+
+
+def emit(obj: dict[str, object]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    gen = LoadGen(args.host, args.port, args.conns, args.pipeline, args.user)
+    await gen.connect_all()
+    emit({"event": "ready", "connected": len(gen.conns), "pid": os.getpid()})
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while True:
+        line = (await reader.readline()).decode().strip()
+        if not line or line == "quit":
+            break
+        cmd, *rest = line.split()
+        if cmd == "go":
+            emit(await gen.run_for(float(rest[0])))
+        elif cmd == "watch":
+            emit(await gen.watch_clean(float(rest[0]) if rest else 30.0))
+    for c in gen.conns:
+        if c.transport is not None:
+            c.transport.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--conns", type=int, default=1000)
+    p.add_argument("--pipeline", type=int, default=1)
+    p.add_argument("--user", default="bcrt1qloadgen")
+    p.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
+    args = p.parse_args()
+    raise_nofile()
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
