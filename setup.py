@@ -24,14 +24,14 @@ class OptionalBuildExt(build_ext):
     def run(self) -> None:
         try:
             super().run()
-        except Exception as exc:  # noqa: BLE001 - any build failure falls back to pure Python
+        except Exception as exc:  # any build failure falls back to pure Python
             print(f"poold: native share core not built ({exc}); using the pure twin",
                   file=sys.stderr)
 
     def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # as above
             print(f"poold: native share core not built ({exc}); using the pure twin",
                   file=sys.stderr)
 

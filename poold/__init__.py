@@ -1,3 +1,6 @@
-"""poold: one asyncio daemon for a Bitcoin mining site (Stratum V1 pool + fleet power controller)."""
+"""poold: one asyncio daemon for a Bitcoin mining site.
+
+It runs a Stratum V1 pool and a power-capped fleet controller in one process.
+"""
 
 __version__ = "0.1.0"
