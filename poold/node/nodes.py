@@ -49,6 +49,7 @@ from poold.node.zmqsub import HashblockListener
 if TYPE_CHECKING:
     import zmq.asyncio
 
+    from poold.config import Config
     from poold.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -182,6 +183,14 @@ class NodeSet:
         self._tasks: set[asyncio.Task[None]] = set()
         self._throttle = ThrottledLog(log)
         self.tip_changes = 0
+
+    @classmethod
+    def from_config(cls, config: Config, metrics: Metrics | None = None) -> NodeSet:
+        """The daemon's NodeSet: `[[nodes]]`, `[templates]` and `pool.network`."""
+        return cls(
+            config.nodes, chain=config.pool.network.chain_name, templates=config.templates,
+            metrics=metrics,
+        )
 
     # -- public API -----------------------------------------------------------------------------
 

@@ -278,3 +278,31 @@ async def test_unreachable_second_node_joins_later(tmp_path: Path) -> None:
                 await eventually(lambda: ns.status()[1].up)
             finally:
                 await b.stop()
+
+
+async def test_from_config_uses_nodes_templates_and_network(fake: FakeNode, tmp_path: Path) -> None:
+    from poold.config import load_config
+
+    path = tmp_path / "poold.toml"
+    path.write_text(f"""
+[pool]
+network = "regtest"
+[[nodes]]
+name = "core"
+rpc_url = "{fake.rpc_url}"
+rpc_cookie_file = "{fake.cookie_file}"
+zmq_hashblock = "{fake.zmq_url}"
+[templates]
+poll_interval_s = 0.1
+empty_first_ms = 2
+[stratum]
+listen = "127.0.0.1:3333"
+start_difficulty = 0.001
+min_difficulty = 0.00001
+""")
+    cfg = load_config(path, env={})
+    ns = NodeSet.from_config(cfg)
+    assert (ns.chain, ns.poll_interval_s, ns.empty_first_ms) == ("regtest", 0.1, 2.0)
+    async with ns:
+        assert ns.latest is not None and ns.latest.source == "core"
+        assert ns.status()[0].up
