@@ -1,0 +1,163 @@
+/* SHA-256 compression in portable C (FIPS 180-4 section 6.2.2) and the run-time dispatch.
+ *
+ * This path runs on every CPU; the SHA-NI path (sha256_shani.c) replaces it when CPUID reports
+ * the SHA extensions. Both are checked against hashlib by the test suite.
+ */
+#include <string.h>
+
+#include "sha256.h"
+
+const uint32_t SHA256_IV[8] = {
+    0x6a09e667u, 0xbb67ae85u, 0x3c6ef372u, 0xa54ff53au,
+    0x510e527fu, 0x9b05688cu, 0x1f83d9abu, 0x5be0cd19u,
+};
+
+const uint32_t SHA256_K[64] = {
+    0x428a2f98u, 0x71374491u, 0xb5c0fbcfu, 0xe9b5dba5u, 0x3956c25bu, 0x59f111f1u, 0x923f82a4u,
+    0xab1c5ed5u, 0xd807aa98u, 0x12835b01u, 0x243185beu, 0x550c7dc3u, 0x72be5d74u, 0x80deb1feu,
+    0x9bdc06a7u, 0xc19bf174u, 0xe49b69c1u, 0xefbe4786u, 0x0fc19dc6u, 0x240ca1ccu, 0x2de92c6fu,
+    0x4a7484aau, 0x5cb0a9dcu, 0x76f988dau, 0x983e5152u, 0xa831c66du, 0xb00327c8u, 0xbf597fc7u,
+    0xc6e00bf3u, 0xd5a79147u, 0x06ca6351u, 0x14292967u, 0x27b70a85u, 0x2e1b2138u, 0x4d2c6dfcu,
+    0x53380d13u, 0x650a7354u, 0x766a0abbu, 0x81c2c92eu, 0x92722c85u, 0xa2bfe8a1u, 0xa81a664bu,
+    0xc24b8b70u, 0xc76c51a3u, 0xd192e819u, 0xd6990624u, 0xf40e3585u, 0x106aa070u, 0x19a4c116u,
+    0x1e376c08u, 0x2748774cu, 0x34b0bcb5u, 0x391c0cb3u, 0x4ed8aa4au, 0x5b9cca4fu, 0x682e6ff3u,
+    0x748f82eeu, 0x78a5636fu, 0x84c87814u, 0x8cc70208u, 0x90befffau, 0xa4506cebu, 0xbef9a3f7u,
+    0xc67178f2u,
+};
+
+#define ROTR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+#define CH(x, y, z) ((z) ^ ((x) & ((y) ^ (z))))
+#define MAJ(x, y, z) (((x) & (y)) | ((z) & ((x) | (y))))
+#define BSIG0(x) (ROTR(x, 2) ^ ROTR(x, 13) ^ ROTR(x, 22))
+#define BSIG1(x) (ROTR(x, 6) ^ ROTR(x, 11) ^ ROTR(x, 25))
+#define SSIG0(x) (ROTR(x, 7) ^ ROTR(x, 18) ^ ((x) >> 3))
+#define SSIG1(x) (ROTR(x, 17) ^ ROTR(x, 19) ^ ((x) >> 10))
+
+static inline uint32_t load_be32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+/* One round with the working variables renamed instead of shifted (a..h rotate by one per round).
+ * w is the schedule word W[t] already in place. */
+#define ROUND(a, b, c, d, e, f, g, h, t)                                          \
+    do {                                                                          \
+        uint32_t t1_ = (h) + BSIG1(e) + CH(e, f, g) + SHA256_K[t] + w[(t) & 15];  \
+        uint32_t t2_ = BSIG0(a) + MAJ(a, b, c);                                   \
+        (d) += t1_;                                                               \
+        (h) = t1_ + t2_;                                                          \
+    } while (0)
+
+/* Schedule word W[t] for t >= 16, kept in a 16-word circular buffer. */
+#define SCHED(t)                                                                  \
+    (w[(t) & 15] += SSIG1(w[((t) - 2) & 15]) + w[((t) - 7) & 15] + SSIG0(w[((t) - 15) & 15]))
+
+#define EIGHT_ROUNDS(t)                                                           \
+    do {                                                                          \
+        ROUND(a, b, c, d, e, f, g, h, (t) + 0);                                   \
+        ROUND(h, a, b, c, d, e, f, g, (t) + 1);                                   \
+        ROUND(g, h, a, b, c, d, e, f, (t) + 2);                                   \
+        ROUND(f, g, h, a, b, c, d, e, (t) + 3);                                   \
+        ROUND(e, f, g, h, a, b, c, d, (t) + 4);                                   \
+        ROUND(d, e, f, g, h, a, b, c, (t) + 5);                                   \
+        ROUND(c, d, e, f, g, h, a, b, (t) + 6);                                   \
+        ROUND(b, c, d, e, f, g, h, a, (t) + 7);                                   \
+    } while (0)
+
+#define EIGHT_SCHED(t)                                                            \
+    do {                                                                          \
+        SCHED((t) + 0); SCHED((t) + 1); SCHED((t) + 2); SCHED((t) + 3);           \
+        SCHED((t) + 4); SCHED((t) + 5); SCHED((t) + 6); SCHED((t) + 7);           \
+    } while (0)
+
+/* Compress one block whose sixteen message words are in w (the buffer is consumed). */
+static void compress_w(uint32_t state[8], uint32_t w[16])
+{
+    uint32_t a = state[0], b = state[1], c = state[2], d = state[3];
+    uint32_t e = state[4], f = state[5], g = state[6], h = state[7];
+    int t;
+
+    EIGHT_ROUNDS(0);
+    EIGHT_ROUNDS(8);
+    for (t = 16; t < 64; t += 16) {
+        /* Extend the schedule by eight words (their slots held W[t-16..t-9], already used),
+         * then run the eight rounds that consume them. */
+        EIGHT_SCHED(t);
+        EIGHT_ROUNDS(t);
+        EIGHT_SCHED(t + 8);
+        EIGHT_ROUNDS(t + 8);
+    }
+    state[0] += a; state[1] += b; state[2] += c; state[3] += d;
+    state[4] += e; state[5] += f; state[6] += g; state[7] += h;
+}
+
+static void portable_blocks(uint32_t state[8], const uint8_t *data, size_t nblocks)
+{
+    uint32_t w[16];
+    size_t i;
+    int j;
+
+    for (i = 0; i < nblocks; i++, data += 64) {
+        for (j = 0; j < 16; j++)
+            w[j] = load_be32(data + 4 * j);
+        compress_w(state, w);
+    }
+}
+
+static void portable_words(uint32_t state[8], const uint32_t words[16])
+{
+    uint32_t w[16];
+
+    memcpy(w, words, sizeof w);
+    compress_w(state, w);
+}
+
+static void portable_blocks2(uint32_t sa[8], const uint8_t *da,
+                             uint32_t sb[8], const uint8_t *db, size_t nblocks)
+{
+    portable_blocks(sa, da, nblocks);
+    portable_blocks(sb, db, nblocks);
+}
+
+static void portable_words2(uint32_t sa[8], const uint32_t wa[16],
+                            uint32_t sb[8], const uint32_t wb[16])
+{
+    portable_words(sa, wa);
+    portable_words(sb, wb);
+}
+
+const sha256_impl sha256_portable_impl = {
+    "portable", portable_blocks, portable_words, portable_blocks2, portable_words2,
+};
+
+const sha256_impl *sha256_active = &sha256_portable_impl;
+
+int sha256_shani_available(void)
+{
+#ifdef POOLD_HAVE_SHANI_BUILD
+    return sha256_shani_cpu();
+#else
+    return 0;
+#endif
+}
+
+int sha256_select(const char *name)
+{
+    if (strcmp(name, "portable") == 0) {
+        sha256_active = &sha256_portable_impl;
+        return 0;
+    }
+    if (strcmp(name, "shani") == 0 || strcmp(name, "auto") == 0) {
+#ifdef POOLD_HAVE_SHANI_BUILD
+        if (sha256_shani_cpu()) {
+            sha256_active = &sha256_shani_impl;
+            return 0;
+        }
+#endif
+        if (strcmp(name, "auto") == 0) {
+            sha256_active = &sha256_portable_impl;
+            return 0;
+        }
+    }
+    return -1;
+}

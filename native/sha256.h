@@ -1,0 +1,57 @@
+/* SHA-256 compression (FIPS 180-4 section 6.2.2) for the share core, with run-time dispatch.
+ *
+ * Two implementations of the same compression function: SHA-NI (x86 SHA extensions, chosen when
+ * CPUID reports them) and portable C. Callers pass the chaining state as eight host-order words;
+ * message blocks come either as bytes (big-endian words, FIPS 180-4 section 3.1) or as sixteen
+ * host-order words when the caller already holds them as words (digests fed back into SHA-256,
+ * merkle branch entries, header fields), which saves byte swapping on the hot path.
+ *
+ * The "2" variants compress two independent messages of the same length; the SHA-NI path
+ * interleaves them so the two dependency chains overlap in the pipeline. The portable path simply
+ * runs them one after the other.
+ */
+#ifndef POOLD_SHA256_H
+#define POOLD_SHA256_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef void (*sha256_blocks_fn)(uint32_t state[8], const uint8_t *data, size_t nblocks);
+typedef void (*sha256_words_fn)(uint32_t state[8], const uint32_t w[16]);
+typedef void (*sha256_blocks2_fn)(uint32_t sa[8], const uint8_t *da,
+                                  uint32_t sb[8], const uint8_t *db, size_t nblocks);
+typedef void (*sha256_words2_fn)(uint32_t sa[8], const uint32_t wa[16],
+                                 uint32_t sb[8], const uint32_t wb[16]);
+
+typedef struct {
+    const char *name;           /* "shani" or "portable" */
+    sha256_blocks_fn blocks;
+    sha256_words_fn words;
+    sha256_blocks2_fn blocks2;
+    sha256_words2_fn words2;
+} sha256_impl;
+
+extern const uint32_t SHA256_IV[8];
+extern const uint32_t SHA256_K[64];
+
+/* The implementation in use; set by sha256_select(). Starts as the portable one. */
+extern const sha256_impl *sha256_active;
+
+/* 1 if this CPU (and this build) can run the SHA-NI path. */
+int sha256_shani_available(void);
+
+/* Select "shani", "portable" or "auto" (the fastest available). Returns 0, or -1 if the named
+ * implementation is unknown or not available on this CPU (the selection is then unchanged). */
+int sha256_select(const char *name);
+
+/* Portable implementation (always available). */
+extern const sha256_impl sha256_portable_impl;
+
+/* SHA-NI implementation; only present when the compiler targets x86 (see sha256_shani.c). */
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define POOLD_HAVE_SHANI_BUILD 1
+extern const sha256_impl sha256_shani_impl;
+int sha256_shani_cpu(void);
+#endif
+
+#endif
