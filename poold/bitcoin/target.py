@@ -29,13 +29,15 @@ def bits_to_target(bits: int) -> int:
         raise TargetError(f"nbits out of u32 range: {bits}")
     size = bits >> 24
     word = bits & 0x007FFFFF
+    # As in Core, small exponents shift the mantissa right first, and the sign/overflow flags are
+    # judged on what remains (so 0x01803456 is plain zero, not negative).
+    if size <= 3:
+        word >>= 8 * (3 - size)
     if word != 0 and bits & 0x00800000:
         raise TargetError(f"nbits {bits:08x} encodes a negative target")
     if word != 0 and (size > 34 or (word > 0xFF and size > 33) or (word > 0xFFFF and size > 32)):
         raise TargetError(f"nbits {bits:08x} overflows 256 bits")
-    if size <= 3:
-        return word >> (8 * (3 - size))
-    return word << (8 * (size - 3))
+    return word if size <= 3 else word << (8 * (size - 3))
 
 
 def target_to_bits(target: int) -> int:

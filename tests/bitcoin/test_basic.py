@@ -20,8 +20,9 @@ GENESIS_ROOT_HEX = "4a5e1e4baab89f3a32518a88c31bc87f618f76673e2cc77ab2127b7afded
 
 
 def test_genesis_header_hash() -> None:
-    h = BlockHeader(1, b"\0" * 32, hash_from_hex(GENESIS_ROOT_HEX), 1231006505, 0x1D00FFFF,
-                    2083236893)
+    h = BlockHeader(
+        1, b"\0" * 32, hash_from_hex(GENESIS_ROOT_HEX), 1231006505, 0x1D00FFFF, 2083236893
+    )
     assert hash_to_hex(h.hash) == GENESIS_HASH_HEX
     assert BlockHeader.parse(h.serialize()) == h
     assert bits_to_target(0x1D00FFFF) == DIFF1_TARGET
@@ -29,7 +30,9 @@ def test_genesis_header_hash() -> None:
 
 def test_coinbase_block_roundtrip() -> None:
     parts = build_coinbase(
-        200, [TxOut(5_000_000_000, p2wpkh_script(b"\x11" * 20))], tag=b"/poold/",
+        200,
+        [TxOut(5_000_000_000, p2wpkh_script(b"\x11" * 20))],
+        tag=b"/poold/",
         witness_commitment_script=None,
     )
     cb = parts.assemble(b"\1\2\3\4", b"\0" * 8)
