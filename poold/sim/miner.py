@@ -161,6 +161,27 @@ class Job:
         return header_bytes(version, self.prevhash, root, ntime, self.nbits, nonce)
 
 
+def grind_share(
+    job: Job,
+    extranonce2: bytes,
+    version: int,
+    target: int,
+    start_nonce: int = 0,
+    max_hashes: int = 1 << 24,
+) -> tuple[int, bytes] | None:
+    """First nonce from `start_nonce` whose header hash meets `target`: (nonce, hash) or None."""
+    prefix = job.header(extranonce2, job.ntime, 0, version)[:76]
+    head = hashlib.sha256(prefix[:64])
+    tail = prefix[64:]
+    for n in range(start_nonce, min(start_nonce + max_hashes, 1 << 32)):
+        s = head.copy()
+        s.update(tail + n.to_bytes(4, "little"))
+        h = hashlib.sha256(s.digest()).digest()
+        if int.from_bytes(h, "little") <= target:
+            return n, h
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # The client.
 

@@ -1,0 +1,231 @@
+"""End-to-end fixtures: a devnet in this process and `poold run` against it, over loopback TCP.
+
+`pool` (one per test module): the devnet (Bitcoin Core consensus via libbitcoinkernel) plus a
+`poold run` subprocess with a generated regtest config (solo payout, tiny difficulties so CPU
+miners find shares fast). `StratumClient` is a raw line-level client for tests that need to
+send exact messages; `poold.sim.miner.StratumMiner` is the full miner.
+
+Skipped until the pool exists (`poold.daemon`, `poold.devnet`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from poold.bitcoin.address import Network, p2wpkh_address
+
+START_DIFFICULTY = 1e-5
+MIN_DIFFICULTY = 1e-8
+MAX_DIFFICULTY = 1e15
+POOL_MASK = 0x1FFFE000
+
+
+def _require(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        pytest.skip(f"{module} not available yet: {exc}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def new_address() -> str:
+    return p2wpkh_address(os.urandom(20), Network.REGTEST)
+
+
+@dataclass
+class Pool:
+    devnet: Any
+    host: str
+    port: int
+    config: Path
+    log: Path
+    proc: asyncio.subprocess.Process
+
+    def log_tail(self, n: int = 60) -> str:
+        lines = self.log.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-n:])
+
+
+def write_config(workdir: Path, devnet: Any, port: int) -> Path:
+    cfg = workdir / "poold.toml"
+    cfg.write_text(
+        f"""[pool]
+network = "regtest"
+payout = "solo"
+coinbase_tag = "/poold-test/"
+instance_id = 7
+state_dir = "{workdir}"
+
+[[nodes]]
+name = "devnet"
+rpc_url = "{devnet.rpc_url}"
+rpc_user = "{devnet.rpc_user}"
+rpc_password = "{devnet.rpc_password}"
+zmq_hashblock = "{devnet.zmq_url}"
+
+[stratum]
+listen = "127.0.0.1:{port}"
+start_difficulty = {START_DIFFICULTY!r}
+min_difficulty = {MIN_DIFFICULTY!r}
+max_difficulty = {MAX_DIFFICULTY!r}
+share_interval_s = 10
+version_mask = "{POOL_MASK:08x}"
+
+[api]
+listen = "127.0.0.1:{free_port()}"
+"""
+    )
+    return cfg
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def pool(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pool]:
+    _require("poold.daemon")
+    _require("poold.devnet")
+    from poold.devnet import Devnet
+
+    workdir = tmp_path_factory.mktemp("pool")
+    async with Devnet() as dn:
+        await dn.generate(101)
+        port = free_port()
+        cfg = write_config(workdir, dn, port)
+        log = workdir / "poold.log"
+        with log.open("wb") as logf:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "poold", "--log-level", "DEBUG", "run", "-c", str(cfg),
+                stdout=logf, stderr=logf,
+            )  # fmt: skip
+        p = Pool(dn, "127.0.0.1", port, cfg, log, proc)
+        try:
+            for _ in range(300):
+                if proc.returncode is not None:
+                    pytest.fail(f"poold run exited {proc.returncode}:\n{p.log_tail()}")
+                try:
+                    _, w = await asyncio.open_connection(p.host, port)
+                except OSError:
+                    await asyncio.sleep(0.1)
+                    continue
+                w.close()
+                await w.wait_closed()
+                break
+            else:
+                pytest.fail(f"poold did not listen within 30 s:\n{p.log_tail()}")
+            yield p
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 20)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+
+
+class StratumClient:
+    """Line-level Stratum client: send exact JSON, collect every reply and notification."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.replies: dict[Any, list[dict[str, Any]]] = {}
+        self.notifications: list[dict[str, Any]] = []
+        self.closed = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._task = asyncio.create_task(self._read())
+        self._next_id = 1000
+
+    @classmethod
+    async def connect(cls, pool: Pool) -> StratumClient:
+        reader, writer = await asyncio.open_connection(pool.host, pool.port)
+        return cls(reader, writer)
+
+    async def _read(self) -> None:
+        try:
+            while line := await self.reader.readline():
+                msg = json.loads(line)
+                if msg.get("method") is not None:
+                    self.notifications.append(msg)
+                else:
+                    self.replies.setdefault(msg.get("id"), []).append(msg)
+                async with self._changed:
+                    self._changed.notify_all()
+        finally:
+            self.closed.set()
+            async with self._changed:
+                self._changed.notify_all()
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.writer.write(json.dumps(msg).encode() + b"\n")
+
+    def send_raw(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    async def wait_for(self, predicate: Any, limit_s: float = 10.0) -> None:
+        async def _wait() -> None:
+            async with self._changed:
+                while not predicate():
+                    if self.closed.is_set():
+                        raise ConnectionError("pool closed the connection")
+                    await self._changed.wait()
+
+        await asyncio.wait_for(_wait(), limit_s)
+
+    async def reply(self, rid: Any, limit_s: float = 10.0) -> dict[str, Any]:
+        await self.wait_for(lambda: rid in self.replies, limit_s)
+        return self.replies[rid][0]
+
+    async def request(
+        self, method: str, params: list[Any], limit_s: float = 10.0
+    ) -> dict[str, Any]:
+        self._next_id += 1
+        rid = self._next_id
+        self.send({"id": rid, "method": method, "params": params})
+        return await self.reply(rid, limit_s)
+
+    def of(self, method: str) -> list[list[Any]]:
+        return [n["params"] for n in self.notifications if n["method"] == method]
+
+    def difficulty_for_last_job(self) -> float:
+        """The last set_difficulty sent before the last notify (difficulty frozen per job)."""
+        diff = last = START_DIFFICULTY
+        for n in self.notifications:
+            if n["method"] == "mining.set_difficulty":
+                diff = float(n["params"][0])
+            elif n["method"] == "mining.notify":
+                last = diff
+        return last
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError, ConnectionError):
+            await self.writer.wait_closed()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
+            await self._task
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def client(pool: Pool) -> AsyncIterator[StratumClient]:
+    c = await StratumClient.connect(pool)
+    try:
+        yield c
+    finally:
+        await c.close()
