@@ -1,0 +1,274 @@
+"""Block audit: reconciliation of recorded blocks against a node, and the audit export.
+
+Every found block is recorded (height, hash, coinbase txid, every output's script, address and
+amount, reward, fees, finder, each node's submit result). `reconcile()` then follows it on the
+node through an injected `NodeClient` (bitcoind JSON-RPC `getblockheader`, `getblockhash`,
+`getblock`): confirmations until it matures (COINBASE_MATURITY = 100) or leaves the best chain
+(orphaned; `getblockheader` reports confirmations = -1 for a block off the main chain), reorgs
+in both directions, and whether the coinbase on chain pays exactly what was recorded.
+`export()`/`render()` produce the CSV or JSON that `poold audit export` and the API serve.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Protocol
+
+from poold.ledger.records import (
+    COINBASE_MATURITY,
+    BlockEvent,
+    BlockRecord,
+    BlockStatus,
+    Credit,
+)
+from poold.ledger.store import LedgerStore
+
+log = logging.getLogger("poold.ledger.audit")
+
+FORMATS = ("csv", "json")
+
+
+class NodeClient(Protocol):
+    """The three read calls of bitcoind that reconciliation needs."""
+
+    async def getblockhash(self, height: int) -> str: ...
+
+    async def getblockheader(self, hash_hex: str) -> dict[str, Any] | None:
+        """The verbose header, or None if the node does not know the block."""
+        ...
+
+    async def getblock(self, hash_hex: str, verbosity: int) -> dict[str, Any]: ...
+
+
+class _Caller(Protocol):
+    async def call(self, method: str, *params: Any) -> Any: ...
+
+
+class RpcNodeClient:
+    """NodeClient over anything with `async call(method, *params)` (poold.node.rpc.RpcClient).
+
+    `not_found` tells whether an exception from `call` means "block not found" (RPC error -5).
+    """
+
+    def __init__(self, rpc: _Caller,
+                 not_found: Callable[[BaseException], bool] | None = None) -> None:
+        self._rpc = rpc
+        self._not_found = not_found or (lambda exc: getattr(exc, "code", None) == -5)
+
+    async def getblockhash(self, height: int) -> str:
+        return str(await self._rpc.call("getblockhash", height))
+
+    async def getblockheader(self, hash_hex: str) -> dict[str, Any] | None:
+        try:
+            result = await self._rpc.call("getblockheader", hash_hex, True)
+        except Exception as exc:
+            if self._not_found(exc):
+                return None
+            raise
+        return dict(result)
+
+    async def getblock(self, hash_hex: str, verbosity: int) -> dict[str, Any]:
+        return dict(await self._rpc.call("getblock", hash_hex, verbosity))
+
+
+@dataclass(slots=True)
+class ReconcileReport:
+    """What one reconciliation pass found (also written as block events)."""
+
+    checked: int = 0
+    changed: dict[str, tuple[str, str]] = field(default_factory=dict)  # hash -> (old, new)
+    mismatches: dict[str, str] = field(default_factory=dict)  # hash -> what differs
+    unknown: list[str] = field(default_factory=list)  # blocks the node never saw
+
+    @property
+    def ok(self) -> bool:
+        """Every block is on the best chain or marked orphaned, and coinbases match."""
+        return not self.mismatches
+
+
+def _sats(btc: Any) -> int:
+    """A JSON BTC amount as satoshis (exact: via its decimal text)."""
+    return int(Decimal(str(btc)) * 100_000_000)
+
+
+def coinbase_mismatch(record: BlockRecord, block: dict[str, Any]) -> str | None:
+    """Compare the recorded outputs with the coinbase of `getblock(hash, 2)`; None if equal."""
+    txs = block.get("tx") or []
+    if not txs or not isinstance(txs[0], dict):
+        return "getblock returned no decoded coinbase"
+    cb = txs[0]
+    if cb.get("txid") != record.coinbase_txid_hex:
+        return f"coinbase txid {cb.get('txid')} != recorded {record.coinbase_txid_hex}"
+    on_chain = [(str(o["scriptPubKey"]["hex"]), _sats(o["value"])) for o in cb.get("vout", [])]
+    recorded = [(o.script_hex, o.value) for o in record.outputs]
+    if on_chain != recorded:
+        return f"coinbase outputs on chain {on_chain} != recorded {recorded}"
+    return None
+
+
+CreditFn = Callable[[BlockRecord], Awaitable[Sequence[Credit]]]
+
+
+async def reconcile(store: LedgerStore, node: NodeClient, *, now: float,
+                    credit_on_maturity: CreditFn | None = None) -> ReconcileReport:
+    """One pass over the blocks that are not yet matured: follow them on `node`.
+
+    Status moves: submitted/recorded/rejected -> confirmed (on the best chain) -> matured (at
+    100 confirmations; `credit_on_maturity` gives the PPLNS credits written in the same
+    transaction) or -> orphaned (off the best chain: a reorg, logged as an event); orphaned ->
+    confirmed if a later reorg brings it back. A block the node does not know stays as it is
+    (recorded or rejected) and is listed in `report.unknown`.
+    """
+    rep = ReconcileReport()
+    for rec in await store.blocks(0.0):
+        if rec.status == BlockStatus.MATURED:
+            continue
+        rep.checked += 1
+        header = await node.getblockheader(rec.hash_hex)
+        events: list[BlockEvent] = []
+        credits: Sequence[Credit] = ()
+        if header is None:
+            rep.unknown.append(rec.hash_hex)
+            if rec.status in (BlockStatus.SUBMITTED, BlockStatus.CONFIRMED):
+                new, conf = BlockStatus.ORPHANED, -1
+                events.append(BlockEvent(rec.hash_hex, now, "orphaned",
+                                         "the node does not know this block"))
+            else:
+                continue
+        else:
+            conf = int(header.get("confirmations", -1))
+            if conf < 0:
+                new = BlockStatus.ORPHANED
+                if rec.status != BlockStatus.ORPHANED:
+                    best = await node.getblockhash(rec.height) if rec.height >= 0 else "?"
+                    events.append(BlockEvent(
+                        rec.hash_hex, now, "orphaned",
+                        f"reorg: height {rec.height} is now {best} on the node's best chain"))
+            else:
+                new = BlockStatus.MATURED if conf >= COINBASE_MATURITY else BlockStatus.CONFIRMED
+                if rec.status == BlockStatus.ORPHANED:
+                    events.append(BlockEvent(rec.hash_hex, now, "reorg",
+                                             "back on the best chain"))
+                if rec.status != BlockStatus.CONFIRMED or new == BlockStatus.MATURED:
+                    mismatch = coinbase_mismatch(rec, await node.getblock(rec.hash_hex, 2))
+                    if mismatch is not None:
+                        rep.mismatches[rec.hash_hex] = mismatch
+                        events.append(BlockEvent(rec.hash_hex, now, "coinbase_mismatch",
+                                                 mismatch))
+                        log.error("block %s: %s", rec.hash_hex, mismatch)
+                if new == BlockStatus.MATURED:
+                    events.append(BlockEvent(rec.hash_hex, now, "matured",
+                                             f"{conf} confirmations"))
+                    if credit_on_maturity is not None:
+                        credits = await credit_on_maturity(rec)
+                elif rec.status not in (BlockStatus.CONFIRMED, BlockStatus.ORPHANED):
+                    events.append(BlockEvent(rec.hash_hex, now, "confirmed",
+                                             f"{conf} confirmations"))
+        if new != rec.status:
+            rep.changed[rec.hash_hex] = (rec.status.value, new.value)
+            if new == BlockStatus.ORPHANED:
+                log.warning("block %s at height %d orphaned", rec.hash_hex, rec.height)
+        await store.update_block(rec.hash_hex, new, conf, now, events, credits)
+    return rep
+
+
+# -- export
+
+
+def parse_since(text: str | None) -> float:
+    """`--since`: Unix seconds, or an ISO 8601 date/time (UTC if no zone). None/'' = all."""
+    if not text:
+        return 0.0
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ValueError(f"--since: expected Unix seconds or ISO 8601, got {text!r}") from exc
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def _iso(t: float | None) -> str:
+    return "" if t is None else datetime.fromtimestamp(t, UTC).isoformat()
+
+
+def block_to_dict(b: BlockRecord) -> dict[str, Any]:
+    return {
+        "height": b.height, "hash": b.hash_hex, "prevhash": b.prevhash_hex,
+        "time": _iso(b.time), "finder_worker": b.worker, "finder_account": b.account,
+        "instance_id": b.instance_id, "coinbase_txid": b.coinbase_txid_hex,
+        "reward_sat": b.reward, "fees_sat": b.fees, "network_difficulty": b.network_difficulty,
+        "status": b.status.value, "confirmations": b.confirmations,
+        "checked_at": _iso(b.checked_at),
+        "outputs": [{"n": o.n, "script_hex": o.script_hex, "address": o.address,
+                     "value_sat": o.value} for o in b.outputs],
+        "submits": [{"node": s.node, "result": s.result, "time": _iso(s.time)}
+                    for s in b.submits],
+        "events": [{"time": _iso(e.time), "event": e.event, "detail": e.detail}
+                   for e in b.events],
+    }
+
+
+CSV_COLUMNS = ("height", "hash", "time", "status", "confirmations", "finder_worker",
+               "finder_account", "instance_id", "coinbase_txid", "reward_sat", "fees_sat",
+               "submits", "output_n", "output_script_hex", "output_address", "output_value_sat")
+
+
+def render(blocks: Sequence[BlockRecord], fmt: str) -> str:
+    """The audit log as CSV (one row per coinbase output) or JSON (one object per block)."""
+    if fmt == "json":
+        return json.dumps({"blocks": [block_to_dict(b) for b in blocks]}, indent=2) + "\n"
+    if fmt != "csv":
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for b in blocks:
+        submits = ";".join(f"{s.node}={s.result or 'accepted'}" for s in b.submits)
+        head = [b.height, b.hash_hex, _iso(b.time), b.status.value, b.confirmations, b.worker,
+                b.account, b.instance_id, b.coinbase_txid_hex, b.reward, b.fees, submits]
+        for o in b.outputs or ():
+            w.writerow([*head, o.n, o.script_hex, o.address or "", o.value])
+        if not b.outputs:
+            w.writerow([*head, "", "", "", ""])
+    return buf.getvalue()
+
+
+async def export_async(store: LedgerStore, fmt: str, since: float = 0.0) -> str:
+    """Render the audit log of an open store."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    return render(await store.blocks(since), fmt)
+
+
+def export(url: str, *, fmt: str = "csv", since: str | float | None = None) -> str:
+    """Synchronous export for the CLI (`poold audit export`): open the ledger at `url`, render.
+
+    Run from the CLI only (it runs its own event loop).
+    """
+    import asyncio
+
+    from poold.ledger.store import open_store
+
+    t = since if isinstance(since, float) else parse_since(since)
+
+    async def run() -> str:
+        store = open_store(url)
+        await store.open()
+        try:
+            return await export_async(store, fmt, t)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())

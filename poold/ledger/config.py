@@ -1,0 +1,93 @@
+"""The ledger's settings: `[ledger]` plus the payout keys of `[pool]`, as one frozen dataclass.
+
+`LedgerConfig.from_config(cfg)` builds it from the daemon's `poold.config.Config`; tests and
+benchmarks construct it directly. `validate()` raises ConfigError naming the key.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from poold.errors import ConfigError
+from poold.ledger.store import resolve_url
+
+if TYPE_CHECKING:
+    from poold.config import Config
+
+PAYOUT_SCHEMES = ("solo", "reserve", "pplns", "split")
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerConfig:
+    url: str = field(default="", repr=False)  # may carry a password
+    state_dir: str = "/var/lib/poold"
+    instance_id: int = 1
+    payout: str = "solo"
+    network: str = "main"  # poold.bitcoin.address.Network value, for addresses in the audit
+    # Share batches are committed at least this often: a kill -9 loses at most this window.
+    flush_interval_ms: float = 100.0
+    buffer_max_shares: int = 1_000_000
+    batch_max_shares: int = 100_000
+    pplns_window_factor: float = 2.0
+    dust_sat: int = 10_000
+    max_outputs: int = 50
+    fee_percent: float = 0.0
+    fee_address: str = ""
+    reserve_address: str = ""
+    tariff_per_kwh: float = 0.0
+    # A found block not committed to the store within this goes to the local journal instead.
+    block_write_timeout_s: float = 5.0
+    source: str = ""
+
+    @property
+    def effective_url(self) -> str:
+        return resolve_url(self.url, self.state_dir)
+
+    @property
+    def journal_path(self) -> Path:
+        """Append-only JSON-lines file for blocks the store could not take (replayed at start)."""
+        return Path(self.state_dir) / f"ledger-journal-{self.instance_id}.jsonl"
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> LedgerConfig:
+        out = cls(
+            url=cfg.ledger.url, state_dir=cfg.pool.state_dir, instance_id=cfg.pool.instance_id,
+            payout=cfg.pool.payout, network=str(cfg.pool.network),
+            flush_interval_ms=cfg.ledger.flush_interval_ms,
+            buffer_max_shares=cfg.ledger.buffer_max_shares,
+            pplns_window_factor=cfg.ledger.pplns_window_factor, dust_sat=cfg.ledger.dust_sat,
+            max_outputs=cfg.ledger.max_outputs, fee_percent=cfg.pool.fee_percent,
+            fee_address=cfg.pool.fee_address, reserve_address=cfg.pool.reserve_address,
+            tariff_per_kwh=cfg.ledger.tariff_per_kwh, source=cfg.source)
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        src = self.source
+        if self.payout not in PAYOUT_SCHEMES:
+            raise ConfigError("pool.payout", f"must be one of {', '.join(PAYOUT_SCHEMES)}", src)
+        if self.payout == "reserve" and not self.reserve_address:
+            raise ConfigError("pool.reserve_address", "required when payout = reserve", src)
+        if self.payout in ("pplns", "split") and not self.fee_address:
+            raise ConfigError("pool.fee_address",
+                              f"required when payout = {self.payout} (the pool's output)", src)
+        if not (math.isfinite(self.fee_percent) and 0.0 <= self.fee_percent < 100.0):
+            raise ConfigError("pool.fee_percent", "must be within [0, 100)", src)
+        if not self.flush_interval_ms > 0:
+            raise ConfigError("ledger.flush_interval_ms", "must be > 0", src)
+        if self.buffer_max_shares < 1:
+            raise ConfigError("ledger.buffer_max_shares", "must be >= 1", src)
+        if not self.pplns_window_factor > 0:
+            raise ConfigError("ledger.pplns_window_factor", "must be > 0", src)
+        if self.dust_sat < 1:
+            raise ConfigError("ledger.dust_sat", "must be >= 1", src)
+        if self.max_outputs < 1:
+            raise ConfigError("ledger.max_outputs", "must be >= 1", src)
+        if self.tariff_per_kwh < 0:
+            raise ConfigError("ledger.tariff_per_kwh", "must be >= 0", src)
+        url = self.effective_url
+        if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ConfigError("ledger.url", "must be sqlite:///PATH or postgresql://...", src)

@@ -1,0 +1,547 @@
+"""The Ledger: the pool's one front to the share ledger, found-block records and payouts.
+
+Contract (INTERFACES.md, poold/ledger):
+
+- `record_share(share)` is synchronous and never blocks: it appends to an in-memory buffer. A
+  flusher task commits the buffer in batches every `flush_interval_ms` (default 100 ms).
+  Durability window: a share is committed at most flush_interval + one commit after it was
+  recorded, so a `kill -9` of poold loses at most the shares of that window (shares are never
+  reordered or skipped: what is in the store is a prefix of what was recorded). While the store is
+  slow or down the buffer grows up to `buffer_max_shares`; beyond it shares are dropped and
+  counted (`poold_ledger_lost_shares`, throttled log) and the pool keeps serving.
+- `record_block(block)` returns only once the block is durable: committed to the store, or, if
+  the store does not take it within `block_write_timeout_s`, appended and fsynced to a local
+  JSON-lines journal under the state directory. The journal is replayed into the store at start
+  and whenever the store comes back; replay is idempotent.
+- `record_submit_result(hash, node, result)` records each node's answer the same way.
+
+Everything touching the store is awaited on the loop; the stores themselves keep blocking work
+off it (SQLite on its own thread, asyncpg natively).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from poold.bitcoin.address import Network, script_to_address
+from poold.bitcoin.target import bits_to_target, target_to_difficulty
+from poold.ledger import audit, payouts
+from poold.ledger.config import LedgerConfig
+from poold.ledger.energy import EnergyMeter, EnergyReport, PowerSample, report
+from poold.ledger.records import (
+    AcceptedShare,
+    BlockEvent,
+    BlockOutput,
+    BlockRecord,
+    BlockStatus,
+    Credit,
+    FoundBlock,
+    SubmitResult,
+)
+from poold.ledger.store import LedgerStore, StoreUnavailable, open_store, redact
+from poold.metrics import Metrics
+
+log = logging.getLogger("poold.ledger")
+
+# BIP22 answers that mean the node has the block (None is plain success).
+_ACCEPTED_RESULTS = frozenset({None, "duplicate", "inconclusive"})
+_PAGE = 10_000
+_LOST_LOG_INTERVAL_S = 10.0
+_MAX_BACKOFF_S = 5.0
+_PLAN_MEMORY = 64
+
+
+def network_difficulty_of(block_hex: str) -> float:
+    """Difficulty of the network target in a serialized block's header (nBits at bytes 72..76)."""
+    header = bytes.fromhex(block_hex[:160])
+    if len(header) != 80:
+        raise ValueError("block_hex is shorter than a block header")
+    return target_to_difficulty(bits_to_target(int.from_bytes(header[72:76], "little")))
+
+
+def _payout_key(outputs: Sequence[tuple[bytes, int]]) -> tuple[tuple[bytes, int], ...]:
+    """The paying outputs of a coinbase (no zero-value or OP_RETURN outputs, e.g. the witness
+    commitment), which identify the plan a found block was built from."""
+    return tuple((s, v) for s, v in outputs if v > 0 and not s.startswith(b"\x6a"))
+
+
+def _block_to_json(block: FoundBlock) -> dict[str, Any]:
+    return {
+        "height": block.height, "hash_hex": block.hash_hex, "prevhash_hex": block.prevhash_hex,
+        "worker": block.worker, "account": block.account,
+        "coinbase_txid_hex": block.coinbase_txid_hex,
+        "coinbase_outputs": [[s.hex(), v] for s, v in block.coinbase_outputs],
+        "reward": block.reward, "fees": block.fees, "block_hex": block.block_hex,
+        "time": block.time, "instance_id": block.instance_id,
+    }
+
+
+def _block_from_json(d: dict[str, Any]) -> FoundBlock:
+    return FoundBlock(
+        height=int(d["height"]), hash_hex=str(d["hash_hex"]), prevhash_hex=str(d["prevhash_hex"]),
+        worker=str(d["worker"]), account=str(d["account"]),
+        coinbase_txid_hex=str(d["coinbase_txid_hex"]),
+        coinbase_outputs=tuple((bytes.fromhex(s), int(v)) for s, v in d["coinbase_outputs"]),
+        reward=int(d["reward"]), fees=int(d["fees"]), block_hex=str(d["block_hex"]),
+        time=float(d["time"]), instance_id=int(d["instance_id"]))
+
+
+class Ledger:
+    """Async front of the ledger. Create, `await start()`, use, `await stop()` (flushes)."""
+
+    def __init__(self, config: LedgerConfig, *, metrics: Metrics | None = None,
+                 store: LedgerStore | None = None,
+                 describe_script: Callable[[bytes], str | None] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        config.validate()
+        self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.store = store if store is not None else open_store(
+            config.effective_url, source=config.source)
+        self._describe = describe_script or self._default_describe
+        self._clock = clock
+        self._buffer: list[AcceptedShare] = []
+        self._max = config.buffer_max_shares
+        self._interval = config.flush_interval_ms / 1000.0
+        self._store_open = False
+        self._healthy = False
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._journal_lock = asyncio.Lock()
+        self._submit_lock = asyncio.Lock()
+        self._plans: OrderedDict[tuple[tuple[bytes, int], ...], list[tuple[str, int]]] = (
+            OrderedDict())
+        self._lost_since_log = 0
+        self._last_lost_log = 0.0
+        self.lost_shares = 0
+        self.committed_shares = 0
+        self.last_commit_seconds = 0.0
+        self.energy_meter = EnergyMeter()
+        self._inflight_oldest: float | None = None  # time of the oldest share being written
+        self.metrics.add_scrape_hook(self._update_lag)
+
+    def _default_describe(self, script: bytes) -> str | None:
+        try:
+            return script_to_address(script, Network(self.config.network))
+        except ValueError:
+            return None
+
+    # -- life cycle
+
+    async def start(self) -> None:
+        """Open the store (applying migrations) and replay the journal; start the flusher.
+
+        A store that is down at start is not fatal: shares buffer, blocks go to the journal, and
+        the flusher keeps trying to open it.
+        """
+        self._stopping = False
+        try:
+            await self._open_store()
+        except StoreUnavailable as exc:
+            log.error("ledger store %s unavailable at start (%s); buffering shares and "
+                      "journaling blocks until it is back", redact(self.config.effective_url), exc)
+        self._task = asyncio.create_task(self._flush_loop(), name="ledger-flush")
+
+    async def stop(self) -> None:
+        """Stop the flusher, commit what is buffered, close the store."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if not self._store_open:
+            with contextlib.suppress(StoreUnavailable):
+                await self._open_store()
+        if self._store_open:
+            await self._flush()
+        if self._buffer:
+            n = len(self._buffer)
+            self._buffer = []
+            self._lose(n)
+            log.error("ledger: %d buffered shares could not be committed at shutdown", n)
+        if self._store_open:
+            self._store_open = False
+            await self.store.close()
+
+    async def _open_store(self) -> None:
+        if not self._store_open:
+            await self.store.open()
+            self._store_open = True
+            self._healthy = True
+            log.info("ledger store %s open (schema v%d)", redact(self.config.effective_url),
+                     await self.store.schema_version())
+        await self.replay_journal()
+
+    async def _flush_loop(self) -> None:
+        backoff = self._interval
+        while True:
+            await asyncio.sleep(backoff)
+            ok = True
+            if not self._store_open:
+                try:
+                    await self._open_store()
+                except StoreUnavailable as exc:
+                    log.debug("ledger store still unavailable: %s", exc)
+                    ok = False
+            if ok:
+                was_healthy = self._healthy
+                ok = await self._flush()
+                if ok and not was_healthy:
+                    log.warning("ledger store is back; replaying the block journal")
+                    try:
+                        await self.replay_journal()
+                    except StoreUnavailable as exc:
+                        log.error("ledger journal replay failed: %s", exc)
+            self._update_lag()
+            backoff = self._interval if ok else min(max(backoff * 2, 0.1), _MAX_BACKOFF_S)
+
+    # -- shares
+
+    def record_share(self, share: AcceptedShare) -> None:
+        """Buffer an accepted share for the next batch. Never blocks; drops (counted) when full."""
+        if len(self._buffer) >= self._max:
+            self._lose(1)
+            return
+        self._buffer.append(share)
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    async def flush(self) -> bool:
+        """Commit the buffer now (tests, shutdown). False if the store refused it."""
+        return await self._flush()
+
+    async def _flush(self) -> bool:
+        while self._buffer:
+            if len(self._buffer) <= self.config.batch_max_shares:
+                batch, self._buffer = self._buffer, []
+            else:
+                batch = self._buffer[:self.config.batch_max_shares]
+                del self._buffer[:self.config.batch_max_shares]
+            started = time.perf_counter()
+            self._inflight_oldest = batch[0].time
+            try:
+                await self.store.insert_shares(batch)
+            except (StoreUnavailable, TimeoutError) as exc:
+                self._inflight_oldest = None
+                self._requeue(batch)
+                if self._healthy:
+                    log.error("ledger: share batch of %d not committed (%s); buffering "
+                              "(%d buffered, bound %d)", len(batch), exc, len(self._buffer),
+                              self._max)
+                self._healthy = False
+                return False
+            self._inflight_oldest = None
+            self.last_commit_seconds = time.perf_counter() - started
+            self.committed_shares += len(batch)
+            self.metrics.ledger_committed_shares.inc(len(batch))
+        self._healthy = True
+        return True
+
+    def _requeue(self, batch: list[AcceptedShare]) -> None:
+        self._buffer[:0] = batch
+        overflow = len(self._buffer) - self._max
+        if overflow > 0:
+            del self._buffer[self._max:]  # keep the oldest: the committed prefix stays gap-free
+            self._lose(overflow)
+
+    def _lose(self, n: int) -> None:
+        self.lost_shares += n
+        self._lost_since_log += n
+        self.metrics.ledger_lost_shares.inc(n)
+        now = time.monotonic()
+        if now - self._last_lost_log >= _LOST_LOG_INTERVAL_S:
+            log.error("ledger: %d accepted shares dropped (buffer full at %d; store %s)",
+                      self._lost_since_log, self._max,
+                      "healthy" if self._healthy else "unavailable")
+            self._lost_since_log = 0
+            self._last_lost_log = now
+
+    def _update_lag(self) -> None:
+        """Age of the oldest share not yet committed (in flight or buffered); also run at
+        scrape time, so a flusher stuck in a slow write still shows a growing lag."""
+        oldest = self._inflight_oldest
+        if self._buffer and (oldest is None or self._buffer[0].time < oldest):
+            oldest = self._buffer[0].time
+        self.metrics.ledger_lag_seconds.set(
+            0.0 if oldest is None else max(0.0, self._clock() - oldest))
+
+    # -- blocks
+
+    async def record_block(self, block: FoundBlock) -> None:
+        """Make a found block durable (store, else journal) before returning."""
+        now = self._clock()
+        try:
+            netdiff = network_difficulty_of(block.block_hex)
+        except ValueError:
+            netdiff = 0.0  # still record it: the block matters more than its metadata
+        outputs = [BlockOutput(n=n, script_hex=s.hex(), address=self._describe(s), value=v)
+                   for n, (s, v) in enumerate(block.coinbase_outputs)]
+        deltas = self._plans.pop(_payout_key(block.coinbase_outputs), [])
+        credits = [Credit(block.hash_hex, a, d, "split", block.time) for a, d in deltas]
+        event = BlockEvent(block.hash_hex, now, "recorded",
+                           f"height {block.height} found by {block.worker} on instance "
+                           f"{block.instance_id}")
+        if self._store_open:
+            try:
+                await asyncio.wait_for(
+                    self.store.insert_block(block, netdiff, outputs, event, credits),
+                    self.config.block_write_timeout_s)
+                log.info("block %s at height %d recorded", block.hash_hex, block.height)
+                return
+            except (StoreUnavailable, TimeoutError) as exc:
+                self._healthy = False
+                log.error("block %s not committed to the store (%s); journaling it",
+                          block.hash_hex, exc or type(exc).__name__)
+        await self._journal_append({
+            "kind": "block", "block": _block_to_json(block), "network_difficulty": netdiff,
+            "recorded_at": now, "split_deltas": deltas})
+        log.critical("block %s at height %d written to the journal %s (store unavailable)",
+                     block.hash_hex, block.height, self.config.journal_path)
+
+    async def record_submit_result(self, block_hash_hex: str, node: str,
+                                   result: str | None) -> None:
+        """Record one node's `submitblock` answer (None = accepted), durably."""
+        sr = SubmitResult(block_hash_hex, node, result, self._clock())
+        if self._store_open:
+            try:
+                if await asyncio.wait_for(self._apply_submit(sr),
+                                          self.config.block_write_timeout_s):
+                    return
+            except (StoreUnavailable, TimeoutError) as exc:
+                self._healthy = False
+                log.error("submit result for %s not committed (%s); journaling it",
+                          block_hash_hex, exc or type(exc).__name__)
+        await self._journal_append({"kind": "submit", "block_hash_hex": sr.block_hash_hex,
+                                    "node": sr.node, "result": sr.result, "time": sr.time})
+
+    async def _apply_submit(self, sr: SubmitResult) -> bool:
+        """Store a submit result and move the block's status; False if the block is not in the
+        store (it is in the journal, so the result goes there too, after it)."""
+        async with self._submit_lock:
+            status = await self.store.block_status(sr.block_hash_hex)
+            if status is None:
+                return False
+            accepted = sr.result in _ACCEPTED_RESULTS
+            new: BlockStatus | None = None
+            if accepted and status in (BlockStatus.RECORDED, BlockStatus.REJECTED):
+                new = BlockStatus.SUBMITTED
+            elif not accepted and status == BlockStatus.RECORDED:
+                new = BlockStatus.REJECTED
+            await self.store.upsert_submit_result(sr, new)
+            return True
+
+    # -- the journal (append-only, fsynced JSON lines)
+
+    async def _journal_append(self, record: dict[str, Any]) -> None:
+        line = (json.dumps(record, separators=(",", ":"), sort_keys=True) + "\n").encode()
+        path = self.config.journal_path
+        async with self._journal_lock:
+            await asyncio.to_thread(_append_fsync, path, line)
+
+    async def replay_journal(self) -> int:
+        """Apply the journal to the store (idempotent); returns the records applied."""
+        path = self.config.journal_path
+        async with self._journal_lock:
+            if not await asyncio.to_thread(path.exists):
+                return 0
+            raw = await asyncio.to_thread(path.read_bytes)
+            applied = 0
+            for lineno, line in enumerate(raw.splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    # Only the last line can be torn (crash during the write that was then
+                    # never acknowledged); anything else is a damaged file worth a loud log.
+                    log.error("ledger journal %s line %d is not JSON; skipped", path, lineno)
+                    continue
+                await self._replay_one(rec)
+                applied += 1
+            done = path.with_name(f"{path.name}.replayed-{int(self._clock() * 1000)}")
+            await asyncio.to_thread(os.replace, path, done)
+            log.warning("ledger journal: %d records replayed into the store (%s)", applied, done)
+            return applied
+
+    async def _replay_one(self, rec: dict[str, Any]) -> None:
+        if rec.get("kind") == "block":
+            block = _block_from_json(rec["block"])
+            outputs = [BlockOutput(n=n, script_hex=s.hex(), address=self._describe(s), value=v)
+                       for n, (s, v) in enumerate(block.coinbase_outputs)]
+            credits = [Credit(block.hash_hex, str(a), int(d), "split", block.time)
+                       for a, d in rec.get("split_deltas", [])]
+            event = BlockEvent(block.hash_hex, float(rec["recorded_at"]), "recorded",
+                               f"height {block.height} found by {block.worker} on instance "
+                               f"{block.instance_id}; replayed from the journal")
+            await self.store.insert_block(block, float(rec["network_difficulty"]), outputs,
+                                          event, credits)
+        elif rec.get("kind") == "submit":
+            sr = SubmitResult(str(rec["block_hash_hex"]), str(rec["node"]),
+                              None if rec["result"] is None else str(rec["result"]),
+                              float(rec["time"]))
+            if not await self._apply_submit(sr):
+                log.error("journal: submit result for unknown block %s kept as an event",
+                          sr.block_hash_hex)
+                await self.store.add_events([BlockEvent(
+                    sr.block_hash_hex, sr.time, "orphan_submit_result",
+                    f"{sr.node}: {sr.result}")])
+        else:
+            log.error("ledger journal: unknown record kind %r skipped", rec.get("kind"))
+
+    # -- payouts
+
+    async def window_weights(self, network_difficulty: float,
+                             until_time: float | None = None) -> dict[str, float]:
+        """PPLNS weights: the newest committed shares (time <= until_time) adding up to
+        pplns_window_factor x network difficulty."""
+        window = payouts.PplnsWindow(self.config.pplns_window_factor * network_difficulty)
+        until = self._clock() if until_time is None else until_time
+        cursor: tuple[float, int] | None = None
+        while not window.full:
+            page = await self.store.shares_page(until, cursor, _PAGE)
+            for row in page:
+                if window.add(row.account, row.difficulty):
+                    break
+            if len(page) < _PAGE:
+                break
+            cursor = (page[-1].time, page[-1].id)
+        return window.weights
+
+    def _ppm(self) -> int:
+        return payouts.fee_ppm(self.config.fee_percent) if self.config.fee_address else 0
+
+    async def plan_coinbase(self, reward: int, network_difficulty: float,
+                            finder_account: str = "") -> payouts.CoinbasePlan:
+        """Who the coinbase of the next job pays, by the configured scheme (accounts, not
+        scripts; see `coinbase_outputs`). For `split` it reads the window and balances; if the
+        store is unavailable the whole reward goes to the pool's fee address."""
+        c = self.config
+        if c.payout == "solo":
+            if not finder_account:
+                raise ValueError("solo payouts need the finder's account")
+            return payouts.solo(reward, finder_account, ppm=self._ppm(), dust=c.dust_sat)
+        if c.payout == "reserve":
+            return payouts.reserve(reward, c.reserve_address)
+        if c.payout == "pplns":
+            return payouts.reserve(reward, c.fee_address)  # the pool wallet pays balances later
+        try:
+            weights = await self.window_weights(network_difficulty)
+            balances = await self.store.balances(["split"])
+        except StoreUnavailable as exc:
+            log.error("split: ledger unavailable (%s); this coinbase pays the pool address", exc)
+            return payouts.reserve(reward, c.fee_address)
+        return payouts.split(reward, weights, balances, ppm=payouts.fee_ppm(c.fee_percent),
+                             dust=c.dust_sat, max_outputs=c.max_outputs)
+
+    async def coinbase_outputs(self, reward: int, network_difficulty: float,
+                               finder_account: str = "") -> tuple[tuple[bytes, int], ...]:
+        """The (script_pubkey, value) outputs for the next coinbase (before the witness
+        commitment). Remembers split plans so that the block that uses one updates balances."""
+        from poold.bitcoin.address import address_to_script
+
+        network = Network(self.config.network)
+        plan = await self.plan_coinbase(reward, network_difficulty, finder_account)
+        fee_script = (address_to_script(self.config.fee_address, network)
+                      if self.config.fee_address else None)
+        outputs = plan.outputs(lambda a: address_to_script(a, network), fee_script)
+        if self.config.payout == "split":
+            before = await self._split_balances_or_empty()
+            after = dict(plan.balances)
+            deltas = [(a, after.get(a, 0) - before.get(a, 0))
+                      for a in sorted(set(before) | set(after))
+                      if after.get(a, 0) != before.get(a, 0)]
+            self._plans[_payout_key(outputs)] = deltas
+            while len(self._plans) > _PLAN_MEMORY:
+                self._plans.popitem(last=False)
+        return outputs
+
+    async def _split_balances_or_empty(self) -> dict[str, int]:
+        try:
+            return await self.store.balances(["split"])
+        except StoreUnavailable:
+            return {}
+
+    async def split_balances(self) -> dict[str, int]:
+        return await self.store.balances(["split"])
+
+    async def pplns_credits(self, block: BlockRecord) -> list[Credit]:
+        """PPLNS credits of a block (for when it matures), from the window at its time."""
+        weights = await self.window_weights(block.network_difficulty, until_time=block.time)
+        result = payouts.pplns(block.reward, weights, ppm=self._ppm())
+        return [Credit(block.hash_hex, a, v, "pplns", block.time)
+                for a, v in sorted(result.credits.items()) if v]
+
+    async def payout_report(self) -> list[tuple[str, int, int, int]]:
+        """(account, credited, paid, owed) for PPLNS: what a wallet process should pay."""
+        credited = await self.store.balances(["pplns"])
+        paid = await self.store.paid()
+        return [(a, credited.get(a, 0), paid.get(a, 0), credited.get(a, 0) - paid.get(a, 0))
+                for a in sorted(set(credited) | set(paid))]
+
+    async def record_payment(self, account: str, amount: int, txid_hex: str) -> None:
+        """A wallet process paid `amount` to `account` in `txid_hex`."""
+        if amount <= 0:
+            raise ValueError("payment amount must be positive")
+        await self.store.add_payment(account, amount, txid_hex, self._clock())
+
+    # -- audit and energy
+
+    async def blocks(self, since: float = 0.0) -> list[BlockRecord]:
+        return await self.store.blocks(since)
+
+    async def reconcile(self, node: audit.NodeClient) -> audit.ReconcileReport:
+        """Follow unmatured blocks on `node` (see audit.reconcile); PPLNS credits at maturity."""
+        credit = self.pplns_credits if self.config.payout == "pplns" else None
+        return await audit.reconcile(self.store, node, now=self._clock(),
+                                     credit_on_maturity=credit)
+
+    async def export(self, fmt: str, since: float = 0.0) -> str:
+        """The audit log as CSV or JSON (what the API serves)."""
+        return await audit.export_async(self.store, fmt, since)
+
+    async def record_power(self, samples: Sequence[PowerSample]) -> None:
+        """Telemetry from the fleet controller; energy rows are committed by `flush_energy`."""
+        self.energy_meter.add_all(samples)
+
+    async def flush_energy(self) -> None:
+        rows = self.energy_meter.drain(self._clock())
+        if rows:
+            await self.store.insert_energy(rows)
+
+    async def energy_report(self, start: float, end: float) -> EnergyReport:
+        rows = await self.store.energy(start, end)
+        difficulty = await self.store.share_totals(start, end)
+        found = [b for b in await self.store.blocks(start)
+                 if b.time < end and b.status not in (BlockStatus.REJECTED,)]
+        return report(rows, difficulty, start=start, end=end, blocks=len(found),
+                      tariff_per_kwh=self.config.tariff_per_kwh)
+
+
+def _append_fsync(path: Path, line: bytes) -> None:
+    """Append one line and fsync it (and the directory when the file is new)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if new:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)

@@ -1,0 +1,281 @@
+"""PostgreSQL adapter of `LedgerStore` (asyncpg): one ledger shared by several poold instances.
+
+Same schema and semantics as the SQLite store. Share batches go through COPY (the fastest bulk
+path); blocks and submit results are ordinary transactions, durable on COMMIT with the server's
+default synchronous_commit=on. Migrations run under a transaction-level advisory lock so that
+instances starting together apply them once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+
+from poold.ledger import schema
+from poold.ledger.records import (
+    AcceptedShare,
+    BlockEvent,
+    BlockOutput,
+    BlockRecord,
+    BlockStatus,
+    Credit,
+    EnergyRow,
+    FoundBlock,
+    ShareRow,
+    SubmitResult,
+)
+from poold.ledger.store import StoreUnavailable, assemble_blocks, redact
+
+T = TypeVar("T")
+
+# Arbitrary constant key of the advisory lock that serializes migrations across instances.
+_MIGRATION_LOCK = 0x706F6F6C64  # "poold"
+_SHARE_COLUMNS = ("instance_id", "worker", "account", "difficulty", "job_id", "height", "time")
+
+
+def _q(sql: str) -> str:
+    return schema.render(sql, "postgres")
+
+
+_UNAVAILABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+class PostgresStore:
+    """LedgerStore on PostgreSQL through an asyncpg connection pool."""
+
+    name = "postgres"
+
+    def __init__(self, url: str, *, min_size: int = 1, max_size: int = 4,
+                 command_timeout_s: float = 30.0, connect_timeout_s: float = 5.0) -> None:
+        self.url = url
+        self._min = min_size
+        self._max = max_size
+        self._command_timeout = command_timeout_s
+        self._connect_timeout = connect_timeout_s
+        self._pool: Any = None
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({redact(self.url)!r})"
+
+    async def _with(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        if self._pool is None:
+            raise StoreUnavailable("postgres store is not open")
+        try:
+            async with self._pool.acquire(timeout=self._connect_timeout) as conn:
+                return await fn(conn)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"postgres: {type(exc).__name__}: {exc}") from exc
+
+    async def _tx(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        async def run(conn: Any) -> T:
+            async with conn.transaction():
+                return await fn(conn)
+
+        return await self._with(run)
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            pool = await asyncpg.create_pool(
+                self.url, min_size=self._min, max_size=self._max,
+                command_timeout=self._command_timeout, timeout=self._connect_timeout)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(
+                f"postgres {redact(self.url)}: {type(exc).__name__}: {exc}") from exc
+        self._pool = pool
+        try:
+            await self._tx(self._migrate)
+        except BaseException:
+            await self.close()
+            raise
+
+    @staticmethod
+    async def _migrate(conn: Any) -> None:
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        current = await conn.fetchval("SELECT MAX(version) FROM schema_version") or 0
+        for version, statements in schema.pending(int(current)):
+            for stmt in statements:
+                await conn.execute(_q(stmt))
+            await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    async def schema_version(self) -> int:
+        async def q(conn: Any) -> int:
+            return int(await conn.fetchval("SELECT MAX(version) FROM schema_version") or 0)
+
+        return await self._with(q)
+
+    # -- shares
+
+    async def insert_shares(self, shares: Sequence[AcceptedShare]) -> None:
+        records = [(s.instance_id, s.worker, s.account, s.difficulty, s.job_id, s.height, s.time)
+                   for s in shares]
+
+        async def body(conn: Any) -> None:
+            await conn.copy_records_to_table("shares", records=records, columns=_SHARE_COLUMNS)
+
+        await self._with(body)  # COPY is one statement: atomic without an explicit transaction
+
+    async def shares_page(self, until_time: float, cursor: tuple[float, int] | None,
+                          limit: int) -> list[ShareRow]:
+        async def q(conn: Any) -> list[ShareRow]:
+            if cursor is None:
+                rows = await conn.fetch(_q(schema.SHARES_PAGE_FIRST), until_time, limit)
+            else:
+                rows = await conn.fetch(_q(schema.SHARES_PAGE_NEXT),
+                                        cursor[0], cursor[0], cursor[1], limit)
+            return [ShareRow(id=r[0], account=r[1], difficulty=r[2], time=r[3]) for r in rows]
+
+        return await self._with(q)
+
+    async def share_totals(self, start: float, end: float) -> dict[str, float]:
+        async def q(conn: Any) -> dict[str, float]:
+            rows = await conn.fetch(_q(schema.SHARE_TOTALS), start, end)
+            return {r[0]: float(r[1]) for r in rows}
+
+        return await self._with(q)
+
+    async def share_count(self) -> int:
+        async def q(conn: Any) -> int:
+            return int(await conn.fetchval(schema.SHARE_COUNT))
+
+        return await self._with(q)
+
+    # -- blocks
+
+    async def insert_block(self, block: FoundBlock, network_difficulty: float,
+                           outputs: Sequence[BlockOutput], event: BlockEvent,
+                           credits: Sequence[Credit] = ()) -> bool:
+        async def body(conn: Any) -> bool:
+            status = await conn.execute(
+                _q(schema.INSERT_BLOCK), block.hash_hex, block.height, block.prevhash_hex,
+                block.worker, block.account, block.coinbase_txid_hex, block.reward, block.fees,
+                network_difficulty, block.block_hex, block.time, block.instance_id,
+                BlockStatus.RECORDED.value)
+            if status.endswith(" 0"):  # "INSERT 0 0": already recorded
+                return False
+            await conn.executemany(_q(schema.INSERT_OUTPUT), [
+                (block.hash_hex, o.n, o.script_hex, o.address, o.value) for o in outputs])
+            await self._events(conn, [event])
+            await self._credits(conn, credits)
+            return True
+
+        return await self._tx(body)
+
+    async def upsert_submit_result(self, result: SubmitResult,
+                                   status: BlockStatus | None) -> None:
+        async def body(conn: Any) -> None:
+            await conn.execute(_q(schema.UPSERT_SUBMIT), result.block_hash_hex, result.node,
+                               result.result, result.time)
+            if status is not None:
+                await conn.execute("UPDATE blocks SET status = $1 WHERE hash_hex = $2",
+                                   status.value, result.block_hash_hex)
+
+        await self._tx(body)
+
+    async def block_status(self, hash_hex: str) -> BlockStatus | None:
+        async def q(conn: Any) -> BlockStatus | None:
+            value = await conn.fetchval(_q(schema.BLOCK_STATUS), hash_hex)
+            return None if value is None else BlockStatus(value)
+
+        return await self._with(q)
+
+    async def update_block(self, hash_hex: str, status: BlockStatus, confirmations: int,
+                           checked_at: float, events: Sequence[BlockEvent],
+                           credits: Sequence[Credit]) -> None:
+        async def body(conn: Any) -> None:
+            await conn.execute(_q(schema.UPDATE_BLOCK), status.value, confirmations,
+                               checked_at, hash_hex)
+            await self._events(conn, events)
+            await self._credits(conn, credits)
+
+        await self._tx(body)
+
+    @staticmethod
+    async def _events(conn: Any, events: Sequence[BlockEvent]) -> None:
+        if events:
+            await conn.executemany(_q(schema.INSERT_EVENT), [
+                (e.block_hash_hex, e.time, e.event, e.detail) for e in events])
+
+    @staticmethod
+    async def _credits(conn: Any, credits: Sequence[Credit]) -> None:
+        if credits:
+            await conn.executemany(_q(schema.INSERT_CREDIT), [
+                (c.block_hash_hex, c.account, c.amount, c.kind, c.time) for c in credits])
+
+    async def add_events(self, events: Sequence[BlockEvent]) -> None:
+        await self._tx(lambda conn: self._events(conn, events))
+
+    async def blocks(self, since: float = 0.0) -> list[BlockRecord]:
+        async def q(conn: Any) -> list[BlockRecord]:
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                heads = await conn.fetch(_q(schema.BLOCKS_SINCE), since)
+                outs = await conn.fetch(_q(schema.OUTPUTS_SINCE), since)
+                subs = await conn.fetch(_q(schema.SUBMITS_SINCE), since)
+                evs = await conn.fetch(_q(schema.EVENTS_SINCE), since)
+            return assemble_blocks(heads, outs, subs, evs)
+
+        return await self._with(q)
+
+    async def block_hex(self, hash_hex: str) -> str | None:
+        async def q(conn: Any) -> str | None:
+            value = await conn.fetchval(_q(schema.BLOCK_HEX), hash_hex)
+            return None if value is None else str(value)
+
+        return await self._with(q)
+
+    # -- credits, payments, energy
+
+    async def credits_for(self, block_hash_hex: str, kind: str) -> dict[str, int]:
+        async def q(conn: Any) -> dict[str, int]:
+            rows = await conn.fetch(_q(schema.CREDITS_FOR), block_hash_hex, kind)
+            return {r[0]: int(r[1]) for r in rows}
+
+        return await self._with(q)
+
+    async def add_credits(self, credits: Sequence[Credit]) -> None:
+        await self._tx(lambda conn: self._credits(conn, credits))
+
+    async def balances(self, kinds: Collection[str]) -> dict[str, int]:
+        kinds = list(kinds)
+        sql = _q(schema.BALANCES.replace("{kinds}", ", ".join("?" * len(kinds))))
+
+        async def q(conn: Any) -> dict[str, int]:
+            return {r[0]: int(r[1]) for r in await conn.fetch(sql, *kinds)}
+
+        return await self._with(q)
+
+    async def add_payment(self, account: str, amount: int, txid_hex: str, time: float) -> None:
+        async def body(conn: Any) -> None:
+            await conn.execute(_q(schema.INSERT_PAYMENT), account, amount, txid_hex, time)
+
+        await self._with(body)
+
+    async def paid(self) -> dict[str, int]:
+        async def q(conn: Any) -> dict[str, int]:
+            return {r[0]: int(r[1]) for r in await conn.fetch(_q(schema.PAID))}
+
+        return await self._with(q)
+
+    async def insert_energy(self, rows: Sequence[EnergyRow]) -> None:
+        async def body(conn: Any) -> None:
+            await conn.executemany(_q(schema.INSERT_ENERGY), [
+                (r.worker, r.rack, r.t_start, r.t_end, r.joules) for r in rows])
+
+        await self._tx(body)
+
+    async def energy(self, start: float, end: float) -> list[EnergyRow]:
+        async def q(conn: Any) -> list[EnergyRow]:
+            rows = await conn.fetch(_q(schema.ENERGY_BETWEEN), start, end)
+            return [EnergyRow(worker=r[0], rack=r[1], t_start=r[2], t_end=r[3], joules=r[4])
+                    for r in rows]
+
+        return await self._with(q)

@@ -1,0 +1,176 @@
+"""The ledger's SQL schema and its versioned migrations, one logical schema for both backends.
+
+Each migration is a list of statements written once in a common dialect and rendered for SQLite
+or PostgreSQL by `render()`: `{id}` becomes the auto-increment key, `{float}` a double, and `?`
+placeholders stay for SQLite and become `$1..$n` for PostgreSQL (asyncpg). The version applied is
+kept in `schema_version`; `open()` of a store applies the missing migrations in one transaction.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+Dialect = Literal["sqlite", "postgres"]
+
+_TYPES: dict[Dialect, dict[str, str]] = {
+    "sqlite": {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "float": "REAL", "big": "INTEGER"},
+    "postgres": {"id": "BIGSERIAL PRIMARY KEY", "float": "DOUBLE PRECISION", "big": "BIGINT"},
+}
+
+# Migrations in order; index + 1 is the schema version after applying it. Never edit a released
+# migration: append a new one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE shares (
+            id {id},
+            instance_id INTEGER NOT NULL,
+            worker TEXT NOT NULL,
+            account TEXT NOT NULL,
+            difficulty {float} NOT NULL,
+            job_id TEXT NOT NULL,
+            height INTEGER NOT NULL,
+            time {float} NOT NULL)""",
+        # PPLNS windows walk shares newest first by (time, id).
+        "CREATE INDEX shares_time ON shares (time, id)",
+        """CREATE TABLE blocks (
+            hash_hex TEXT PRIMARY KEY,
+            height INTEGER NOT NULL,
+            prevhash_hex TEXT NOT NULL,
+            worker TEXT NOT NULL,
+            account TEXT NOT NULL,
+            coinbase_txid_hex TEXT NOT NULL,
+            reward {big} NOT NULL,
+            fees {big} NOT NULL,
+            network_difficulty {float} NOT NULL,
+            block_hex TEXT NOT NULL,
+            time {float} NOT NULL,
+            instance_id INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            confirmations INTEGER NOT NULL DEFAULT 0,
+            checked_at {float})""",
+        "CREATE INDEX blocks_time ON blocks (time)",
+        """CREATE TABLE block_outputs (
+            block_hash_hex TEXT NOT NULL,
+            n INTEGER NOT NULL,
+            script_hex TEXT NOT NULL,
+            address TEXT,
+            value {big} NOT NULL,
+            PRIMARY KEY (block_hash_hex, n))""",
+        # No foreign keys: a submit result replayed from the fallback journal may reach the
+        # store in a different transaction than its block.
+        """CREATE TABLE submit_results (
+            block_hash_hex TEXT NOT NULL,
+            node TEXT NOT NULL,
+            result TEXT,
+            time {float} NOT NULL,
+            PRIMARY KEY (block_hash_hex, node))""",
+        """CREATE TABLE block_events (
+            id {id},
+            block_hash_hex TEXT NOT NULL,
+            time {float} NOT NULL,
+            event TEXT NOT NULL,
+            detail TEXT NOT NULL)""",
+        "CREATE INDEX block_events_hash ON block_events (block_hash_hex)",
+        # UNIQUE makes crediting idempotent when several instances reconcile the same block.
+        """CREATE TABLE credits (
+            id {id},
+            block_hash_hex TEXT NOT NULL,
+            account TEXT NOT NULL,
+            amount {big} NOT NULL,
+            kind TEXT NOT NULL,
+            time {float} NOT NULL,
+            UNIQUE (block_hash_hex, account, kind))""",
+        """CREATE TABLE payments (
+            id {id},
+            account TEXT NOT NULL,
+            amount {big} NOT NULL,
+            txid_hex TEXT NOT NULL,
+            time {float} NOT NULL)""",
+        """CREATE TABLE energy (
+            id {id},
+            worker TEXT NOT NULL,
+            rack TEXT NOT NULL,
+            t_start {float} NOT NULL,
+            t_end {float} NOT NULL,
+            joules {float} NOT NULL)""",
+        "CREATE INDEX energy_time ON energy (t_start)",
+    ),
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_PLACEHOLDER = re.compile(r"\?")
+
+
+def render(sql: str, dialect: Dialect) -> str:
+    """Render a common-dialect statement for one backend."""
+    out = sql.format(**_TYPES[dialect])
+    if dialect == "postgres":
+        counter = iter(range(1, 10_000))
+        out = _PLACEHOLDER.sub(lambda _m: f"${next(counter)}", out)
+    return out
+
+
+def pending(current: int) -> list[tuple[int, tuple[str, ...]]]:
+    """The migrations to apply on a database at version `current`, as (new_version, statements)."""
+    if current > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"ledger schema version {current} is newer than this poold ({SCHEMA_VERSION}); "
+            "upgrade poold before opening this ledger")
+    return [(i + 1, MIGRATIONS[i]) for i in range(current, SCHEMA_VERSION)]
+
+
+# -- Statements shared by both stores (common dialect; see render()).
+
+INSERT_SHARE = ("INSERT INTO shares (instance_id, worker, account, difficulty, job_id, height,"
+                " time) VALUES (?, ?, ?, ?, ?, ?, ?)")
+INSERT_BLOCK = (
+    "INSERT INTO blocks (hash_hex, height, prevhash_hex, worker, account, coinbase_txid_hex,"
+    " reward, fees, network_difficulty, block_hex, time, instance_id, status)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (hash_hex) DO NOTHING")
+INSERT_OUTPUT = ("INSERT INTO block_outputs (block_hash_hex, n, script_hex, address, value)"
+                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (block_hash_hex, n) DO NOTHING")
+UPSERT_SUBMIT = (
+    "INSERT INTO submit_results (block_hash_hex, node, result, time) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (block_hash_hex, node) DO UPDATE SET result = excluded.result,"
+    " time = excluded.time")
+INSERT_EVENT = "INSERT INTO block_events (block_hash_hex, time, event, detail) VALUES (?, ?, ?, ?)"
+INSERT_CREDIT = ("INSERT INTO credits (block_hash_hex, account, amount, kind, time)"
+                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (block_hash_hex, account, kind) DO NOTHING")
+INSERT_PAYMENT = "INSERT INTO payments (account, amount, txid_hex, time) VALUES (?, ?, ?, ?)"
+INSERT_ENERGY = ("INSERT INTO energy (worker, rack, t_start, t_end, joules)"
+                 " VALUES (?, ?, ?, ?, ?)")
+UPDATE_BLOCK = "UPDATE blocks SET status = ?, confirmations = ?, checked_at = ? WHERE hash_hex = ?"
+BLOCK_STATUS = "SELECT status FROM blocks WHERE hash_hex = ?"
+SHARES_PAGE_FIRST = ("SELECT id, account, difficulty, time FROM shares WHERE time <= ?"
+                     " ORDER BY time DESC, id DESC LIMIT ?")
+SHARES_PAGE_NEXT = ("SELECT id, account, difficulty, time FROM shares"
+                    " WHERE (time < ? OR (time = ? AND id < ?))"
+                    " ORDER BY time DESC, id DESC LIMIT ?")
+SHARE_TOTALS = ("SELECT worker, SUM(difficulty) FROM shares WHERE time >= ? AND time < ?"
+                " GROUP BY worker")
+SHARE_COUNT = "SELECT COUNT(*) FROM shares"
+BLOCKS_SINCE = (
+    "SELECT height, hash_hex, prevhash_hex, worker, account, coinbase_txid_hex, reward, fees,"
+    " network_difficulty, time, instance_id, status, confirmations, checked_at"
+    " FROM blocks WHERE time >= ? ORDER BY time, hash_hex")
+OUTPUTS_SINCE = (
+    "SELECT o.block_hash_hex, o.n, o.script_hex, o.address, o.value FROM block_outputs o"
+    " JOIN blocks b ON b.hash_hex = o.block_hash_hex WHERE b.time >= ? ORDER BY o.n")
+SUBMITS_SINCE = (
+    "SELECT s.block_hash_hex, s.node, s.result, s.time FROM submit_results s"
+    " JOIN blocks b ON b.hash_hex = s.block_hash_hex WHERE b.time >= ? ORDER BY s.node")
+EVENTS_SINCE = (
+    "SELECT e.block_hash_hex, e.time, e.event, e.detail FROM block_events e"
+    " JOIN blocks b ON b.hash_hex = e.block_hash_hex WHERE b.time >= ? ORDER BY e.id")
+BLOCK_HEX = "SELECT block_hex FROM blocks WHERE hash_hex = ?"
+# Credits count only while their block stands: a rejected or orphaned block's credits drop out
+# (and come back if a further reorg restores it), so no reversal rows are ever needed.
+BALANCES = (
+    "SELECT c.account, SUM(c.amount) FROM credits c JOIN blocks b ON b.hash_hex = c.block_hash_hex"
+    " WHERE c.kind IN ({kinds}) AND b.status NOT IN ('orphaned', 'rejected') GROUP BY c.account")
+CREDITS_FOR = "SELECT account, amount FROM credits WHERE block_hash_hex = ? AND kind = ?"
+PAID = "SELECT account, SUM(amount) FROM payments GROUP BY account"
+ENERGY_BETWEEN = ("SELECT worker, rack, t_start, t_end, joules FROM energy"
+                  " WHERE t_start >= ? AND t_start < ? ORDER BY t_start, id")

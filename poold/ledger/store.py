@@ -1,0 +1,187 @@
+"""The `LedgerStore` Protocol: the one storage seam of the ledger, and `open_store(url)`.
+
+Two real adapters implement it, with the same schema (`poold.ledger.schema`) and the same test
+suite: `SqliteStore` (embedded default; WAL; runs on its own thread) and `PostgresStore` (asyncpg;
+for several poold instances sharing one ledger). Every method is a coroutine and never blocks the
+event loop. Writes are idempotent where a retry or a journal replay may repeat them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from poold.errors import ConfigError
+from poold.ledger.records import (
+    AcceptedShare,
+    BlockEvent,
+    BlockOutput,
+    BlockRecord,
+    BlockStatus,
+    Credit,
+    EnergyRow,
+    FoundBlock,
+    ShareRow,
+    SubmitResult,
+)
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached or refused a write (the caller buffers or journals)."""
+
+
+class LedgerStore(Protocol):
+    """Storage of shares, blocks and their audit trail, credits, payments and energy."""
+
+    @property
+    def name(self) -> str:
+        """"sqlite" or "postgres" (for logs and benchmarks)."""
+        ...
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations (safe when several instances start at once)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def schema_version(self) -> int: ...
+
+    async def insert_shares(self, shares: Sequence[AcceptedShare]) -> None:
+        """Commit a batch of shares in one transaction (all or nothing)."""
+        ...
+
+    async def insert_block(self, block: FoundBlock, network_difficulty: float,
+                           outputs: Sequence[BlockOutput], event: BlockEvent,
+                           credits: Sequence[Credit] = ()) -> bool:
+        """Durably commit a found block with its outputs, first event and split credits.
+
+        Returns False (and writes nothing) if the block was already recorded.
+        """
+        ...
+
+    async def upsert_submit_result(self, result: SubmitResult,
+                                   status: BlockStatus | None) -> None:
+        """Record one node's submit outcome; optionally move the block to `status`."""
+        ...
+
+    async def block_status(self, hash_hex: str) -> BlockStatus | None: ...
+
+    async def update_block(self, hash_hex: str, status: BlockStatus, confirmations: int,
+                           checked_at: float, events: Sequence[BlockEvent],
+                           credits: Sequence[Credit]) -> None:
+        """Change a block's state, append its events and credits, in one transaction."""
+        ...
+
+    async def add_events(self, events: Sequence[BlockEvent]) -> None: ...
+
+    async def shares_page(self, until_time: float, cursor: tuple[float, int] | None,
+                          limit: int) -> list[ShareRow]:
+        """Shares newest first: time <= until_time, then strictly before `cursor` (time, id)."""
+        ...
+
+    async def share_totals(self, start: float, end: float) -> dict[str, float]:
+        """Accepted difficulty per worker for shares with start <= time < end."""
+        ...
+
+    async def share_count(self) -> int: ...
+
+    async def blocks(self, since: float = 0.0) -> list[BlockRecord]:
+        """Found blocks with time >= since, oldest first, with outputs, submits and events."""
+        ...
+
+    async def block_hex(self, hash_hex: str) -> str | None: ...
+
+    async def credits_for(self, block_hash_hex: str, kind: str) -> dict[str, int]: ...
+
+    async def add_credits(self, credits: Sequence[Credit]) -> None: ...
+
+    async def balances(self, kinds: Collection[str]) -> dict[str, int]:
+        """Sum of credits per account over the given kinds, for blocks not orphaned/rejected."""
+        ...
+
+    async def add_payment(self, account: str, amount: int, txid_hex: str, time: float) -> None:
+        ...
+
+    async def paid(self) -> dict[str, int]: ...
+
+    async def insert_energy(self, rows: Sequence[EnergyRow]) -> None: ...
+
+    async def energy(self, start: float, end: float) -> list[EnergyRow]: ...
+
+
+def resolve_url(url: str, state_dir: Path | str) -> str:
+    """The effective ledger URL: empty means the SQLite file `ledger.sqlite3` in the state dir."""
+    if not url:
+        return f"sqlite:///{Path(state_dir) / 'ledger.sqlite3'}"
+    return url
+
+
+def open_store(url: str, *, source: str = "") -> LedgerStore:
+    """Build (not yet open) the store for `sqlite:///PATH` or `postgresql://...`.
+
+    Raises ConfigError("ledger.url", ...) for anything else.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        path = url[len("sqlite://"):]
+        if not path.startswith("/") or len(path) < 2:
+            raise ConfigError("ledger.url", "sqlite URL must be sqlite:///ABSOLUTE/PATH", source)
+        from poold.ledger.sqlite import SqliteStore
+
+        return SqliteStore(Path(path))
+    if scheme in ("postgresql", "postgres"):
+        from poold.ledger.postgres import PostgresStore
+
+        return PostgresStore(url)
+    raise ConfigError("ledger.url", "must be sqlite:///PATH or postgresql://...", source)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()
+
+
+def outputs_of(block: FoundBlock,
+               describe: Mapping[bytes, str | None] | None = None) -> list[BlockOutput]:
+    """The coinbase outputs of a found block as audit rows (address from `describe` if known)."""
+    rows = []
+    for n, (script, value) in enumerate(block.coinbase_outputs):
+        address = describe.get(script) if describe is not None else None
+        rows.append(BlockOutput(n=n, script_hex=script.hex(), address=address, value=value))
+    return rows
+
+
+def assemble_blocks(heads: Sequence[Sequence[Any]], outs: Sequence[Sequence[Any]],
+                    subs: Sequence[Sequence[Any]],
+                    evs: Sequence[Sequence[Any]]) -> list[BlockRecord]:
+    """Join the rows of the four audit tables into BlockRecords (used by both stores)."""
+    outputs: dict[str, list[BlockOutput]] = {}
+    for h, n, script_hex, address, value in outs:
+        outputs.setdefault(h, []).append(BlockOutput(
+            n=int(n), script_hex=str(script_hex), address=address, value=int(value)))
+    submits: dict[str, list[SubmitResult]] = {}
+    for h, node, result, t in subs:
+        submits.setdefault(h, []).append(SubmitResult(
+            block_hash_hex=h, node=node, result=result, time=float(t)))
+    events: dict[str, list[BlockEvent]] = {}
+    for h, t, event, detail in evs:
+        events.setdefault(h, []).append(BlockEvent(
+            block_hash_hex=h, time=float(t), event=event, detail=detail))
+    records = []
+    for (height, h, prevhash_hex, worker, account, cb_txid, reward, fees, netdiff, t,
+         instance_id, status, confirmations, checked_at) in heads:
+        records.append(BlockRecord(
+            height=int(height), hash_hex=h, prevhash_hex=prevhash_hex, worker=worker,
+            account=account, coinbase_txid_hex=cb_txid, reward=int(reward), fees=int(fees),
+            network_difficulty=float(netdiff), time=float(t), instance_id=int(instance_id),
+            status=BlockStatus(status), confirmations=int(confirmations),
+            checked_at=None if checked_at is None else float(checked_at),
+            outputs=tuple(outputs.get(h, ())), submits=tuple(submits.get(h, ())),
+            events=tuple(events.get(h, ()))))
+    return records

@@ -1,0 +1,296 @@
+"""The Ledger front on both real backends: batching, durability, store outages, split plans."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from poold.bitcoin.address import Network, address_to_script, p2wpkh_address
+from poold.ledger.config import LedgerConfig
+from poold.ledger.ledger import Ledger
+from poold.ledger.records import AcceptedShare, BlockStatus, FoundBlock
+from poold.ledger.store import LedgerStore, StoreUnavailable, open_store
+from poold.metrics import Metrics
+from tests.ledger.helpers import block, share
+
+
+def config(url: str, state_dir: Path, **kw: Any) -> LedgerConfig:
+    return LedgerConfig(url=url, state_dir=str(state_dir), **kw)
+
+
+class Flaky:
+    """Wraps a real store; while `down`, writes fail; while `stall` is clear, share writes hang
+    (a slow store). Everything else goes to the real store."""
+
+    def __init__(self, inner: LedgerStore) -> None:
+        self.inner = inner
+        self.down = False
+        self.stall = asyncio.Event()
+        self.stall.set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def insert_shares(self, shares: Sequence[AcceptedShare]) -> None:
+        await self.stall.wait()
+        if self.down:
+            raise StoreUnavailable("test: down")
+        await self.inner.insert_shares(shares)
+
+    async def insert_block(self, *a: Any) -> bool:
+        if self.down:
+            raise StoreUnavailable("test: down")
+        return await self.inner.insert_block(*a)
+
+    async def block_status(self, h: str) -> BlockStatus | None:
+        if self.down:
+            raise StoreUnavailable("test: down")
+        return await self.inner.block_status(h)
+
+
+async def test_shares_committed_within_the_window(ledger_url: str, tmp_path: Path) -> None:
+    metrics = Metrics(CollectorRegistry())
+    ledger = Ledger(config(ledger_url, tmp_path, flush_interval_ms=50), metrics=metrics)
+    await ledger.start()
+    try:
+        now = time.time()
+        for i in range(5000):
+            ledger.record_share(share(i, t=now))
+        await asyncio.sleep(0.5)  # ten flush intervals; no explicit flush
+        assert await ledger.store.share_count() == 5000
+        assert ledger.buffered == 0 and ledger.committed_shares == 5000
+        assert metrics.ledger_lag_seconds._value.get() == 0.0
+    finally:
+        await ledger.stop()
+
+
+async def test_stop_flushes_everything(ledger_url: str, tmp_path: Path) -> None:
+    ledger = Ledger(config(ledger_url, tmp_path, flush_interval_ms=60_000))
+    await ledger.start()
+    for i in range(1234):
+        ledger.record_share(share(i))
+    await ledger.stop()
+    store = open_store(ledger_url)
+    await store.open()
+    try:
+        assert await store.share_count() == 1234
+    finally:
+        await store.close()
+
+
+async def test_block_and_submit_results(ledger_url: str, tmp_path: Path) -> None:
+    ledger = Ledger(config(ledger_url, tmp_path, network="regtest"))
+    await ledger.start()
+    try:
+        b = block(7)
+        await ledger.record_block(b)
+        [rec] = await ledger.blocks()  # durable before record_block returned
+        assert rec.status == BlockStatus.RECORDED
+        assert rec.network_difficulty == pytest.approx(4.656542373906925e-10)
+        assert rec.outputs[0].address is not None and rec.outputs[0].address.startswith("bcrt1")
+        await ledger.record_submit_result(b.hash_hex, "node-a", "bad-cb-amount")
+        assert (await ledger.blocks())[0].status == BlockStatus.REJECTED
+        await ledger.record_submit_result(b.hash_hex, "node-b", None)
+        assert (await ledger.blocks())[0].status == BlockStatus.SUBMITTED
+        await ledger.record_submit_result(b.hash_hex, "node-c", "rejected")
+        [rec] = await ledger.blocks()
+        assert rec.status == BlockStatus.SUBMITTED  # one acceptance is enough
+        assert {s.node: s.result for s in rec.submits} == {
+            "node-a": "bad-cb-amount", "node-b": None, "node-c": "rejected"}
+        await ledger.record_block(b)  # a repeat is harmless
+        assert len(await ledger.blocks()) == 1
+    finally:
+        await ledger.stop()
+
+
+async def test_slow_store_never_blocks_and_counts_losses(ledger_url: str,
+                                                        tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    store = Flaky(open_store(ledger_url))
+    ledger = Ledger(config(ledger_url, tmp_path, flush_interval_ms=10, buffer_max_shares=2000),
+                    store=store, metrics=metrics)
+    await ledger.start()
+    try:
+        store.stall.clear()  # every share write now hangs
+        ledger.record_share(share(0))
+        await asyncio.sleep(0.05)  # the flusher is stuck in a write of 1 share
+        started = time.perf_counter()
+        for i in range(1, 10_000):
+            ledger.record_share(share(i))
+        elapsed = time.perf_counter() - started
+        assert elapsed < 0.5  # 10k calls: never waits on the store
+        assert ledger.buffered == 2000
+        assert ledger.lost_shares == 10_000 - 1 - 2000
+        assert metrics.ledger_lost_shares._value.get() == ledger.lost_shares
+        from prometheus_client import generate_latest
+
+        generate_latest(registry)  # a scrape runs the hooks
+        assert metrics.ledger_lag_seconds._value.get() > 0  # the lag is visible
+        # A found block is not held up by the stuck share writes.
+        await asyncio.wait_for(ledger.record_block(block(1)), 2.0)
+        store.stall.set()
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if ledger.committed_shares == 2001:
+                break
+        assert await store.inner.share_count() == 2001
+    finally:
+        store.stall.set()
+        await ledger.stop()
+
+
+async def test_store_down_journals_blocks_and_replays(ledger_url: str, tmp_path: Path) -> None:
+    store = Flaky(open_store(ledger_url))
+    ledger = Ledger(config(ledger_url, tmp_path, flush_interval_ms=10), store=store)
+    await ledger.start()
+    try:
+        store.down = True
+        for i in range(300):
+            ledger.record_share(share(i))
+        b = block(3)
+        await ledger.record_block(b)
+        await ledger.record_submit_result(b.hash_hex, "n1", None)
+        journal = ledger.config.journal_path
+        assert journal.exists()
+        assert b.hash_hex in journal.read_text()
+        assert await store.inner.blocks() == []
+        await asyncio.sleep(0.1)
+        assert ledger.buffered == 300  # kept, not lost
+        store.down = False
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            if not journal.exists() and ledger.committed_shares == 300:
+                break
+        [rec] = await store.inner.blocks()
+        assert rec.hash_hex == b.hash_hex and rec.status == BlockStatus.SUBMITTED
+        assert [e.event for e in rec.events] == ["recorded"]
+        assert "journal" in rec.events[0].detail
+        assert await store.inner.share_count() == 300
+        assert ledger.lost_shares == 0
+    finally:
+        await ledger.stop()
+
+
+async def test_store_unreachable_at_start(tmp_path: Path) -> None:
+    # A real outage: nothing listens on this port. start() does not fail; blocks go to the
+    # journal; a later start with a reachable store replays them.
+    bad = "postgresql://poold:poold@127.0.0.1:9/none"
+    ledger = Ledger(config(bad, tmp_path))
+    await asyncio.wait_for(ledger.start(), 10.0)
+    b = block(9)
+    await ledger.record_block(b)
+    ledger.record_share(share(1))
+    await ledger.stop()
+    assert ledger.lost_shares == 1  # counted, not silently dropped
+    good = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    ledger2 = Ledger(config(good, tmp_path))
+    await ledger2.start()
+    try:
+        assert [r.hash_hex for r in await ledger2.blocks()] == [b.hash_hex]
+        assert not ledger2.config.journal_path.exists()
+    finally:
+        await ledger2.stop()
+
+
+async def test_torn_journal_line_is_skipped(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'l.sqlite3'}"
+    cfg = config(url, tmp_path)
+    ledger = Ledger(config("postgresql://x:y@127.0.0.1:9/none", tmp_path))
+    await ledger.start()
+    await ledger.record_block(block(1))
+    await ledger.stop()
+    with cfg.journal_path.open("ab") as f:
+        f.write(b'{"kind":"block","blo')  # a crash in the middle of a write
+    ledger2 = Ledger(cfg)
+    await ledger2.start()
+    try:
+        assert len(await ledger2.blocks()) == 1
+    finally:
+        await ledger2.stop()
+
+
+def regtest_address(n: int) -> str:
+    return p2wpkh_address(bytes([n]) * 20, Network.REGTEST)
+
+
+async def test_split_plan_updates_balances_when_its_block_is_found(ledger_url: str,
+                                                                   tmp_path: Path) -> None:
+    fee_addr = regtest_address(99)
+    cfg = config(ledger_url, tmp_path, payout="split", network="regtest", fee_address=fee_addr,
+                 fee_percent=1.0, dust_sat=1000, max_outputs=2, pplns_window_factor=1.0)
+    ledger = Ledger(cfg)
+    await ledger.start()
+    try:
+        a, b_, c = regtest_address(1), regtest_address(2), regtest_address(3)
+        now = time.time() - 10
+        for i, (acct, d) in enumerate([(a, 60.0), (b_, 30.0), (c, 0.5), (a, 100.0)]):
+            # The oldest share (a, 100) is outside the window of 1 x difficulty 90.5.
+            ledger.record_share(share(i, account=acct, difficulty=d, t=now - i))
+        await ledger.flush()
+        weights = await ledger.window_weights(90.5)
+        assert weights == {a: 60.0, b_: 30.0, c: 0.5}
+        outputs = await ledger.coinbase_outputs(100_000, 90.5)
+        net = Network.REGTEST
+        assert outputs[-1] == (address_to_script(fee_addr, net), 1000)
+        assert sum(v for _, v in outputs) == 100_000
+        paid = {s: v for s, v in outputs[:-1]}
+        assert set(paid) == {address_to_script(a, net), address_to_script(b_, net)}
+        witness = (bytes.fromhex("6a24aa21a9ed") + bytes(32), 0)
+        found = block(5, outputs=(*outputs, witness))
+        await ledger.record_block(found)
+        balances = await ledger.split_balances()
+        assert sum(balances.values()) == 0
+        from poold.ledger.payouts import proportional
+
+        # c's whole share (below dust) is carried: 99_000 * 0.5 / 90.5 = 546.96 -> 547.
+        assert balances[c] == proportional(99_000, weights)[c] == 547
+        # Orphaning the block takes its balance changes out again.
+        await ledger.store.update_block(found.hash_hex, BlockStatus.ORPHANED, -1, 1.0, [], [])
+        assert await ledger.split_balances() == {}
+    finally:
+        await ledger.stop()
+
+
+async def test_two_instances_one_window_one_audit_log(ledger_url: str, tmp_path: Path) -> None:
+    one = Ledger(LedgerConfig(url=ledger_url, state_dir=str(tmp_path / "i1"), instance_id=1))
+    two = Ledger(LedgerConfig(url=ledger_url, state_dir=str(tmp_path / "i2"), instance_id=2))
+    await asyncio.gather(one.start(), two.start())  # migrations race safely
+    try:
+        now = time.time() - 5
+        for i in range(100):
+            one.record_share(share(i, account="alice", t=now + i * 0.01, instance_id=1))
+            two.record_share(share(i, account="bob", t=now + i * 0.01 + 0.005, instance_id=2))
+        await asyncio.gather(one.flush(), two.flush())
+        w1 = await one.window_weights(25.0)  # window = 2 x 25 = the newest 50 shares
+        w2 = await two.window_weights(25.0)
+        assert w1 == w2 == {"alice": 25.0, "bob": 25.0}
+        await one.record_block(block(1, t=now + 1, instance_id=1))
+        await two.record_block(block(2, t=now + 2, instance_id=2))
+        for ledger in (one, two):
+            assert [r.instance_id for r in await ledger.blocks()] == [1, 2]
+    finally:
+        await asyncio.gather(one.stop(), two.stop())
+
+
+def test_config_errors_name_the_key() -> None:
+    from poold.errors import ConfigError
+
+    cases = [({"payout": "prop"}, "pool.payout"), ({"payout": "split"}, "pool.fee_address"),
+             ({"payout": "reserve"}, "pool.reserve_address"),
+             ({"dust_sat": 0}, "ledger.dust_sat"), ({"url": "mysql://x"}, "ledger.url")]
+    for kw, key in cases:
+        with pytest.raises(ConfigError) as exc:
+            LedgerConfig(**kw).validate()
+        assert exc.value.key == key
+
+
+def test_found_block_keeps_block_hex_out_of_repr() -> None:
+    b: FoundBlock = block(1)
+    assert b.block_hex not in repr(b)
