@@ -1,0 +1,171 @@
+"""submitblock against the kernel: blocks assembled by poold's primitives from devnet templates
+with transactions are accepted and become the tip; each invalid variant gets Bitcoin Core's
+reason string (BIP22) and leaves the tip alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from poold.bitcoin.address import Network, p2wpkh_address
+from poold.bitcoin.byteorder import hash_to_hex
+from poold.bitcoin.merkle import witness_commitment
+from poold.bitcoin.script import p2wpkh_script, witness_commitment_script
+from poold.devnet import Devnet
+from tests.devnet.helpers import build_block, rpc, rpc_error
+
+PAYOUT = p2wpkh_script(bytes(range(20)))
+
+
+async def funded(dn: Devnet, ntx: int = 2) -> dict[str, Any]:
+    """Mature coinbases, put `ntx` segwit spends (one chained) in the mempool, return a GBT."""
+    await dn.generate(101)
+    await dn.send_test_transaction(fee_sat=1500)
+    for _ in range(ntx - 1):
+        await dn.send_test_transaction(fee_sat=700, unconfirmed=True)
+    gbt: dict[str, Any] = await rpc(dn, "getblocktemplate", {"rules": ["segwit"]})
+    assert len(gbt["transactions"]) == ntx
+    return gbt
+
+
+async def test_block_with_transactions_is_accepted_and_becomes_tip(devnet: Devnet) -> None:
+    gbt = await funded(devnet, 3)
+    fees = sum(t["fee"] for t in gbt["transactions"])
+    assert fees == 1500 + 700 + 700
+    assert gbt["coinbasevalue"] == 50 * 100_000_000 + fees
+    assert gbt["transactions"][1]["depends"] == [1]
+    built = build_block(gbt, payout_script=PAYOUT)
+    assert await rpc(devnet, "submitblock", built.raw.hex()) is None
+    assert await rpc(devnet, "getbestblockhash") == built.header.hash_hex
+    assert await rpc(devnet, "getblockcount") == gbt["height"]
+    block = await rpc(devnet, "getblock", built.header.hash_hex, 1)
+    assert block["tx"][1:] == [t["txid"] for t in gbt["transactions"]]
+    # Mined transactions leave the mempool; the next template is on the new tip and empty.
+    assert await rpc(devnet, "getrawmempool") == []
+    nxt = await rpc(devnet, "getblocktemplate", {"rules": ["segwit"]})
+    assert nxt["previousblockhash"] == built.header.hash_hex
+    assert nxt["transactions"] == []
+    # Resubmitting the same block: bitcoind says "duplicate".
+    assert await rpc(devnet, "submitblock", built.raw.hex()) == "duplicate"
+
+
+async def test_coinbase_only_block_from_template_is_accepted(devnet: Devnet) -> None:
+    gbt = await rpc(devnet, "getblocktemplate", {"rules": ["segwit"]})
+    built = build_block(gbt, payout_script=PAYOUT)
+    assert await rpc(devnet, "submitblock", built.raw.hex()) is None
+    assert devnet.tip_hash_hex == built.header.hash_hex
+
+
+@pytest.mark.parametrize(
+    ("knobs", "reason"),
+    [
+        ({"merkle_root_override": b"\x11" * 32}, "bad-txnmrklroot"),
+        ({"drop_tx": 0}, "bad-txns-inputs-missingorspent"),  # child without its parent
+        ({"pay_extra": 1}, "bad-cb-amount"),
+        ({"commitment": None}, "unexpected-witness"),  # witness txs, no commitment
+        ({"wrong_commitment": True}, "bad-witness-merkle-match"),
+        ({"height_delta": 1}, "bad-cb-height"),
+        ({"meet_target": False}, "high-hash"),
+    ],
+    ids=["merkle", "missing-parent", "overpay", "no-commitment", "wrong-commitment",
+         "bip34-height", "high-hash"],
+)
+async def test_invalid_block_is_rejected_with_core_reason(
+    devnet: Devnet, knobs: dict[str, Any], reason: str
+) -> None:
+    gbt = await funded(devnet)
+    tip = devnet.tip_hash_hex
+    kw: dict[str, Any] = {}
+    if "merkle_root_override" in knobs:
+        kw["merkle_root_override"] = knobs["merkle_root_override"]
+    if "drop_tx" in knobs:
+        kw["drop_tx"] = knobs["drop_tx"]
+        kw["commitment"] = "recompute"
+    if "pay_extra" in knobs:
+        kw["pay"] = gbt["coinbasevalue"] + knobs["pay_extra"]
+    if "commitment" in knobs:
+        kw["commitment"] = knobs["commitment"]
+    if "wrong_commitment" in knobs:
+        kw["commitment"] = witness_commitment_script(witness_commitment([b"\x22" * 32]))
+    if "height_delta" in knobs:
+        kw["height"] = gbt["height"] + knobs["height_delta"]
+    if "meet_target" in knobs:
+        kw["meet_target"] = knobs["meet_target"]
+    built = build_block(gbt, payout_script=PAYOUT, **kw)
+    assert await rpc(devnet, "submitblock", built.raw.hex()) == reason
+    assert await rpc(devnet, "getbestblockhash") == tip
+    # The same template, built honestly, is still good: the rejection was about the variant.
+    good = build_block(gbt, payout_script=PAYOUT, extranonce2=b"\x07" * 8)
+    assert await rpc(devnet, "submitblock", good.raw.hex()) is None
+
+
+async def test_overpaying_block_is_stored_but_rejected(devnet: Devnet) -> None:
+    """The kernel stores the block before ConnectBlock fails: "processed" is not "accepted"."""
+    gbt = await funded(devnet)
+    bad = build_block(gbt, payout_script=PAYOUT, pay=gbt["coinbasevalue"] + 1)
+    assert await rpc(devnet, "submitblock", bad.raw.hex()) == "bad-cb-amount"
+    assert await rpc(devnet, "submitblock", bad.raw.hex()) == "duplicate-invalid"
+    header = await rpc(devnet, "getblockheader", bad.header.hash_hex)
+    assert header["confirmations"] == -1
+    # A child of the invalid block: bad-prevblk.
+    child_gbt = dict(gbt, height=gbt["height"] + 1, transactions=[],
+                     previousblockhash=bad.header.hash_hex,
+                     coinbasevalue=50 * 100_000_000)
+    child = build_block(child_gbt, payout_script=PAYOUT)
+    assert await rpc(devnet, "submitblock", child.raw.hex()) == "bad-prevblk"
+
+
+async def test_stale_and_unknown_prevhash(devnet: Devnet) -> None:
+    await devnet.generate(3)
+    stale_gbt = await rpc(devnet, "getblocktemplate", {"rules": ["segwit"]})
+    await devnet.generate(1)
+    # A valid block on the previous tip: stored as an equal-work fork, not connected.
+    stale = build_block(stale_gbt, payout_script=PAYOUT)
+    assert await rpc(devnet, "submitblock", stale.raw.hex()) == "inconclusive"
+    assert devnet.tip_hash_hex != stale.header.hash_hex
+    assert (await rpc(devnet, "getblockheader", stale.header.hash_hex))["confirmations"] == -1
+    unknown = build_block(stale_gbt, payout_script=PAYOUT, prevhash_hex="ab" * 32)
+    assert await rpc(devnet, "submitblock", unknown.raw.hex()) == "prev-blk-not-found"
+
+
+async def test_undecodable_block_is_a_deserialization_error(devnet: Devnet) -> None:
+    assert await rpc_error(devnet, "submitblock", "00") == (-22, "Block decode failed")
+    assert (await rpc_error(devnet, "submitblock", "zz"))[0] == -22
+
+
+async def test_reorg_moves_transactions_back_to_the_mempool(devnet: Devnet) -> None:
+    gbt = await funded(devnet, 1)
+    txid = gbt["transactions"][0]["txid"]
+    fork_parent = devnet.tip_hash_hex
+    (mined,) = await devnet.generate(1)
+    assert txid in (await rpc(devnet, "getblock", mined))["tx"]
+    assert await rpc(devnet, "getrawmempool") == []
+    # Two empty blocks on the parent of `mined`: more work, the kernel reorgs to them.
+    fork1_gbt = dict(gbt, transactions=[], coinbasevalue=50 * 100_000_000,
+                     default_witness_commitment=witness_commitment_script(
+                         witness_commitment([])).hex())
+    fork1 = build_block(fork1_gbt, payout_script=PAYOUT, extranonce2=b"\x09" * 8)
+    assert await rpc(devnet, "submitblock", fork1.raw.hex()) == "inconclusive"
+    fork2_gbt = dict(fork1_gbt, height=gbt["height"] + 1,
+                     previousblockhash=fork1.header.hash_hex)
+    fork2 = build_block(fork2_gbt, payout_script=PAYOUT)
+    assert await rpc(devnet, "submitblock", fork2.raw.hex()) is None
+    assert devnet.tip_hash_hex == fork2.header.hash_hex
+    assert (await rpc(devnet, "getblockheader", mined))["confirmations"] == -1
+    assert (await rpc(devnet, "getblockheader", fork_parent))["nextblockhash"] == hash_to_hex(
+        fork1.header.hash
+    )
+    assert await rpc(devnet, "getrawmempool") == [txid]
+    again = await rpc(devnet, "getblocktemplate", {"rules": ["segwit"]})
+    assert [t["txid"] for t in again["transactions"]] == [txid]
+
+
+async def test_generatetoaddress_pays_the_address(devnet: Devnet) -> None:
+    address = p2wpkh_address(bytes(range(20)), Network.REGTEST)
+    hashes = await rpc(devnet, "generatetoaddress", 2, address)
+    assert len(hashes) == 2 and hashes[-1] == devnet.tip_hash_hex
+    raw = bytes.fromhex(await rpc(devnet, "getblock", hashes[0], 0))
+    assert PAYOUT in raw
+    code, msg = await rpc_error(devnet, "generatetoaddress", 1, "bc1qnotanaddress")
+    assert (code, msg) == (-5, "Error: Invalid address")
