@@ -40,18 +40,29 @@ def extensions() -> list:  # type: ignore[type-arg]
     pyx = NATIVE / "_sharecore.pyx"
     if not pyx.exists() or os.environ.get("POOLD_NO_NATIVE_BUILD"):
         return []
-    from Cython.Build import cythonize
     from setuptools import Extension
 
     c_sources = sorted(str(p.relative_to(HERE)) for p in NATIVE.glob("*.c")
                        if p.name != "_sharecore.c")
+    # listed so that an sdist carries them (cythonize swaps the .pyx for the generated .c)
+    headers = sorted(str(p.relative_to(HERE)) for p in [*NATIVE.glob("*.h"), pyx])
     ext = Extension(
         "poold._sharecore",
         sources=[str(pyx.relative_to(HERE)), *c_sources],
+        depends=headers,
         include_dirs=[str(NATIVE.relative_to(HERE))],
+        # The SHA-NI functions carry their own target attribute and are chosen by CPUID at run
+        # time, so no -msha/-march here: the module must load on any x86-64 (and other) CPU.
         extra_compile_args=["-O3", "-fno-strict-aliasing"],
     )
-    return cythonize([ext], language_level=3, quiet=True)
+    try:
+        from Cython.Build import cythonize
+
+        return cythonize([ext], language_level=3, quiet=True)
+    except Exception as exc:  # no Cython, or Cython rejected the source: the pure twin
+        print(f"poold: native share core not built ({exc}); using the pure twin",
+              file=sys.stderr)
+        return []
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})
