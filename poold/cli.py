@@ -48,7 +48,8 @@ def _chosen(argv: Sequence[str]) -> Command | None:
     for arg in argv:
         if arg.startswith("-"):
             continue
-        return names.get(arg)
+        if arg in names:  # skip option values such as `--log-level WARNING`
+            return names[arg]
     return None
 
 

@@ -1,0 +1,210 @@
+"""`poold run -c FILE`: the daemon. One wiring function, one TaskGroup, ordered shutdown.
+
+Start order (STYLE.md #2-3): config -> metrics -> ledger (replays its block journal) -> nodes
+(checked: auth, chain, a template that parses; a wrong chain is a clean exit) -> the first
+template builds jobs -> Stratum listens -> READY to systemd. SIGINT/SIGTERM only set an Event.
+Shutdown: stop listening, `client.reconnect` every miner, drain (bounded), finish block
+submissions, stop the nodes, flush the ledger.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from poold.bitcoin.address import address_to_script
+from poold.errors import ConfigError
+
+if TYPE_CHECKING:
+    from poold.config import Config
+    from poold.metrics import Metrics
+    from poold.node.nodes import NodeSet
+    from poold.stratum.server import StratumServer
+    from poold.work.blocks import BlockSink
+    from poold.work.engine import ShareSink
+    from poold.work.jobs import PayoutPolicy
+
+log = logging.getLogger("poold.daemon")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", required=True, type=Path, help="TOML config file")
+
+
+def run(args: argparse.Namespace) -> int:
+    from poold.config import load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"poold run: config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(serve(cfg))
+    except ConfigError as exc:
+        print(f"poold run: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def payout_policy(cfg: Config) -> PayoutPolicy:
+    """Who the coinbase pays, from `pool.payout`."""
+    from poold.work.jobs import FixedPayout, SoloPayout
+
+    p = cfg.pool
+    if p.payout == "solo":
+        return SoloPayout()
+    if p.payout == "reserve":
+        return FixedPayout(address_to_script(p.reserve_address, p.network))
+    if p.fee_address:
+        # pplns: the pool wallet is paid and pays balances later (poold.ledger.payouts).
+        return FixedPayout(address_to_script(p.fee_address, p.network))
+    raise ConfigError("pool.fee_address", f"required for pool.payout = {p.payout!r}", cfg.source)
+
+
+@dataclass(slots=True)
+class Pool:
+    """The wired Stratum side: what `serve` runs and tests drive."""
+
+    server: StratumServer
+    nodes: NodeSet
+
+
+def build_pool(
+    cfg: Config,
+    nodes: NodeSet,
+    *,
+    metrics: Metrics | None = None,
+    share_sink: ShareSink | None = None,
+    block_sink: BlockSink | None = None,
+    clock: Any = time.time,
+    **server_overrides: Any,
+) -> Pool:
+    """The one wiring function of the pool: jobs, shares, sessions, server, block submission."""
+    from poold.node.rpc import NodeUnavailable, RpcError
+    from poold.stratum.auth import Authorizer
+    from poold.stratum.server import ServerSettings, StratumServer
+    from poold.stratum.session import SessionContext, SessionSettings
+    from poold.work.blocks import BlockSubmitter, LogBlockSink
+    from poold.work.difficulty import DifficultyPolicy
+    from poold.work.engine import ShareEngine
+    from poold.work.extranonce import ExtranonceAllocator
+    from poold.work.jobs import JobBook
+    from poold.work.vardiff import Vardiff
+
+    s = cfg.stratum
+    book = JobBook(
+        payout_policy(cfg),
+        tag=cfg.pool.coinbase_tag.encode(),
+        extranonce1_size=4,
+        extranonce2_size=s.extranonce2_size,
+    )
+    engine = ShareEngine(
+        book,
+        DifficultyPolicy(s.start_difficulty, s.min_difficulty, s.max_difficulty),
+        Vardiff(share_interval_s=s.share_interval_s, window_s=max(6 * s.share_interval_s, 5.0)),
+        instance_id=cfg.pool.instance_id,
+        on_block=lambda candidate: None,  # replaced by the server
+        share_sink=share_sink,
+    )
+    ctx = SessionContext(
+        engine,
+        ExtranonceAllocator(cfg.pool.instance_id, size=4),
+        Authorizer(cfg.pool.network, solo=cfg.pool.payout == "solo"),
+        SessionSettings(
+            version_mask=s.version_mask,
+            accept_unnegotiated_version_bits=s.accept_unnegotiated_version_bits,
+            extranonce2_size=s.extranonce2_size,
+            invalid_limit=server_overrides.pop("invalid_limit", 100),
+        ),
+        clock,
+    )
+
+    async def header_lookup(hash_hex: str) -> dict[str, Any] | None:
+        for status in nodes.status():
+            try:
+                header: dict[str, Any] = await nodes.client(status.name).getblockheader(hash_hex)
+            except (RpcError, NodeUnavailable) as exc:
+                log.info("getblockheader %s on %s: %s", hash_hex, status.name, exc)
+                continue
+            return header
+        return None
+
+    blocks = BlockSubmitter(
+        nodes,
+        block_sink if block_sink is not None else LogBlockSink(),
+        header_lookup=header_lookup,
+        metrics=metrics,
+    )
+    server = StratumServer(
+        ctx,
+        ServerSettings.from_config(s, **server_overrides),
+        metrics=metrics,
+        blocks=blocks,
+        clock=clock,
+    )
+    nodes.subscribe(server.on_template)
+    return Pool(server, nodes)
+
+
+async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> int:
+    """Run until SIGINT/SIGTERM (or `stop` is set); the process exit code."""
+    from poold.ledger import Ledger, LedgerConfig
+    from poold.metrics import Metrics
+    from poold.node.nodes import NodeSet
+    from poold.node.rpc import NodeCheckError, NodeUnavailable
+    from poold.systemd import Notifier
+
+    stop = stop if stop is not None else asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    notifier = Notifier()
+    metrics = Metrics()
+    ledger = Ledger(LedgerConfig.from_config(cfg), metrics=metrics)
+    nodes = NodeSet.from_config(cfg, metrics)
+    pool = build_pool(cfg, nodes, metrics=metrics, share_sink=ledger, block_sink=ledger)
+    server = pool.server
+    await ledger.start()
+    try:
+        try:
+            await nodes.start()
+        except (NodeCheckError, NodeUnavailable) as exc:
+            log.error("bitcoind check failed: %s", exc)
+            return 1
+        if nodes.latest is not None and server.ctx.engine.book.template is None:
+            server.on_template(nodes.latest, True)
+        await server.start()
+        notifier.ready(f"stratum on {', '.join(server.addresses)}")
+        log.info("poold running: %s", ", ".join(server.addresses))
+        async with asyncio.TaskGroup() as tg:
+            sweeper = tg.create_task(server.run_sweeper(), name="stratum-sweeper")
+            watchdog = tg.create_task(_watchdog(notifier), name="systemd-watchdog")
+            await stop.wait()
+            log.info("shutting down: stop listening, reconnect miners, drain")
+            notifier.stopping()
+            await server.shutdown()
+            sweeper.cancel()
+            watchdog.cancel()
+        return 0
+    finally:
+        await nodes.stop()
+        await ledger.stop()
+        notifier.close()
+        log.info("poold stopped")
+
+
+async def _watchdog(notifier: Any) -> None:
+    while True:
+        notifier.watchdog()
+        await asyncio.sleep(5.0)

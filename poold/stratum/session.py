@@ -1,0 +1,434 @@
+"""One Stratum V1 connection as a state machine: lines in, reply bytes out (no sockets).
+
+States: CONNECTED -> (subscribe) SUBSCRIBED, (authorize) AUTHORIZED flag, both -> WORKING (jobs
+flow). Firmware sends subscribe / configure / authorize / suggest_difficulty in any order
+(reference/pools.md §3.2), so every request is accepted in any state and answered exactly once,
+with its id echoed verbatim; work starts as soon as the session is both subscribed and authorized.
+Unknown methods get error 20 and the session goes on.
+
+Error tiers (STYLE.md #7): reply-level errors are `[code, reason, null]`; session-level problems
+(too many invalid shares in a row, a line too long) set `close_reason`, which the server acts on
+after writing the replies of the current read. The invalid-share ladder: after half of
+`invalid_limit` consecutive rejected shares with none accepted since, a `client.show_message`
+warning; at `invalid_limit`, disconnect (stale shares don't count: they are honest latency).
+
+The server subclasses `Session` to add its transport (one object per connection keeps idle
+connections small); everything here is testable by feeding bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from poold.bitcoin.target import DIFF1_TARGET
+from poold.stratum import codec, messages
+from poold.stratum.auth import AuthError, Authorizer, Identity
+from poold.stratum.messages import MalformedParams
+from poold.work.difficulty import sane_difficulty
+from poold.work.engine import SessionWork, ShareEngine
+from poold.work.extranonce import ExtranonceAllocator, ExtranonceExhausted
+from poold.work.shares import RejectReason
+
+BIP320_MASK = 0x1FFFE000
+_REASONS = tuple(RejectReason)
+REJECT_TAILS = {r: codec.error_tail(r.code, r.message) for r in _REASONS}
+_TRUE = codec.RESULT_TRUE_TAIL
+_PARSE_ERROR = codec.error_line(None, 20, "Parse error: not a JSON object")
+
+
+class State(enum.IntEnum):
+    CONNECTED = 0
+    SUBSCRIBED = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSettings:
+    """The per-connection knobs (from `[stratum]`)."""
+
+    version_mask: int = BIP320_MASK
+    accept_unnegotiated_version_bits: bool = True
+    extranonce2_size: int = 8
+    invalid_limit: int = 100  # consecutive invalid shares before disconnect; 0 = never
+    max_workers: int = 16  # authorized usernames per connection
+
+
+class ShareCounters:
+    """Plain-int counters the server flushes into Prometheus once a second (no locks per share)."""
+
+    __slots__ = ("accepted", "rejected")
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.rejected: dict[RejectReason, int] = dict.fromkeys(_REASONS, 0)
+
+
+class SessionContext:
+    """What every session of one server shares."""
+
+    __slots__ = ("allocator", "authorizer", "clock", "counters", "engine", "groups", "settings")
+
+    def __init__(
+        self,
+        engine: ShareEngine,
+        allocator: ExtranonceAllocator,
+        authorizer: Authorizer,
+        settings: SessionSettings,
+        clock: Callable[[], float],
+    ) -> None:
+        self.engine = engine
+        self.allocator = allocator
+        self.authorizer = authorizer
+        self.settings = settings
+        self.clock = clock
+        self.counters = ShareCounters()
+        # payout group -> its working sessions (a dict as an ordered set)
+        self.groups: dict[bytes, dict[Session, None]] = {}
+
+
+class Session:
+    """The protocol state of one miner connection."""
+
+    __slots__ = ("account", "authorized", "close_reason", "connected_at", "ctx", "extra_workers",
+                 "extranonce_subscribed", "floor_md", "floor_min", "identity", "invalid_streak",
+                 "last_activity", "negotiated_mask", "state", "suggested", "user_agent", "warned",
+                 "work", "worker")
+
+    def __init__(self, ctx: SessionContext, now: float) -> None:
+        self.ctx = ctx
+        self.state = State.CONNECTED
+        self.authorized = False
+        self.work: SessionWork | None = None
+        self.identity: Identity | None = None
+        self.worker = ""
+        self.account = ""
+        self.extra_workers: dict[str, str] | None = None
+        self.user_agent = ""
+        self.negotiated_mask: int | None = None
+        self.extranonce_subscribed = False
+        self.suggested: float | None = None
+        self.floor_min: float | None = None  # BIP310 minimum-difficulty
+        self.floor_md: float | None = None  # password md=
+        self.invalid_streak = 0
+        self.warned = False
+        self.connected_at = now
+        self.last_activity = now
+        self.close_reason: str | None = None
+
+    def __repr__(self) -> str:
+        en1 = self.work.en1.hex() if self.work else "-"
+        return f"Session(en1={en1}, worker={self.worker!r}, ua={self.user_agent!r})"
+
+    @property
+    def working(self) -> bool:
+        return self.authorized and self.work is not None and self.work.group_key is not None
+
+    def effective_mask(self) -> int:
+        if self.negotiated_mask is not None:
+            return self.negotiated_mask
+        s = self.ctx.settings
+        return s.version_mask if s.accept_unnegotiated_version_bits else 0
+
+    # --- input -------------------------------------------------------------------------------
+
+    def feed(self, lines: list[bytes], now: float) -> bytes:
+        """Handle complete lines; the bytes to write back (replies, then any pushed work)."""
+        out: list[bytes] = []
+        for line in lines:
+            if not line or line.isspace():
+                continue
+            try:
+                msg = codec.loads(line)
+            except codec.ProtocolError:
+                out.append(_PARSE_ERROR)
+                self._invalid(out)
+                continue
+            if type(msg) is not dict:
+                out.append(_PARSE_ERROR)
+                self._invalid(out)
+                continue
+            method = msg.get("method")
+            msg_id = msg.get("id")
+            handler = _DISPATCH.get(method) if type(method) is str else None
+            if handler is None:
+                if method is None and ("result" in msg or "error" in msg):
+                    continue  # a reply to something we sent (e.g. client.get_version): no answer
+                out.append(codec.error_line(msg_id, 20, f"Unknown method {str(method)[:64]!r}"))
+                continue
+            try:
+                out.append(handler(self, msg_id, msg.get("params"), now))
+            except MalformedParams as exc:
+                out.append(codec.error_line(msg_id, 20, f"Malformed params: {exc}"))
+        return b"".join(out)
+
+    def _invalid(self, out: list[bytes]) -> None:
+        limit = self.ctx.settings.invalid_limit
+        if limit <= 0:
+            return
+        self.invalid_streak += 1
+        if not self.warned and self.invalid_streak >= limit // 2:
+            self.warned = True
+            out.append(messages.show_message(
+                f"poold: {self.invalid_streak} invalid shares in a row; check the miner"))
+        if self.invalid_streak >= limit:
+            self.close_reason = f"{self.invalid_streak} consecutive invalid shares"
+
+    # --- handlers (one per method; registered in _DISPATCH) ----------------------------------
+
+    def on_submit(self, msg_id: Any, params: Any, now: float) -> bytes:
+        sw = self.work
+        ctx = self.ctx
+        if sw is None:
+            reason: RejectReason | None = RejectReason.not_subscribed
+        elif not self.authorized:
+            reason = RejectReason.unauthorized
+        else:
+            self.last_activity = now
+            try:
+                s = messages.Submit.from_params(params)
+            except MalformedParams:
+                reason = RejectReason.malformed
+            else:
+                worker = s.worker
+                if worker == self.worker:
+                    account = self.account
+                elif self.extra_workers is not None and worker in self.extra_workers:
+                    account = self.extra_workers[worker]
+                else:
+                    account = ""
+                if not account:
+                    reason = RejectReason.unauthorized
+                else:
+                    reason = ctx.engine.submit(
+                        sw, worker, account, s.job_id, s.extranonce2, s.ntime, s.nonce,
+                        s.version_bits, now,
+                    )
+        id_bytes = str(msg_id).encode() if type(msg_id) is int else codec.encode_id(msg_id)
+        if reason is None:
+            ctx.counters.accepted += 1
+            self.invalid_streak = 0
+            reply = b'{"id":' + id_bytes + _TRUE
+            assert sw is not None
+            if ctx.engine.vardiff is not None and ctx.engine.maybe_retarget(sw, now):
+                return reply + self.next_work(now)
+            return reply
+        ctx.counters.rejected[reason] += 1
+        reply = b'{"id":' + id_bytes + REJECT_TAILS[reason]
+        if reason is RejectReason.stale or ctx.settings.invalid_limit <= 0:
+            return reply
+        out = [reply]
+        self._invalid(out)
+        return b"".join(out)
+
+    def on_subscribe(self, msg_id: Any, params: Any, now: float) -> bytes:
+        msg = messages.Subscribe.from_params(params)
+        ctx = self.ctx
+        self.user_agent = msg.user_agent
+        if self.work is None:
+            size = ctx.allocator.size
+            resume = ExtranonceAllocator.parse_session_id(msg.session_id, size)
+            try:
+                en1 = ctx.allocator.allocate(now, resume)
+            except ExtranonceExhausted:
+                self.close_reason = "extranonce space exhausted"
+                return codec.error_line(msg_id, 20, "Server full")
+            self.work = SessionWork(en1, self.effective_mask(), now)
+            self.state = State.SUBSCRIBED
+        sid = self.work.en1.hex()
+        result = [
+            [["mining.set_difficulty", sid], ["mining.notify", sid]],
+            sid,
+            ctx.settings.extranonce2_size,
+        ]
+        return codec.result_line(msg_id, result) + self._maybe_start(now)
+
+    def on_authorize(self, msg_id: Any, params: Any, now: float) -> bytes:
+        msg = messages.Authorize.from_params(params)
+        try:
+            identity = self.ctx.authorizer.authorize(msg.username)
+        except AuthError as exc:
+            return codec.error_line(msg_id, 24, str(exc))
+        if self.identity is None:
+            self.identity = identity
+            self.worker = identity.worker
+            self.account = identity.account
+        elif identity.worker != self.worker:
+            if identity.payout_script != self.identity.payout_script:
+                return codec.error_line(msg_id, 24, "one payout address per connection")
+            extra = self.extra_workers
+            if extra is None:
+                extra = self.extra_workers = {}
+            if len(extra) >= self.ctx.settings.max_workers:
+                return codec.error_line(msg_id, 24, "too many workers on this connection")
+            extra[identity.worker] = identity.account
+        d, md = msg.hints()
+        if d is not None:
+            self.suggested = d
+        out = [codec.result_line(msg_id, True)]
+        sw = self.work
+        changed = False
+        if md is not None:
+            self.floor_md = md
+            if sw is not None:
+                changed = self.ctx.engine.set_floors(sw, None, md, now)
+        if self.authorized and sw is not None and d is not None:
+            changed = self.ctx.engine.request_difficulty(sw, d, now) or changed
+        if changed and self.working:
+            out.append(self.next_work(now))
+        self.authorized = True
+        self.last_activity = now
+        out.append(self._maybe_start(now))
+        return b"".join(out)
+
+    def on_configure(self, msg_id: Any, params: Any, now: float) -> bytes:
+        msg = messages.Configure.from_params(params)
+        p = msg.params
+        result: dict[str, Any] = {}
+        follow = b""
+        for ext in msg.extensions:
+            if ext == "version-rolling":
+                result.update(self._configure_version_rolling(p))
+            elif ext == "minimum-difficulty":
+                value = sane_difficulty(p.get("minimum-difficulty.value"))
+                result["minimum-difficulty"] = value is not None
+                if value is not None:
+                    follow = self._set_minimum(value, now)
+            elif ext == "subscribe-extranonce":
+                self.extranonce_subscribed = True
+                result["subscribe-extranonce"] = True
+            elif ext == "info":
+                result["info"] = True
+            else:
+                result[ext] = False
+        return codec.result_line(msg_id, result) + follow
+
+    def _configure_version_rolling(self, p: dict[str, Any]) -> dict[str, Any]:
+        raw = p.get("version-rolling.mask", "ffffffff")
+        try:
+            miner_mask = int(raw, 16) if isinstance(raw, str) else int(raw)
+        except (TypeError, ValueError):
+            return {"version-rolling": "invalid version-rolling.mask"}
+        miner_mask &= 0xFFFFFFFF
+        mask = self.ctx.settings.version_mask & miner_mask
+        min_bits = p.get("version-rolling.min-bit-count", 0)
+        if isinstance(min_bits, int) and bin(mask).count("1") < min_bits:
+            self.negotiated_mask = None
+            self._apply_mask()
+            return {"version-rolling": False}
+        self.negotiated_mask = mask
+        self._apply_mask()
+        return {"version-rolling": True, "version-rolling.mask": f"{mask:08x}"}
+
+    def _apply_mask(self) -> None:
+        if self.work is not None:
+            self.work.mask = self.effective_mask()
+
+    def _set_minimum(self, value: float, now: float) -> bytes:
+        self.floor_min = value
+        sw = self.work
+        if sw is None:
+            return b""
+        if self.ctx.engine.set_floors(sw, value, None, now) and self.working:
+            return self.next_work(now)
+        return b""
+
+    def on_suggest_difficulty(self, msg_id: Any, params: Any, now: float) -> bytes:
+        msg = messages.SuggestDifficulty.from_params(params)
+        return self._suggest(msg_id, msg.difficulty, now)
+
+    def on_suggest_target(self, msg_id: Any, params: Any, now: float) -> bytes:
+        msg = messages.SuggestTarget.from_params(params)
+        return self._suggest(msg_id, DIFF1_TARGET / msg.target, now)
+
+    def _suggest(self, msg_id: Any, difficulty: float, now: float) -> bytes:
+        self.suggested = difficulty
+        reply = codec.result_line(msg_id, True)
+        sw = self.work
+        if self.working and sw is not None and self.ctx.engine.request_difficulty(
+            sw, difficulty, now
+        ):
+            return reply + self.next_work(now)
+        return reply
+
+    def on_extranonce_subscribe(self, msg_id: Any, params: Any, now: float) -> bytes:
+        messages.ExtranonceSubscribe.from_params(params)
+        self.extranonce_subscribed = True
+        return codec.result_line(msg_id, True)
+
+    def on_ping(self, msg_id: Any, params: Any, now: float) -> bytes:
+        messages.Ping.from_params(params)
+        return codec.result_line(msg_id, "pong")
+
+    # --- work --------------------------------------------------------------------------------
+
+    def _maybe_start(self, now: float) -> bytes:
+        """Once subscribed and authorized: join the payout group and send the first job."""
+        sw = self.work
+        identity = self.identity
+        if sw is None or identity is None or not self.authorized or sw.group_key is not None:
+            return b""
+        engine = self.ctx.engine
+        engine.set_floors(sw, self.floor_min, self.floor_md, now)
+        group = engine.book.group_key(identity.payout_script)
+        engine.start(sw, group, self.suggested, now)
+        members = self.ctx.groups.get(group)
+        if members is None:
+            members = self.ctx.groups[group] = {}
+        members[self] = None
+        if engine.book.template is None:
+            return b""  # the first template's fan-out will reach this session
+        return self.next_work(now)
+
+    def next_work(self, now: float, clean: bool = False) -> bytes:
+        """set_difficulty (if it changed) and the job this session should work on now."""
+        sw = self.work
+        if sw is None or sw.group_key is None or self.ctx.engine.book.template is None:
+            return b""
+        nxt = self.ctx.engine.next_job(sw, now)
+        if nxt is None:
+            return b""
+        job, difficulty = nxt
+        notify = job.notify_clean if clean else job.notify_plain
+        if difficulty is None:
+            return notify
+        return messages.set_difficulty(difficulty) + notify
+
+    def push(self, data: bytes) -> None:
+        """Send unsolicited bytes (jobs); the server's connection class implements it."""
+        raise NotImplementedError
+
+    def set_extranonce(self, extranonce1: bytes) -> bytes:
+        """`mining.set_extranonce` for clients that subscribed to it (else nothing)."""
+        if not self.extranonce_subscribed:
+            return b""
+        return messages.set_extranonce(extranonce1, self.ctx.settings.extranonce2_size)
+
+    def closed(self, now: float) -> None:
+        """The connection is gone: leave the payout group, keep extranonce1 resumable."""
+        sw = self.work
+        if sw is None:
+            return
+        if sw.group_key is not None:
+            members = self.ctx.groups.get(sw.group_key)
+            if members is not None:
+                members.pop(self, None)
+                if not members:
+                    del self.ctx.groups[sw.group_key]
+        self.ctx.allocator.release(sw.en1, now)
+        sw.core = None
+        sw.core_work = None
+
+
+_Handler = Callable[[Session, Any, Any, float], bytes]
+_DISPATCH: dict[str, _Handler] = {
+    "mining.submit": Session.on_submit,
+    "mining.subscribe": Session.on_subscribe,
+    "mining.authorize": Session.on_authorize,
+    "mining.configure": Session.on_configure,
+    "mining.suggest_difficulty": Session.on_suggest_difficulty,
+    "mining.suggest_target": Session.on_suggest_target,
+    "mining.extranonce.subscribe": Session.on_extranonce_subscribe,
+    "mining.ping": Session.on_ping,
+}
