@@ -59,6 +59,9 @@ _HRP = {
     Network.REGTEST: "bcrt",
 }
 _KNOWN_HRPS = ("bc", "tb", "bcrt")
+# Longest valid address: bech32 (90 characters); base58 addresses are at most 35. The cap keeps
+# base58's quadratic big-integer decoding cheap on garbage input.
+MAX_ADDRESS_LENGTH = 90
 
 # ---------------------------------------------------------------------------------------------
 # bech32 / bech32m (BIP173, BIP350)
@@ -262,6 +265,8 @@ def address_to_script(
         raise AddressError("address has leading or trailing whitespace")
     if not address:
         raise AddressError("empty address")
+    if len(address) > MAX_ADDRESS_LENGTH:
+        raise AddressError(f"address too long ({len(address)} characters)")
     hrp = _looks_bech32(address)
     if hrp is not None:
         if hrp != network.bech32_hrp:

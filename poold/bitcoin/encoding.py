@@ -70,11 +70,6 @@ def i64le(n: int) -> bytes:
     return _I64.pack(n)
 
 
-def u32be(n: int) -> bytes:
-    _check_range(n, 0, 0xFFFFFFFF, "u32")
-    return n.to_bytes(4, "big")
-
-
 def compact_size(n: int) -> bytes:
     """CompactSize ("varint" in the wiki): 1, 3, 5 or 9 bytes, always the shortest form."""
     if n < 0:

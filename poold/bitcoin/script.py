@@ -8,7 +8,7 @@ shortcut), `push_int` is `<< int64` (OP_0, OP_1NEGATE, OP_1..OP_16, else a CScri
 
 from __future__ import annotations
 
-from poold.bitcoin.encoding import hash160, sha256
+from poold.bitcoin.encoding import sha256
 
 OP_0 = 0x00
 OP_FALSE = OP_0
@@ -165,11 +165,6 @@ def p2sh_hash(script: bytes) -> bytes | None:
     if len(script) == 23 and script[:2] == bytes((OP_HASH160, 20)) and script[22] == OP_EQUAL:
         return script[2:22]
     return None
-
-
-def pubkey_p2pkh_script(pubkey: bytes) -> bytes:
-    """P2PKH for a serialized public key (hash160 of it)."""
-    return p2pkh_script(hash160(pubkey))
 
 
 def _check_len(b: bytes, n: int, what: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-from poold.bitcoin.byteorder import hash_to_int
+from poold.bitcoin.byteorder import hash_to_int, int_to_hash
 
 DIFF1_TARGET: int = 0xFFFF << 208
 MAX_TARGET: int = 2**256 - 1
@@ -83,9 +83,8 @@ def hash_difficulty(hash_: bytes) -> float:
 
 def target_to_le32(target: int) -> bytes:
     """Target as 32 little-endian bytes (the form the share core compares against)."""
-    if not 0 <= target <= MAX_TARGET:
-        raise ValueError("target out of 256-bit range")
-    return target.to_bytes(32, "little")
+    # Same byte order as a hash in internal order, so the share core can compare them directly.
+    return int_to_hash(target)
 
 
 def meets_target(hash_: bytes, target: int) -> bool:
