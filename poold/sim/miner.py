@@ -290,6 +290,7 @@ class StratumMiner:
         self._next_id = 1
         self._waiters: dict[int, asyncio.Future[Any]] = {}
         self._submits: dict[int, Job] = {}
+        self._handshake_ids: dict[int, str] = {}
         self._writer: asyncio.StreamWriter | None = None
         self._job_event = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -396,51 +397,62 @@ class StratumMiner:
     async def _handshake(self) -> None:
         """Send the handshake pipelined in the configured order, as firmware does, then await."""
         futures: list[tuple[str, asyncio.Future[Any]]] = []
+        self._handshake_ids.clear()
+        self.extranonce2_size = 0
         for step in self.handshake:
-            if step == "configure" and self.requested_mask is not None:
-                params: list[Any] = [
-                    ["version-rolling"],
-                    {
-                        "version-rolling.mask": f"{self.requested_mask:08x}",
-                        "version-rolling.min-bit-count": 2,
-                    },
-                ]
-                futures.append(("configure", self._send_request("mining.configure", params)[1]))
-            elif step == "subscribe":
-                sub: list[Any] = [self.user_agent]
-                if self.session_id is not None:
-                    sub.append(self.session_id)
-                elif self.subscribe_null_session:
-                    sub.append(None)
-                futures.append(("subscribe", self._send_request("mining.subscribe", sub)[1]))
-            elif step == "suggest" and self.suggest is not None:
-                fut = self._send_request("mining.suggest_difficulty", [self.suggest])[1]
-                futures.append(("suggest", fut))
-            elif step == "authorize":
-                fut = self._send_request("mining.authorize", [self.username, self.password])[1]
-                futures.append(("authorize", fut))
-            elif step == "xnsub":
-                fut = self._send_request("mining.extranonce.subscribe", [])[1]
-                futures.append(("xnsub", fut))
-        for step_name, fut in futures:
+            request = self._handshake_request(step)
+            if request is None:
+                continue
+            rid, fut = self._send_request(*request)
+            self._handshake_ids[rid] = step
+            futures.append((step, fut))
+        for name, fut in futures:
             reply = await fut
-            err = reply.get("error")
-            result = reply.get("result")
-            if step_name == "configure" and err is None and isinstance(result, dict):
-                if result.get("version-rolling") is True:
-                    self.version_mask = int(result.get("version-rolling.mask", "0"), 16)
-            elif step_name == "subscribe":
-                if err is not None or not isinstance(result, list) or len(result) < 3:
-                    raise StratumError("mining.subscribe", err or result)
+            failed = reply.get("error") or reply.get("result")
+            if name == "subscribe" and not self.extranonce2_size:
+                raise StratumError("mining.subscribe", failed)
+            if name == "authorize" and not self.authorized:
+                raise StratumError("mining.authorize", failed)
+
+    def _handshake_request(self, step: str) -> tuple[str, list[Any]] | None:
+        if step == "configure" and self.requested_mask is not None:
+            ext = {
+                "version-rolling.mask": f"{self.requested_mask:08x}",
+                "version-rolling.min-bit-count": 2,
+            }
+            return "mining.configure", [["version-rolling"], ext]
+        if step == "subscribe":
+            sub: list[Any] = [self.user_agent]
+            if self.session_id is not None:
+                sub.append(self.session_id)
+            elif self.subscribe_null_session:
+                sub.append(None)
+            return "mining.subscribe", sub
+        if step == "suggest" and self.suggest is not None:
+            return "mining.suggest_difficulty", [self.suggest]
+        if step == "authorize":
+            return "mining.authorize", [self.username, self.password]
+        if step == "xnsub":
+            return "mining.extranonce.subscribe", []
+        return None
+
+    def _apply_handshake_reply(self, step: str, reply: dict[str, Any]) -> None:
+        """Called by the reader as the reply arrives, so that a notify read right after it
+        (often in the same TCP segment) already sees the extranonce and the mask."""
+        err = reply.get("error")
+        result = reply.get("result")
+        if step == "configure" and err is None and isinstance(result, dict):
+            if result.get("version-rolling") is True:
+                self.version_mask = int(result.get("version-rolling.mask", "0"), 16)
+        elif step == "subscribe":
+            if err is None and isinstance(result, list) and len(result) >= 3:
                 self.extranonce1 = bytes.fromhex(result[1])
                 self.extranonce2_size = int(result[2])
                 self.session_id = result[1]
                 self._emit("subscribed")
-            elif step_name == "authorize":
-                if err is not None or result is not True:
-                    raise StratumError("mining.authorize", err or result)
-                self.authorized = True
-                self._emit("authorized")
+        elif step == "authorize" and err is None and result is True:
+            self.authorized = True
+            self._emit("authorized")
 
     def _send_request(self, method: str, params: list[Any]) -> tuple[int, asyncio.Future[Any]]:
         rid = self._send(method, params)
@@ -481,6 +493,9 @@ class StratumMiner:
         rid = msg.get("id")
         if not isinstance(rid, int):
             return
+        step = self._handshake_ids.pop(rid, None)
+        if step is not None:
+            self._apply_handshake_reply(step, msg)
         job = self._submits.pop(rid, None)
         fut = self._waiters.pop(rid, None)
         if job is not None:
@@ -571,7 +586,19 @@ class StratumMiner:
             tail = prefix[64:]
             nonce = 0
             while nonce < 1 << 32 and self.job is job and not self._stopping.is_set():
-                end = min(nonce + self.slice_hashes, 1 << 32)
+                rate = self._rate()
+                if self.mode == "rate" and rate <= 0:
+                    # A sleeping miner: no hashes, no shares, until its hashrate comes back.
+                    started, done = time.monotonic(), 0
+                    await asyncio.sleep(0.1)
+                    continue
+                # Slices of ~20 ms of work when paced, so a new job is picked up promptly.
+                size = (
+                    self.slice_hashes
+                    if rate <= 0
+                    else max(1, min(self.slice_hashes, int(rate / 50)))
+                )
+                end = min(nonce + size, 1 << 32)
                 for n in range(nonce, end):
                     s = head.copy()
                     s.update(tail + n.to_bytes(4, "little"))
@@ -586,13 +613,8 @@ class StratumMiner:
                 self.stats.hashes += end - nonce
                 done += end - nonce
                 nonce = end
-                rate = self._rate()
-                if self.mode == "rate" or rate > 0:
+                if rate > 0:
                     # Pace to the asked rate: sleep until `done` hashes are due.
-                    if rate <= 0:
-                        started, done = time.monotonic(), 0
-                        await asyncio.sleep(0.05)
-                        continue
                     ahead = done / rate - (time.monotonic() - started)
                     await asyncio.sleep(max(0.0, ahead))
                     if time.monotonic() - started > 5.0:
