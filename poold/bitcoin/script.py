@@ -86,6 +86,31 @@ def bip34_height_push(height: int) -> bytes:
     return push_int(height)
 
 
+def decode_script_num(b: bytes) -> int:
+    """Inverse of script_num (little-endian magnitude, sign in the top bit of the last byte)."""
+    if not b:
+        return 0
+    n = int.from_bytes(b, "little")
+    if b[-1] & 0x80:
+        return -(n & ~(0x80 << (8 * (len(b) - 1))))
+    return n
+
+
+def bip34_height(script_sig: bytes) -> int | None:
+    """The block height a coinbase scriptSig starts with (BIP34), or None if it starts with no
+    number push. Used to audit blocks; consensus itself compares against bip34_height_push."""
+    if not script_sig:
+        return None
+    op = script_sig[0]
+    if op == OP_0:
+        return 0
+    if OP_1 <= op <= OP_16:
+        return op - OP_1 + 1
+    if 1 <= op <= 8 and len(script_sig) > op:
+        return decode_script_num(script_sig[1 : 1 + op])
+    return None
+
+
 def p2pkh_script(pubkey_hash: bytes) -> bytes:
     _check_len(pubkey_hash, 20, "P2PKH key hash")
     return bytes((OP_DUP, OP_HASH160, 20)) + pubkey_hash + bytes((OP_EQUALVERIFY, OP_CHECKSIG))

@@ -15,7 +15,7 @@ from poold.bitcoin.coinbase import build_coinbase
 from poold.bitcoin.encoding import DecodeError
 from poold.bitcoin.header import BlockHeader
 from poold.bitcoin.merkle import coinbase_branch, merkle_root, root_from_branch, witness_commitment
-from poold.bitcoin.script import bip34_height_push
+from poold.bitcoin.script import bip34_height, bip34_height_push
 from poold.bitcoin.tx import Tx, TxOut
 
 from ._vectors import load_hex, load_json
@@ -70,6 +70,7 @@ def test_gbt_block_witness_commitment() -> None:
     cb = txs[0]
     assert cb.inputs[0].witness == (b"\0" * 32,)
     assert cb.inputs[0].script_sig.startswith(bip34_height_push(GBT["height"]))
+    assert bip34_height(cb.inputs[0].script_sig) == GBT["height"]
     committed = find_witness_commitment(cb)
     # Core's default_witness_commitment is the full script 6a24aa21a9ed<32 bytes>.
     assert committed is not None

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from poold.bitcoin.block import parse_block
 from poold.bitcoin.script import (
+    bip34_height,
     bip34_height_push,
+    decode_script_num,
     is_witness_commitment_script,
     op_return_script,
     p2pkh_hash,
@@ -23,6 +26,8 @@ from poold.bitcoin.script import (
     witness_program,
     witness_program_script,
 )
+
+from ._vectors import load_hex
 
 # BIP34 pushes derived by hand from Core's `CScript() << nHeight` (script.h push_int64):
 # 1..16 -> OP_1..OP_16 (0x51..0x60); otherwise a data push of the minimal CScriptNum, whose last
@@ -47,14 +52,36 @@ def test_bip34_height_push(height: int, expected: bytes) -> None:
 
 
 def test_bip34_real_coinbases() -> None:
-    # Real coinbase scriptSig prefixes: block 542213 (03 054608 = 0x084605), pools.md §3.7
-    # public-pool job at 846646 (03 36eb0c), and block 227931, the first BIP34-enforced height
-    # on mainnet (03 5b7a03).
+    # The coinbase of mainnet block 542213 as mined (consensus-valid, so its BIP34 prefix is right).
+    _, txs = parse_block(load_hex("mainnet-block-542213.hex"))
+    assert txs[0].inputs[0].script_sig.startswith(bip34_height_push(542213))
     assert bip34_height_push(542213) == bytes.fromhex("03054608")
+    # pools.md §3.7 public-pool job at 846646 (03 36eb0c); block 227931, the first height where
+    # mainnet enforced BIP34 (03 5b7a03).
     assert bip34_height_push(846646) == bytes.fromhex("0336eb0c")
     assert bip34_height_push(227931) == bytes.fromhex("035b7a03")
     # Heights needing 4 bytes start at 2**23 (the sign bit of 3 bytes).
     assert bip34_height_push(2**23) == bytes.fromhex("0400008000")
+
+
+@pytest.mark.parametrize(("height", "expected"), BIP34)
+def test_bip34_height_decode(height: int, expected: bytes) -> None:
+    assert bip34_height(expected + b"tag") == height
+
+
+def test_bip34_height_of_real_coinbases() -> None:
+    _, txs = parse_block(load_hex("mainnet-block-542213.hex"))
+    assert bip34_height(txs[0].inputs[0].script_sig) == 542213
+    assert bip34_height(b"") is None
+    assert bip34_height(b"\x4c\x01\x05") is None  # PUSHDATA1 is not a minimal height push
+    assert bip34_height(b"\x03\x01") is None  # truncated push
+
+
+@pytest.mark.parametrize(
+    ("n", "hex_"), [(0, ""), (1, "01"), (-1, "81"), (128, "8000"), (-128, "8080")]
+)
+def test_decode_script_num(n: int, hex_: str) -> None:
+    assert decode_script_num(bytes.fromhex(hex_)) == n
 
 
 def test_bip34_negative() -> None:
