@@ -18,8 +18,9 @@ Responsibilities:
 
 Ordering rules for templates (`_publish`): answers to requests issued before the one that produced
 the current template are dropped; a different prevhash replaces the current template only if it is
-higher, or comes from the node the current one came from (that node's own reorg). That keeps a
-lagging node from pulling miners back onto an old tip.
+higher, or comes from the node the current one came from (that node's own reorg), or that node is
+down (follow the best live node). That keeps a lagging node from pulling miners back onto an old
+tip while the node it lags behind is alive.
 """
 
 from __future__ import annotations
@@ -105,11 +106,18 @@ class NodeSpec:
 
 @dataclass(frozen=True, slots=True)
 class TemplateTiming:
-    """A TemplateSettings with the documented defaults."""
+    """A TemplateSettings with the documented defaults.
+
+    empty_first_ms: how long a new tip waits for the full template before the empty one goes
+    out. The empty template cannot reach miners sooner than this, so it bounds the new-tip
+    latency on a node whose getblocktemplate is slow (mainnet: tens to hundreds of ms); the cost
+    of a small value is one extra job per block when the full template comes a little later.
+    Negative: never publish an empty template.
+    """
 
     poll_interval_s: float = 0.25
     refresh_s: float = 30.0
-    empty_first_ms: float = 5.0
+    empty_first_ms: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +189,7 @@ class NodeSet:
         self._seq = itertools.count()
         self._inflight: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = False
         self._throttle = ThrottledLog(log)
         self.tip_changes = 0
 
@@ -268,6 +277,7 @@ class NodeSet:
         self._spawn(self._refresh_loop(), "template-refresh")
 
     async def stop(self) -> None:
+        self._stopping = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -347,7 +357,8 @@ class NodeSet:
 
     def _mark_down(self, node: _Node, error: BaseException) -> None:
         node.last_error = str(error)
-        if node.up:
+        was_up = node.up
+        if was_up:
             log.warning("node %s is down: %s", node.name, error)
         else:
             self._throttle.warning(f"down-{node.name}", "node %s still down: %s", node.name, error)
@@ -355,6 +366,13 @@ class NodeSet:
         node.down.set()
         if self._metrics is not None:
             self._metrics.node_up.labels(node=node.name).set(0)
+        latest = self._latest
+        if was_up and self._tasks and latest is not None and latest.source == node.name:
+            # The node our work comes from is gone: take the best live node's template now.
+            self._spawn(self._failover(), f"failover-{node.name}")
+
+    async def _failover(self) -> None:
+        await self.refresh()
 
     async def _health_loop(self, node: _Node) -> None:
         backoff = Backoff(initial_s=0.1, cap_s=self.health_backoff_cap_s)
@@ -368,6 +386,9 @@ class NodeSet:
             backoff.reset()
             # It may have missed tips while down, or be the preferred node again.
             self._publish(template, next(self._seq))
+
+    def _is_up(self, name: str) -> bool:
+        return any(n.up for n in self._nodes if n.name == name)
 
     def _ranked(self) -> list[_Node]:
         """Up nodes in configuration order (the operator's preference), then the rest."""
@@ -439,10 +460,13 @@ class NodeSet:
                 await self.refresh()
                 return
             previous = self._latest
-            gbt = asyncio.ensure_future(self._template(node))
-            header: asyncio.Future[dict[str, object]] | None = None
+            header: asyncio.Task[dict[str, Any]] | None = None
             if previous is not None and self.empty_first_ms >= 0:
-                header = asyncio.ensure_future(node.client.getblockheader(tip_hex))
+                # Sent before getblocktemplate: bitcoind's GBT holds cs_main while it builds the
+                # block, and getblockheader needs cs_main too, so it must get there first.
+                header = asyncio.create_task(node.client.getblockheader(tip_hex))
+                header.add_done_callback(_consume_exception)
+            gbt = asyncio.create_task(self._template(node))
             try:
                 await asyncio.wait({gbt}, timeout=self.empty_first_ms / 1000.0)
                 if not gbt.done() and header is not None and previous is not None:
@@ -455,15 +479,15 @@ class NodeSet:
                 await self.refresh()
                 return
             finally:
-                for fut in (gbt, header):
-                    if fut is not None and not fut.done():
-                        fut.cancel()
+                for task in (gbt, header):
+                    if task is not None and not task.done():
+                        task.cancel()
             self._publish(template, seq)
         finally:
             self._inflight.discard(tip_hex)
 
     async def _empty_for(
-        self, node: _Node, tip_hex: str, header: asyncio.Future[dict[str, object]],
+        self, node: _Node, tip_hex: str, header: asyncio.Task[dict[str, Any]],
         previous: Template,
     ) -> Template | None:
         try:
@@ -515,7 +539,11 @@ class NodeSet:
                 if template.is_empty and current.is_empty:
                     return False
                 new_tip = False
-            elif template.height > current.height or template.source == current.source:
+            elif (
+                template.height > current.height
+                or template.source == current.source
+                or not self._is_up(current.source)
+            ):
                 new_tip = True
             else:
                 log.debug(
@@ -591,6 +619,9 @@ class NodeSet:
             self._metrics.block_submits.labels(node=node.name, result=result).inc()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        if self._stopping:
+            coro.close()
+            return
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -599,3 +630,10 @@ class NodeSet:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("node task %s died", task.get_name(), exc_info=task.exception())
+
+
+def _consume_exception(task: asyncio.Task[Any]) -> None:
+    # The empty-first header request may fail after it stopped mattering (the full template won);
+    # the failure is reported by the GBT path if the node is really down.
+    if not task.cancelled():
+        task.exception()

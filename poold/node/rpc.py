@@ -70,6 +70,10 @@ class NodeCheckError(PooldError):
     """The node answers but must never be used as configured (wrong chain): a config error."""
 
 
+class _StaleConnection(NodeUnavailable):
+    """The node closed a kept-alive connection before answering: retry once on a new one."""
+
+
 @dataclass(frozen=True, slots=True)
 class NodeInfo:
     """What the startup check learned about a node."""
@@ -189,7 +193,9 @@ class RpcClient:
 
     async def start(self) -> None:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=8, keepalive_timeout=60.0, ttl_dns_cache=300)
+            # Idle connections are dropped before bitcoind's own -rpcservertimeout (30 s) would
+            # close them under us.
+            connector = aiohttp.TCPConnector(limit=8, keepalive_timeout=15.0, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
                 connector=connector, json_serialize=json.dumps, raise_for_status=False
             )
@@ -225,7 +231,11 @@ class RpcClient:
         limit = aiohttp.ClientTimeout(total=timeout_s if timeout_s is not None else self.timeout_s)
         started = time.perf_counter()
         try:
-            status, payload = await self._post(body, limit, reload_auth=False)
+            try:
+                status, payload = await self._post(body, limit, reload_auth=False)
+            except _StaleConnection:
+                # A kept-alive connection the node had closed: one fresh attempt.
+                status, payload = await self._post(body, limit, reload_auth=False)
             if status in (401, 403) and self._uses_cookie:
                 # bitcoind writes a new cookie at every start: read it again and retry once.
                 status, payload = await self._post(body, limit, reload_auth=True)
@@ -276,6 +286,8 @@ class RpcClient:
             raise NodeUnavailable(
                 f"node {self.name}: no answer within {limit.total:g} s"
             ) from None
+        except aiohttp.ServerDisconnectedError:
+            raise _StaleConnection(f"node {self.name}: server disconnected") from None
         except aiohttp.ClientError as e:
             # aiohttp's messages name host:port at most (we never put credentials in the URL).
             raise NodeUnavailable(f"node {self.name}: {type(e).__name__}: {e}") from None

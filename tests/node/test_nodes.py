@@ -306,3 +306,16 @@ min_difficulty = 0.00001
     async with ns:
         assert ns.latest is not None and ns.latest.source == "core"
         assert ns.status()[0].up
+
+
+async def test_failover_to_a_node_on_another_tip_at_the_same_height(tmp_path: Path) -> None:
+    async with FakeNode(tmp_path / "a") as a, FakeNode(tmp_path / "b") as b:
+        # Same height, different tips (say b saw the other side of a race).
+        async with make_set(spec(a, "a"), spec(b, "b")) as ns:
+            got = Published()
+            ns.subscribe(got)
+            await wait_zmq(ns, "a")
+            assert ns.latest is not None and ns.latest.source == "a"
+            await a.stop()  # ZMQ disconnect -> poll fails -> a down -> b's template at once
+            t = await got.until(lambda t, new: t.source == "b" and new, within=3.0)
+            assert t.prevhash_hex == b.tip and t.height == ns.latest.height
