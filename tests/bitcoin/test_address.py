@@ -16,6 +16,7 @@ from poold.bitcoin.address import (
     address_to_script,
     base58check_encode,
     bech32_decode,
+    bech32_encode,
     p2pkh_address,
     p2sh_address,
     p2tr_address,
@@ -283,3 +284,27 @@ def test_garbage_never_crashes(s: str, net: Network) -> None:
         address_to_script(s, net, allow_future_witness=True)
     except AddressError:
         pass
+
+
+@given(
+    st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=10)
+    .map(str.lower)
+    .filter(lambda h: h != "" and "1" not in h),
+    st.lists(st.integers(min_value=0, max_value=31), max_size=40),
+    st.sampled_from(list(Encoding)),
+)
+def test_bech32_generic_roundtrip(hrp: str, data: list[int], enc: Encoding) -> None:
+    s = bech32_encode(hrp, data, enc)
+    assert bech32_decode(s) == (hrp, data, enc)
+    assert bech32_decode(s.upper()) == (hrp, data, enc)
+
+
+@given(st.binary(min_size=20, max_size=20), st.integers(min_value=0), st.integers(1, 31))
+def test_single_substitution_always_detected(h: bytes, pos: int, delta: int) -> None:
+    # BIP173: the checksum detects any error affecting at most 4 characters.
+    addr = p2wpkh_address(h, Network.MAIN)
+    charset = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
+    i = 3 + pos % (len(addr) - 3)
+    bad = addr[:i] + charset[(charset.index(addr[i]) + delta) % 32] + addr[i + 1 :]
+    with pytest.raises(AddressError):
+        address_to_script(bad, Network.MAIN, allow_future_witness=True)
