@@ -10,6 +10,9 @@ value does not depend on the coinbase, so it stays valid for any coinbase we bui
 Limits checked here: scriptSig 2..100 bytes (consensus, "bad-cb-length"), at least one output,
 and the legacy size <= max_size: ASIC firmware caps the coinbase it accepts (DATUM ships 730
 bytes as its generic Antminer class) and GBT leaves only a few thousand weight units for it.
+Not checked: sigops. Consensus counts opcodes in the tag, the extranonce bytes and the payout
+scripts, and Core reserves 400 sigop cost for the coinbase; standard payouts (P2WPKH, P2TR,
+P2PKH) stay far below that, bare-multisig payouts would not.
 """
 
 from __future__ import annotations
