@@ -94,6 +94,7 @@ class Devnet:
         self._tip_changed = asyncio.Condition()
         self._extranonce = 0
         self._owns_datadir = False
+        self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -101,6 +102,7 @@ class Devnet:
         if self._executor is not None:
             raise RuntimeError("devnet already started")
         self.started_at = time.monotonic()
+        self._stopping = False
         if self._datadir_arg is None:
             self.datadir = Path(tempfile.mkdtemp(prefix="poold-devnet-"))
             self._owns_datadir = True
@@ -136,6 +138,9 @@ class Devnet:
 
     async def stop(self) -> None:
         """Stop serving, flush the kernel, remove the cookie (and a temporary datadir)."""
+        self._stopping = True
+        async with self._tip_changed:  # release long-polling getblocktemplate calls
+            self._tip_changed.notify_all()
         if self._rpc is not None:
             await self._rpc.stop()
             self._rpc = None
@@ -241,11 +246,14 @@ class Devnet:
         await self._zmq.wait_subscribers(topic, count)
 
     async def wait_tip_change(self, tip_hash: bytes, limit_s: float) -> bool:
-        """Wait until the tip is not `tip_hash`; False on timeout."""
+        """Wait until the tip is not `tip_hash` (or the devnet stops); False on timeout."""
         async with self._tip_changed:
             try:
                 await asyncio.wait_for(
-                    self._tip_changed.wait_for(lambda: self.tip_hash != tip_hash), limit_s
+                    self._tip_changed.wait_for(
+                        lambda: self._stopping or self.tip_hash != tip_hash
+                    ),
+                    limit_s,
                 )
             except TimeoutError:
                 return False

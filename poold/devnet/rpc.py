@@ -93,7 +93,8 @@ class RpcServer:
         app = web.Application(client_max_size=32 * 1024 * 1024)  # blocks up to 4 MB in hex
         app.router.add_route("*", "/", self._handle)
         app.router.add_route("*", "/wallet/{name:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None)
+        # A long-polling getblocktemplate must not hold a shutdown for aiohttp's default 60 s.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
         try:

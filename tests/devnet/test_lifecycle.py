@@ -82,3 +82,17 @@ async def test_cli_process_serves_and_exits_on_sigterm(tmp_path: Path) -> None:
     async with Devnet(datadir=tmp_path) as dn:
         assert dn.height == 2
         assert await rpc(dn, "getblockcount") == 2
+
+
+async def test_restart_on_the_same_ports(tmp_path: Path) -> None:
+    """What a node client sees when its bitcoind restarts: same URL, same chain, new cookie."""
+    first = Devnet(datadir=tmp_path)
+    await first.start()
+    hashes = await first.generate(2)
+    url, zmq_url = first.rpc_url, first.zmq_url
+    rpc_port, zmq_port = int(url.rsplit(":", 1)[1]), int(zmq_url.rsplit(":", 1)[1])
+    await first.stop()
+    async with Devnet(datadir=tmp_path, rpc_port=rpc_port, zmq_port=zmq_port,
+                      rpc_password=first.rpc_password) as again:
+        assert (again.rpc_url, again.zmq_url) == (url, zmq_url)
+        assert await rpc(again, "getbestblockhash") == hashes[-1]

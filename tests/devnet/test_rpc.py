@@ -3,6 +3,7 @@ objects and status codes, JSON-RPC 2.0 and batches, and answers shaped like Bitc
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -145,3 +146,34 @@ async def test_template_has_the_fields_of_core_v31(devnet: Devnet) -> None:
     await devnet.generate(1)
     empty = await rpc(devnet, "getblocktemplate", {"rules": ["segwit"]})
     assert empty["transactions"] == [] and "default_witness_commitment" in empty
+
+
+async def test_longpoll_returns_on_new_tip(devnet: Devnet) -> None:
+    first = await rpc(devnet, "getblocktemplate", {"rules": ["segwit"]})
+    waiting = asyncio.create_task(rpc(devnet, "getblocktemplate", {
+        "rules": ["segwit"], "longpollid": first["longpollid"]}))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()  # same tip: the call is held
+    (new_tip,) = await devnet.generate(1)
+    async with asyncio.timeout(5):
+        second = await waiting
+    assert second["previousblockhash"] == new_tip != first["previousblockhash"]
+    # A stale longpollid answers at once.
+    async with asyncio.timeout(5):
+        third = await rpc(devnet, "getblocktemplate", {
+            "rules": ["segwit"], "longpollid": first["longpollid"]})
+    assert third["previousblockhash"] == new_tip
+
+
+async def test_stop_releases_a_held_longpoll(devnet_factory) -> None:  # type: ignore[no-untyped-def]
+    dn: Devnet = await devnet_factory()
+    first = await rpc(dn, "getblocktemplate", {"rules": ["segwit"]})
+    waiting = asyncio.create_task(rpc_raw(dn, "getblocktemplate", {
+        "rules": ["segwit"], "longpollid": first["longpollid"]}))
+    await asyncio.sleep(0.05)
+    t0 = asyncio.get_running_loop().time()
+    await dn.stop()
+    assert asyncio.get_running_loop().time() - t0 < 1.5
+    async with asyncio.timeout(5):
+        status, reply = await waiting
+    assert status == 200 and reply["result"]["previousblockhash"] == first["previousblockhash"]
