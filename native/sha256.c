@@ -104,12 +104,64 @@ static void portable_blocks(uint32_t state[8], const uint8_t *data, size_t nbloc
     }
 }
 
-static void portable_words(uint32_t state[8], const uint32_t words[16])
+/* The padding words of a 32-byte message (a digest): 0x80, zeros, bit length 256. */
+static void pad32(uint32_t w[16], const uint32_t digest[8])
 {
-    uint32_t w[16];
+    memcpy(w, digest, 32);
+    w[8] = 0x80000000u;
+    memset(w + 9, 0, 6 * sizeof(uint32_t));
+    w[15] = 256u;
+}
 
-    memcpy(w, words, sizeof w);
-    compress_w(state, w);
+static void portable_fold(uint32_t io[8], const uint32_t *branch_w, size_t n)
+{
+    uint32_t w[16], st[8];
+
+    pad32(w, io);
+    memcpy(io, SHA256_IV, 32);
+    compress_w(io, w);
+    for (; n > 0; n--, branch_w += 8) {
+        memcpy(w, io, 32);
+        memcpy(w + 8, branch_w, 32);
+        memcpy(st, SHA256_IV, 32);
+        compress_w(st, w);
+        /* the second block of a 64-byte message: 0x80, zeros, bit length 512 */
+        memset(w, 0, sizeof w);
+        w[0] = 0x80000000u;
+        w[15] = 512u;
+        compress_w(st, w);
+        pad32(w, st);
+        memcpy(io, SHA256_IV, 32);
+        compress_w(io, w);
+    }
+}
+
+static void portable_fold2(uint32_t io_a[8], uint32_t io_b[8], const uint32_t *branch_w,
+                           size_t n)
+{
+    portable_fold(io_a, branch_w, n);
+    portable_fold(io_b, branch_w, n);
+}
+
+static void portable_d80(uint32_t out[8], const uint32_t w1[16], const uint32_t w2[16])
+{
+    uint32_t w[16], st[8];
+
+    memcpy(st, SHA256_IV, 32);
+    memcpy(w, w1, sizeof w);
+    compress_w(st, w);
+    memcpy(w, w2, sizeof w);
+    compress_w(st, w);
+    pad32(w, st);
+    memcpy(out, SHA256_IV, 32);
+    compress_w(out, w);
+}
+
+static void portable_d80x2(uint32_t out_a[8], const uint32_t wa1[16], const uint32_t wa2[16],
+                           uint32_t out_b[8], const uint32_t wb1[16], const uint32_t wb2[16])
+{
+    portable_d80(out_a, wa1, wa2);
+    portable_d80(out_b, wb1, wb2);
 }
 
 static void portable_blocks2(uint32_t sa[8], const uint8_t *da,
@@ -119,15 +171,9 @@ static void portable_blocks2(uint32_t sa[8], const uint8_t *da,
     portable_blocks(sb, db, nblocks);
 }
 
-static void portable_words2(uint32_t sa[8], const uint32_t wa[16],
-                            uint32_t sb[8], const uint32_t wb[16])
-{
-    portable_words(sa, wa);
-    portable_words(sb, wb);
-}
-
 const sha256_impl sha256_portable_impl = {
-    "portable", portable_blocks, portable_words, portable_blocks2, portable_words2,
+    "portable", portable_blocks, portable_blocks2, portable_fold, portable_fold2,
+    portable_d80, portable_d80x2,
 };
 
 const sha256_impl *sha256_active = &sha256_portable_impl;

@@ -127,40 +127,64 @@ int sha256_shani_cpu(void)
     _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)((p) + 16 * (i))), bswap_)
 #define LOAD_W(p, i) _mm_loadu_si128((const __m128i *)((p) + 4 * (i)))
 
+#define SHANI_INLINE static inline __attribute__((always_inline, target("sha,sse4.1")))
+
+/* The initial state (FIPS 180-4 5.3.3) as ABEF, CDGH. */
+SHANI_INLINE void iv(__m128i *s0, __m128i *s1)
+{
+    *s0 = _mm_set_epi32(0x6a09e667, (int)0xbb67ae85u, 0x510e527f, (int)0x9b05688cu);
+    *s1 = _mm_set_epi32(0x3c6ef372, (int)0xa54ff53au, 0x1f83d9ab, 0x5be0cd19);
+}
+
+/* The digest of state (ABEF, CDGH) as message words: m0 = W[0..3] = A..D, m1 = W[4..7] = E..H. */
+SHANI_INLINE void to_msg(__m128i s0, __m128i s1, __m128i *m0, __m128i *m1)
+{
+    __m128i t = _mm_shuffle_epi32(s0, 0x1B); /* FEBA */
+    __m128i u = _mm_shuffle_epi32(s1, 0xB1); /* DCHG */
+    *m0 = _mm_blend_epi16(t, u, 0xF0);
+    *m1 = _mm_alignr_epi8(u, t, 8);
+}
+
+SHANI_INLINE void compress(__m128i *s0, __m128i *s1,
+                           __m128i m0, __m128i m1, __m128i m2, __m128i m3)
+{
+    __m128i x0 = *s0, x1 = *s1;
+
+    ROUNDS(x0, x1, m0, m1, m2, m3);
+    *s0 = _mm_add_epi32(x0, *s0);
+    *s1 = _mm_add_epi32(x1, *s1);
+}
+
+SHANI_INLINE void compress2(__m128i *pa0, __m128i *pa1,
+                            __m128i ma0, __m128i ma1, __m128i ma2, __m128i ma3,
+                            __m128i *pb0, __m128i *pb1,
+                            __m128i mb0, __m128i mb1, __m128i mb2, __m128i mb3)
+{
+    __m128i a0 = *pa0, a1 = *pa1, b0 = *pb0, b1 = *pb1;
+
+    ROUNDS2();
+    *pa0 = _mm_add_epi32(a0, *pa0);
+    *pa1 = _mm_add_epi32(a1, *pa1);
+    *pb0 = _mm_add_epi32(b0, *pb0);
+    *pb1 = _mm_add_epi32(b1, *pb1);
+}
+
+/* Padding of a 32-byte message in words 8..15: 0x80000000, zeros, 256 (bits). */
+#define PAD32_LO _mm_set_epi32(0, 0, 0, (int)0x80000000u)
+#define PAD32_HI _mm_set_epi32(256, 0, 0, 0)
+/* The second block of a 64-byte message: 0x80000000, zeros, 512 (bits). */
+#define PAD64_0 _mm_set_epi32(0, 0, 0, (int)0x80000000u)
+#define PAD64_3 _mm_set_epi32(512, 0, 0, 0)
+
 SHANI_TARGET static void shani_blocks(uint32_t state[8], const uint8_t *data, size_t nblocks)
 {
     const __m128i bswap_ = BSWAP_MASK;
-    __m128i s0, s1, save0, save1, m0, m1, m2, m3;
+    __m128i s0, s1;
 
     STATE_IN(state, s0, s1);
-    for (; nblocks > 0; nblocks--, data += 64) {
-        save0 = s0;
-        save1 = s1;
-        m0 = LOAD_BE(data, 0);
-        m1 = LOAD_BE(data, 1);
-        m2 = LOAD_BE(data, 2);
-        m3 = LOAD_BE(data, 3);
-        ROUNDS(s0, s1, m0, m1, m2, m3);
-        s0 = _mm_add_epi32(s0, save0);
-        s1 = _mm_add_epi32(s1, save1);
-    }
-    STATE_OUT(state, s0, s1);
-}
-
-SHANI_TARGET static void shani_words(uint32_t state[8], const uint32_t w[16])
-{
-    __m128i s0, s1, save0, save1, m0, m1, m2, m3;
-
-    STATE_IN(state, s0, s1);
-    save0 = s0;
-    save1 = s1;
-    m0 = LOAD_W(w, 0);
-    m1 = LOAD_W(w, 1);
-    m2 = LOAD_W(w, 2);
-    m3 = LOAD_W(w, 3);
-    ROUNDS(s0, s1, m0, m1, m2, m3);
-    s0 = _mm_add_epi32(s0, save0);
-    s1 = _mm_add_epi32(s1, save1);
+    for (; nblocks > 0; nblocks--, data += 64)
+        compress(&s0, &s1, LOAD_BE(data, 0), LOAD_BE(data, 1), LOAD_BE(data, 2),
+                 LOAD_BE(data, 3));
     STATE_OUT(state, s0, s1);
 }
 
@@ -168,43 +192,101 @@ SHANI_TARGET static void shani_blocks2(uint32_t sa[8], const uint8_t *da,
                                        uint32_t sb[8], const uint8_t *db, size_t nblocks)
 {
     const __m128i bswap_ = BSWAP_MASK;
-    __m128i a0, a1, b0, b1, sa0, sa1, sb0, sb1;
-    __m128i ma0, ma1, ma2, ma3, mb0, mb1, mb2, mb3;
+    __m128i a0, a1, b0, b1;
 
     STATE_IN(sa, a0, a1);
     STATE_IN(sb, b0, b1);
-    for (; nblocks > 0; nblocks--, da += 64, db += 64) {
-        sa0 = a0; sa1 = a1; sb0 = b0; sb1 = b1;
-        ma0 = LOAD_BE(da, 0); ma1 = LOAD_BE(da, 1); ma2 = LOAD_BE(da, 2); ma3 = LOAD_BE(da, 3);
-        mb0 = LOAD_BE(db, 0); mb1 = LOAD_BE(db, 1); mb2 = LOAD_BE(db, 2); mb3 = LOAD_BE(db, 3);
-        ROUNDS2();
-        a0 = _mm_add_epi32(a0, sa0); a1 = _mm_add_epi32(a1, sa1);
-        b0 = _mm_add_epi32(b0, sb0); b1 = _mm_add_epi32(b1, sb1);
-    }
+    for (; nblocks > 0; nblocks--, da += 64, db += 64)
+        compress2(&a0, &a1, LOAD_BE(da, 0), LOAD_BE(da, 1), LOAD_BE(da, 2), LOAD_BE(da, 3),
+                  &b0, &b1, LOAD_BE(db, 0), LOAD_BE(db, 1), LOAD_BE(db, 2), LOAD_BE(db, 3));
     STATE_OUT(sa, a0, a1);
     STATE_OUT(sb, b0, b1);
 }
 
-SHANI_TARGET static void shani_words2(uint32_t sa[8], const uint32_t wa[16],
-                                      uint32_t sb[8], const uint32_t wb[16])
+SHANI_TARGET static void shani_fold(uint32_t io[8], const uint32_t *branch_w, size_t n)
 {
-    __m128i a0, a1, b0, b1, sa0, sa1, sb0, sb1;
-    __m128i ma0, ma1, ma2, ma3, mb0, mb1, mb2, mb3;
+    const __m128i zero = _mm_setzero_si128();
+    __m128i s0, s1, m0, m1;
 
-    STATE_IN(sa, a0, a1);
-    STATE_IN(sb, b0, b1);
-    sa0 = a0; sa1 = a1; sb0 = b0; sb1 = b1;
-    ma0 = LOAD_W(wa, 0); ma1 = LOAD_W(wa, 1); ma2 = LOAD_W(wa, 2); ma3 = LOAD_W(wa, 3);
-    mb0 = LOAD_W(wb, 0); mb1 = LOAD_W(wb, 1); mb2 = LOAD_W(wb, 2); mb3 = LOAD_W(wb, 3);
-    ROUNDS2();
-    a0 = _mm_add_epi32(a0, sa0); a1 = _mm_add_epi32(a1, sa1);
-    b0 = _mm_add_epi32(b0, sb0); b1 = _mm_add_epi32(b1, sb1);
-    STATE_OUT(sa, a0, a1);
-    STATE_OUT(sb, b0, b1);
+    iv(&s0, &s1);
+    compress(&s0, &s1, LOAD_W(io, 0), LOAD_W(io, 1), PAD32_LO, PAD32_HI);
+    for (; n > 0; n--, branch_w += 8) {
+        to_msg(s0, s1, &m0, &m1);
+        iv(&s0, &s1);
+        compress(&s0, &s1, m0, m1, LOAD_W(branch_w, 0), LOAD_W(branch_w, 1));
+        compress(&s0, &s1, PAD64_0, zero, zero, PAD64_3);
+        to_msg(s0, s1, &m0, &m1);
+        iv(&s0, &s1);
+        compress(&s0, &s1, m0, m1, PAD32_LO, PAD32_HI);
+    }
+    STATE_OUT(io, s0, s1);
+}
+
+SHANI_TARGET static void shani_fold2(uint32_t io_a[8], uint32_t io_b[8],
+                                     const uint32_t *branch_w, size_t n)
+{
+    const __m128i zero = _mm_setzero_si128();
+    __m128i a0, a1, b0, b1, ma0, ma1, mb0, mb1, br0, br1;
+
+    iv(&a0, &a1);
+    iv(&b0, &b1);
+    compress2(&a0, &a1, LOAD_W(io_a, 0), LOAD_W(io_a, 1), PAD32_LO, PAD32_HI,
+              &b0, &b1, LOAD_W(io_b, 0), LOAD_W(io_b, 1), PAD32_LO, PAD32_HI);
+    for (; n > 0; n--, branch_w += 8) {
+        br0 = LOAD_W(branch_w, 0);
+        br1 = LOAD_W(branch_w, 1);
+        to_msg(a0, a1, &ma0, &ma1);
+        to_msg(b0, b1, &mb0, &mb1);
+        iv(&a0, &a1);
+        iv(&b0, &b1);
+        compress2(&a0, &a1, ma0, ma1, br0, br1, &b0, &b1, mb0, mb1, br0, br1);
+        compress2(&a0, &a1, PAD64_0, zero, zero, PAD64_3, &b0, &b1, PAD64_0, zero, zero, PAD64_3);
+        to_msg(a0, a1, &ma0, &ma1);
+        to_msg(b0, b1, &mb0, &mb1);
+        iv(&a0, &a1);
+        iv(&b0, &b1);
+        compress2(&a0, &a1, ma0, ma1, PAD32_LO, PAD32_HI, &b0, &b1, mb0, mb1, PAD32_LO, PAD32_HI);
+    }
+    STATE_OUT(io_a, a0, a1);
+    STATE_OUT(io_b, b0, b1);
+}
+
+SHANI_TARGET static void shani_d80(uint32_t out[8], const uint32_t w1[16], const uint32_t w2[16])
+{
+    __m128i s0, s1, m0, m1;
+
+    iv(&s0, &s1);
+    compress(&s0, &s1, LOAD_W(w1, 0), LOAD_W(w1, 1), LOAD_W(w1, 2), LOAD_W(w1, 3));
+    compress(&s0, &s1, LOAD_W(w2, 0), LOAD_W(w2, 1), LOAD_W(w2, 2), LOAD_W(w2, 3));
+    to_msg(s0, s1, &m0, &m1);
+    iv(&s0, &s1);
+    compress(&s0, &s1, m0, m1, PAD32_LO, PAD32_HI);
+    STATE_OUT(out, s0, s1);
+}
+
+SHANI_TARGET static void shani_d80x2(uint32_t out_a[8], const uint32_t wa1[16],
+                                     const uint32_t wa2[16], uint32_t out_b[8],
+                                     const uint32_t wb1[16], const uint32_t wb2[16])
+{
+    __m128i a0, a1, b0, b1, ma0, ma1, mb0, mb1;
+
+    iv(&a0, &a1);
+    iv(&b0, &b1);
+    compress2(&a0, &a1, LOAD_W(wa1, 0), LOAD_W(wa1, 1), LOAD_W(wa1, 2), LOAD_W(wa1, 3),
+              &b0, &b1, LOAD_W(wb1, 0), LOAD_W(wb1, 1), LOAD_W(wb1, 2), LOAD_W(wb1, 3));
+    compress2(&a0, &a1, LOAD_W(wa2, 0), LOAD_W(wa2, 1), LOAD_W(wa2, 2), LOAD_W(wa2, 3),
+              &b0, &b1, LOAD_W(wb2, 0), LOAD_W(wb2, 1), LOAD_W(wb2, 2), LOAD_W(wb2, 3));
+    to_msg(a0, a1, &ma0, &ma1);
+    to_msg(b0, b1, &mb0, &mb1);
+    iv(&a0, &a1);
+    iv(&b0, &b1);
+    compress2(&a0, &a1, ma0, ma1, PAD32_LO, PAD32_HI, &b0, &b1, mb0, mb1, PAD32_LO, PAD32_HI);
+    STATE_OUT(out_a, a0, a1);
+    STATE_OUT(out_b, b0, b1);
 }
 
 const sha256_impl sha256_shani_impl = {
-    "shani", shani_blocks, shani_words, shani_blocks2, shani_words2,
+    "shani", shani_blocks, shani_blocks2, shani_fold, shani_fold2, shani_d80, shani_d80x2,
 };
 
 #else

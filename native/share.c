@@ -10,13 +10,6 @@
 #include "sha256.h"
 #include "share.h"
 
-/* Padding words after a 32-byte message (a digest): 0x80, zeros, bit length 256. */
-#define PAD32_WORDS 0x80000000u, 0, 0, 0, 0, 0, 0, 256u
-
-/* The second block of a 64-byte message: 0x80, zeros, bit length 512. */
-static const uint32_t PAD64_BLOCK[16] = {0x80000000u, 0, 0, 0, 0, 0, 0, 0,
-                                         0,           0, 0, 0, 0, 0, 0, 512u};
-
 static const signed char HEX_VALUE[256] = {
     -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
     -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
@@ -177,52 +170,32 @@ static void header_block2(const sc_job *job, const sc_submit *sub, const uint32_
     w[15] = 640u;
 }
 
+/* Start SHA-256 of the coinbase (the first half of its sha256d): the cached prefix state, and
+ * the blocks holding extranonce2 copied with it into var. The caller hashes var, then the
+ * constant rest of the tail. */
+static void coinbase_start(const sc_session *sess, const sc_submit *sub, uint8_t *var,
+                                uint32_t st[8])
+{
+    memcpy(st, sess->midstate, 32);
+    memcpy(var, sess->tail, sess->var_len);
+    memcpy(var + sess->en2_offset, sub->en2, sess->en2_size);
+}
+
 void sc_check(const sc_job *job, const sc_session *sess, const sc_submit *sub,
               const uint8_t share_target[32], sc_result *res)
 {
     const sha256_impl *impl = sha256_active;
     uint8_t var[SC_MAX_VAR];
-    uint32_t st[8], cur[8], w[16] = {0, 0, 0, 0, 0, 0, 0, 0, PAD32_WORDS};
-    size_t i;
+    uint32_t st[8], h1[16], h2[16];
 
-    /* sha256d(coinbase): the cached prefix, the blocks holding extranonce2, the constant rest */
-    memcpy(st, sess->midstate, sizeof st);
-    memcpy(var, sess->tail, sess->var_len);
-    memcpy(var + sess->en2_offset, sub->en2, sess->en2_size);
+    coinbase_start(sess, sub, var, st);
     impl->blocks(st, var, sess->var_len / 64);
     impl->blocks(st, sess->tail + sess->var_len, (sess->tail_len - sess->var_len) / 64);
-    memcpy(w, st, 32);
-    memcpy(cur, SHA256_IV, 32);
-    impl->words(cur, w);
-
-    /* merkle fold: cur = sha256d(cur || branch[i]) */
-    for (i = 0; i < job->branch_len; i++) {
-        uint32_t m[16];
-
-        memcpy(m, cur, 32);
-        memcpy(m + 8, job->branch_w + 8 * i, 32);
-        memcpy(st, SHA256_IV, 32);
-        impl->words(st, m);
-        impl->words(st, PAD64_BLOCK);
-        memcpy(w, st, 32);
-        memcpy(cur, SHA256_IV, 32);
-        impl->words(cur, w);
-    }
-
-    /* sha256d(header) */
-    {
-        uint32_t h1[16], h2[16];
-
-        header_block1(job, sub, cur, h1);
-        header_block2(job, sub, cur, h2);
-        memcpy(st, SHA256_IV, 32);
-        impl->words(st, h1);
-        impl->words(st, h2);
-        memcpy(w, st, 32);
-        memcpy(cur, SHA256_IV, 32);
-        impl->words(cur, w);
-    }
-    finish(job, cur, share_target, res);
+    impl->fold(st, job->branch_w, job->branch_len);          /* st = merkle root */
+    header_block1(job, sub, st, h1);
+    header_block2(job, sub, st, h2);
+    impl->d80(st, h1, h2);
+    finish(job, st, share_target, res);
 }
 
 /* Two shares of the same session in lockstep: every step has the same shape for both. */
@@ -231,65 +204,23 @@ static void check2(const sc_job *job, const sc_session *sess, const sc_submit *s
                    sc_result *rb)
 {
     const sha256_impl *impl = sha256_active;
-    uint8_t var_a[SC_MAX_VAR], var_b[SC_MAX_VAR];
-    uint32_t st_a[8], st_b[8], cur_a[8], cur_b[8];
-    uint32_t w_a[16] = {0, 0, 0, 0, 0, 0, 0, 0, PAD32_WORDS};
-    uint32_t w_b[16] = {0, 0, 0, 0, 0, 0, 0, 0, PAD32_WORDS};
     const size_t rest = (sess->tail_len - sess->var_len) / 64;
     const uint8_t *rest_p = sess->tail + sess->var_len;
-    size_t i;
+    uint8_t var_a[SC_MAX_VAR], var_b[SC_MAX_VAR];
+    uint32_t st_a[8], st_b[8], ha1[16], ha2[16], hb1[16], hb2[16];
 
-    memcpy(st_a, sess->midstate, 32);
-    memcpy(st_b, sess->midstate, 32);
-    memcpy(var_a, sess->tail, sess->var_len);
-    memcpy(var_b, sess->tail, sess->var_len);
-    memcpy(var_a + sess->en2_offset, sa->en2, sess->en2_size);
-    memcpy(var_b + sess->en2_offset, sb->en2, sess->en2_size);
+    coinbase_start(sess, sa, var_a, st_a);
+    coinbase_start(sess, sb, var_b, st_b);
     impl->blocks2(st_a, var_a, st_b, var_b, sess->var_len / 64);
     impl->blocks2(st_a, rest_p, st_b, rest_p, rest);
-    memcpy(w_a, st_a, 32);
-    memcpy(w_b, st_b, 32);
-    memcpy(cur_a, SHA256_IV, 32);
-    memcpy(cur_b, SHA256_IV, 32);
-    impl->words2(cur_a, w_a, cur_b, w_b);
-
-    for (i = 0; i < job->branch_len; i++) {
-        uint32_t m_a[16], m_b[16];
-
-        memcpy(m_a, cur_a, 32);
-        memcpy(m_b, cur_b, 32);
-        memcpy(m_a + 8, job->branch_w + 8 * i, 32);
-        memcpy(m_b + 8, job->branch_w + 8 * i, 32);
-        memcpy(st_a, SHA256_IV, 32);
-        memcpy(st_b, SHA256_IV, 32);
-        impl->words2(st_a, m_a, st_b, m_b);
-        impl->words2(st_a, PAD64_BLOCK, st_b, PAD64_BLOCK);
-        memcpy(w_a, st_a, 32);
-        memcpy(w_b, st_b, 32);
-        memcpy(cur_a, SHA256_IV, 32);
-        memcpy(cur_b, SHA256_IV, 32);
-        impl->words2(cur_a, w_a, cur_b, w_b);
-    }
-
-    {
-        uint32_t h1_a[16], h2_a[16], h1_b[16], h2_b[16];
-
-        header_block1(job, sa, cur_a, h1_a);
-        header_block2(job, sa, cur_a, h2_a);
-        header_block1(job, sb, cur_b, h1_b);
-        header_block2(job, sb, cur_b, h2_b);
-        memcpy(st_a, SHA256_IV, 32);
-        memcpy(st_b, SHA256_IV, 32);
-        impl->words2(st_a, h1_a, st_b, h1_b);
-        impl->words2(st_a, h2_a, st_b, h2_b);
-        memcpy(w_a, st_a, 32);
-        memcpy(w_b, st_b, 32);
-        memcpy(cur_a, SHA256_IV, 32);
-        memcpy(cur_b, SHA256_IV, 32);
-        impl->words2(cur_a, w_a, cur_b, w_b);
-    }
-    finish(job, cur_a, share_target, ra);
-    finish(job, cur_b, share_target, rb);
+    impl->fold2(st_a, st_b, job->branch_w, job->branch_len);
+    header_block1(job, sa, st_a, ha1);
+    header_block2(job, sa, st_a, ha2);
+    header_block1(job, sb, st_b, hb1);
+    header_block2(job, sb, st_b, hb2);
+    impl->d80x2(st_a, ha1, ha2, st_b, hb1, hb2);
+    finish(job, st_a, share_target, ra);
+    finish(job, st_b, share_target, rb);
 }
 
 void sc_check_many(const sc_job *job, const sc_session *sess, const sc_submit *subs, size_t n,
