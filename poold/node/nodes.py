@@ -146,6 +146,7 @@ class _Node:
         self.listener: HashblockListener | None = None
         self.down = asyncio.Event()  # set while the node needs re-checking
         self.wake = asyncio.Event()  # wakes the poller early (gap, disconnect)
+        self.silent = False  # ZMQ has been quiet for longer than zmq_silence_s
 
 
 class NodeSet:
@@ -438,7 +439,19 @@ class NodeSet:
     async def _poll_loop(self, node: _Node) -> None:
         while True:
             zmq_state = self._zmq_state(node)
-            interval = self.poll_interval_s if zmq_state != "ok" else self.safety_poll_s
+            if (zmq_state == "silent") != node.silent:
+                node.silent = zmq_state == "silent"
+                if node.silent:
+                    log.warning("zmq %s: nothing for %.0f s; polling getbestblockhash",
+                                node.name, self.zmq_silence_s)
+                    if self._metrics is not None:
+                        self._metrics.zmq_gaps.labels(node=node.name).inc()
+            if zmq_state == "ok" and node.listener is not None:
+                # Wake up when ZMQ would count as silent, to start polling then.
+                until_silent = self.zmq_silence_s - node.listener.silent_for()
+                interval = max(self.poll_interval_s, min(self.safety_poll_s, until_silent))
+            else:
+                interval = self.poll_interval_s
             if node.up:
                 try:
                     tip_hex = await node.client.getbestblockhash()

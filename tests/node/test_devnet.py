@@ -211,3 +211,17 @@ async def test_credentials_never_logged(tmp_path: Path, caplog: pytest.LogCaptur
         text += caplog.text + str(e.value)
     for secret in ("s3cret-devnet-password", cookie_secret, "wrong-password-xyz"):
         assert secret not in text
+
+
+async def test_typed_calls(dn: Devnet) -> None:
+    async with RpcClient(dn.rpc_url, cookie_file=dn.cookie_file) as c:
+        assert (await c.validateaddress(dn.address))["isvalid"] is True
+        assert (await c.validateaddress("bc1qnotanaddress"))["isvalid"] is False
+        assert (await c.getmininginfo())["blocks"] == dn.height
+        tip = await c.getbestblockhash()
+        assert tip == dn.tip_hash_hex == await c.getblockhash(dn.height)
+        header = await c.getblockheader(tip)
+        assert header["height"] == dn.height and header["confirmations"] == 1
+        await c.preciousblock(tip)
+        info = await c.check("regtest")
+        assert info.blocks == dn.height and info.version is not None

@@ -319,3 +319,42 @@ async def test_failover_to_a_node_on_another_tip_at_the_same_height(tmp_path: Pa
             await a.stop()  # ZMQ disconnect -> poll fails -> a down -> b's template at once
             t = await got.until(lambda t, new: t.source == "b" and new, within=3.0)
             assert t.prevhash_hex == b.tip and t.height == ns.latest.height
+
+
+async def test_silent_zmq_falls_back_to_polling(fake: FakeNode) -> None:
+    metrics = Metrics()
+    ns = NodeSet([spec(fake, "a")], chain="regtest",
+                 templates=TemplateTiming(poll_interval_s=0.05), zmq_silence_s=0.3,
+                 safety_poll_s=60.0, metrics=metrics)
+    async with ns:
+        got = Published()
+        ns.subscribe(got)
+        await wait_zmq(ns, "a")
+        listener = ns.listener("a")
+        assert listener is not None
+        await eventually(lambda: ns.status()[0].zmq == "silent", within=2.0)
+        await eventually(lambda: metrics.registry.get_sample_value(
+            "poold_zmq_gaps_total", {"node": "a"}) == 1)
+        listener.drop_next(1)  # the message is lost, and nothing says so: only polling sees it
+        (h,) = await fake.mine()
+        await got.until(tip_is(h), within=1.0)
+
+
+async def test_periodic_refresh_is_not_a_new_tip(fake: FakeNode) -> None:
+    async with make_set(spec(fake, "a"), timing=TemplateTiming(refresh_s=0.1)) as ns:
+        got = Published()
+        ns.subscribe(got)
+        await eventually(lambda: len(got.items) >= 2, within=2.0)
+        assert all(not new and t.prevhash_hex == fake.tip for t, new, _ in got.items)
+        assert got.items[0][0].transactions != got.items[1][0].transactions  # new mempool view
+
+
+async def test_empty_first_can_be_disabled(fake: FakeNode) -> None:
+    async with make_set(spec(fake, "a"), timing=TemplateTiming(empty_first_ms=-1)) as ns:
+        got = Published()
+        ns.subscribe(got)
+        await wait_zmq(ns, "a")
+        fake.gbt_delay_s = 0.2
+        (h,) = await fake.mine()
+        await got.until(tip_is(h))
+        assert [(t.is_empty, new) for t, new, _ in got.items] == [(False, True)]
