@@ -4,16 +4,19 @@ Requests are `{"id": ..., "method": ..., "params": [...]}`; replies `{"id": ...,
 "error": null | [code, "reason", null]}`; notifications carry `"id": null`. Ids (int, string,
 null or anything else JSON allows) are echoed verbatim. orjson is used when installed (about 5x
 faster to parse and 15x to serialize; reference/perf.md), the standard library otherwise; both
-produce the same bytes for what poold sends.
+produce the same bytes for what poold sends. `POOLD_STDLIB_JSON=1` forces the standard library.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
 try:  # pragma: no cover - which branch runs depends on the machine
+    if os.environ.get("POOLD_STDLIB_JSON") == "1":
+        raise ImportError("POOLD_STDLIB_JSON=1 forces the standard library")
     import orjson
 
     _loads: Callable[[bytes], Any] = orjson.loads
