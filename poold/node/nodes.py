@@ -338,7 +338,8 @@ class NodeSet:
         try:
             node.info = await node.client.check(self.chain)
             template = await self._template(node)
-        except (NodeUnavailable, RpcError, TemplateError, NodeCheckError) as e:
+        except Exception as e:
+            # Whatever went wrong, the node stays down and the health loop keeps retrying it.
             self._mark_down(node, e)
             raise
         node.tip_hex = template.prevhash_hex
@@ -383,6 +384,9 @@ class NodeSet:
             try:
                 template = await self._check(node)
             except (NodeUnavailable, RpcError, TemplateError, NodeCheckError):
+                continue  # logged (throttled) by _mark_down
+            except Exception:
+                log.exception("node %s: unexpected failure of the health check", node.name)
                 continue
             backoff.reset()
             # It may have missed tips while down, or be the preferred node again.
@@ -518,17 +522,22 @@ class NodeSet:
         ):
             # confirmations != 1: no longer the tip (or not on the active chain); wait for GBT.
             return None
-        return empty_template_for_tip(
-            previous,
-            tip_hash=hash_from_hex(tip_hex),
-            tip_height=height,
-            tip_bits=int(bits_hex, 16),
-            tip_mediantime=mediantime,
-            chain=self.chain,
-            now=int(time.time()),
-            received_at=time.time(),
-            source=node.name,
-        )
+        try:
+            return empty_template_for_tip(
+                previous,
+                tip_hash=hash_from_hex(tip_hex),
+                tip_height=height,
+                tip_bits=int(bits_hex, 16),
+                tip_mediantime=mediantime,
+                chain=self.chain,
+                now=int(time.time()),
+                received_at=time.time(),
+                source=node.name,
+            )
+        except ValueError as e:
+            log.warning("node %s: unusable getblockheader %s (%s); waiting for the template",
+                        node.name, tip_hex, e)
+            return None
 
     # -- templates ------------------------------------------------------------------------------
 
