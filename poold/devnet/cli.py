@@ -16,6 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
+from poold.devnet.kernel import KernelError
 from poold.devnet.node import Devnet
 
 log = logging.getLogger("poold.devnet")
@@ -86,13 +87,16 @@ async def _serve(args: argparse.Namespace) -> int:
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
         await devnet.start()
     except OSError as exc:
         print(f"poold devnet: cannot listen: {exc}", file=sys.stderr)
         return 1
+    except KernelError as exc:
+        print(f"poold devnet: {exc}", file=sys.stderr)
+        return 1
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     try:
         if args.generate:
             await devnet.generate(args.generate)

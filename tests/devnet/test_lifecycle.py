@@ -96,3 +96,16 @@ async def test_restart_on_the_same_ports(tmp_path: Path) -> None:
                       rpc_password=first.rpc_password) as again:
         assert (again.rpc_url, again.zmq_url) == (url, zmq_url)
         assert await rpc(again, "getbestblockhash") == hashes[-1]
+
+
+async def test_cli_refuses_a_datadir_in_use(tmp_path: Path) -> None:
+    async with Devnet(datadir=tmp_path):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "poold", "devnet", "--rpc", "127.0.0.1:0",
+            "--zmq", "tcp://127.0.0.1:0", "--datadir", str(tmp_path),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(30):
+            _, err = await proc.communicate()
+        assert proc.returncode == 1
+        assert b"already in use" in err

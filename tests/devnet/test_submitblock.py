@@ -169,3 +169,16 @@ async def test_generatetoaddress_pays_the_address(devnet: Devnet) -> None:
     assert PAYOUT in raw
     code, msg = await rpc_error(devnet, "generatetoaddress", 1, "bc1qnotanaddress")
     assert (code, msg) == (-5, "Error: Invalid address")
+
+
+async def test_header_rules_time_and_bits(devnet: Devnet) -> None:
+    await devnet.generate(12)
+    gbt = await rpc(devnet, "getblocktemplate", {"rules": ["segwit"]})
+    too_old = build_block(dict(gbt, curtime=gbt["mintime"] - 1), payout_script=PAYOUT)
+    assert await rpc(devnet, "submitblock", too_old.raw.hex()) == "time-too-old"
+    too_new = build_block(dict(gbt, curtime=gbt["curtime"] + 3 * 3600), payout_script=PAYOUT)
+    assert await rpc(devnet, "submitblock", too_new.raw.hex()) == "time-too-new"
+    easier = build_block(dict(gbt, bits="207ffffe"), payout_script=PAYOUT)
+    assert await rpc(devnet, "submitblock", easier.raw.hex()) == "bad-diffbits"
+    at_mintime = build_block(dict(gbt, curtime=gbt["mintime"]), payout_script=PAYOUT)
+    assert await rpc(devnet, "submitblock", at_mintime.raw.hex()) is None
