@@ -21,11 +21,11 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import TypeVar, TypeVarTuple
 
 from poold.bitcoin.address import Network, address_to_script, p2wsh_address
 from poold.bitcoin.block import parse_block
@@ -35,15 +35,15 @@ from poold.bitcoin.script import OP_TRUE, p2wsh_script
 from poold.bitcoin.tx import OutPoint, Tx, TxIn, TxOut
 from poold.devnet import mining
 from poold.devnet.chainstate import COINBASE_MATURITY, ChainView, Coin, UtxoSet
-from poold.devnet.kernel import Kernel, ProcessResult, verify_scripts
+from poold.devnet.kernel import EntryInfo, Kernel, ProcessResult, verify_scripts
 from poold.devnet.mempool import Mempool, MempoolEntry
 from poold.devnet.rpc import Credentials, RpcServer
 from poold.devnet.zmqpub import ZmqPublisher
 
 log = logging.getLogger("poold.devnet")
 
-P = ParamSpec("P")
 R = TypeVar("R")
+Ts = TypeVarTuple("Ts")
 
 NETWORK = Network.REGTEST
 # The devnet's own coins: P2WSH of `OP_TRUE`, spendable by anyone with witness [OP_TRUE].
@@ -174,7 +174,7 @@ class Devnet:
     ) -> None:
         await self.stop()
 
-    async def _in_kernel(self, fn: Any, *args: Any) -> Any:
+    async def _in_kernel(self, fn: Callable[[*Ts], R], *args: *Ts) -> R:
         """Run a kernel call on the kernel thread (all kernel calls go through here)."""
         if self._executor is None:
             raise RuntimeError("devnet is not running")
@@ -268,7 +268,7 @@ class Devnet:
             return await self._submit_locked(raw)
 
     async def _submit_locked(self, raw: bytes) -> str | None:
-        result: ProcessResult = await self._in_kernel(self._require_kernel().process_block, raw)
+        result = await self._in_kernel(self._require_kernel().process_block, raw)
         await self._apply(result)
         return result.reason
 
@@ -313,15 +313,15 @@ class Devnet:
             self._tip_changed.notify_all()
 
     async def read_block(self, block_hash: bytes) -> bytes | None:
-        result: bytes | None = await self._in_kernel(self._require_kernel().read_block, block_hash)
-        return result
+        """The stored block (any branch), or None if unknown or header-only."""
+        return await self._in_kernel(self._require_kernel().read_block, block_hash)
 
-    async def entry_info(self, block_hash: bytes) -> Any:
+    async def entry_info(self, block_hash: bytes) -> EntryInfo | None:
+        """The kernel's block index entry (any branch), or None if the block is unknown."""
         return await self._in_kernel(self._require_kernel().entry_info, block_hash)
 
     async def best_header_height(self) -> int:
-        result: int = await self._in_kernel(self._require_kernel().best_header_height)
-        return result
+        return await self._in_kernel(self._require_kernel().best_header_height)
 
     def block_candidate(self) -> mining.BlockCandidate:
         return mining.candidate(self.view, self.mempool.select(), int(time.time()))
