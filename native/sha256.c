@@ -25,6 +25,8 @@ const uint32_t SHA256_K[64] = {
     0xc67178f2u,
 };
 
+uint32_t SHA256_PAD64_WK[64];
+
 #define ROTR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
 #define CH(x, y, z) ((z) ^ ((x) & ((y) ^ (z))))
 #define MAJ(x, y, z) (((x) & (y)) | ((z) & ((x) | (y))))
@@ -91,6 +93,46 @@ static void compress_w(uint32_t state[8], uint32_t w[16])
     state[4] += e; state[5] += f; state[6] += g; state[7] += h;
 }
 
+/* Compress a block whose whole schedule (K[t] + W[t]) is given. */
+#define ROUND_WK(a, b, c, d, e, f, g, h, t)                                       \
+    do {                                                                          \
+        uint32_t t1_ = (h) + BSIG1(e) + CH(e, f, g) + wk[t];                      \
+        uint32_t t2_ = BSIG0(a) + MAJ(a, b, c);                                   \
+        (d) += t1_;                                                               \
+        (h) = t1_ + t2_;                                                          \
+    } while (0)
+
+static void compress_wk(uint32_t state[8], const uint32_t wk[64])
+{
+    uint32_t a = state[0], b = state[1], c = state[2], d = state[3];
+    uint32_t e = state[4], f = state[5], g = state[6], h = state[7];
+    int t;
+
+    for (t = 0; t < 64; t += 8) {
+        ROUND_WK(a, b, c, d, e, f, g, h, t + 0);
+        ROUND_WK(h, a, b, c, d, e, f, g, t + 1);
+        ROUND_WK(g, h, a, b, c, d, e, f, t + 2);
+        ROUND_WK(f, g, h, a, b, c, d, e, t + 3);
+        ROUND_WK(e, f, g, h, a, b, c, d, t + 4);
+        ROUND_WK(d, e, f, g, h, a, b, c, t + 5);
+        ROUND_WK(c, d, e, f, g, h, a, b, t + 6);
+        ROUND_WK(b, c, d, e, f, g, h, a, t + 7);
+    }
+    state[0] += a; state[1] += b; state[2] += c; state[3] += d;
+    state[4] += e; state[5] += f; state[6] += g; state[7] += h;
+}
+
+static void init_pad64_wk(void)
+{
+    uint32_t w[64] = {0x80000000u, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 512u};
+    int t;
+
+    for (t = 16; t < 64; t++)
+        w[t] = SSIG1(w[t - 2]) + w[t - 7] + SSIG0(w[t - 15]) + w[t - 16];
+    for (t = 0; t < 64; t++)
+        SHA256_PAD64_WK[t] = w[t] + SHA256_K[t];
+}
+
 static void portable_blocks(uint32_t state[8], const uint8_t *data, size_t nblocks)
 {
     uint32_t w[16];
@@ -125,11 +167,7 @@ static void portable_fold(uint32_t io[8], const uint32_t *branch_w, size_t n)
         memcpy(w + 8, branch_w, 32);
         memcpy(st, SHA256_IV, 32);
         compress_w(st, w);
-        /* the second block of a 64-byte message: 0x80, zeros, bit length 512 */
-        memset(w, 0, sizeof w);
-        w[0] = 0x80000000u;
-        w[15] = 512u;
-        compress_w(st, w);
+        compress_wk(st, SHA256_PAD64_WK);
         pad32(w, st);
         memcpy(io, SHA256_IV, 32);
         compress_w(io, w);
@@ -189,6 +227,8 @@ int sha256_shani_available(void)
 
 int sha256_select(const char *name)
 {
+    if (SHA256_PAD64_WK[0] == 0)
+        init_pad64_wk();
     if (strcmp(name, "portable") == 0) {
         sha256_active = &sha256_portable_impl;
         return 0;

@@ -169,12 +169,44 @@ SHANI_INLINE void compress2(__m128i *pa0, __m128i *pa1,
     *pb1 = _mm_add_epi32(b1, *pb1);
 }
 
+/* Four rounds 4i..4i+3 of a block whose K + W is precomputed in wk. */
+#define QROUND_WK(s0, s1, wk, i)                                                  \
+    do {                                                                          \
+        __m128i k_ = _mm_loadu_si128((const __m128i *)&(wk)[4 * (i)]);            \
+        s1 = _mm_sha256rnds2_epu32(s1, s0, k_);                                   \
+        s0 = _mm_sha256rnds2_epu32(s0, s1, _mm_shuffle_epi32(k_, 0x0E));          \
+    } while (0)
+
+/* The padding block of a 64-byte message, its schedule precomputed (SHA256_PAD64_WK). */
+SHANI_INLINE void compress_pad64(__m128i *s0, __m128i *s1)
+{
+    __m128i x0 = *s0, x1 = *s1;
+    int i;
+
+    for (i = 0; i < 16; i++)
+        QROUND_WK(x0, x1, SHA256_PAD64_WK, i);
+    *s0 = _mm_add_epi32(x0, *s0);
+    *s1 = _mm_add_epi32(x1, *s1);
+}
+
+SHANI_INLINE void compress_pad64_2(__m128i *pa0, __m128i *pa1, __m128i *pb0, __m128i *pb1)
+{
+    __m128i a0 = *pa0, a1 = *pa1, b0 = *pb0, b1 = *pb1;
+    int i;
+
+    for (i = 0; i < 16; i++) {
+        QROUND_WK(a0, a1, SHA256_PAD64_WK, i);
+        QROUND_WK(b0, b1, SHA256_PAD64_WK, i);
+    }
+    *pa0 = _mm_add_epi32(a0, *pa0);
+    *pa1 = _mm_add_epi32(a1, *pa1);
+    *pb0 = _mm_add_epi32(b0, *pb0);
+    *pb1 = _mm_add_epi32(b1, *pb1);
+}
+
 /* Padding of a 32-byte message in words 8..15: 0x80000000, zeros, 256 (bits). */
 #define PAD32_LO _mm_set_epi32(0, 0, 0, (int)0x80000000u)
 #define PAD32_HI _mm_set_epi32(256, 0, 0, 0)
-/* The second block of a 64-byte message: 0x80000000, zeros, 512 (bits). */
-#define PAD64_0 _mm_set_epi32(0, 0, 0, (int)0x80000000u)
-#define PAD64_3 _mm_set_epi32(512, 0, 0, 0)
 
 SHANI_TARGET static void shani_blocks(uint32_t state[8], const uint8_t *data, size_t nblocks)
 {
@@ -205,7 +237,6 @@ SHANI_TARGET static void shani_blocks2(uint32_t sa[8], const uint8_t *da,
 
 SHANI_TARGET static void shani_fold(uint32_t io[8], const uint32_t *branch_w, size_t n)
 {
-    const __m128i zero = _mm_setzero_si128();
     __m128i s0, s1, m0, m1;
 
     iv(&s0, &s1);
@@ -214,7 +245,7 @@ SHANI_TARGET static void shani_fold(uint32_t io[8], const uint32_t *branch_w, si
         to_msg(s0, s1, &m0, &m1);
         iv(&s0, &s1);
         compress(&s0, &s1, m0, m1, LOAD_W(branch_w, 0), LOAD_W(branch_w, 1));
-        compress(&s0, &s1, PAD64_0, zero, zero, PAD64_3);
+        compress_pad64(&s0, &s1);
         to_msg(s0, s1, &m0, &m1);
         iv(&s0, &s1);
         compress(&s0, &s1, m0, m1, PAD32_LO, PAD32_HI);
@@ -225,7 +256,6 @@ SHANI_TARGET static void shani_fold(uint32_t io[8], const uint32_t *branch_w, si
 SHANI_TARGET static void shani_fold2(uint32_t io_a[8], uint32_t io_b[8],
                                      const uint32_t *branch_w, size_t n)
 {
-    const __m128i zero = _mm_setzero_si128();
     __m128i a0, a1, b0, b1, ma0, ma1, mb0, mb1, br0, br1;
 
     iv(&a0, &a1);
@@ -240,7 +270,7 @@ SHANI_TARGET static void shani_fold2(uint32_t io_a[8], uint32_t io_b[8],
         iv(&a0, &a1);
         iv(&b0, &b1);
         compress2(&a0, &a1, ma0, ma1, br0, br1, &b0, &b1, mb0, mb1, br0, br1);
-        compress2(&a0, &a1, PAD64_0, zero, zero, PAD64_3, &b0, &b1, PAD64_0, zero, zero, PAD64_3);
+        compress_pad64_2(&a0, &a1, &b0, &b1);
         to_msg(a0, a1, &ma0, &ma1);
         to_msg(b0, b1, &mb0, &mb1);
         iv(&a0, &a1);
