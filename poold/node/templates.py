@@ -23,6 +23,9 @@ from poold.bitcoin.target import bits_to_target
 SUPPORTED_MANDATORY_RULES = frozenset({"segwit", "signet"})
 
 COIN = 100_000_000
+MAX_MONEY = 21_000_000 * COIN
+MAX_BLOCK_WEIGHT = 4_000_000
+U32_MAX = 0xFFFFFFFF
 # Bitcoin Core chainparams: nSubsidyHalvingInterval (regtest uses 150).
 HALVING_INTERVAL = {"main": 210_000, "test": 210_000, "testnet4": 210_000, "signet": 210_000,
                     "regtest": 150}
@@ -201,17 +204,18 @@ def parse_gbt(result: Mapping[str, Any], *, received_at: float, source: str = ""
         target = int(target_hex, 16)
     except ValueError as e:
         raise TemplateError(f"bits/target: not hex ({bits_hex!r}, {target_hex!r})") from e
-    height = _int(result, "height")
-    curtime = _int(result, "curtime")
+    if bits > U32_MAX or not 0 < target < 2**256:
+        raise TemplateError(f"bits/target: out of range ({bits_hex!r}, {target_hex!r})")
+    curtime = _int(result, "curtime", limit=U32_MAX)
     return Template(
-        height=height,
+        height=_int(result, "height", limit=2**31 - 1),
         prevhash=_hash(_field(result, "previousblockhash", str), "previousblockhash"),
-        version=_int(result, "version"),
+        version=_int(result, "version", limit=U32_MAX),
         bits=bits,
         target=target,
         curtime=curtime,
-        mintime=_int(result, "mintime") if "mintime" in result else curtime,
-        coinbase_value=_int(result, "coinbasevalue"),
+        mintime=_int(result, "mintime", limit=U32_MAX) if "mintime" in result else curtime,
+        coinbase_value=_int(result, "coinbasevalue", limit=MAX_MONEY),
         transactions=transactions,
         witness_commitment_script=commitment,
         is_empty=False,
@@ -226,14 +230,13 @@ def _parse_tx(index: int, tx: object) -> TemplateTx:
     where = f"transactions[{index}]"
     txid = _hash(_field(tx, "txid", str, where), f"{where}.txid")
     # Pre-segwit nodes omit "hash"; then wtxid == txid.
-    wtxid_hex = tx.get("hash")
-    wtxid = _hash(wtxid_hex, f"{where}.hash") if isinstance(wtxid_hex, str) else txid
+    wtxid = _hash(_field(tx, "hash", str, where), f"{where}.hash") if "hash" in tx else txid
     return TemplateTx(
         data=_hex(_field(tx, "data", str, where), f"{where}.data"),
         txid=txid,
         wtxid=wtxid,
-        fee=_int(tx, "fee", where),
-        weight=_int(tx, "weight", where),
+        fee=_int(tx, "fee", where, limit=MAX_MONEY),
+        weight=_int(tx, "weight", where, limit=MAX_BLOCK_WEIGHT),
     )
 
 
@@ -247,10 +250,10 @@ def _field(obj: Mapping[str, Any], key: str, kind: type, where: str = "") -> Any
     return value
 
 
-def _int(obj: Mapping[str, Any], key: str, where: str = "") -> int:
+def _int(obj: Mapping[str, Any], key: str, where: str = "", *, limit: int) -> int:
     value: int = _field(obj, key, int, where)
-    if value < 0:
-        raise TemplateError(f"{where + '.' if where else ''}{key}: negative ({value})")
+    if not 0 <= value <= limit:
+        raise TemplateError(f"{where + '.' if where else ''}{key}: out of range ({value})")
     return value
 
 

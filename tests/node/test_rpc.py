@@ -183,3 +183,42 @@ def test_throttled_log(caplog: pytest.LogCaptureFixture) -> None:
     t.clear("k")
     t.warning("k", "failure %d", 9)
     assert caplog.records[-1].getMessage() == "failure 9"
+
+
+async def test_connection_closed_by_the_node_while_idle_is_retried_once() -> None:
+    """bitcoind drops idle keep-alive connections (-rpcservertimeout); the next call on such a
+    connection must go out again on a fresh one, not fail."""
+    import asyncio
+    import json
+
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        first_connection = connections == 1
+        answered = 0
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            req = json.loads(await reader.readexactly(length))
+            if first_connection and answered == 1:
+                writer.close()  # the node timed the connection out just as we reused it
+                return
+            body = json.dumps({"result": "ok", "error": None, "id": req["id"]}).encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+            answered += 1
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with RpcClient(f"http://127.0.0.1:{port}/", user="u", password="p") as c:
+            assert await c.call("ping") == "ok"
+            assert await c.call("ping") == "ok"
+        assert connections == 2
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from poold.bitcoin.byteorder import hash_to_hex
 from poold.bitcoin.target import bits_to_target
@@ -82,6 +84,11 @@ def test_template_without_segwit_is_refused(gbt: dict[str, Any]) -> None:
     [
         (("height",), "102", "height"),
         (("height",), -1, "height"),
+        (("version",), 2**32, "version"),
+        (("curtime",), 2**40, "curtime"),
+        (("coinbasevalue",), 21_000_001 * 100_000_000, "coinbasevalue"),
+        (("target",), "00" * 32, "target"),
+        (("transactions", 2, "hash"), 5, r"transactions\[2\].hash"),
         (("bits",), "zz", "bits"),
         (("previousblockhash",), "00" * 31, "previousblockhash"),
         (("transactions", 1, "txid"), "xy" * 32, r"transactions\[1\].txid"),
@@ -168,3 +175,36 @@ def test_no_empty_template_at_a_retarget_boundary(gbt: dict[str, Any]) -> None:
         tip_mediantime=0, chain="main", now=10, received_at=2.0,
     )
     assert e is None
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(max_size=70)
+    | st.sampled_from(["00" * 32, "ff" * 32, "207fffff", "6a24aa21a9ed" + "00" * 32]),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                  max_size=4),
+    max_leaves=10,
+)
+
+
+@given(key=st.sampled_from(sorted(json.loads(VECTOR.read_text()))), value=json_values)
+def test_any_corrupted_field_is_a_template_error_or_a_template(key: str, value: Any) -> None:
+    gbt = json.loads(VECTOR.read_text())
+    gbt[key] = value
+    try:
+        t = parse_gbt(gbt, received_at=0.0)
+    except TemplateError:
+        return
+    assert isinstance(t, Template)
+
+
+@given(index=st.integers(0, 2), key=st.sampled_from(["data", "txid", "hash", "fee", "weight"]),
+       value=json_values)
+def test_any_corrupted_transaction_is_a_template_error_or_a_template(
+    index: int, key: str, value: Any
+) -> None:
+    gbt = json.loads(VECTOR.read_text())
+    gbt["transactions"][index][key] = value
+    try:
+        parse_gbt(gbt, received_at=0.0)
+    except TemplateError as e:
+        assert f"transactions[{index}]" in str(e) or "witness" in str(e)
