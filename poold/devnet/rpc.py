@@ -191,6 +191,10 @@ class RpcServer:
             raise
         except (TypeError, ValueError) as exc:
             raise RpcError(RPC_INVALID_PARAMETER, str(exc)) from exc
+        except Exception as exc:
+            # A devnet bug: answer like bitcoind does for an internal failure, keep the trace.
+            log.exception("rpc %s failed", name)
+            raise RpcError(RPC_INTERNAL_ERROR, f"Internal error: {exc}") from exc
 
 
 def _named_to_positional(name: str, method: Method, params: dict[str, Any]) -> list[Any]:

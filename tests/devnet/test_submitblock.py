@@ -13,7 +13,7 @@ from poold.bitcoin.byteorder import hash_to_hex
 from poold.bitcoin.merkle import witness_commitment
 from poold.bitcoin.script import p2wpkh_script, witness_commitment_script
 from poold.devnet import Devnet
-from tests.devnet.helpers import build_block, rpc, rpc_error
+from tests.devnet.helpers import build_block, rpc, rpc_error, rpc_raw
 
 PAYOUT = p2wpkh_script(bytes(range(20)))
 
@@ -182,3 +182,29 @@ async def test_header_rules_time_and_bits(devnet: Devnet) -> None:
     assert await rpc(devnet, "submitblock", easier.raw.hex()) == "bad-diffbits"
     at_mintime = build_block(dict(gbt, curtime=gbt["mintime"]), payout_script=PAYOUT)
     assert await rpc(devnet, "submitblock", at_mintime.raw.hex()) is None
+
+
+async def test_mutated_blocks_never_break_the_node(devnet: Devnet) -> None:
+    """Flip one byte at many offsets of a valid block with transactions: every answer is a
+    BIP22 string (or null if the mutation happens to still be a valid block, e.g. in the
+    nonce), a decode error, and the devnet's view never leaves the kernel's tip."""
+    gbt = await funded(devnet, 2)
+    good = build_block(gbt, payout_script=PAYOUT).raw
+    answers: set[str] = set()
+    for offset in range(0, len(good), 7):
+        mutated = bytearray(good)
+        mutated[offset] ^= 0x5A
+        tip_before = devnet.tip_hash_hex
+        status, reply = await rpc_raw(devnet, "submitblock", bytes(mutated).hex())
+        if reply["error"] is not None:
+            assert reply["error"]["code"] == -22, reply
+            answers.add("decode")
+            continue
+        result = reply["result"]
+        assert result is None or isinstance(result, str)
+        answers.add(str(result))
+        if result is not None:
+            assert devnet.tip_hash_hex == tip_before
+        assert await rpc(devnet, "getbestblockhash") == devnet.tip_hash_hex
+    assert "500" not in answers and len(answers) >= 3
+    assert not any(a.startswith("Internal") for a in answers)
