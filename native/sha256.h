@@ -50,9 +50,8 @@ extern const uint32_t SHA256_IV[8];
 extern const uint32_t SHA256_K[64];
 
 /* K[t] + W[t] for the constant second block of every 64-byte message (0x80, zeros, length 512),
- * which is a third of the compressions of a merkle fold: its schedule is computed once, by
- * sha256_select(), instead of per use. */
-extern uint32_t SHA256_PAD64_WK[64];
+ * which is a third of the compressions of a merkle fold: its schedule is a table, not per use. */
+extern const uint32_t SHA256_PAD64_WK[64];
 
 /* The implementation in use; set by sha256_select(). Starts as the portable one. */
 extern const sha256_impl *sha256_active;
