@@ -195,7 +195,7 @@ async def test_mutated_blocks_never_break_the_node(devnet: Devnet) -> None:
         mutated = bytearray(good)
         mutated[offset] ^= 0x5A
         tip_before = devnet.tip_hash_hex
-        status, reply = await rpc_raw(devnet, "submitblock", bytes(mutated).hex())
+        _, reply = await rpc_raw(devnet, "submitblock", bytes(mutated).hex())
         if reply["error"] is not None:
             assert reply["error"]["code"] == -22, reply
             answers.add("decode")
