@@ -26,7 +26,7 @@ from poold.ledger.records import (
     ShareRow,
     SubmitResult,
 )
-from poold.ledger.store import StoreUnavailable, assemble_blocks, redact
+from poold.ledger.store import SHARE_ROW, StoreUnavailable, assemble_blocks, redact
 
 T = TypeVar("T")
 
@@ -116,8 +116,7 @@ class PostgresStore:
     # -- shares
 
     async def insert_shares(self, shares: Sequence[AcceptedShare]) -> None:
-        records = [(s.instance_id, s.worker, s.account, s.difficulty, s.job_id, s.height, s.time)
-                   for s in shares]
+        records = list(map(SHARE_ROW, shares))
 
         async def body(conn: Any) -> None:
             await conn.copy_records_to_table("shares", records=records, columns=_SHARE_COLUMNS)

@@ -14,7 +14,9 @@ from typing import Literal
 Dialect = Literal["sqlite", "postgres"]
 
 _TYPES: dict[Dialect, dict[str, str]] = {
-    "sqlite": {"id": "INTEGER PRIMARY KEY AUTOINCREMENT", "float": "REAL", "big": "INTEGER"},
+    # A plain rowid key (no AUTOINCREMENT bookkeeping): ids still grow since rows are never
+    # deleted, and share inserts are the hot path.
+    "sqlite": {"id": "INTEGER PRIMARY KEY", "float": "REAL", "big": "INTEGER"},
     "postgres": {"id": "BIGSERIAL PRIMARY KEY", "float": "DOUBLE PRECISION", "big": "BIGINT"},
 }
 

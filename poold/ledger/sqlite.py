@@ -31,7 +31,7 @@ from poold.ledger.records import (
     ShareRow,
     SubmitResult,
 )
-from poold.ledger.store import StoreUnavailable, assemble_blocks
+from poold.ledger.store import SHARE_ROW, StoreUnavailable, assemble_blocks
 
 T = TypeVar("T")
 
@@ -177,9 +177,7 @@ class SqliteStore:
 
     async def insert_shares(self, shares: Sequence[AcceptedShare]) -> None:
         def body(conn: sqlite3.Connection) -> None:
-            conn.executemany(_INSERT_SHARE, [
-                (s.instance_id, s.worker, s.account, s.difficulty, s.job_id, s.height, s.time)
-                for s in shares])
+            conn.executemany(_INSERT_SHARE, map(SHARE_ROW, shares))
 
         await self._call(lambda conn: self._tx(conn, body))
 

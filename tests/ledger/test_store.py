@@ -133,4 +133,4 @@ def test_bad_urls_name_the_key() -> None:
 
 def test_render_placeholders() -> None:
     assert schema.render("SELECT ? , ?", "postgres") == "SELECT $1 , $2"
-    assert schema.render("CREATE TABLE t (id {id})", "sqlite").endswith("AUTOINCREMENT)")
+    assert schema.render("CREATE TABLE t (id {id})", "sqlite").endswith("INTEGER PRIMARY KEY)")
