@@ -42,8 +42,10 @@ _FALLBACK_REASON = {
     pbk.BlockValidationResult.CACHED_INVALID: "duplicate-invalid",
     pbk.BlockValidationResult.TIME_FUTURE: "time-too-new",
 }
-_ACCEPT_FAILED = re.compile(r"AcceptBlock FAILED \(([^,()\s]+)")
-_CONNECT_FAILED = re.compile(r"ConnectBlock ([0-9a-f]{64}) failed, ([^,\s]+)")
+# Core logs BlockValidationState::ToString() = reason [", " debug]; a reason may itself carry a
+# parenthesised detail ("block-script-verify-flag-failed (Witness program hash mismatch)").
+_ACCEPT_FAILED = re.compile(r"AcceptBlock FAILED \((.*)\)\s*$")
+_CONNECT_FAILED = re.compile(r"ConnectBlock ([0-9a-f]{64}) failed, (.*?)\s*$")
 
 
 class BlockDecodeError(ValueError):
@@ -314,9 +316,9 @@ def _reason_from_log(lines: list[str], block_hash: bytes) -> str | None:
     for line in lines:
         m = _CONNECT_FAILED.search(line)
         if m is not None and m.group(1) == hash_hex:
-            return m.group(2)
+            return m.group(2).split(", ", 1)[0]
     for line in lines:
         m = _ACCEPT_FAILED.search(line)
         if m is not None:
-            return m.group(1)
+            return m.group(1).split(", ", 1)[0]
     return None

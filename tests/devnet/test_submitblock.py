@@ -208,3 +208,35 @@ async def test_mutated_blocks_never_break_the_node(devnet: Devnet) -> None:
         assert await rpc(devnet, "getbestblockhash") == devnet.tip_hash_hex
     assert "500" not in answers and len(answers) >= 3
     assert not any(a.startswith("Internal") for a in answers)
+
+
+async def test_block_with_a_bad_script_gets_the_full_core_reason(devnet: Devnet) -> None:
+    from tests.devnet.test_mempool import COINBASE_VALUE, coinbase_outpoint, spend
+
+    await devnet.generate(101)
+    gbt = await rpc(devnet, "getblocktemplate", {"rules": ["segwit"]})
+    bad = spend(await coinbase_outpoint(devnet, 1), COINBASE_VALUE - 1000, witness=b"\x52")
+    gbt = dict(gbt, coinbasevalue=COINBASE_VALUE + 1000, transactions=[{
+        "data": bad.serialize().hex(), "txid": bad.txid_hex, "hash": bad.wtxid_hex,
+        "depends": [], "fee": 1000, "sigops": 0, "weight": bad.weight}])
+    built = build_block(gbt, payout_script=PAYOUT, commitment="recompute")
+    assert await rpc(devnet, "submitblock", built.raw.hex()) == (
+        "block-script-verify-flag-failed (Witness program hash mismatch)"
+    )
+
+
+def test_reason_parsing_from_kernel_log_lines() -> None:
+    from poold.devnet.kernel import _reason_from_log
+
+    h = bytes(range(32))
+    hh = h[::-1].hex()
+    assert _reason_from_log(
+        [f"T ConnectTip: ConnectBlock {'00' * 32} failed, other, x\n",
+         f"T [error] ConnectTip: ConnectBlock {hh} failed, bad-cb-amount, coinbase pays\n"], h
+    ) == "bad-cb-amount"
+    assert _reason_from_log(
+        ["T [error] ProcessNewBlock: AcceptBlock FAILED (bad-prevblk)\n"], h) == "bad-prevblk"
+    assert _reason_from_log(
+        ["T ProcessNewBlock: AcceptBlock FAILED (x-failed (Detail here), input 0)\n"], h
+    ) == "x-failed (Detail here)"
+    assert _reason_from_log(["T UpdateTip: new best=...\n"], h) is None
