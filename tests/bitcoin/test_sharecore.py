@@ -634,6 +634,24 @@ def test_cores_agree_on_arbitrary_text(en2: str, ntime: str, nonce: str, bits: s
     assert len(outcomes) == 1
 
 
+def test_large_coinbase(core: Core) -> None:
+    """Firmware takes coinbases of up to 16 KB (reference/pools.md §3.8): many cached blocks
+    before the extranonces and many constant blocks after them."""
+    rng = __import__("random").Random(16)
+    coinb1, en1, coinb2 = rng.randbytes(1000), rng.randbytes(8), rng.randbytes(16_000)
+    branch = [rng.randbytes(32) for _ in range(14)]
+    prevhash = rng.randbytes(32)
+    job = core.job_core(coinb1, coinb2, branch, 0x20000000, prevhash, 0x1D00FFFF, 1 << 255)
+    session = job.session(en1, 16)
+    submits = [(rng.randbytes(16).hex(), "6553f100", f"{i:08x}", "1fffe000") for i in range(3)]
+    expected = [reference_check(coinb1, en1, en2, coinb2, branch, 0x20000000, prevhash,
+                                0x1D00FFFF, ntime, nonce, bits, BIP320_MASK, 1 << 255, 1 << 255)
+                for en2, ntime, nonce, bits in submits]
+    target = (1 << 255).to_bytes(32, "little")
+    assert [session.check(*s, BIP320_MASK, target) for s in submits] == expected
+    assert session.check_batch(submits, BIP320_MASK, target) == expected
+
+
 # --- the SHA-256 paths themselves ----------------------------------------------------------------
 
 
