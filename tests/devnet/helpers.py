@@ -11,15 +11,18 @@ from typing import Any
 
 import aiohttp
 
-from poold.bitcoin.block import assemble_block
+from poold.bitcoin.block import assemble_block, parse_block
 from poold.bitcoin.byteorder import hash_from_hex
 from poold.bitcoin.coinbase import build_coinbase
 from poold.bitcoin.header import BlockHeader
 from poold.bitcoin.merkle import merkle_root, witness_commitment
 from poold.bitcoin.script import witness_commitment_script
 from poold.bitcoin.target import bits_to_target
-from poold.bitcoin.tx import TxOut
+from poold.bitcoin.tx import OutPoint, Tx, TxIn, TxOut
 from poold.devnet import Devnet
+from poold.devnet.node import WITNESS_SCRIPT
+
+COINBASE_VALUE = 50 * 100_000_000
 
 
 def basic_auth(user: str, password: str) -> str:
@@ -127,3 +130,16 @@ def grind(header: BlockHeader, meet_target: bool) -> BlockHeader:
             return BlockHeader(header.version, header.prevhash, header.merkle_root,
                                header.ntime, header.bits, nonce)
     raise AssertionError("nonce space exhausted")
+
+
+async def coinbase_outpoint(dn: Devnet, height: int) -> OutPoint:
+    """The coinbase output of the active-chain block at `height`."""
+    raw = bytes.fromhex(await rpc(dn, "getblock", await rpc(dn, "getblockhash", height), 0))
+    _, txs = parse_block(raw)
+    return OutPoint(txs[0].txid, 0)
+
+
+def spend(prevout: OutPoint, value: int, *, script: bytes, witness: bytes = WITNESS_SCRIPT) -> Tx:
+    """A one-in one-out spend of a devnet (P2WSH OP_TRUE) output; `witness` other than OP_TRUE
+    makes it invalid."""
+    return Tx(2, (TxIn(prevout, b"", 0xFFFFFFFD, (witness,)),), (TxOut(value, script),), 0)

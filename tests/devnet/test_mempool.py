@@ -5,27 +5,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from poold.bitcoin.block import parse_block
 from poold.bitcoin.byteorder import hash_from_hex
 from poold.bitcoin.script import p2wpkh_script
-from poold.bitcoin.tx import OutPoint, Tx, TxIn, TxOut
+from poold.bitcoin.tx import OutPoint, Tx
 from poold.devnet import DEVNET_SCRIPT, Devnet
 from poold.devnet.node import WITNESS_SCRIPT
-from tests.devnet.helpers import build_block, rpc, rpc_error
+from tests.devnet.helpers import COINBASE_VALUE, build_block, coinbase_outpoint, rpc, rpc_error
+from tests.devnet.helpers import spend as spend_to
 
 PAYOUT = p2wpkh_script(b"\x05" * 20)
-COINBASE_VALUE = 50 * 100_000_000
-
-
-async def coinbase_outpoint(dn: Devnet, height: int) -> OutPoint:
-    raw = bytes.fromhex(await rpc(dn, "getblock", await rpc(dn, "getblockhash", height), 0))
-    _, txs = parse_block(raw)
-    return OutPoint(txs[0].txid, 0)
 
 
 def spend(prevout: OutPoint, value: int, witness: bytes = WITNESS_SCRIPT,
           script: bytes = PAYOUT) -> Tx:
-    return Tx(2, (TxIn(prevout, b"", 0xFFFFFFFD, (witness,)),), (TxOut(value, script),), 0)
+    return spend_to(prevout, value, script=script, witness=witness)
 
 
 async def test_coinbase_maturity_is_100_blocks(devnet: Devnet) -> None:

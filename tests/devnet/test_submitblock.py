@@ -13,7 +13,15 @@ from poold.bitcoin.byteorder import hash_to_hex
 from poold.bitcoin.merkle import witness_commitment
 from poold.bitcoin.script import p2wpkh_script, witness_commitment_script
 from poold.devnet import Devnet
-from tests.devnet.helpers import build_block, rpc, rpc_error, rpc_raw
+from tests.devnet.helpers import (
+    COINBASE_VALUE,
+    build_block,
+    coinbase_outpoint,
+    rpc,
+    rpc_error,
+    rpc_raw,
+    spend,
+)
 
 PAYOUT = p2wpkh_script(bytes(range(20)))
 
@@ -211,11 +219,10 @@ async def test_mutated_blocks_never_break_the_node(devnet: Devnet) -> None:
 
 
 async def test_block_with_a_bad_script_gets_the_full_core_reason(devnet: Devnet) -> None:
-    from tests.devnet.test_mempool import COINBASE_VALUE, coinbase_outpoint, spend
-
     await devnet.generate(101)
     gbt = await rpc(devnet, "getblocktemplate", {"rules": ["segwit"]})
-    bad = spend(await coinbase_outpoint(devnet, 1), COINBASE_VALUE - 1000, witness=b"\x52")
+    bad = spend(await coinbase_outpoint(devnet, 1), COINBASE_VALUE - 1000, script=PAYOUT,
+                witness=b"\x52")
     gbt = dict(gbt, coinbasevalue=COINBASE_VALUE + 1000, transactions=[{
         "data": bad.serialize().hex(), "txid": bad.txid_hex, "hash": bad.wtxid_hex,
         "depends": [], "fee": 1000, "sigops": 0, "weight": bad.weight}])
