@@ -124,8 +124,12 @@ class HashblockListener:
             )
         else:
             self.gap_pending = False
-        # The body is the hash in display order already: its hex is the RPC's hex.
-        self._on_hint(body.hex(), gap)
+        try:
+            # The body is the hash in display order already: its hex is the RPC's hex.
+            self._on_hint(body.hex(), gap)
+        except Exception:
+            # A bug downstream must not end the subscription (polling would then carry it).
+            log.exception("zmq %s: hashblock handler failed", self.node)
 
     async def _watch(self, monitor: zmq.asyncio.Socket) -> None:
         while True:
