@@ -18,9 +18,9 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any, Protocol
 
+from poold.bitcoin.block import parse_block
 from poold.ledger.records import (
     COINBASE_MATURITY,
     BlockEvent,
@@ -44,7 +44,9 @@ class NodeClient(Protocol):
         """The verbose header, or None if the node does not know the block."""
         ...
 
-    async def getblock(self, hash_hex: str, verbosity: int) -> dict[str, Any]: ...
+    async def getblock(self, hash_hex: str, verbosity: int) -> Any:
+        """Verbosity 0 (the serialized block as hex) is what reconciliation asks for."""
+        ...
 
 
 class _Caller(Protocol):
@@ -74,8 +76,8 @@ class RpcNodeClient:
             raise
         return dict(result)
 
-    async def getblock(self, hash_hex: str, verbosity: int) -> dict[str, Any]:
-        return dict(await self._rpc.call("getblock", hash_hex, verbosity))
+    async def getblock(self, hash_hex: str, verbosity: int) -> Any:
+        return await self._rpc.call("getblock", hash_hex, verbosity)
 
 
 @dataclass(slots=True)
@@ -93,20 +95,17 @@ class ReconcileReport:
         return not self.mismatches
 
 
-def _sats(btc: Any) -> int:
-    """A JSON BTC amount as satoshis (exact: via its decimal text)."""
-    return int(Decimal(str(btc)) * 100_000_000)
-
-
-def coinbase_mismatch(record: BlockRecord, block: dict[str, Any]) -> str | None:
-    """Compare the recorded outputs with the coinbase of `getblock(hash, 2)`; None if equal."""
-    txs = block.get("tx") or []
-    if not txs or not isinstance(txs[0], dict):
-        return "getblock returned no decoded coinbase"
+def coinbase_mismatch(record: BlockRecord, raw_block_hex: str) -> str | None:
+    """Compare the recorded coinbase with the one in the node's block (`getblock(hash, 0)`,
+    the serialized block: works on every node); None if txid and all outputs are equal."""
+    try:
+        _header, txs = parse_block(bytes.fromhex(raw_block_hex))
+    except ValueError as exc:
+        return f"the node's block does not parse: {exc}"
     cb = txs[0]
-    if cb.get("txid") != record.coinbase_txid_hex:
-        return f"coinbase txid {cb.get('txid')} != recorded {record.coinbase_txid_hex}"
-    on_chain = [(str(o["scriptPubKey"]["hex"]), _sats(o["value"])) for o in cb.get("vout", [])]
+    if cb.txid_hex != record.coinbase_txid_hex:
+        return f"coinbase txid {cb.txid_hex} != recorded {record.coinbase_txid_hex}"
+    on_chain = [(o.script_pubkey.hex(), o.value) for o in cb.outputs]
     recorded = [(o.script_hex, o.value) for o in record.outputs]
     if on_chain != recorded:
         return f"coinbase outputs on chain {on_chain} != recorded {recorded}"
@@ -157,7 +156,8 @@ async def reconcile(store: LedgerStore, node: NodeClient, *, now: float,
                     events.append(BlockEvent(rec.hash_hex, now, "reorg",
                                              "back on the best chain"))
                 if rec.status != BlockStatus.CONFIRMED or new == BlockStatus.MATURED:
-                    mismatch = coinbase_mismatch(rec, await node.getblock(rec.hash_hex, 2))
+                    raw = await node.getblock(rec.hash_hex, 0)
+                    mismatch = coinbase_mismatch(rec, str(raw))
                     if mismatch is not None:
                         rep.mismatches[rec.hash_hex] = mismatch
                         events.append(BlockEvent(rec.hash_hex, now, "coinbase_mismatch",
