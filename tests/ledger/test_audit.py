@@ -18,7 +18,7 @@ from poold.ledger import audit
 from poold.ledger.config import LedgerConfig
 from poold.ledger.ledger import Ledger
 from poold.ledger.records import BlockStatus
-from tests.ledger.chain import Mined, mine
+from tests.ledger.chain import mine
 from tests.ledger.helpers import share
 
 GENESIS_PREV = "00" * 32

@@ -1,4 +1,4 @@
-"""Energy accounting: integration of telemetry, J per accepted difficulty, kWh and cost per block."""
+"""Energy accounting: telemetry integration, J per accepted difficulty, kWh and cost per block."""
 
 from __future__ import annotations
 
