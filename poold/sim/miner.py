@@ -182,6 +182,16 @@ def grind_share(
     return None
 
 
+def losing_nonce(job: Job, extranonce2: bytes, version: int, target: int) -> int:
+    """A random nonce whose header hash does NOT meet `target` (on regtest half of all hashes
+    meet the network target, so a test that wants a rejection must pick its nonce)."""
+    while True:
+        nonce = int.from_bytes(os.urandom(4), "big")
+        h = _sha256d(job.header(extranonce2, job.ntime, nonce, version))
+        if int.from_bytes(h, "little") > target:
+            return nonce
+
+
 # ---------------------------------------------------------------------------------------------
 # The client.
 

@@ -81,6 +81,9 @@ rpc_user = "{devnet.rpc_user}"
 rpc_password = "{devnet.rpc_password}"
 zmq_hashblock = "{devnet.zmq_url}"
 
+[templates]
+refresh_s = 1
+
 [stratum]
 listen = "127.0.0.1:{port}"
 start_difficulty = {START_DIFFICULTY!r}

@@ -19,9 +19,11 @@ from poold.bitcoin.byteorder import hash_from_hex
 from poold.sim.miner import (
     Job,
     StratumMiner,
+    bits_to_target,
     difficulty_to_target,
     display_hash_hex,
     grind_share,
+    losing_nonce,
     prevhash_from_stratum_hex,
 )
 from tests.integration.conftest import Pool, StratumClient, new_address
@@ -174,9 +176,11 @@ async def test_rejection_codes(pool: Pool) -> None:
         assert s["error"] is None
         await c.wait_for(lambda: c.difficulty_for_last_job() == pytest.approx(1e6), 10)
         job = Job.from_notify(c.of("mining.notify")[-1], 1e6, en1, en2_size)
+        en2 = os.urandom(en2_size)
+        # Not a block either (half of all regtest hashes are), so it must be judged a low share.
+        nonce = losing_nonce(job, en2, job.version, bits_to_target(job.nbits))
         r = await c.request(
-            "mining.submit",
-            [address, job.job_id, os.urandom(en2_size).hex(), f"{job.ntime:08x}", "00000000"],
+            "mining.submit", [address, job.job_id, en2.hex(), f"{job.ntime:08x}", f"{nonce:08x}"]
         )
         assert r["error"][0] == 23, r
     finally:
