@@ -1,4 +1,5 @@
-/* SHA-256 compression with the x86 SHA extensions (SHA-NI), one stream and two interleaved.
+/* SHA-256 with the x86 SHA extensions (SHA-NI): block compression and the share check's fused
+ * double hashes (see sha256.h), each for one stream and for two interleaved streams.
  *
  * Compiled without -msha: each function carries __attribute__((target(...))) so the rest of the
  * extension stays baseline x86-64, and sha256_shani_cpu() (CPUID leaf 7, EBX bit 29 "SHA" and

@@ -174,7 +174,7 @@ static void header_block2(const sc_job *job, const sc_submit *sub, const uint32_
  * the blocks holding extranonce2 copied with it into var. The caller hashes var, then the
  * constant rest of the tail. */
 static void coinbase_start(const sc_session *sess, const sc_submit *sub, uint8_t *var,
-                                uint32_t st[8])
+                           uint32_t st[8])
 {
     memcpy(st, sess->midstate, 32);
     memcpy(var, sess->tail, sess->var_len);
