@@ -165,11 +165,13 @@ async def _verify_block(
         say(f"block {hash_hex[:16]}... NOT on the devnet (the pool's submit was refused?)")
         return False
     _, txs = parse_block(raw)
+    script_sig = txs[0].inputs[0].script_sig
+    height = int.from_bytes(script_sig[1 : 1 + script_sig[0]], "little")  # BIP34 height push
     paid = [payouts.get(out.script_pubkey) for out in txs[0].outputs if out.value > 0]
     names = ", ".join(p for p in paid if p) or "an unknown script"
     value = sum(out.value for out in txs[0].outputs) / 1e8
     say(
-        f"BLOCK height {devnet.height} {hash_hex} accepted by the devnet "
+        f"BLOCK height {height} {hash_hex} accepted by the devnet "
         f"(Bitcoin Core consensus); coinbase pays {value:.8f} BTC to {names}; {len(txs)} tx"
     )
     return True
@@ -197,7 +199,7 @@ async def demo(args: argparse.Namespace) -> int:
             port = _free_port()
             cfg = write_config(Path(tmp), dn, port, args.difficulty)
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "poold", "--log-level", "WARNING", "run", "-c", str(cfg),
+                sys.executable, "-m", "poold", "--log-level", "ERROR", "run", "-c", str(cfg),
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )  # fmt: skip
             try:
@@ -284,9 +286,10 @@ async def _mine(
             await asyncio.gather(*pending, return_exceptions=True)
     acc = sum(m.accepted for m in miners)
     rej = sum(m.rejected for m in miners)
+    rate = sum(m.stats.hashes for m in miners) / max(time.monotonic() - started, 1e-9)
     say(
         f"summary: {acc} shares accepted, {rej} rejected, {sum(verified)} blocks on the devnet "
-        f"(tip height {dn.height})"
+        f"(tip height {dn.height}); the CPU miners hashed {rate / 1e3:.0f} kH/s in total"
     )
     return 0 if not args.blocks or sum(verified) >= args.blocks else 1
 
