@@ -152,6 +152,14 @@ async def wait_listening(host: str, port: int, proc: asyncio.subprocess.Process)
     raise TimeoutError(f"poold did not listen on {host}:{port} within 30 s")
 
 
+def _bip34_height(script_sig: bytes) -> int:
+    """The height a coinbase's scriptSig starts with (BIP34: OP_1..OP_16 or a minimal push)."""
+    op = script_sig[0]
+    if 0x51 <= op <= 0x60:
+        return op - 0x50
+    return int.from_bytes(script_sig[1 : 1 + op], "little")
+
+
 async def _verify_block(
     devnet: Any, hash_hex: str, payouts: dict[bytes, str], say: Callable[[str], None]
 ) -> bool:
@@ -165,8 +173,7 @@ async def _verify_block(
         say(f"block {hash_hex[:16]}... NOT on the devnet (the pool's submit was refused?)")
         return False
     _, txs = parse_block(raw)
-    script_sig = txs[0].inputs[0].script_sig
-    height = int.from_bytes(script_sig[1 : 1 + script_sig[0]], "little")  # BIP34 height push
+    height = _bip34_height(txs[0].inputs[0].script_sig)
     paid = [payouts.get(out.script_pubkey) for out in txs[0].outputs if out.value > 0]
     names = ", ".join(p for p in paid if p) or "an unknown script"
     value = sum(out.value for out in txs[0].outputs) / 1e8
