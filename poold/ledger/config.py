@@ -42,6 +42,8 @@ class LedgerConfig:
     tariff_per_kwh: float = 0.0
     # A found block not committed to the store within this goes to the local journal instead.
     block_write_timeout_s: float = 5.0
+    # payout = split: how often the cached PPLNS window and balances are re-read.
+    split_refresh_s: float = 5.0
     source: str = ""
 
     @property

@@ -32,7 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from poold.bitcoin.address import Network, script_to_address
+from poold.bitcoin.address import Network, address_to_script, script_to_address
 from poold.bitcoin.target import bits_to_target, target_to_difficulty
 from poold.ledger import audit, payouts
 from poold.ledger.config import LedgerConfig
@@ -126,6 +126,10 @@ class Ledger:
         self.committed_shares = 0
         self.last_commit_seconds = 0.0
         self.energy_meter = EnergyMeter()
+        self._split_netdiff = 0.0
+        self._split_weights: dict[str, float] = {}
+        self._split_balances: dict[str, int] = {}
+        self._split_refreshed = 0.0
         self._inflight_oldest: float | None = None  # time of the oldest share being written
         self.metrics.add_scrape_hook(self._update_lag)
 
@@ -146,6 +150,8 @@ class Ledger:
         self._stopping = False
         try:
             await self._open_store()
+            if self.config.payout == "split":
+                await self.refresh_split()
         except StoreUnavailable as exc:
             log.error("ledger store %s unavailable at start (%s); buffering shares and "
                       "journaling blocks until it is back", redact(self.config.effective_url), exc)
@@ -202,6 +208,12 @@ class Ledger:
                         await self.replay_journal()
                     except StoreUnavailable as exc:
                         log.error("ledger journal replay failed: %s", exc)
+            if (ok and self.config.payout == "split"
+                    and time.monotonic() - self._split_refreshed >= self.config.split_refresh_s):
+                try:
+                    await self.refresh_split()
+                except StoreUnavailable as exc:
+                    log.error("split: window refresh failed: %s", exc)
             self._update_lag()
             backoff = self._interval if ok else min(max(backoff * 2, 0.1), _MAX_BACKOFF_S)
 
@@ -295,9 +307,11 @@ class Ledger:
                            f"{block.instance_id}")
         if self._store_open:
             try:
-                await asyncio.wait_for(
+                new = await asyncio.wait_for(
                     self.store.insert_block(block, netdiff, outputs, event, credits),
                     self.config.block_write_timeout_s)
+                if new:
+                    self._apply_split_deltas(deltas)
                 log.info("block %s at height %d recorded", block.hash_hex, block.height)
                 return
             except (StoreUnavailable, TimeoutError) as exc:
@@ -307,6 +321,7 @@ class Ledger:
         await self._journal_append({
             "kind": "block", "block": _block_to_json(block), "network_difficulty": netdiff,
             "recorded_at": now, "split_deltas": deltas})
+        self._apply_split_deltas(deltas)
         log.critical("block %s at height %d written to the journal %s (store unavailable)",
                      block.hash_hex, block.height, self.config.journal_path)
 
@@ -448,30 +463,65 @@ class Ledger:
     async def coinbase_outputs(self, reward: int, network_difficulty: float,
                                finder_account: str = "") -> tuple[tuple[bytes, int], ...]:
         """The (script_pubkey, value) outputs for the next coinbase (before the witness
-        commitment). Remembers split plans so that the block that uses one updates balances."""
-        from poold.bitcoin.address import address_to_script
-
+        commitment), by the configured scheme; for `split` from a fresh window and balances."""
+        if self.config.payout == "split":
+            try:
+                await self.refresh_split(network_difficulty)
+            except StoreUnavailable as exc:
+                log.error("split: ledger unavailable (%s); using the last window read", exc)
+            return self.split_outputs(reward, network_difficulty)
         network = Network(self.config.network)
         plan = await self.plan_coinbase(reward, network_difficulty, finder_account)
-        fee_script = (address_to_script(self.config.fee_address, network)
-                      if self.config.fee_address else None)
-        outputs = plan.outputs(lambda a: address_to_script(a, network), fee_script)
-        if self.config.payout == "split":
-            before = await self._split_balances_or_empty()
-            after = dict(plan.balances)
-            deltas = [(a, after.get(a, 0) - before.get(a, 0))
-                      for a in sorted(set(before) | set(after))
-                      if after.get(a, 0) != before.get(a, 0)]
-            self._plans[_payout_key(outputs)] = deltas
-            while len(self._plans) > _PLAN_MEMORY:
-                self._plans.popitem(last=False)
+        return plan.outputs(lambda a: address_to_script(a, network), self._fee_script())
+
+    def _fee_script(self) -> bytes | None:
+        if not self.config.fee_address:
+            return None
+        return address_to_script(self.config.fee_address, Network(self.config.network))
+
+    # -- split coinbase: planned synchronously (job building) from a cached window
+
+    async def refresh_split(self, network_difficulty: float | None = None) -> None:
+        """Re-read the PPLNS window and the carried balances that `split_outputs` plans from
+        (the flusher does this every `split_refresh_s`; a found block updates the cached
+        balances at once)."""
+        if network_difficulty is not None:
+            self._split_netdiff = network_difficulty
+        if self._split_netdiff > 0:
+            self._split_weights = await self.window_weights(self._split_netdiff)
+        self._split_balances = await self.store.balances(["split"])
+        self._split_refreshed = time.monotonic()
+
+    def split_outputs(self, reward: int,
+                      network_difficulty: float) -> tuple[tuple[bytes, int], ...]:
+        """Split coinbase outputs from the cached window and balances, without I/O.
+
+        The plan's balance changes are remembered by its outputs and applied when a block
+        with exactly these paying outputs is recorded. Balances read by another instance may
+        be up to one refresh old; a block planned from older balances can pay an account twice
+        what it was carried, which leaves that account a negative balance (recovered from its
+        next payouts: balances always sum to zero)."""
+        c = self.config
+        if network_difficulty != self._split_netdiff:
+            self._split_netdiff = network_difficulty  # the next refresh reads this window
+        network = Network(c.network)
+        plan = payouts.split(reward, self._split_weights, self._split_balances,
+                             ppm=payouts.fee_ppm(c.fee_percent), dust=c.dust_sat,
+                             max_outputs=c.max_outputs)
+        outputs = plan.outputs(lambda a: address_to_script(a, network), self._fee_script())
+        before, after = self._split_balances, dict(plan.balances)
+        self._plans[_payout_key(outputs)] = [
+            (a, after.get(a, 0) - before.get(a, 0)) for a in sorted(set(before) | set(after))
+            if after.get(a, 0) != before.get(a, 0)]
+        while len(self._plans) > _PLAN_MEMORY:
+            self._plans.popitem(last=False)
         return outputs
 
-    async def _split_balances_or_empty(self) -> dict[str, int]:
-        try:
-            return await self.store.balances(["split"])
-        except StoreUnavailable:
-            return {}
+    def _apply_split_deltas(self, deltas: Sequence[tuple[str, int]]) -> None:
+        balances = dict(self._split_balances)
+        for account, delta in deltas:
+            balances[account] = balances.get(account, 0) + delta
+        self._split_balances = {a: v for a, v in balances.items() if v}
 
     async def split_balances(self) -> dict[str, int]:
         return await self.store.balances(["split"])
