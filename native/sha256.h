@@ -66,8 +66,10 @@ int sha256_select(const char *name);
 /* Portable implementation (always available). */
 extern const sha256_impl sha256_portable_impl;
 
-/* SHA-NI implementation; only present when the compiler targets x86 (see sha256_shani.c). */
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+/* SHA-NI implementation; only present when gcc or clang targets x86 (see sha256_shani.c).
+ * -DPOOLD_NO_SHANI leaves it out, as on other CPUs (this is how that build is tested). */
+#if !defined(POOLD_NO_SHANI) && (defined(__x86_64__) || defined(__i386__)) && \
+    (defined(__GNUC__) || defined(__clang__))
 #define POOLD_HAVE_SHANI_BUILD 1
 extern const sha256_impl sha256_shani_impl;
 int sha256_shani_cpu(void);
