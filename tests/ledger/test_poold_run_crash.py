@@ -1,0 +1,131 @@
+"""kill -9 of a real `poold run` under share load, on both ledger backends.
+
+The devnet runs in this process, `poold run` in a subprocess, simulated miners connect over
+loopback TCP. Every share a miner saw accepted at least the durability window (flush interval
++ commit, with slack for this shared machine) before the kill must be in the ledger, and every
+block a miner found at least one second before the kill (the pool submits it to the nodes, then
+records it) must be in the ledger when it is on the devnet's chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from poold.bitcoin.address import Network, p2wpkh_address
+from poold.ledger.store import open_store
+
+WINDOW_S = 0.1 + 0.4  # flush interval + commit and scheduling slack on a noisy box
+BLOCK_GRACE_S = 1.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(workdir: Path, dn: Any, port: int, ledger_url: str) -> Path:
+    cfg = workdir / "poold.toml"
+    cfg.write_text(f"""[pool]
+network = "regtest"
+payout = "solo"
+instance_id = 3
+state_dir = "{workdir}"
+
+[[nodes]]
+name = "devnet"
+rpc_url = "{dn.rpc_url}"
+rpc_user = "{dn.rpc_user}"
+rpc_password = "{dn.rpc_password}"
+zmq_hashblock = "{dn.zmq_url}"
+
+[stratum]
+listen = "127.0.0.1:{port}"
+start_difficulty = 1e-6
+min_difficulty = 1e-8
+
+[ledger]
+url = "{ledger_url}"
+flush_interval_ms = 100
+
+[api]
+listen = "127.0.0.1:{free_port()}"
+""")
+    return cfg
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_kill_9_of_poold_run_under_share_load(ledger_url: str, tmp_path: Path) -> None:
+    pytest.importorskip("poold.daemon")
+    from poold.devnet import Devnet
+    from poold.sim.miner import MinerEvent, StratumMiner
+
+    async with Devnet() as dn:
+        await dn.generate(101)
+        start_height = dn.height
+        port = free_port()
+        cfg = write_config(tmp_path, dn, port, ledger_url)
+        log = tmp_path / "poold.log"
+        with log.open("wb") as logf:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "poold", "run", "-c", str(cfg), stdout=logf, stderr=logf)
+        try:
+            for _ in range(300):
+                assert proc.returncode is None, log.read_text()[-3000:]
+                try:
+                    _, w = await asyncio.open_connection("127.0.0.1", port)
+                except OSError:
+                    await asyncio.sleep(0.1)
+                    continue
+                w.close()
+                await w.wait_closed()
+                break
+            events: list[tuple[float, MinerEvent]] = []
+            addresses = [p2wpkh_address(os.urandom(20), Network.REGTEST) for _ in range(3)]
+            miners = [StratumMiner("127.0.0.1", port, f"{a}.rig{i}", suggest_difficulty=1e-6,
+                                   name=f"m{i}", reconnect=False,
+                                   on_event=lambda e: events.append((time.time(), e)))
+                      for i, a in enumerate(addresses)]
+            tasks = [asyncio.create_task(m.run()) for m in miners]
+            await asyncio.sleep(4.0)
+            killed_at = time.time()
+            os.kill(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            for m in miners:
+                m.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+        accepted = [t for t, e in events if e.kind == "accepted"]
+        found = {e.hash_hex: t for t, e in events if e.kind == "block"}
+        on_chain = {dn.view.hash_at(h)[::-1].hex() for h in range(start_height + 1, dn.height + 1)}
+        store = open_store(ledger_url)
+        await store.open()
+        try:
+            cutoff = killed_at - WINDOW_S
+            page = await store.shares_page(cutoff, None, 1_000_000)
+            recorded = {b.hash_hex for b in await store.blocks()}
+        finally:
+            await store.close()
+        must_have_shares = sum(1 for t in accepted if t <= cutoff)
+        must_have_blocks = {h for h, t in found.items()
+                            if h in on_chain and t <= killed_at - BLOCK_GRACE_S}
+        print(f"{len(accepted)} shares accepted, {must_have_shares} before the window, "
+              f"{len(page)} in the ledger before it; {len(must_have_blocks)} blocks to check")
+        assert must_have_shares > 20, log.read_text()[-3000:]
+        assert len(page) >= must_have_shares
+        assert must_have_blocks, "no block found early enough to check"
+        assert must_have_blocks <= recorded
