@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from poold.node.nodes import NodeSet
     from poold.stratum.server import StratumServer
     from poold.work.blocks import BlockSink
+    from poold.work.difficulty import DifficultyPolicy
     from poold.work.engine import ShareSink
     from poold.work.jobs import PayoutPolicy
 
@@ -87,9 +88,14 @@ def build_pool(
     share_sink: ShareSink | None = None,
     block_sink: BlockSink | None = None,
     clock: Any = time.time,
+    difficulty: DifficultyPolicy | None = None,
     **server_overrides: Any,
 ) -> Pool:
-    """The one wiring function of the pool: jobs, shares, sessions, server, block submission."""
+    """The one wiring function of the pool: jobs, shares, sessions, server, block submission.
+
+    `difficulty` replaces the configured port bounds (tests use difficulties below the config's
+    1e-8 minimum so that every hash is a share); `server_overrides` are `ServerSettings` fields
+    plus `invalid_limit` (the session ladder)."""
     from poold.node.rpc import NodeUnavailable, RpcError
     from poold.stratum.auth import Authorizer
     from poold.stratum.server import ServerSettings, StratumServer
@@ -110,7 +116,7 @@ def build_pool(
     )
     engine = ShareEngine(
         book,
-        DifficultyPolicy(s.start_difficulty, s.min_difficulty, s.max_difficulty),
+        difficulty or DifficultyPolicy(s.start_difficulty, s.min_difficulty, s.max_difficulty),
         Vardiff(share_interval_s=s.share_interval_s, window_s=max(6 * s.share_interval_s, 5.0)),
         instance_id=cfg.pool.instance_id,
         on_block=lambda candidate: None,  # replaced by the server
