@@ -58,6 +58,7 @@ _PAGE = 10_000
 _LOST_LOG_INTERVAL_S = 10.0
 _MAX_BACKOFF_S = 5.0
 _PLAN_MEMORY = 64
+_ENERGY_FLUSH_S = 60.0
 
 
 def network_difficulty_of(block_hex: str) -> float:
@@ -130,6 +131,7 @@ class Ledger:
         self._split_weights: dict[str, float] = {}
         self._split_balances: dict[str, int] = {}
         self._split_refreshed = 0.0
+        self._energy_flushed = time.monotonic()
         self._inflight_oldest: float | None = None  # time of the oldest share being written
         self.metrics.add_scrape_hook(self._update_lag)
 
@@ -170,6 +172,8 @@ class Ledger:
                 await self._open_store()
         if self._store_open:
             await self._flush()
+            with contextlib.suppress(StoreUnavailable):
+                await self.flush_energy()
         if self._buffer:
             n = len(self._buffer)
             self._buffer = []
@@ -208,6 +212,12 @@ class Ledger:
                         await self.replay_journal()
                     except StoreUnavailable as exc:
                         log.error("ledger journal replay failed: %s", exc)
+            if ok and time.monotonic() - self._energy_flushed >= _ENERGY_FLUSH_S:
+                self._energy_flushed = time.monotonic()
+                try:
+                    await self.flush_energy()
+                except StoreUnavailable as exc:
+                    log.error("ledger: energy rows not committed: %s", exc)
             if (ok and self.config.payout == "split"
                     and time.monotonic() - self._split_refreshed >= self.config.split_refresh_s):
                 try:
@@ -556,6 +566,21 @@ class Ledger:
         credit = self.pplns_credits if self.config.payout == "pplns" else None
         return await audit.reconcile(self.store, node, now=self._clock(),
                                      credit_on_maturity=credit)
+
+    async def reconcile_forever(self, node: audit.NodeClient, interval_s: float = 30.0) -> None:
+        """Long-lived loop for the daemon's TaskGroup: reconcile every `interval_s`; a node or
+        store error is logged and retried at the next round."""
+        while True:
+            try:
+                rep = await self.reconcile(node)
+                if rep.changed or rep.mismatches:
+                    log.info("reconcile: %d blocks checked, changed %s, mismatches %s",
+                             rep.checked, rep.changed, rep.mismatches)
+            except StoreUnavailable as exc:
+                log.error("reconcile: ledger unavailable: %s", exc)
+            except Exception as exc:  # node errors come in the node client's own types
+                log.error("reconcile: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(interval_s)
 
     async def export(self, fmt: str, since: float = 0.0) -> str:
         """The audit log as CSV or JSON (what the API serves)."""
