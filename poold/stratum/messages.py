@@ -189,12 +189,15 @@ class Submit(NamedTuple):
 
     @classmethod
     def from_params(cls, params: object) -> Submit:
-        if type(params) is list and 5 <= len(params) <= 6:
-            for item in params:
-                if type(item) is not str:
-                    break
-            else:
-                return cls(*params)
+        if type(params) is list:
+            n = len(params)
+            if n in (5, 6):
+                for item in params:
+                    if type(item) is not str:
+                        break
+                else:
+                    # tuple.__new__ skips the generated Python-level __new__ (hot path).
+                    return tuple.__new__(cls, params if n == 6 else (*params, None))
         raise MalformedParams("submit takes 5 or 6 string parameters")
 
 

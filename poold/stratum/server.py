@@ -30,6 +30,7 @@ from poold.stratum import messages
 from poold.stratum.framing import LineFramer, LineTooLong
 from poold.stratum.session import Session, SessionContext, State
 from poold.work.blocks import BlockCandidate, BlockOutcome, BlockSubmitter
+from poold.work.shares import RejectReason
 
 if TYPE_CHECKING:
     from poold.config import StratumConfig
@@ -173,7 +174,7 @@ class StratumServer:
         self.closing = False
         self.drops: dict[str, int] = {}
         self._flushed_accepted = 0
-        self._flushed_rejected = dict.fromkeys(ctx.counters.rejected, 0)
+        self._flushed_rejected = [0] * len(ctx.counters.rejected)
         self._flushed_difficulty = 0.0
         ctx.engine.on_block = self.on_block
         if metrics is not None:
@@ -385,11 +386,12 @@ class StratumServer:
         if delta:
             m.shares.labels(result="accepted", reason="none").inc(delta)
             self._flushed_accepted = c.accepted
-        for reason, n in c.rejected.items():
-            d = n - self._flushed_rejected[reason]
+        for reason in RejectReason:
+            n = c.rejected[reason.index]
+            d = n - self._flushed_rejected[reason.index]
             if d:
                 m.shares.labels(result="rejected", reason=reason.name).inc(d)
-                self._flushed_rejected[reason] = n
+                self._flushed_rejected[reason.index] = n
         total = self.ctx.engine.stats[0]
         dd = total - self._flushed_difficulty
         if dd:

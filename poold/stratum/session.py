@@ -34,7 +34,8 @@ from poold.work.shares import RejectReason
 
 BIP320_MASK = 0x1FFFE000
 _REASONS = tuple(RejectReason)
-REJECT_TAILS = {r: codec.error_tail(r.code, r.message) for r in _REASONS}
+# Error-reply tails indexed by RejectReason.index (no enum hashing per share).
+REJECT_TAILS = tuple(codec.error_tail(r.code, r.message) for r in _REASONS)
 _TRUE = codec.RESULT_TRUE_TAIL
 _PARSE_ERROR = codec.error_line(None, 20, "Parse error: not a JSON object")
 
@@ -56,13 +57,18 @@ class SessionSettings:
 
 
 class ShareCounters:
-    """Plain-int counters the server flushes into Prometheus once a second (no locks per share)."""
+    """Plain-int counters the server flushes into Prometheus once a second (no locks per share).
+
+    `rejected` is indexed by `RejectReason.index`; `by_reason()` gives the readable view."""
 
     __slots__ = ("accepted", "rejected")
 
     def __init__(self) -> None:
         self.accepted = 0
-        self.rejected: dict[RejectReason, int] = dict.fromkeys(_REASONS, 0)
+        self.rejected = [0] * len(_REASONS)
+
+    def by_reason(self) -> dict[RejectReason, int]:
+        return dict(zip(_REASONS, self.rejected, strict=True))
 
 
 class SessionContext:
@@ -214,8 +220,9 @@ class Session:
             if ctx.engine.vardiff is not None and ctx.engine.maybe_retarget(sw, now):
                 return reply + self.next_work(now)
             return reply
-        ctx.counters.rejected[reason] += 1
-        reply = b'{"id":' + id_bytes + REJECT_TAILS[reason]
+        index = reason.index
+        ctx.counters.rejected[index] += 1
+        reply = b'{"id":' + id_bytes + REJECT_TAILS[index]
         if reason is RejectReason.stale or ctx.settings.invalid_limit <= 0:
             return reply
         out = [reply]

@@ -27,6 +27,9 @@ class RejectReason(enum.Enum):
     def __init__(self, code: int, message: str) -> None:
         self.code = code
         self.message = message
+        # Position in definition order: lets hot paths index tuples/lists instead of hashing the
+        # member (Enum.__hash__ is a Python-level function).
+        self.index = len(type(self)._member_names_)
 
     @property
     def label(self) -> str:
