@@ -53,6 +53,7 @@ class Stats:
         self.accepted = 0
         self.rejected = 0
         self.latencies: list[float] = []
+        self.codes: dict[str, int] = {}
         self.sample_every = 16
         self.clean_seen: list[float] = []
         self.watching = False
@@ -147,6 +148,9 @@ class MinerConn(asyncio.Protocol):
                 stats.accepted += 1
             else:
                 stats.rejected += 1
+                at = line.find(b'"error":[')
+                code = line[at + 9 : at + 12].rstrip(b",").decode() if at >= 0 else "false"
+                stats.codes[code] = stats.codes.get(code, 0) + 1
             if self.sent_at:
                 t0 = self.sent_at.popleft()
                 if stats.answered % stats.sample_every == 0:
@@ -252,6 +256,7 @@ class LoadGen:
             "p50_ms": 1000 * lat[len(lat) // 2],
             "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))],
             "lost": self.lost,
+            "codes": self.stats.codes,
         }
 
     async def watch_clean(self, limit_s: float) -> dict[str, object]:

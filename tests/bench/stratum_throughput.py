@@ -234,10 +234,36 @@ def config_port(cfg: Path) -> int:
     return int(str(data["stratum"]["listen"]).rsplit(":", 1)[1])
 
 
-async def start_poold(cfg: Path) -> Server:
+def poold_server_main(cfg_path: str, accept_all: bool) -> None:
+    """`poold run`'s own `serve()` on CPU 0, with two bench-only wiring overrides.
+
+    The invalid-share ladder is off (invalid_limit=0): random nonces are all invalid shares, and
+    the ladder would disconnect every generator connection after 100 of them (then ban the IP).
+    With `accept_all`, the difficulty bounds go below 1e-9 so every hash is a share (the
+    accepted path, with the ledger), still never a block against the hard network target.
+    """
+    import functools
+    import logging
+
+    from poold import daemon
+    from poold.config import load_config
+
+    _pin(SERVER_CPU)
+    logging.basicConfig(level=logging.WARNING)
+    overrides: dict[str, Any] = {"invalid_limit": 0}
+    if accept_all:
+        from poold.work.difficulty import DifficultyPolicy
+
+        overrides["difficulty"] = DifficultyPolicy(1e-12, 1e-12, 1e-12)
+    daemon.build_pool = functools.partial(daemon.build_pool, **overrides)  # type: ignore[assignment]
+    sys.exit(asyncio.run(daemon.serve(load_config(Path(cfg_path)))))
+
+
+async def start_poold(cfg: Path, accept_all: bool = False) -> Server:
     port = config_port(cfg)
+    extra = ["--accept-all"] if accept_all else []
     proc = await spawn_pinned(
-        sys.executable, "-m", "poold", "--log-level", "WARNING", "run", "-c", str(cfg)
+        sys.executable, "-m", "tests.bench.stratum_throughput", "--poold-server", str(cfg), *extra
     )
     await wait_listening(port, proc)
     return Server(proc, port, "poold")
@@ -290,6 +316,9 @@ class Figure:
     cpu_us_per_submit: float
     accepted: int
     rejected: int
+    codes: dict[str, int]
+    server_busy: float  # CPU-seconds per wall second of the server over the window
+    gen_busy: float  # same for the load generator (near 1.0 = generator-bound)
 
 
 async def measure(server: Server, conns: int, pipeline: int, user: str, seconds: float) -> Figure:
@@ -300,10 +329,11 @@ async def measure(server: Server, conns: int, pipeline: int, user: str, seconds:
             raise RuntimeError(f"loadgen: {ready}")
         await gen.send("go 2")  # warm-up
         await gen.event()
-        cpu0 = cpu_seconds(server.proc.pid)
+        gen_pid = int(ready["pid"])
+        cpu0, gcpu0, t0 = cpu_seconds(server.proc.pid), cpu_seconds(gen_pid), time.monotonic()
         await gen.send(f"go {seconds}")
         done = await gen.event(seconds + 120)
-        cpu1 = cpu_seconds(server.proc.pid)
+        cpu1, gcpu1, t1 = cpu_seconds(server.proc.pid), cpu_seconds(gen_pid), time.monotonic()
     finally:
         await gen.close()
     cpu = max(cpu1 - cpu0, 1e-9)
@@ -315,6 +345,9 @@ async def measure(server: Server, conns: int, pipeline: int, user: str, seconds:
         cpu_us_per_submit=1e6 * cpu / max(answered, 1),
         accepted=int(done["accepted"]),
         rejected=int(done["rejected"]),
+        codes=dict(done.get("codes", {})),
+        server_busy=(cpu1 - cpu0) / (t1 - t0),
+        gen_busy=(gcpu1 - gcpu0) / (t1 - t0),
     )
 
 
@@ -332,7 +365,8 @@ async def hard_node() -> AsyncIterator[tuple[str, str, str, str]]:
 
     async with Devnet() as dn:
         await dn.generate(101, regtest_address())
-        session = aiohttp.ClientSession(auth=aiohttp.BasicAuth(dn.rpc_user, dn.rpc_password))
+        auth = aiohttp.BasicAuth(dn.rpc_user, dn.rpc_password).encode()
+        session = aiohttp.ClientSession(headers={"Authorization": auth})
 
         def harden(reply: dict[str, Any]) -> dict[str, Any]:
             result = reply.get("result")
@@ -375,7 +409,8 @@ def _line(label: str, f: Figure, conns: int, pipeline: int) -> str:
     return (
         f"  {label:14s} {conns:6d} conns x {pipeline}: {f.per_cpu_s:9.0f} submits/CPU-s  "
         f"{f.per_s:9.0f}/s wall  {f.cpu_us_per_submit:6.1f} us CPU/submit  "
-        f"p99 {f.p99_ms:7.1f} ms  (accepted {f.accepted}, rejected {f.rejected})"
+        f"p99 {f.p99_ms:7.1f} ms  busy server {f.server_busy:.0%} generator {f.gen_busy:.0%}  "
+        f"(accepted {f.accepted}, rejected {f.rejected} {f.codes})"
     )
 
 
@@ -406,23 +441,28 @@ async def run(args: argparse.Namespace) -> int:
             print(f"poold: not measured ({exc})")
     if poold_ok:
         print(
-            "poold: `poold run` against the devnet through a JSON-RPC proxy that sets the "
-            f"template bits to {HARD_BITS} (difficulty 1), so random nonces never meet the "
-            "network target; share difficulty 1"
+            "poold: `poold run`'s serve() against the devnet through a JSON-RPC proxy that sets "
+            f"the template bits to {HARD_BITS} (difficulty 1), so random nonces never meet the "
+            "network target; share difficulty 1, so every submit is judged a low-difficulty "
+            "share (code 23); invalid-share ladder off (invalid_limit=0)"
         )
+        variants = [(c, p, False) for c, p in CONFIGS]
+        if args.accepted:
+            variants += [(c, p, True) for c, p in CONFIGS]
         with tempfile.TemporaryDirectory(prefix="poold-bench-") as tmp:
             async with hard_node() as (rpc_url, ruser, rpass, zmq_url):
-                for conns, pipeline in CONFIGS:
-                    workdir = Path(tmp) / f"c{conns}"
+                for conns, pipeline, accept_all in variants:
+                    workdir = Path(tmp) / f"c{conns}-{int(accept_all)}"
                     workdir.mkdir()
                     cfg = poold_config(workdir, rpc_url, ruser, rpass, zmq_url)
-                    server = await start_poold(cfg)
+                    server = await start_poold(cfg, accept_all)
                     try:
                         fig = await measure(server, conns, pipeline, user, args.duration)
                     finally:
                         await server.stop()
-                    results[("poold", conns, pipeline)] = fig
-                    print(_line("poold", fig, conns, pipeline), flush=True)
+                    label = "poold-accept" if accept_all else "poold"
+                    results[(label, conns, pipeline)] = fig
+                    print(_line(label, fig, conns, pipeline), flush=True)
     for conns, pipeline in CONFIGS:
         b = results.get(("bare", conns, pipeline))
         p = results.get(("poold", conns, pipeline))
@@ -449,10 +489,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measurement")
     p.add_argument("--only", choices=("bare", "poold"), default=None)
+    p.add_argument(
+        "--accepted",
+        action="store_true",
+        help="also measure poold with every hash an accepted share (the ledger path)",
+    )
     p.add_argument("--bare-server", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--poold-server", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--accept-all", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.bare_server is not None:
         bare_server_main(args.bare_server)
+        return
+    if args.poold_server is not None:
+        poold_server_main(args.poold_server, args.accept_all)
         return
     sys.exit(asyncio.run(run(args)))
 
