@@ -30,6 +30,8 @@ import os
 import random
 import re
 import resource
+import select
+import socket
 import sys
 import time
 from collections import deque
@@ -305,6 +307,80 @@ async def main_async(args: argparse.Namespace) -> None:
             c.transport.close()
 
 
+def idle_main(args: argparse.Namespace) -> None:
+    """Idle miners on plain non-blocking sockets and one epoll loop (no asyncio): the cheapest
+    way to notice, per connection, the moment a clean notify arrives, so the fan-out figure is
+    the server's and not the generator's event loop. Same stdin/stdout protocol ("watch")."""
+    user = args.user.encode()
+    hello = (
+        b'{"id":1,"method":"mining.subscribe","params":["poold-loadgen/1"]}\n'
+        b'{"id":2,"method":"mining.authorize","params":["' + user + b'","x"]}\n'
+    )
+    ep = select.epoll()
+    socks: dict[int, socket.socket] = {}
+    prevhash: dict[int, bytes] = {}
+    bufs: dict[int, bytes] = {}
+    for _ in range(args.conns):
+        s = socket.create_connection((args.host, args.port))
+        s.setblocking(False)
+        s.sendall(hello)
+        socks[s.fileno()] = s
+        bufs[s.fileno()] = b""
+        ep.register(s.fileno(), select.EPOLLIN)
+    ep.register(sys.stdin.fileno(), select.EPOLLIN)
+    watching = False
+    watch_from: dict[int, bytes] = {}
+    stamped: dict[int, float] = {}
+    deadline = 0.0
+    announced = False
+    while True:
+        if not announced and len(prevhash) == len(socks):
+            emit({"event": "ready", "connected": len(socks), "pid": os.getpid()})
+            announced = True
+        if watching and (len(stamped) == len(socks) or time.monotonic() > deadline):
+            seen = sorted(stamped.values())
+            emit(
+                {
+                    "event": "clean",
+                    "count": len(seen),
+                    "first": seen[0] if seen else None,
+                    "last": seen[-1] if seen else None,
+                }
+            )
+            watching = False
+        for fd, _ in ep.poll(0.05):
+            if fd == sys.stdin.fileno():
+                line = sys.stdin.readline().strip()
+                if not line or line == "quit":
+                    for s in socks.values():
+                        s.close()
+                    return
+                cmd, *rest = line.split()
+                if cmd == "watch":
+                    watch_from = dict(prevhash)
+                    stamped = {}
+                    deadline = time.monotonic() + (float(rest[0]) if rest else 30.0)
+                    watching = True
+                    emit({"event": "watching"})
+                continue
+            try:
+                data = socks[fd].recv(1 << 16)
+            except BlockingIOError:
+                continue
+            if not data:
+                ep.unregister(fd)
+                socks.pop(fd).close()
+                continue
+            now = time.time()
+            buf = bufs[fd] + data
+            cut = buf.rfind(b"\n") + 1
+            bufs[fd] = buf[cut:]
+            for m in NOTIFY_RE.finditer(buf, 0, cut):
+                prevhash[fd] = m.group(2)
+                if watching and m.group(4) == b"true" and m.group(2) != watch_from.get(fd):
+                    stamped.setdefault(fd, now)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--host", default="127.0.0.1")
@@ -313,11 +389,15 @@ def main() -> None:
     p.add_argument("--pipeline", type=int, default=1)
     p.add_argument("--user", default="bcrt1qloadgen")
     p.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
+    p.add_argument("--idle", action="store_true", help="idle miners only (epoll, no asyncio)")
     args = p.parse_args()
     raise_nofile()
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
-    asyncio.run(main_async(args))
+    if args.idle:
+        idle_main(args)
+    else:
+        asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ t0 = when this process receives the devnet's ZMQ `hashblock` message, and each m
 when it has parsed a `clean_jobs=true` notify on a new prevhash. RSS per connection = (server RSS
 with the miners connected - RSS before they connected) / connections.
 
-The generator parses 10,000 notifies on one core too, so last_ms includes its own tail
-(a regex per notify line, about 0.5 us, plus the event loop's per-read cost).
+The generator notices 10,000 notifies on one core too, so last_ms includes its own tail; it
+uses plain sockets and one epoll loop (a recv and a 0.5 us regex per connection) to keep it short.
 
 Last line exactly:
     notify_fanout connections=<n> first_ms=<x> last_ms=<y> rss_per_conn_kb=<z>
@@ -165,7 +165,7 @@ async def measure(
 ) -> tuple[list[Round], float]:
     await asyncio.sleep(1.0)
     rss0 = rss_kb(server.proc.pid)
-    gen = await LoadGenProc.start(server.port, conns, 1, address)
+    gen = await LoadGenProc.start(server.port, conns, 1, address, "--idle")
     results: list[Round] = []
     try:
         ready = await gen.event()

@@ -276,11 +276,13 @@ class LoadGenProc:
         self.proc = proc
 
     @classmethod
-    async def start(cls, port: int, conns: int, pipeline: int, user: str) -> LoadGenProc:
+    async def start(
+        cls, port: int, conns: int, pipeline: int, user: str, *extra: str
+    ) -> LoadGenProc:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.bench.loadgen", "--port", str(port),
             "--conns", str(conns), "--pipeline", str(pipeline), "--user", user,
-            "--cpu", str(LOADGEN_CPU),
+            "--cpu", str(LOADGEN_CPU), *extra,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         )  # fmt: skip
         return cls(proc)
