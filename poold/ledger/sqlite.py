@@ -3,6 +3,11 @@
 sqlite3 is blocking, so the connection lives on one dedicated thread and every call is shipped
 to it (`run_in_executor` on a single-worker pool): the event loop never waits on the disk.
 
+Checkpoints: the writer never checkpoints (wal_autocheckpoint=0: copying WAL pages into the
+database inside a share commit would add tens of ms to it); a second connection on its own thread
+runs a PASSIVE checkpoint every `checkpoint_interval_s`, concurrently with the writer, so the
+WAL is recycled and stays bounded.
+
 Durability: WAL journal. Share batches commit with synchronous=NORMAL, which survives a crash or
 `kill -9` of poold (the WAL is in the OS page cache) but may lose the last commits on power loss;
 found blocks and submit results commit with synchronous=FULL (fsync before COMMIT returns).
@@ -11,7 +16,9 @@ found blocks and submit results commit with synchronous=FULL (fsync before COMMI
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +41,7 @@ from poold.ledger.records import (
 from poold.ledger.store import SHARE_ROW, StoreUnavailable, assemble_blocks
 
 T = TypeVar("T")
+log = logging.getLogger("poold.ledger.sqlite")
 
 
 def _q(sql: str) -> str:
@@ -48,11 +56,15 @@ class SqliteStore:
 
     name = "sqlite"
 
-    def __init__(self, path: Path, *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(self, path: Path, *, busy_timeout_ms: int = 5000,
+                 checkpoint_interval_s: float = 0.5) -> None:
         self.path = path
         self._busy_timeout_ms = busy_timeout_ms
+        self._checkpoint_interval_s = checkpoint_interval_s
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        self._checkpointer: threading.Thread | None = None
+        self._stop_checkpoints = threading.Event()
 
     # -- plumbing: everything below `_call` runs on the store thread
 
@@ -107,6 +119,7 @@ class SqliteStore:
                 if str(mode).lower() != "wal":
                     raise StoreUnavailable(f"sqlite: cannot enable WAL on {self.path} ({mode})")
                 conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA wal_autocheckpoint=0")
                 self._migrate(conn)
             except BaseException:
                 conn.close()
@@ -123,6 +136,26 @@ class SqliteStore:
             self._executor.shutdown(wait=False)
             self._executor = None
             raise
+        self._stop_checkpoints.clear()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop,
+                                              name="ledger-sqlite-checkpoint", daemon=True)
+        self._checkpointer.start()
+
+    def _checkpoint_loop(self) -> None:
+        """Own thread, own connection: PASSIVE checkpoints never block the writer."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout_ms)}")
+            while not self._stop_checkpoints.wait(self._checkpoint_interval_s):
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.OperationalError as exc:
+                    log.warning("ledger sqlite checkpoint failed (retrying): %s", exc)
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as exc:
+            log.error("ledger sqlite checkpointer stopped: %s", exc)
+        finally:
+            conn.close()
 
     def _enable_wal(self, conn: sqlite3.Connection) -> str:
         # Switching to WAL takes an exclusive lock and does not wait on busy_timeout, so two
@@ -157,6 +190,10 @@ class SqliteStore:
             return
         executor, self._executor = self._executor, None
         loop = asyncio.get_running_loop()
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            self._stop_checkpoints.set()
+            await asyncio.to_thread(checkpointer.join)
 
         def shut() -> None:
             if self._conn is not None:
