@@ -208,6 +208,10 @@ OPTIONS: tuple[Option, ...] = (
        "(empty: the miner reconnects to where it was)"),
     _O("stratum", "reconnect_port", _int, 0, "port sent in client.reconnect", minimum=0,
        maximum=65535),
+    _O("stratum", "invalid_share_limit", _int, 100, "disconnect after this many invalid shares "
+       "in a row with none valid (a warning at half; 0 = never)", minimum=0),
+    _O("stratum", "max_write_buffer_bytes", _int, 1 << 20, "bytes queued for one miner before "
+       "it is dropped as a slow reader", minimum=4096),
     _O("ledger", "url", _str, "", "sqlite:///PATH or postgresql://...; empty = SQLite file "
        "under pool.state_dir", secret=True),
     _O("ledger", "flush_interval_ms", _float, 100.0, "share batches are committed at least "
@@ -287,6 +291,8 @@ class StratumConfig:
     idle_timeout_s: float
     reconnect_host: str
     reconnect_port: int
+    invalid_share_limit: int = 100
+    max_write_buffer_bytes: int = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)

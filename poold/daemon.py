@@ -130,7 +130,7 @@ def build_pool(
             version_mask=s.version_mask,
             accept_unnegotiated_version_bits=s.accept_unnegotiated_version_bits,
             extranonce2_size=s.extranonce2_size,
-            invalid_limit=server_overrides.pop("invalid_limit", 100),
+            invalid_limit=server_overrides.pop("invalid_limit", s.invalid_share_limit),
         ),
         clock,
     )

@@ -73,6 +73,7 @@ class ServerSettings:
             "idle_timeout_s": cfg.idle_timeout_s,
             "reconnect_host": cfg.reconnect_host,
             "reconnect_port": cfg.reconnect_port,
+            "write_buffer_limit": cfg.max_write_buffer_bytes,
         }
         values.update(overrides)
         return cls(**values)

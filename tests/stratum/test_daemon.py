@@ -1,0 +1,76 @@
+"""`poold run -c FILE` as a process: serves Stratum against the devnet, and on SIGTERM stops
+listening, sends client.reconnect to its miners and exits 0."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from poold.bitcoin.address import Network, p2wpkh_address
+from tests.stratum.client import StratumClient
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_poold_run_serves_and_shuts_down_in_order(devnet: Any, tmp_path: Path) -> None:
+    await devnet.generate(1)
+    port = free_port()
+    cfg = tmp_path / "poold.toml"
+    cfg.write_text(f"""
+[pool]
+network = "regtest"
+payout = "solo"
+state_dir = "{tmp_path}"
+
+[[nodes]]
+rpc_url = "{devnet.rpc_url}"
+rpc_user = "{devnet.rpc_user}"
+rpc_password = "{devnet.rpc_password}"
+zmq_hashblock = "{devnet.zmq_url}"
+
+[stratum]
+listen = "127.0.0.1:{port}"
+start_difficulty = 0.001
+min_difficulty = 0.00001
+reconnect_host = "127.0.0.1"
+reconnect_port = 4444
+
+[api]
+listen = "127.0.0.1:{free_port()}"
+""")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "poold", "run", "-c", str(cfg),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        client = None
+        for _ in range(200):
+            try:
+                client = await StratumClient.connect(port)
+                break
+            except OSError:
+                assert proc.returncode is None
+                await asyncio.sleep(0.05)
+        assert client is not None, "poold run did not listen"
+        addr = p2wpkh_address(os.urandom(20), Network.REGTEST)
+        _, job = await client.handshake(f"{addr}.w")
+        assert int(job[7], 16) > 0
+        proc.send_signal(signal.SIGTERM)
+        note = await client.wait_note("client.reconnect", limit_s=10)
+        assert note["params"] == ["127.0.0.1", 4444, 0]
+        await client.close()
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
