@@ -567,6 +567,11 @@ class Ledger:
         return await audit.reconcile(self.store, node, now=self._clock(),
                                      credit_on_maturity=credit)
 
+    async def audit_blocks(self, since: float | None = None) -> list[dict[str, Any]]:
+        """The audit log as JSON-ready dicts (what `/api/v1/blocks` serves; same fields as the
+        JSON export): height, hash, outputs with addresses, submits per node, events."""
+        return [audit.block_to_dict(b) for b in await self.store.blocks(since or 0.0)]
+
     async def reconcile_forever(self, node: audit.NodeClient, interval_s: float = 30.0) -> None:
         """Long-lived loop for the daemon's TaskGroup: reconcile every `interval_s`; a node or
         store error is logged and retried at the next round."""

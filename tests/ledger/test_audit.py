@@ -137,6 +137,11 @@ async def test_export_csv_and_json(tmp_path: Path) -> None:
         await ledger.record_submit_result(m.found.hash_hex, "core-a", None)
         await ledger.record_submit_result(m.found.hash_hex, "core-b", "inconclusive")
         text = await ledger.export("csv")
+        [api_row] = await ledger.audit_blocks(None)
+        assert api_row["hash"] == m.found.hash_hex
+        assert [s["node"] for s in api_row["submits"]] == ["core-a", "core-b"]
+        assert api_row["outputs"][1] == {"n": 1, "script_hex": script(2).hex(),
+                                         "address": addr(2), "value_sat": 2000}
     finally:
         await ledger.stop()
     rows = list(csv.DictReader(io.StringIO(text)))
