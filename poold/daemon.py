@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import enum
 import logging
 import signal
 import sys
@@ -162,8 +164,108 @@ def build_pool(
     return Pool(server, nodes)
 
 
+def _jsonable(value: Any) -> Any:
+    """Dataclasses, enums, bytes and tuples as JSON-ready values (bytes as hex)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+class DaemonBackend:
+    """`poold.api.ApiBackend` over the pool and the ledger. Fleet endpoints answer 404 until a
+    fleet controller is wired in (the `[fleet]` table)."""
+
+    def __init__(self, pool: Pool, ledger: Any | None = None) -> None:
+        self.pool_ = pool
+        self.ledger = ledger
+        self.started = time.time()
+
+    def readiness(self) -> dict[str, bool]:
+        server = self.pool_.server
+        return {
+            "nodes": self.pool_.nodes.healthy(),
+            "template": server.ctx.engine.book.template is not None,
+            "stratum": bool(server.addresses) and not server.closing,
+        }
+
+    def pool(self) -> dict[str, Any]:
+        server = self.pool_.server
+        book = server.ctx.engine.book
+        t = book.template
+        counters = server.ctx.counters
+        return {
+            "stratum": server.addresses,
+            "connections": len(server.connections),
+            "hashrate_hs": server.hashrate,
+            "shares": {
+                "accepted": counters.accepted,
+                "rejected": {r.name: n for r, n in counters.by_reason().items() if n},
+            },
+            "template": None if t is None else {
+                "height": t.height, "prevhash": t.prevhash_hex, "transactions": len(t.transactions),
+                "coinbase_value": t.coinbase_value, "age_s": max(0.0, time.time() - t.received_at),
+            },
+            "jobs": len(book.jobs),
+            "blocks_submitted": [_jsonable(o) for o in server.block_outcomes[-10:]],
+            "nodes": [_jsonable(st) for st in self.pool_.nodes.status()],
+            "uptime_s": time.time() - self.started,
+        }
+
+    def workers(self) -> list[dict[str, Any]]:
+        return self.pool_.server.workers()
+
+    async def blocks(self, since: float | None) -> list[dict[str, Any]]:
+        if self.ledger is None:
+            return []
+        records = await self.ledger.blocks(since or 0.0)
+        return [_jsonable(r) for r in records]
+
+    def _no_fleet(self) -> Any:
+        from poold.api import ApiError
+
+        raise ApiError(404, "no fleet configured in this daemon")
+
+    def racks(self) -> list[dict[str, Any]]:
+        return list(self._no_fleet())
+
+    def miners(self, rack: str | None) -> list[dict[str, Any]]:
+        return list(self._no_fleet())
+
+    def budgets(self) -> dict[str, Any]:
+        return dict(self._no_fleet())
+
+    async def set_cap(self, scope: str, kw: float) -> dict[str, Any]:
+        return dict(self._no_fleet())
+
+    async def curtail(self, rack: str) -> dict[str, Any]:
+        return dict(self._no_fleet())
+
+    async def restore(self, rack: str) -> dict[str, Any]:
+        return dict(self._no_fleet())
+
+    async def grid_signal(self, cap_kw: float | None, ttl_s: float | None) -> dict[str, Any]:
+        return dict(self._no_fleet())
+
+    async def reconnect_worker(self, worker: str) -> dict[str, Any]:
+        n = self.pool_.server.reconnect_worker(worker)
+        if n == 0:
+            from poold.api import ApiError
+
+            raise ApiError(404, "no connected session for this worker", worker)
+        return {"worker": worker, "reconnected": n}
+
+
 async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> int:
     """Run until SIGINT/SIGTERM (or `stop` is set); the process exit code."""
+    from poold.api import AdminApi
     from poold.ledger import Ledger, LedgerConfig
     from poold.metrics import Metrics
     from poold.node.nodes import NodeSet
@@ -181,6 +283,7 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> int:
     nodes = NodeSet.from_config(cfg, metrics)
     pool = build_pool(cfg, nodes, metrics=metrics, share_sink=ledger, block_sink=ledger)
     server = pool.server
+    api: AdminApi | None = None
     await ledger.start()
     try:
         try:
@@ -191,6 +294,9 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> int:
         if nodes.latest is not None and server.ctx.engine.book.template is None:
             server.on_template(nodes.latest, True)
         await server.start()
+        api = AdminApi(DaemonBackend(pool, ledger), metrics.registry,
+                       read_tokens=cfg.api.read_tokens, write_tokens=cfg.api.write_tokens)
+        await api.start(*cfg.api.listen)
         notifier.ready(f"stratum on {', '.join(server.addresses)}")
         log.info("poold running: %s", ", ".join(server.addresses))
         async with asyncio.TaskGroup() as tg:
@@ -204,6 +310,8 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> int:
             watchdog.cancel()
         return 0
     finally:
+        if api is not None:
+            await api.stop()
         await nodes.stop()
         await ledger.stop()
         notifier.close()

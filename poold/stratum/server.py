@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
     from poold.node.templates import Template
 
 log = logging.getLogger(__name__)
+
+HASHRATE_WINDOW_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +180,9 @@ class StratumServer:
         self._flushed_accepted = 0
         self._flushed_rejected = [0] * len(ctx.counters.rejected)
         self._flushed_difficulty = 0.0
+        # (time, accepted difficulty so far) samples for the pool hashrate over HASHRATE_WINDOW_S
+        self._rate_samples: deque[tuple[float, float]] = deque()
+        self.hashrate = 0.0
         ctx.engine.on_block = self.on_block
         if metrics is not None:
             metrics.add_scrape_hook(self._export)
@@ -323,7 +329,47 @@ class StratumServer:
         for ip, kicks in list(self._kicks.items()):
             if not kicks or now - kicks[-1] > s.ban_window_s:
                 del self._kicks[ip]
+        self._sample_hashrate(now)
         self.flush_metrics()
+
+    def _sample_hashrate(self, now: float) -> None:
+        """Hashrate = accepted difficulty x 2**32 / seconds (reference/pools.md §3.6)."""
+        samples = self._rate_samples
+        samples.append((now, self.ctx.engine.stats[0]))
+        while len(samples) > 2 and now - samples[0][0] > HASHRATE_WINDOW_S:
+            samples.popleft()
+        t0, d0 = samples[0]
+        if now > t0:
+            self.hashrate = (samples[-1][1] - d0) * 2**32 / (now - t0)
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Connected sessions for the admin API (no secrets)."""
+        out = []
+        for conn in self.connections:
+            sw = conn.work
+            out.append({
+                "worker": conn.worker,
+                "account": conn.account,
+                "user_agent": conn.user_agent,
+                "peer": conn.peer_ip,
+                "extranonce1": sw.en1.hex() if sw else None,
+                "difficulty": sw.difficulty if sw else None,
+                "accepted": conn.accepted,
+                "accepted_difficulty": conn.accepted_difficulty,
+                "invalid_streak": conn.invalid_streak,
+                "connected_at": conn.connected_at,
+                "last_activity": conn.last_activity,
+            })
+        return out
+
+    def reconnect_worker(self, worker: str) -> int:
+        """Send client.reconnect to every connection of `worker`; how many there were."""
+        n = 0
+        for conn in list(self.connections):
+            if conn.worker == worker or (conn.extra_workers and worker in conn.extra_workers):
+                conn.push(messages.reconnect())
+                n += 1
+        return n
 
     # --- work --------------------------------------------------------------------------------
 
@@ -403,3 +449,4 @@ class StratumServer:
         m = self.metrics
         if m is not None:
             m.connections.set(len(self.connections))
+            m.pool_hashrate.set(self.hashrate)

@@ -97,10 +97,10 @@ class SessionContext:
 class Session:
     """The protocol state of one miner connection."""
 
-    __slots__ = ("account", "authorized", "close_reason", "connected_at", "ctx", "extra_workers",
-                 "extranonce_subscribed", "floor_md", "floor_min", "identity", "invalid_streak",
-                 "last_activity", "negotiated_mask", "state", "suggested", "user_agent", "warned",
-                 "work", "worker")
+    __slots__ = ("accepted", "accepted_difficulty", "account", "authorized", "close_reason",
+                 "connected_at", "ctx", "extra_workers", "extranonce_subscribed", "floor_md",
+                 "floor_min", "identity", "invalid_streak", "last_activity", "negotiated_mask",
+                 "state", "suggested", "user_agent", "warned", "work", "worker")
 
     def __init__(self, ctx: SessionContext, now: float) -> None:
         self.ctx = ctx
@@ -122,6 +122,8 @@ class Session:
         self.connected_at = now
         self.last_activity = now
         self.close_reason: str | None = None
+        self.accepted = 0
+        self.accepted_difficulty = 0.0  # sum over accepted shares: the pool-verified hashrate
 
     def __repr__(self) -> str:
         en1 = self.work.en1.hex() if self.work else "-"
@@ -213,10 +215,12 @@ class Session:
                     )
         id_bytes = str(msg_id).encode() if type(msg_id) is int else codec.encode_id(msg_id)
         if reason is None:
+            assert sw is not None
             ctx.counters.accepted += 1
             self.invalid_streak = 0
+            self.accepted += 1
+            self.accepted_difficulty += sw.last_difficulty
             reply = b'{"id":' + id_bytes + _TRUE
-            assert sw is not None
             if ctx.engine.vardiff is not None and ctx.engine.maybe_retarget(sw, now):
                 return reply + self.next_work(now)
             return reply

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from poold.bitcoin.address import Network, p2wpkh_address
 from tests.stratum.client import StratumClient
 
@@ -25,6 +27,7 @@ def free_port() -> int:
 async def test_poold_run_serves_and_shuts_down_in_order(devnet: Any, tmp_path: Path) -> None:
     await devnet.generate(1)
     port = free_port()
+    api_port = free_port()
     cfg = tmp_path / "poold.toml"
     cfg.write_text(f"""
 [pool]
@@ -46,7 +49,7 @@ reconnect_host = "127.0.0.1"
 reconnect_port = 4444
 
 [api]
-listen = "127.0.0.1:{free_port()}"
+listen = "127.0.0.1:{api_port}"
 """)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "poold", "run", "-c", str(cfg),
@@ -65,6 +68,27 @@ listen = "127.0.0.1:{free_port()}"
         addr = p2wpkh_address(os.urandom(20), Network.REGTEST)
         _, job = await client.handshake(f"{addr}.w")
         assert int(job[7], 16) > 0
+        reply = await client.call(
+            "mining.submit", f"{addr}.w", job[0], "00" * 8, job[7], "00000000"
+        )
+        assert reply["id"] is not None
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{api_port}/api/v1/workers") as resp:
+                workers = (await resp.json())["workers"]
+            assert [w["worker"] for w in workers] == [f"{addr}.w"]
+            async with http.get(f"http://127.0.0.1:{api_port}/api/v1/pool") as resp:
+                pool = await resp.json()
+            assert pool["connections"] == 1 and pool["template"]["height"] >= 2
+            async with http.get(f"http://127.0.0.1:{api_port}/readyz") as resp:
+                assert resp.status == 200
+            for _ in range(50):  # counters reach Prometheus at the next sweep (1 s)
+                async with http.get(f"http://127.0.0.1:{api_port}/metrics") as resp:
+                    text = await resp.text()
+                if "poold_shares_total{" in text:
+                    break
+                await asyncio.sleep(0.1)
+            assert "poold_stratum_connections 1.0" in text
+            assert 'poold_shares_total{reason="' in text
         proc.send_signal(signal.SIGTERM)
         note = await client.wait_note("client.reconnect", limit_s=10)
         assert note["params"] == ["127.0.0.1", 4444, 0]
