@@ -194,8 +194,12 @@ class Ledger:
 
     async def _flush_loop(self) -> None:
         backoff = self._interval
+        cycle_start = time.monotonic()
         while True:
-            await asyncio.sleep(backoff)
+            # Fixed cadence: a cycle starts every flush interval whatever the last commit took,
+            # so a share waits at most one interval plus its own commit.
+            await asyncio.sleep(max(0.0, cycle_start + backoff - time.monotonic()))
+            cycle_start = time.monotonic()
             ok = True
             if not self._store_open:
                 try:
@@ -225,7 +229,12 @@ class Ledger:
                 except StoreUnavailable as exc:
                     log.error("split: window refresh failed: %s", exc)
             self._update_lag()
-            backoff = self._interval if ok else min(max(backoff * 2, 0.1), _MAX_BACKOFF_S)
+            if not ok:
+                backoff = min(max(backoff * 2, 0.1), _MAX_BACKOFF_S)
+            elif len(self._buffer) >= self.config.batch_max_shares:
+                backoff = 0.0  # behind: commit the next full batch at once
+            else:
+                backoff = self._interval
 
     # -- shares
 
@@ -245,7 +254,10 @@ class Ledger:
         return await self._flush()
 
     async def _flush(self) -> bool:
-        while self._buffer:
+        # Commit what is buffered now, not what arrives meanwhile: under overload the loop
+        # still gets back to its other duties (lag gauge, split refresh) between rounds.
+        left = len(self._buffer)
+        while self._buffer and left > 0:
             if len(self._buffer) <= self.config.batch_max_shares:
                 batch, self._buffer = self._buffer, []
             else:
@@ -266,6 +278,7 @@ class Ledger:
                 return False
             self._inflight_oldest = None
             self.last_commit_seconds = time.perf_counter() - started
+            left -= len(batch)
             self.committed_shares += len(batch)
             self.metrics.ledger_committed_shares.inc(len(batch))
         self._healthy = True
