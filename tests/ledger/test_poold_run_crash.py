@@ -129,3 +129,79 @@ async def test_kill_9_of_poold_run_under_share_load(ledger_url: str, tmp_path: P
         assert len(page) >= must_have_shares
         assert must_have_blocks, "no block found early enough to check"
         assert must_have_blocks <= recorded
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_poold_run_with_the_database_down_keeps_serving(tmp_path: Path) -> None:
+    """The ledger database is unreachable for a whole `poold run`: miners are still served,
+    found blocks go to the journal; the next start (database back) replays them."""
+    pytest.importorskip("poold.daemon")
+    from poold.devnet import Devnet
+    from poold.ledger.config import LedgerConfig
+    from poold.sim.miner import StratumMiner
+
+    async with Devnet() as dn:
+        await dn.generate(101)
+        start_height = dn.height
+        port = free_port()
+        cfg = write_config(tmp_path, dn, port, "postgresql://poold:poold@127.0.0.1:9/none")
+        log = tmp_path / "poold.log"
+
+        async def start() -> asyncio.subprocess.Process:
+            with log.open("ab") as logf:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "poold", "run", "-c", str(cfg), stdout=logf,
+                    stderr=logf)
+            for _ in range(300):
+                assert proc.returncode is None, log.read_text()[-3000:]
+                try:
+                    _, w = await asyncio.open_connection("127.0.0.1", port)
+                except OSError:
+                    await asyncio.sleep(0.1)
+                    continue
+                w.close()
+                await w.wait_closed()
+                return proc
+            raise AssertionError(log.read_text()[-3000:])
+
+        proc = await start()
+        try:
+            miner = StratumMiner("127.0.0.1", port,
+                                 f"{p2wpkh_address(os.urandom(20), Network.REGTEST)}.rig",
+                                 suggest_difficulty=1e-6, reconnect=False)
+            task = asyncio.create_task(miner.run())
+            await asyncio.sleep(3.0)
+            miner.stop()
+            await asyncio.gather(task, return_exceptions=True)
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert miner.accepted > 5  # served while the ledger database was down
+        # The shares had nowhere to go: counted and logged as lost at shutdown, not hidden.
+        assert "buffered shares could not be committed at shutdown" in log.read_text()
+        journal = LedgerConfig(state_dir=str(tmp_path), instance_id=3).journal_path
+        journaled = journal.read_text()
+        on_chain = [dn.view.hash_at(h)[::-1].hex()
+                    for h in range(start_height + 1, dn.height + 1)]
+        assert on_chain and all(h in journaled for h in on_chain)
+
+        # The database is back (here: the default SQLite file): the next start replays.
+        text = cfg.read_text().replace('url = "postgresql://poold:poold@127.0.0.1:9/none"',
+                                       f'url = "sqlite:///{tmp_path / "ledger.sqlite3"}"')
+        cfg.write_text(text)
+        proc = await start()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    store = open_store(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
+    await store.open()
+    try:
+        recorded = {b.hash_hex: b for b in await store.blocks()}
+    finally:
+        await store.close()
+    assert set(on_chain) <= set(recorded)
+    assert not journal.exists()
+    assert all(any(s.result is None for s in recorded[h].submits) for h in on_chain)
