@@ -225,8 +225,8 @@ class DaemonBackend:
     async def blocks(self, since: float | None) -> list[dict[str, Any]]:
         if self.ledger is None:
             return []
-        records = await self.ledger.blocks(since or 0.0)
-        return [_jsonable(r) for r in records]
+        rows: list[dict[str, Any]] = await self.ledger.audit_blocks(since)
+        return rows
 
     def _no_fleet(self) -> Any:
         from poold.api import ApiError
@@ -261,6 +261,42 @@ class DaemonBackend:
 
             raise ApiError(404, "no connected session for this worker", worker)
         return {"worker": worker, "reconnected": n}
+
+
+class NodeReader:
+    """`poold.ledger.audit.NodeClient` over the NodeSet: the first node that answers."""
+
+    def __init__(self, nodes: NodeSet) -> None:
+        self.nodes = nodes
+
+    async def _call(self, method: str, *params: Any) -> Any:
+        from poold.node.rpc import NodeUnavailable
+
+        last: Exception | None = None
+        for status in self.nodes.status():
+            try:
+                return await self.nodes.client(status.name).call(method, *params)
+            except NodeUnavailable as exc:
+                last = exc
+        raise NodeUnavailable(f"no node answered {method}: {last}")
+
+    async def getblockhash(self, height: int) -> str:
+        result: str = await self._call("getblockhash", height)
+        return result
+
+    async def getblockheader(self, hash_hex: str) -> dict[str, Any] | None:
+        from poold.node.rpc import RpcError
+
+        try:
+            header: dict[str, Any] = await self._call("getblockheader", hash_hex, True)
+        except RpcError as exc:
+            if exc.code == -5:  # RPC_INVALID_ADDRESS_OR_KEY: block not found
+                return None
+            raise
+        return header
+
+    async def getblock(self, hash_hex: str, verbosity: int) -> Any:
+        return await self._call("getblock", hash_hex, verbosity)
 
 
 async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> int:
@@ -302,12 +338,15 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> int:
         async with asyncio.TaskGroup() as tg:
             sweeper = tg.create_task(server.run_sweeper(), name="stratum-sweeper")
             watchdog = tg.create_task(_watchdog(notifier), name="systemd-watchdog")
+            reconcile = tg.create_task(ledger.reconcile_forever(NodeReader(nodes)),
+                                       name="ledger-reconcile")
             await stop.wait()
             log.info("shutting down: stop listening, reconnect miners, drain")
             notifier.stopping()
             await server.shutdown()
             sweeper.cancel()
             watchdog.cancel()
+            reconcile.cancel()
         return 0
     finally:
         if api is not None:

@@ -89,6 +89,20 @@ listen = "127.0.0.1:{api_port}"
                 await asyncio.sleep(0.1)
             assert "poold_stratum_connections 1.0" in text
             assert 'poold_shares_total{reason="' in text
+            # regtest: about half of all hashes are blocks; the ledger records them durably
+            for nonce in range(1, 24):
+                await client.call(
+                    "mining.submit", f"{addr}.w", job[0], "00" * 8, job[7], f"{nonce:08x}"
+                )
+            blocks: list[Any] = []
+            for _ in range(100):
+                async with http.get(f"http://127.0.0.1:{api_port}/api/v1/blocks") as resp:
+                    blocks = (await resp.json())["blocks"]
+                if blocks:
+                    break
+                await asyncio.sleep(0.05)
+            assert blocks and blocks[0]["finder_worker"] == f"{addr}.w"
+            assert blocks[0]["outputs"][0]["address"] == addr
         proc.send_signal(signal.SIGTERM)
         note = await client.wait_note("client.reconnect", limit_s=10)
         assert note["params"] == ["127.0.0.1", 4444, 0]
