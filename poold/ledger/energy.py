@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from poold.ledger.records import EnergyRow
 
@@ -30,6 +31,24 @@ class PowerSample:
     rack: str
     time: float
     watts: float
+
+
+class PowerReading(Protocol):
+    """What the fleet's telemetry (poold.fleet.drivers.base.Telemetry) carries that counts here."""
+
+    @property
+    def time(self) -> float: ...
+
+    @property
+    def power_w(self) -> float | None: ...
+
+
+def sample_from(worker: str, rack: str, reading: PowerReading) -> PowerSample | None:
+    """A PowerSample from one fleet telemetry reading of the miner that mines as `worker`;
+    None when the firmware reports no watts (then that miner is simply not metered)."""
+    if reading.power_w is None:
+        return None
+    return PowerSample(worker=worker, rack=rack, time=reading.time, watts=reading.power_w)
 
 
 class EnergyMeter:

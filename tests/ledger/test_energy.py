@@ -69,3 +69,14 @@ async def test_ledger_keeps_energy_and_reports_it(ledger_url: str, tmp_path: Pat
         assert rep.cost == pytest.approx(0.005)
     finally:
         await ledger.stop()
+
+
+def test_samples_from_fleet_telemetry() -> None:
+    from poold.fleet.drivers.base import Telemetry
+    from poold.ledger.energy import sample_from
+
+    reading = Telemetry(time=12.0, power_w=3250.0, hashrate_ths=100.0)
+    assert sample_from("acct.s19-1", "rack-a", reading) == PowerSample(
+        "acct.s19-1", "rack-a", 12.0, 3250.0)
+    assert sample_from("acct.s19-2", "rack-a", Telemetry(time=12.0, power_w=None,
+                                                         hashrate_ths=None)) is None
