@@ -6,7 +6,7 @@ Run as its own process (the benchmarks pin it to the core the server does not us
 
 Protocol with the parent on stdin/stdout (one JSON object per line on stdout):
   -> {"event": "ready", "connected": n, "subscribed": n}    after every handshake completed
-  <- "go <seconds>"                                         start submitting for that long
+  <- "go <seconds> [rate]"   submit for that long: closed loop, or `rate` submits/s open loop
   -> {"event": "done", "answered": n, "accepted": n, "rejected": n, "seconds": s,
       "p50_ms": x, "p99_ms": y}
   <- "watch <limit_s>"   stamp each connection's first clean job on a new prevhash:
@@ -197,6 +197,15 @@ class MinerConn(asyncio.Protocol):
         self.outstanding += want
         self.transport.write(b"".join(parts))
 
+    def send_one(self) -> None:
+        if self.transport is None or self.job_id is None:
+            return
+        self.counter = (self.counter + 1) & 0xFFFFFFFF
+        self.sent_at.append(time.perf_counter())
+        self.outstanding += 1
+        self.transport.write(self._line(random.getrandbits(32)))
+        self.next_id += 1
+
     def _line(self, nonce: int) -> bytes:
         # extranonce2 = connection index + counter (unique per submit, so never a duplicate).
         en2 = (self.index << 32 | self.counter) & self.en2_mask
@@ -233,13 +242,32 @@ class LoadGen:
                 self.conns.append(proto)
         await asyncio.wait_for(asyncio.gather(*(c.ready for c in self.conns)), 120)
 
-    async def run_for(self, seconds: float) -> dict[str, object]:
+    async def run_for(self, seconds: float, rate: float = 0.0) -> dict[str, object]:
+        """Closed loop (rate 0: keep `pipeline` outstanding per connection) or open loop at
+        `rate` submits/s spread round-robin over the connections (a latency measurement)."""
         self.stats = Stats()
-        self.running = True
         t0 = time.perf_counter()
-        for c in self.conns:
-            c.fill()
-        await asyncio.sleep(seconds)
+        if rate <= 0:
+            self.running = True
+            for c in self.conns:
+                c.fill()
+            await asyncio.sleep(seconds)
+        else:
+            self.stats.sample_every = 1
+            sent = 0
+            rr = 0
+            n = len(self.conns)
+            while (now := time.perf_counter()) - t0 < seconds:
+                due = int(rate * (now - t0)) - sent
+                for _ in range(due):
+                    for _ in range(n):  # next idle connection
+                        c = self.conns[rr]
+                        rr = (rr + 1) % n
+                        if c.outstanding == 0:
+                            break
+                    c.send_one()
+                    sent += 1
+                await asyncio.sleep(0.002)
         self.running = False
         elapsed = time.perf_counter() - t0
         answered = self.stats.answered
@@ -299,7 +327,7 @@ async def main_async(args: argparse.Namespace) -> None:
             break
         cmd, *rest = line.split()
         if cmd == "go":
-            emit(await gen.run_for(float(rest[0])))
+            emit(await gen.run_for(float(rest[0]), float(rest[1]) if len(rest) > 1 else 0.0))
         elif cmd == "watch":
             emit(await gen.watch_clean(float(rest[0]) if rest else 30.0))
     for c in gen.conns:

@@ -40,6 +40,7 @@ from tests.bench.stratum_throughput import (
     config_port,
     free_port,
     poold_config,
+    profiled,
     raise_nofile,
     regtest_address,
     rss_kb,
@@ -161,7 +162,13 @@ async def zmq_stamps(zmq_url: str) -> AsyncIterator[asyncio.Queue[float]]:
 
 
 async def measure(
-    server: Server, dn: Any, zmq_url: str, conns: int, rounds: int, address: str
+    server: Server,
+    dn: Any,
+    zmq_url: str,
+    conns: int,
+    rounds: int,
+    address: str,
+    profile: str | None = None,
 ) -> tuple[list[Round], float]:
     await asyncio.sleep(1.0)
     rss0 = rss_kb(server.proc.pid)
@@ -173,7 +180,7 @@ async def measure(
             raise RuntimeError(f"loadgen: {ready}")
         await asyncio.sleep(2.0)
         rss1 = rss_kb(server.proc.pid)
-        async with zmq_stamps(zmq_url) as stamps:
+        async with zmq_stamps(zmq_url) as stamps, profiled(server.proc.pid, profile):
             for _ in range(rounds):
                 await gen.send("watch 30")
                 await gen.event()  # watching
@@ -251,7 +258,7 @@ async def run(args: argparse.Namespace) -> int:
                 try:
                     await wait_listening(port, proc)
                     rounds, rss = await measure(
-                        server, dn, dn.zmq_url, args.conns, args.rounds, address
+                        server, dn, dn.zmq_url, args.conns, args.rounds, address, args.profile
                     )
                 finally:
                     await server.stop()
@@ -277,6 +284,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--conns", type=int, default=10000)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--profile", default=None, help="py-spy poold into PREFIX.txt")
     p.add_argument("--bare-server", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--zmq", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
