@@ -18,22 +18,25 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from poold.bitcoin.address import address_to_script
+from poold.bitcoin.target import target_to_difficulty
 from poold.errors import ConfigError
 
 if TYPE_CHECKING:
     from poold.config import Config
     from poold.metrics import Metrics
     from poold.node.nodes import NodeSet
+    from poold.node.templates import Template
     from poold.stratum.server import StratumServer
     from poold.work.blocks import BlockSink
     from poold.work.difficulty import DifficultyPolicy
     from poold.work.engine import ShareSink
-    from poold.work.jobs import PayoutPolicy
+    from poold.work.jobs import PayoutPolicy, PlannedPayout
 
 log = logging.getLogger("poold.daemon")
 
@@ -61,13 +64,19 @@ def run(args: argparse.Namespace) -> int:
 
 def payout_policy(cfg: Config) -> PayoutPolicy:
     """Who the coinbase pays, from `pool.payout`."""
-    from poold.work.jobs import FixedPayout, SoloPayout
+    from poold.ledger.payouts import fee_ppm
+    from poold.work.jobs import FixedPayout, PlannedPayout, SoloPayout
 
     p = cfg.pool
     if p.payout == "solo":
+        if p.fee_address and p.fee_percent > 0:
+            return SoloPayout(fee_ppm(p.fee_percent), address_to_script(p.fee_address, p.network),
+                              cfg.ledger.dust_sat)
         return SoloPayout()
     if p.payout == "reserve":
         return FixedPayout(address_to_script(p.reserve_address, p.network))
+    if p.payout == "split":
+        return PlannedPayout()  # planned per template by the ledger (see `serve`)
     if p.fee_address:
         # pplns: the pool wallet is paid and pays balances later (poold.ledger.payouts).
         return FixedPayout(address_to_script(p.fee_address, p.network))
@@ -91,6 +100,7 @@ def build_pool(
     block_sink: BlockSink | None = None,
     clock: Any = time.time,
     difficulty: DifficultyPolicy | None = None,
+    planner: PayoutPlanner | None = None,
     **server_overrides: Any,
 ) -> Pool:
     """The one wiring function of the pool: jobs, shares, sessions, server, block submission.
@@ -106,7 +116,7 @@ def build_pool(
     from poold.work.difficulty import DifficultyPolicy
     from poold.work.engine import ShareEngine
     from poold.work.extranonce import ExtranonceAllocator
-    from poold.work.jobs import JobBook
+    from poold.work.jobs import JobBook, PlannedPayout
     from poold.work.vardiff import Vardiff
 
     s = cfg.stratum
@@ -160,8 +170,43 @@ def build_pool(
         blocks=blocks,
         clock=clock,
     )
-    nodes.subscribe(server.on_template)
+    if planner is not None and isinstance(book.payouts, PlannedPayout):
+        nodes.subscribe(_planned(server, book.payouts, planner))
+    else:
+        nodes.subscribe(server.on_template)
     return Pool(server, nodes)
+
+
+PayoutPlanner: TypeAlias = "Callable[[Template], Awaitable[Sequence[tuple[bytes, int]]]]"
+
+
+def _planned(
+    server: StratumServer, payouts: PlannedPayout, planner: PayoutPlanner
+) -> Callable[[Template, bool], None]:
+    """A NodeSet callback that asks the ledger for the coinbase outputs of each template before
+    fanning it out; answers that arrive after a newer template's are dropped."""
+    latest = [0]
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def plan(template: Template, new_tip: bool, seq: int) -> None:
+        try:
+            outputs = await planner(template)
+        except Exception:
+            log.exception("payout plan for height %d failed; keeping the previous work",
+                          template.height)
+            return
+        if seq != latest[0]:
+            return
+        payouts.plan(template, outputs)
+        server.on_template(template, new_tip)
+
+    def on_template(template: Template, new_tip: bool) -> None:
+        latest[0] += 1
+        task = asyncio.get_running_loop().create_task(plan(template, new_tip, latest[0]))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    return on_template
 
 
 def _jsonable(value: Any) -> Any:
@@ -317,7 +362,13 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> int:
     metrics = Metrics()
     ledger = Ledger(LedgerConfig.from_config(cfg), metrics=metrics)
     nodes = NodeSet.from_config(cfg, metrics)
-    pool = build_pool(cfg, nodes, metrics=metrics, share_sink=ledger, block_sink=ledger)
+    async def planner(template: Template) -> Sequence[tuple[bytes, int]]:
+        outputs: Sequence[tuple[bytes, int]] = await ledger.coinbase_outputs(
+            template.coinbase_value, target_to_difficulty(template.target))
+        return outputs
+
+    pool = build_pool(cfg, nodes, metrics=metrics, share_sink=ledger, block_sink=ledger,
+                      planner=planner)
     server = pool.server
     api: AdminApi | None = None
     await ledger.start()
@@ -327,8 +378,12 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> int:
         except (NodeCheckError, NodeUnavailable) as exc:
             log.error("bitcoind check failed: %s", exc)
             return 1
-        if nodes.latest is not None and server.ctx.engine.book.template is None:
-            server.on_template(nodes.latest, True)
+        # The first template reaches the pool through the subscription (split payouts plan it
+        # asynchronously first): listen only once there is work to hand out.
+        for _ in range(200):
+            if server.ctx.engine.book.template is not None:
+                break
+            await asyncio.sleep(0.05)
         await server.start()
         api = AdminApi(DaemonBackend(pool, ledger), metrics.registry,
                        read_tokens=cfg.api.read_tokens, write_tokens=cfg.api.write_tokens)

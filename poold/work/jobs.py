@@ -29,6 +29,7 @@ from poold.bitcoin.coinbase import DEFAULT_MAX_COINBASE_SIZE, CoinbaseParts, bui
 from poold.bitcoin.merkle import coinbase_branch
 from poold.bitcoin.sharecore import JobCore
 from poold.bitcoin.tx import TxOut
+from poold.ledger.payouts import fee_of
 from poold.node.templates import Template
 
 # A superseded (not stale) job stays valid this long after its successor was sent: miners finish
@@ -53,7 +54,12 @@ class PayoutPolicy(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class SoloPayout:
-    """Solo mining: every block pays its finder's address in full."""
+    """Solo mining: every block pays its finder's address, minus the pool fee if one is set
+    (`poold.ledger.payouts.fee_of`: rounded down, not taken below the dust limit)."""
+
+    fee_ppm: int = 0
+    fee_script: bytes | None = None
+    dust: int = 0
 
     def group_key(self, miner_script: bytes | None) -> bytes:
         if miner_script is None:
@@ -61,7 +67,36 @@ class SoloPayout:
         return miner_script
 
     def outputs(self, template: Template, group_key: bytes) -> Sequence[TxOut]:
-        return (TxOut(template.coinbase_value, group_key),)
+        value = template.coinbase_value
+        fee = fee_of(value, self.fee_ppm, self.dust) if self.fee_script is not None else 0
+        if not fee:
+            return (TxOut(value, group_key),)
+        assert self.fee_script is not None
+        return (TxOut(value - fee, group_key), TxOut(fee, self.fee_script))
+
+
+class PlannedPayout:
+    """Outputs planned elsewhere, per template (the ledger's split scheme reads balances and the
+    share window asynchronously): `plan(template, outputs)` before the template is fanned out."""
+
+    __slots__ = ("_plans",)
+
+    def __init__(self) -> None:
+        self._plans: dict[Template, tuple[TxOut, ...]] = {}  # bounded, oldest dropped
+
+    def plan(self, template: Template, outputs: Sequence[tuple[bytes, int]]) -> None:
+        self._plans[template] = tuple(TxOut(v, s) for s, v in outputs)
+        while len(self._plans) > 16:
+            del self._plans[next(iter(self._plans))]
+
+    def group_key(self, miner_script: bytes | None) -> bytes:
+        return b""
+
+    def outputs(self, template: Template, group_key: bytes) -> Sequence[TxOut]:
+        try:
+            return self._plans[template]
+        except KeyError:
+            raise LookupError("no payout plan for this template") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -277,3 +277,21 @@ def test_target_le32_matches_the_difficulty_table() -> None:
     sw, _ = started(r, difficulty=2.0)
     _seq, d, target, le32 = sw.table[-1]
     assert d == 2.0 and target == difficulty_to_target(2.0) and le32 == target_to_le32(target)
+
+
+def test_solo_fee_output_and_planned_payouts() -> None:
+    from poold.work.jobs import PlannedPayout, SoloPayout
+
+    t = regtest_template()
+    fee_script = script(ADDRESS2)
+    outs = SoloPayout(fee_ppm=20_000, fee_script=fee_script).outputs(t, script())
+    assert [o.script_pubkey for o in outs] == [script(), fee_script]
+    assert outs[1].value == t.coinbase_value * 2 // 100
+    assert sum(o.value for o in outs) == t.coinbase_value
+    assert len(SoloPayout().outputs(t, script())) == 1
+    planned = PlannedPayout()
+    with pytest.raises(LookupError):
+        planned.outputs(t, b"")
+    planned.plan(t, [(script(), 1000), (fee_script, t.coinbase_value - 1000)])
+    assert [o.value for o in planned.outputs(t, b"")] == [1000, t.coinbase_value - 1000]
+    assert planned.group_key(script()) == planned.group_key(None) == b""
