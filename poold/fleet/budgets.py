@@ -1,0 +1,121 @@
+"""Where caps come from: config, the time-of-day schedule, the API, and the grid signal.
+
+The cap in force on a node (site, container or rack) is the minimum of every source that
+applies: its configured cap, an active schedule entry, an API override (which may only lower a
+cap: the configured one is the breaker), and for the site the grid operator's dispatch signal.
+The grid signal carries a heartbeat; if it is silent for `heartbeat_timeout_s` the site drops
+to `safe_cap_kw` (fail-safe, as Proto Fleet does with its 240 s MQTT watchdog, fleet.md §4.3).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from enum import StrEnum
+
+from poold.fleet.clock import Clock
+from poold.fleet.inventory import FleetConfig
+
+
+class Source(StrEnum):
+    CONFIG = "config"
+    SCHEDULE = "schedule"
+    API = "api"
+    GRID = "grid"
+    SAFE = "safe"  # grid signal lost, or shutting down
+
+
+@dataclass(frozen=True, slots=True)
+class Cap:
+    node: str
+    watts: float
+    source: Source
+
+
+class Budgets:
+    """The caps in force, as a function of time and of what the API and grid told us."""
+
+    def __init__(self, cfg: FleetConfig, clock: Clock) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self._config_w: dict[str, float] = {cfg.site: cfg.cap_kw * 1000.0}
+        for c in cfg.containers:
+            self._config_w[c.id] = c.cap_kw * 1000.0
+        for r in cfg.racks:
+            self._config_w[r.id] = r.cap_kw * 1000.0
+        self._api: dict[str, tuple[float, float | None]] = {}  # node -> (watts, until)
+        self._grid_w: float | None = None
+        self._last_heartbeat = clock.now()
+        self._forced_safe = False
+        self.version = 0  # bumps on every explicit change (API, grid value, safe)
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        return tuple(self._config_w)
+
+    def set_cap(self, node: str, cap_kw: float | None, *, until: float | None = None) -> None:
+        """The API method: lower `node`'s cap to `cap_kw` (None clears the override), until
+        clock time `until` (None = until cleared). Raises ValueError on a bad node or value."""
+        if node not in self._config_w:
+            raise ValueError(f"unknown node {node!r}")
+        if cap_kw is None:
+            self._api.pop(node, None)
+        else:
+            w = cap_kw * 1000.0
+            if not 0 <= w <= self._config_w[node]:
+                raise ValueError(f"cap for {node} must be within [0, "
+                                 f"{self._config_w[node] / 1000:g}] kW")
+            self._api[node] = (w, until)
+        self.version += 1
+
+    def grid_signal(self, site_cap_kw: float | None) -> None:
+        """A grid dispatch message: heartbeat plus the site cap it allows (None = no limit)."""
+        if site_cap_kw is not None and site_cap_kw < 0:
+            raise ValueError("grid cap must be ≥ 0")
+        self._last_heartbeat = self.clock.now()
+        new = None if site_cap_kw is None else site_cap_kw * 1000.0
+        if new != self._grid_w:
+            self._grid_w = new
+            self.version += 1
+
+    def heartbeat(self) -> None:
+        self._last_heartbeat = self.clock.now()
+
+    def grid_signal_age(self) -> float:
+        return self.clock.now() - self._last_heartbeat
+
+    def grid_lost(self) -> bool:
+        hb = self.cfg.grid_heartbeat_timeout_s
+        return hb is not None and self.grid_signal_age() > hb
+
+    def force_safe(self, on: bool = True) -> None:
+        """Shutdown: hold the site at its safe cap regardless of other sources."""
+        self._forced_safe = on
+        self.version += 1
+
+    def caps(self) -> dict[str, Cap]:
+        now = self.clock.now()
+        wall = dt.datetime.fromtimestamp(self.clock.wall(), tz=dt.UTC)
+        minute = wall.hour * 60 + wall.minute
+        weekday = wall.weekday()
+        out: dict[str, Cap] = {}
+        for node, w in self._config_w.items():
+            best = Cap(node, w, Source.CONFIG)
+            for e in self.cfg.schedule:
+                if e.node == node and e.active(weekday, minute) and e.cap_kw * 1000.0 < best.watts:
+                    best = Cap(node, e.cap_kw * 1000.0, Source.SCHEDULE)
+            api = self._api.get(node)
+            if api is not None:
+                aw, until = api
+                if until is not None and now >= until:
+                    del self._api[node]
+                elif aw < best.watts:
+                    best = Cap(node, aw, Source.API)
+            if node == self.cfg.site:
+                if self._grid_w is not None and self._grid_w < best.watts:
+                    best = Cap(node, self._grid_w, Source.GRID)
+                safe = self.cfg.safe_cap_kw * 1000.0
+                if (self._forced_safe or self.grid_lost()) and safe < best.watts:
+                    best = Cap(node, safe, Source.SAFE)
+            out[node] = best
+        return out

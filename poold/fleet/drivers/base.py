@@ -1,0 +1,167 @@
+"""The one async interface every firmware driver implements (fleet.md §8.1), and its values.
+
+A driver declares what it can do (`Capabilities`: actuator class, min/max watts, levels,
+settle time, whether a change reboots the miner), reads `Telemetry`, and applies a `Desired`
+state. `apply` is idempotent (it reads first and sends only what differs), bounded by a
+timeout, and verified by reading back what the firmware now reports; a firmware that
+acknowledges but does not take the setting raises `VerifyError`.
+
+Credentials are held in `Secret`, whose repr and str are redacted, so a driver can be logged.
+"""
+
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from poold.fleet.policy import Actuator
+
+T = TypeVar("T")
+
+
+class DriverError(Exception):
+    """A firmware command failed (network, protocol, refusal)."""
+
+
+class DriverTimeout(DriverError):
+    """No answer within the command timeout."""
+
+
+class ProtocolError(DriverError):
+    """The firmware answered something we cannot parse or did not expect."""
+
+
+class AuthError(DriverError):
+    """The firmware refused our credentials."""
+
+
+class VerifyError(DriverError):
+    """The command was acknowledged but reading back shows it did not take effect."""
+
+
+class UnsupportedError(DriverError):
+    """The driver has no way to do this (read-only driver, on/off-only actuator...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A password or token that never appears in logs, reprs or exceptions."""
+
+    value: str
+
+    def __repr__(self) -> str:
+        return "Secret(***)"
+
+    def __str__(self) -> str:
+        return "***"
+
+
+@dataclass(frozen=True, slots=True)
+class Level:
+    """One preset/mode/profile: the firmware's name for it, its watts and expected TH/s."""
+
+    name: str
+    watts: float
+    ths: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    actuator: Actuator
+    min_w: float
+    max_w: float
+    step_w: float = 1.0
+    levels: tuple[Level, ...] = ()  # ascending watts; PRESETS/MODES/ONOFF
+    can_sleep: bool = True
+    sleep_w: float = 30.0
+    settle_s: float = 10.0  # time for power to reach a new setting (confirm window)
+    reboots_on_change: bool = False
+    read_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Telemetry:
+    """One reading. `power_w` None = the firmware does not report watts (stock S19)."""
+
+    time: float
+    power_w: float | None
+    hashrate_ths: float | None
+    target_w: float | None = None
+    level: str | None = None
+    sleeping: bool = False
+    temps_c: tuple[float, ...] = ()
+    fans_rpm: tuple[int, ...] = ()
+    boards_alive: int | None = None
+    uptime_s: float | None = None
+    errors: tuple[str, ...] = ()
+    firmware: str = ""
+    model: str = ""
+    pool_connected: bool | None = None
+
+    @property
+    def max_temp_c(self) -> float | None:
+        return max(self.temps_c) if self.temps_c else None
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    """The state we want: asleep, or awake at `watts` (WATTS) / `level` (PRESETS, MODES)."""
+
+    sleep: bool = False
+    watts: float | None = None
+    level: str | None = None
+
+
+class MinerDriver(Protocol):
+    """One miner's firmware API. All methods are safe to call concurrently from one task."""
+
+    kind: str  # "braiins", "luxos", ... (metric label)
+
+    async def capabilities(self) -> Capabilities: ...
+
+    async def read(self) -> Telemetry: ...
+
+    async def apply(self, desired: Desired) -> Telemetry: ...
+
+    async def reboot(self) -> None: ...
+
+    async def restart_mining(self) -> None: ...
+
+    async def set_pool(self, url: str, user: str, password: Secret) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+async def with_timeout(seconds: float, what: str, fn: Callable[[], Awaitable[T]]) -> T:
+    """Run `fn()` within `seconds`, mapping a timeout or socket error to DriverError."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await fn()
+    except TimeoutError:
+        raise DriverTimeout(f"{what}: no answer within {seconds:g} s") from None
+    except (ConnectionError, OSError) as exc:
+        raise DriverError(f"{what}: {exc.__class__.__name__}: {exc}") from None
+
+
+def loads_lenient(raw: bytes, what: str) -> Any:
+    """Parse a firmware's JSON, forgiving the quirks real cgminer-family APIs emit (fleet.md
+    §3.1: trailing NUL, newlines inside strings); anything else is a ProtocolError."""
+    text = raw.rstrip(b"\x00 \r\n\t").decode("utf-8", errors="replace").replace("\n", " ")
+    text = text.replace(",}", "}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ProtocolError(f"{what}: malformed reply ({exc.msg} at {exc.pos})") from None
+
+
+def pick_level(levels: tuple[Level, ...], watts: float) -> Level:
+    """The highest level at or below `watts` (the lowest if none is)."""
+    best = levels[0]
+    for lv in levels:
+        if lv.watts <= watts + 1e-6:
+            best = lv
+    return best

@@ -1,0 +1,156 @@
+"""Whatsminer API v3 driver (TCP 4433, 4-byte little-endian length + JSON; fleet.md §3.6).
+
+Reads: ``get.miner.status.summary`` (power-realtime, hash-realtime, power-limit, temperatures,
+mining status). Writes carry ``ts``, ``account: "super"`` and
+``token = base64(sha256(cmd + password + salt + ts))[:8]`` with the salt from
+``get.device.info`` (param "salt"); success is ``"msg": "ok"``. Power is
+``set.miner.power_limit`` (watts, on the fly in v3 — unlike v2's ``adjust_power_limit``, which
+reboots), sleep is ``set.miner.service stop`` / ``start``. Each change is read back.
+"""
+
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import struct
+import time
+from typing import Any
+
+from poold.fleet.drivers.base import (
+    AuthError,
+    Capabilities,
+    Desired,
+    DriverError,
+    ProtocolError,
+    Secret,
+    Telemetry,
+    VerifyError,
+    with_timeout,
+)
+from poold.fleet.policy import Actuator
+
+MAX_FRAME = 1 << 20
+
+
+class WhatsminerDriver:
+    kind = "whatsminer"
+
+    def __init__(self, host: str, port: int = 4433, *, password: Secret | None = None,
+                 min_w: float = 1200.0, max_w: float = 3600.0, timeout_s: float = 10.0,
+                 settle_s: float = 20.0, sleep_w: float = 60.0,
+                 wall_clock: Any = time.time) -> None:
+        self.host, self.port = host, port
+        self._password = password or Secret("")
+        self.min_w, self.max_w = min_w, max_w
+        self.timeout_s = timeout_s
+        self.settle_s = settle_s
+        self.sleep_w = sleep_w
+        self._wall = wall_clock
+
+    def __repr__(self) -> str:
+        return f"WhatsminerDriver({self.host}:{self.port})"
+
+    async def _send(self, req: dict[str, Any]) -> dict[str, Any]:
+        what = f"{self!r} {req.get('cmd')}"
+
+        async def go() -> bytes:
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            try:
+                data = json.dumps(req).encode()
+                writer.write(struct.pack("<I", len(data)) + data)
+                await writer.drain()
+                (n,) = struct.unpack("<I", await reader.readexactly(4))
+                if n > MAX_FRAME:
+                    raise ProtocolError(f"{what}: frame of {n} bytes")
+                return await reader.readexactly(n)
+            except asyncio.IncompleteReadError as exc:
+                raise ProtocolError(f"{what}: truncated frame") from exc
+            finally:
+                writer.close()
+                with contextlib.suppress(ConnectionError, OSError):
+                    await writer.wait_closed()
+
+        raw = await with_timeout(self.timeout_s, what, go)
+        try:
+            reply = json.loads(raw)
+        except ValueError as exc:
+            raise ProtocolError(f"{what}: malformed JSON") from exc
+        if not isinstance(reply, dict):
+            raise ProtocolError(f"{what}: reply is not an object")
+        code = reply.get("code")
+        if code != 0:
+            if reply.get("msg") == "invalid token":
+                raise AuthError(f"{what}: token refused")
+            raise DriverError(f"{what}: code {code} {reply.get('msg')}")
+        return reply
+
+    async def _write(self, cmd: str, param: Any) -> None:
+        salt_reply = await self._send({"cmd": "get.device.info", "param": "salt"})
+        salt = salt_reply.get("msg", {}).get("salt") if isinstance(
+            salt_reply.get("msg"), dict) else None
+        if not isinstance(salt, str):
+            raise ProtocolError(f"{self!r}: no salt")
+        ts = int(self._wall())
+        digest = hashlib.sha256(f"{cmd}{self._password.value}{salt}{ts}".encode()).digest()
+        token = base64.b64encode(digest).decode()[:8]
+        reply = await self._send({"cmd": cmd, "param": param, "ts": ts, "account": "super",
+                                  "token": token})
+        if reply.get("msg") != "ok":
+            raise DriverError(f"{self!r} {cmd}: {reply.get('msg')}")
+
+    async def capabilities(self) -> Capabilities:
+        return Capabilities(actuator=Actuator.WATTS, min_w=self.min_w, max_w=self.max_w,
+                            step_w=1.0, sleep_w=self.sleep_w, settle_s=self.settle_s)
+
+    async def read(self) -> Telemetry:
+        reply = await self._send({"cmd": "get.miner.status.summary"})
+        s = reply.get("msg", {}).get("summary") if isinstance(reply.get("msg"), dict) else None
+        if not isinstance(s, dict):
+            raise ProtocolError(f"{self!r}: no summary")
+        p, h, lim = s.get("power-realtime"), s.get("hash-realtime"), s.get("power-limit")
+        if not isinstance(p, int | float) or not isinstance(h, int | float):
+            raise ProtocolError(f"{self!r}: summary lacks power/hashrate")
+        temps = tuple(float(t) for t in s.get("board-temperature", [])
+                      if isinstance(t, int | float))
+        return Telemetry(
+            time=time.monotonic(), power_w=float(p), hashrate_ths=float(h),
+            target_w=float(lim) if isinstance(lim, int | float) else None,
+            sleeping=s.get("mining-status") == "stop", temps_c=temps,
+            fans_rpm=tuple(int(s[k]) for k in ("fan-speed-in", "fan-speed-out")
+                           if isinstance(s.get(k), int)),
+            uptime_s=s.get("elapsed"), firmware="whatsminer-v3",
+        )
+
+    async def apply(self, desired: Desired) -> Telemetry:
+        before = await self.read()
+        want: int | None = None
+        if not desired.sleep and desired.watts is not None:
+            want = round(min(self.max_w, max(self.min_w, desired.watts)))
+            if before.target_w is None or abs(before.target_w - want) >= 1:
+                await self._write("set.miner.power_limit", want)
+        if desired.sleep != before.sleeping:
+            await self._write("set.miner.service", "stop" if desired.sleep else "start")
+        after = await self.read()
+        if after.sleeping != desired.sleep or (
+            want is not None and (after.target_w is None or abs(after.target_w - want) >= 1)
+        ):
+            raise VerifyError(f"{self!r}: read-back limit={after.target_w} "
+                              f"sleeping={after.sleeping}")
+        return after
+
+    async def reboot(self) -> None:
+        await self._write("set.system.reboot", "")
+
+    async def restart_mining(self) -> None:
+        await self._write("set.miner.service", "restart")
+
+    async def set_pool(self, url: str, user: str, password: Secret) -> None:
+        await self._write("set.miner.pools", [{"pool": url, "worker": user,
+                                               "passwd": password.value}])
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,404 @@
+"""ASIC emulator core: power ↔ hashrate ↔ temperature physics, settle delays and faults
+(fleet.md §5), many per process, on any `Clock` (real, scaled or virtual).
+
+Physics (evaluated lazily at each query, so 10,000 emulated miners cost nothing when idle):
+- hashrate ``H = H_nom · (P_eff/P_nom)^α`` below nameplate (α ≈ 0.6), ``α_above`` ≈ 0.5 above;
+- heat costs watts: ``P_draw = P_clock · (1 + β (T − T_ref))``. Watt-target firmware regulates
+  the draw to its target (so heat costs hashrate); fixed-clock presets drift up in watts;
+- power follows a setting with first-order lag (τ_down, τ_up) after a command delay; board
+  temperature follows power with τ_T; sleep draws `sleep_w`; a reboot draws `boot_w` for
+  `reboot_s` then comes back with the setting it had.
+
+Faults (`Faults`, mutable at run time): `timeout` (API never answers), `malformed` (garbled
+reply), `ignore_commands` (acknowledges, changes nothing), `false_power` (reports watts × factor),
+`reboot_on_command` (each power change reboots the miner first, as Whatsminer v2 does).
+
+`SimDriver` drives a `SimAsic` in-process through the `MinerDriver` protocol (with command
+latency on the clock) for the benchmark and property tests; over TCP the firmware servers in
+poold.sim.firmware_* serve the same `SimAsic`.
+"""
+
+# ruff: noqa: RUF002  (math notation in docstrings is intended)
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from poold.fleet.clock import Clock
+from poold.fleet.drivers.base import (
+    Capabilities,
+    Desired,
+    DriverError,
+    DriverTimeout,
+    Level,
+    ProtocolError,
+    Secret,
+    Telemetry,
+    UnsupportedError,
+    VerifyError,
+)
+from poold.fleet.policy import Actuator
+
+
+@dataclass(frozen=True, slots=True)
+class AsicSpec:
+    """A model's nameplate and physics parameters."""
+
+    model: str = "S19j Pro"
+    p_nom_w: float = 3050.0
+    h_nom_ths: float = 100.0
+    alpha: float = 0.6
+    alpha_above: float = 0.5
+    min_w: float = 1040.0
+    max_w: float = 3050.0
+    sleep_w: float = 30.0
+    boot_w: float = 80.0
+    beta_per_c: float = 0.0012  # fraction of watts per °C (fleet.md §5.3)
+    t_ref_c: float = 60.0
+    ambient_c: float = 25.0
+    c_per_w: float = 0.013  # board °C above ambient per W of draw (≈65 °C at 3 kW)
+    tau_t_s: float = 60.0
+    tau_down_s: float = 2.0
+    tau_up_s: float = 6.0
+    cmd_delay_s: float = 1.0
+    reboot_s: float = 120.0
+    firmware: str = "braiins"  # which API it speaks: braiins | luxos | whatsminer | cgminer
+    actuator: Actuator = Actuator.WATTS
+    presets: tuple[float, ...] = ()  # watts per preset (PRESETS / MODES)
+
+    def hashrate_at(self, p_eff_w: float) -> float:
+        if p_eff_w <= 0:
+            return 0.0
+        r = p_eff_w / self.p_nom_w
+        return float(self.h_nom_ths * (r**self.alpha if r <= 1.0 else r**self.alpha_above))
+
+    @property
+    def settle_s(self) -> float:
+        return self.cmd_delay_s + 3.0 * max(self.tau_down_s, self.tau_up_s)
+
+
+def default_presets(p_nom_w: float, n: int = 9, lowest: float = 0.36) -> tuple[float, ...]:
+    """Evenly spaced presets from `lowest`·P_nom to P_nom (LuxOS/VNish style)."""
+    return tuple(round(p_nom_w * (lowest + (1 - lowest) * i / (n - 1))) for i in range(n))
+
+
+@dataclass(slots=True)
+class Faults:
+    timeout: bool = False
+    malformed: bool = False
+    ignore_commands: bool = False
+    false_power: float = 1.0
+    reboot_on_command: bool = False
+    stuck: bool = False  # reports the new setting but the hardware does not follow
+
+
+class SimAsic:
+    """One emulated miner. All methods take the present from `clock`."""
+
+    def __init__(
+        self,
+        spec: AsicSpec,
+        clock: Clock,
+        *,
+        miner_id: str = "asic",
+        unit_factor: float = 1.0,
+        username: str = "root",
+        password: str = "sim-secret",
+    ) -> None:
+        self.spec = spec
+        self.clock = clock
+        self.miner_id = miner_id
+        self.unit_factor = unit_factor  # chip-lottery spread on hashrate
+        self.username = username
+        self.password = Secret(password)
+        self.faults = Faults()
+        t = clock.now()
+        self._t = t
+        self._boot_t = t
+        self.target_w: float = (
+            spec.max_w
+            if spec.actuator is Actuator.WATTS
+            else (spec.presets[-1] if spec.presets else spec.p_nom_w)
+        )
+        self.level_index = len(spec.presets) - 1 if spec.presets else 0
+        self.sleeping = False
+        self._clock_w = self._setpoint()  # watts at the reference temperature
+        self._temp = spec.ambient_c + spec.c_per_w * self._clock_w
+        self._pending: list[tuple[float, str, float]] = []  # (t, kind, value)
+        self._reboot_until = -math.inf
+        self.commands_received = 0
+        self.pool: tuple[str, str] = ("", "")
+        self.energy_j = 0.0
+        self._shown_target = self.target_w
+        self._shown_level = self.level_index
+        self._shown_sleep = False
+        self._levels: tuple[Level, ...] | None = None
+
+    # -- physics ------------------------------------------------------------------------------
+
+    def _setpoint(self) -> float:
+        if self.sleeping:
+            return self.spec.sleep_w
+        if self.spec.actuator is Actuator.WATTS:
+            return self.target_w
+        return self.spec.presets[self.level_index] if self.spec.presets else self.spec.p_nom_w
+
+    def _heat_factor(self) -> float:
+        return 1.0 + self.spec.beta_per_c * (self._temp - self.spec.t_ref_c)
+
+    def _evolve(self, t1: float) -> None:
+        dt = t1 - self._t
+        if dt <= 0:
+            return
+        s = self.spec
+        if t1 < self._reboot_until:
+            target = s.boot_w
+            tau = s.tau_down_s
+        else:
+            target = self._setpoint()
+            tau = s.tau_down_s if target < self._clock_w else s.tau_up_s
+        p0 = self._clock_w
+        self._clock_w = target + (p0 - target) * math.exp(-dt / tau)
+        self.energy_j += 0.5 * (p0 + self._clock_w) * dt
+        t_eq = s.ambient_c + s.c_per_w * self._clock_w
+        self._temp = t_eq + (self._temp - t_eq) * math.exp(-dt / s.tau_t_s)
+        self._t = t1
+
+    def advance(self) -> None:
+        """Bring the state to the clock's now, applying commands whose delay has elapsed."""
+        now = self.clock.now()
+        while self._pending and self._pending[0][0] <= now:
+            t, kind, value = self._pending.pop(0)
+            if self._reboot_until > t:
+                self._evolve(self._reboot_until)
+            self._evolve(t)
+            if kind == "watts":
+                self.target_w = value
+            elif kind == "level":
+                self.level_index = int(value)
+            elif kind == "sleep":
+                self.sleeping = bool(value)
+            elif kind == "reboot":
+                self._reboot_until = t + self.spec.reboot_s
+                self._boot_t = t
+        if self._reboot_until > self._t and self._reboot_until <= now:
+            self._evolve(self._reboot_until)
+        self._evolve(now)
+
+    @property
+    def rebooting(self) -> bool:
+        return self.clock.now() < self._reboot_until
+
+    def power_w(self) -> float:
+        """True wall power now."""
+        self.advance()
+        if self.rebooting or (self.sleeping and self._clock_w <= self.spec.sleep_w * 1.5):
+            return self._clock_w
+        if self.spec.actuator is Actuator.WATTS:
+            return self._clock_w  # the firmware's power loop holds the draw at target
+        return self._clock_w * self._heat_factor()
+
+    def hashrate_ths(self) -> float:
+        """True hashrate now (what the pool would see on average)."""
+        self.advance()
+        if self.rebooting:
+            return 0.0
+        p = self._clock_w
+        if p <= self.spec.sleep_w * 1.5:
+            return 0.0
+        if self.spec.actuator is Actuator.WATTS:
+            p = p / self._heat_factor()
+        return self.spec.hashrate_at(p) * self.unit_factor
+
+    def temp_c(self) -> float:
+        self.advance()
+        return self._temp
+
+    def uptime_s(self) -> float:
+        return self.clock.now() - self._boot_t
+
+    # -- commands (what firmware servers call) -------------------------------------------------
+
+    def _schedule(self, kind: str, value: float) -> bool:
+        """Queue a setting change after the command delay; False if the firmware ignores it."""
+        self.commands_received += 1
+        if self.faults.ignore_commands:
+            return False
+        # The firmware's own view of its setting changes at once (that is what read-back sees).
+        if kind == "watts":
+            self._shown_target = value
+        elif kind == "level":
+            self._shown_level = int(value)
+        elif kind == "sleep":
+            self._shown_sleep = bool(value)
+        if self.faults.stuck:
+            return True
+        now = self.clock.now()
+        if self.faults.reboot_on_command and kind in ("watts", "level"):
+            self._pending.append((now, "reboot", 0.0))
+        self._pending.append((now + self.spec.cmd_delay_s, kind, value))
+        self._pending.sort(key=lambda e: e[0])
+        return True
+
+    def set_power_target(self, watts: float) -> float:
+        """Firmware-side clamp then schedule; returns the setting the firmware reports."""
+        w = min(self.spec.max_w, max(self.spec.min_w, float(watts)))
+        self._schedule("watts", w)
+        return self.reported_target_w()
+
+    def set_level(self, index: int) -> None:
+        if not 0 <= index < len(self.spec.presets):
+            raise ValueError("no such preset")
+        self._schedule("level", index)
+
+    def set_sleep(self, sleep: bool) -> None:
+        self._schedule("sleep", 1.0 if sleep else 0.0)
+
+    def reboot(self) -> None:
+        self.commands_received += 1
+        self._pending.append((self.clock.now(), "reboot", 0.0))
+        self._pending.sort(key=lambda e: e[0])
+
+    def reported_target_w(self) -> float:
+        return self._shown_target
+
+    def reported_level(self) -> int:
+        return self._shown_level
+
+    def reported_sleep(self) -> bool:
+        return self._shown_sleep
+
+    def reported_power_w(self) -> float:
+        return self.power_w() * self.faults.false_power
+
+    def levels(self) -> tuple[Level, ...]:
+        if self._levels is None:
+            self._levels = tuple(
+                Level(self.level_name(i), w, round(self.spec.hashrate_at(w), 1))
+                for i, w in enumerate(self.spec.presets)
+            )
+        return self._levels
+
+    def level_name(self, index: int) -> str:
+        return f"{round(self.spec.presets[index])}W"
+
+    def capabilities(self) -> Capabilities:
+        s = self.spec
+        return Capabilities(
+            actuator=s.actuator,
+            min_w=s.min_w
+            if s.actuator is Actuator.WATTS
+            else (s.presets[0] if s.presets else s.p_nom_w),
+            max_w=s.max_w
+            if s.actuator is Actuator.WATTS
+            else (s.presets[-1] if s.presets else s.p_nom_w),
+            levels=self.levels() if s.actuator is not Actuator.WATTS else (),
+            sleep_w=s.sleep_w,
+            settle_s=s.settle_s,
+            reboots_on_change=self.faults.reboot_on_command,
+        )
+
+    def telemetry(self) -> Telemetry:
+        p = self.reported_power_w()
+        lvl = self.reported_level()
+        return Telemetry(
+            time=self.clock.now(),
+            power_w=p,
+            hashrate_ths=self.hashrate_ths(),
+            target_w=(
+                self.reported_target_w()
+                if self.spec.actuator is Actuator.WATTS
+                else (self.spec.presets[lvl] if self.spec.presets else None)
+            ),
+            level=self.level_name(lvl) if self.spec.presets else None,
+            sleeping=self.reported_sleep(),
+            temps_c=(round(self.temp_c(), 1),),
+            fans_rpm=(int(2000 + 3 * max(0.0, self.temp_c() - 30) * 40),),
+            boards_alive=0 if self.rebooting or self.sleeping else 3,
+            uptime_s=self.uptime_s(),
+            firmware=self.spec.firmware,
+            model=self.spec.model,
+            pool_connected=not (self.rebooting or self.sleeping),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# In-process driver (benchmark, property tests): the MinerDriver protocol without sockets
+
+
+@dataclass(slots=True)
+class SimDriver:
+    """Talks to a SimAsic directly; latency and faults are simulated on the asic's clock."""
+
+    asic: SimAsic
+    latency_s: float = 0.2
+    timeout_s: float = 5.0
+    kind: str = "sim"
+    calls: int = field(default=0)
+
+    async def _io(self) -> None:
+        self.calls += 1
+        f = self.asic.faults
+        if f.timeout:
+            await self.asic.clock.sleep(self.timeout_s)
+            raise DriverTimeout(f"{self.asic.miner_id}: no answer within {self.timeout_s:g} s")
+        await self.asic.clock.sleep(self.latency_s)
+        if f.malformed:
+            raise ProtocolError(f"{self.asic.miner_id}: malformed reply")
+        if self.asic.rebooting:
+            raise DriverError(f"{self.asic.miner_id}: connection refused (rebooting)")
+
+    async def capabilities(self) -> Capabilities:
+        await self._io()
+        return self.asic.capabilities()
+
+    async def read(self) -> Telemetry:
+        await self._io()
+        return self.asic.telemetry()
+
+    async def apply(self, desired: Desired) -> Telemetry:
+        await self._io()
+        a = self.asic
+        if desired.sleep != a.reported_sleep():
+            a.set_sleep(desired.sleep)
+        if not desired.sleep:
+            if a.spec.actuator is Actuator.WATTS and desired.watts is not None:
+                if abs(a.reported_target_w() - desired.watts) >= 1.0:
+                    a.set_power_target(desired.watts)
+            elif desired.level is not None and a.spec.presets:
+                names = [a.level_name(i) for i in range(len(a.spec.presets))]
+                if desired.level not in names:
+                    raise UnsupportedError(f"no level {desired.level!r}")
+                idx = names.index(desired.level)
+                if idx != a.reported_level():
+                    a.set_level(idx)
+        await self._io()
+        t = a.telemetry()
+        if (
+            t.sleeping != desired.sleep
+            or (
+                not desired.sleep
+                and desired.watts is not None
+                and t.target_w is not None
+                and a.spec.actuator is Actuator.WATTS
+                and abs(t.target_w - min(a.spec.max_w, max(a.spec.min_w, desired.watts))) >= 1.0
+            )
+            or (not desired.sleep and desired.level is not None and t.level != desired.level)
+        ):
+            raise VerifyError(f"{a.miner_id}: read-back does not show the new setting")
+        return t
+
+    async def reboot(self) -> None:
+        await self._io()
+        self.asic.reboot()
+
+    async def restart_mining(self) -> None:
+        await self._io()
+
+    async def set_pool(self, url: str, user: str, password: Secret) -> None:
+        await self._io()
+        self.asic.pool = (url, user)
+
+    async def close(self) -> None:
+        return None
