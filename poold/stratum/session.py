@@ -19,6 +19,7 @@ connections small); everything here is testable by feeding bytes.
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,8 @@ from poold.work.difficulty import sane_difficulty
 from poold.work.engine import SessionWork, ShareEngine
 from poold.work.extranonce import ExtranonceAllocator, ExtranonceExhausted
 from poold.work.shares import RejectReason
+
+log = logging.getLogger(__name__)
 
 BIP320_MASK = 0x1FFFE000
 _REASONS = tuple(RejectReason)
@@ -169,6 +172,10 @@ class Session:
                 out.append(handler(self, msg_id, msg.get("params"), now))
             except MalformedParams as exc:
                 out.append(codec.error_line(msg_id, 20, f"Malformed params: {exc}"))
+            except Exception:
+                # A bug must not break "one reply per id" nor reach the other sessions.
+                log.exception("internal error handling %s from %r", method, self)
+                out.append(codec.error_line(msg_id, 20, "Internal error"))
         return b"".join(out)
 
     def _invalid(self, out: list[bytes]) -> None:
@@ -319,7 +326,7 @@ class Session:
         raw = p.get("version-rolling.mask", "ffffffff")
         try:
             miner_mask = int(raw, 16) if isinstance(raw, str) else int(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             return {"version-rolling": "invalid version-rolling.mask"}
         miner_mask &= 0xFFFFFFFF
         mask = self.ctx.settings.version_mask & miner_mask
