@@ -351,7 +351,7 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> int:
     from poold.metrics import Metrics
     from poold.node.nodes import NodeSet
     from poold.node.rpc import NodeCheckError, NodeUnavailable
-    from poold.systemd import Notifier
+    from poold.systemd import Notifier, listen_sockets
 
     stop = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -384,7 +384,7 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> int:
             if server.ctx.engine.book.template is not None:
                 break
             await asyncio.sleep(0.05)
-        await server.start()
+        await server.start(listen_sockets().get("stratum"))
         api = AdminApi(DaemonBackend(pool, ledger), metrics.registry,
                        read_tokens=cfg.api.read_tokens, write_tokens=cfg.api.write_tokens)
         await api.start(*cfg.api.listen)

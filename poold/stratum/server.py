@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -189,16 +190,22 @@ class StratumServer:
 
     # --- lifecycle ---------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen on `settings.host:port`, or on `sock` (systemd socket activation)."""
         loop = asyncio.get_running_loop()
         s = self.settings
-        self._server = await loop.create_server(
-            lambda: Connection(self, self.clock()),
-            s.host,
-            s.port,
-            backlog=s.backlog,
-            reuse_port=s.reuse_port or None,
-        )
+        if sock is not None:
+            self._server = await loop.create_server(
+                lambda: Connection(self, self.clock()), sock=sock, backlog=s.backlog
+            )
+        else:
+            self._server = await loop.create_server(
+                lambda: Connection(self, self.clock()),
+                s.host,
+                s.port,
+                backlog=s.backlog,
+                reuse_port=s.reuse_port or None,
+            )
         log.info("stratum listening on %s", ", ".join(self.addresses))
 
     @property

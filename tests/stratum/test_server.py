@@ -312,3 +312,18 @@ async def test_shutdown_sends_client_reconnect(make_pool: MakePool) -> None:
         refused = True
     assert refused
     await c.close()
+
+
+async def test_listens_on_a_passed_socket(make_pool: MakePool) -> None:
+    """systemd socket activation hands poold a bound, listening socket."""
+    pool = await make_pool()
+    await pool.server.shutdown()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    port = sock.getsockname()[1]
+    pool.server.closing = False
+    await pool.server.start(sock)
+    c = await StratumClient.connect(port)
+    assert (await c.call("mining.ping"))["result"] == "pong"
+    await c.close()

@@ -297,3 +297,16 @@ def test_multiple_workers_same_payout() -> None:
     res = send(s, r, req(4, "mining.submit", f"{ADDRESS}.b", job[0], "00" * 8, job[7], "00000009"))
     assert res[0]["result"] is True
     assert r.shares[-1].worker == f"{ADDRESS}.b"
+
+
+def test_pooled_mode_usernames_are_account_dot_worker() -> None:
+    from poold.bitcoin.address import Network
+    from poold.stratum.auth import AuthError, Authorizer
+
+    auth = Authorizer(Network.REGTEST, solo=False)
+    ident = auth.authorize("alice.rig7")
+    assert (ident.worker, ident.account, ident.payout_script) == ("alice.rig7", "alice", None)
+    assert auth.authorize("bob").account == "bob"
+    for bad in ("", ".rig", "a b.rig", "x" * 65):
+        with pytest.raises(AuthError):
+            auth.authorize(bad)
