@@ -44,6 +44,11 @@ class LedgerConfig:
     block_write_timeout_s: float = 5.0
     # payout = split: how often the cached PPLNS window and balances are re-read.
     split_refresh_s: float = 5.0
+    # payout = split: bytes of payout outputs (fee output included) one coinbase may carry.
+    # ASIC firmware caps the coinbase (730 bytes: DATUM's generic Antminer class, the default of
+    # poold.bitcoin.coinbase); the rest of a coinbase (a scriptSig of up to 100 bytes, the
+    # witness commitment output, the fixed fields) takes up to 200: 730 - 200 = 530.
+    split_max_output_bytes: int = 530
     source: str = ""
 
     @property
@@ -90,6 +95,9 @@ class LedgerConfig:
             raise ConfigError("ledger.dust_sat", "must be >= 1", src)
         if self.max_outputs < 1:
             raise ConfigError("ledger.max_outputs", "must be >= 1", src)
+        if self.split_max_output_bytes < 2 * 43:
+            raise ConfigError("ledger.split_max_output_bytes",
+                              "must leave room for a payout and the fee output (>= 86)", src)
         if self.tariff_per_kwh < 0:
             raise ConfigError("ledger.tariff_per_kwh", "must be >= 0", src)
         url = self.effective_url

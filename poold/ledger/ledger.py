@@ -4,16 +4,22 @@ Contract (INTERFACES.md, poold/ledger):
 
 - `record_share(share)` is synchronous and never blocks: it appends to an in-memory buffer. A
   flusher task commits the buffer in batches every `flush_interval_ms` (default 100 ms).
-  Durability window: a share is committed at most flush_interval + one commit after it was
-  recorded, so a `kill -9` of poold loses at most the shares of that window (shares are never
-  reordered or skipped: what is in the store is a prefix of what was recorded). While the store is
-  slow or down the buffer grows up to `buffer_max_shares`; beyond it shares are dropped and
-  counted (`poold_ledger_lost_shares`, throttled log) and the pool keeps serving.
+  Durability window: a share is committed at most flush_interval + one commit (a batch of at
+  most `batch_max_shares`) after it was recorded, as long as the share rate is within what the
+  store sustains (tests/bench/ledger.py); a `kill -9` of poold loses at most the shares of that
+  window, and batches commit in order, so the store holds a gap-free prefix of what was recorded.
+  While the store is slow or down the buffer grows up to `buffer_max_shares`; beyond it shares
+  are dropped and counted (`poold_ledger_lost_shares`, throttled log) and the pool keeps
+  serving; `poold_ledger_lag_seconds` is the age of the oldest uncommitted share.
 - `record_block(block)` returns only once the block is durable: committed to the store, or, if
   the store does not take it within `block_write_timeout_s`, appended and fsynced to a local
   JSON-lines journal under the state directory. The journal is replayed into the store at start
   and whenever the store comes back; replay is idempotent.
 - `record_submit_result(hash, node, result)` records each node's answer the same way.
+
+Also here: PPLNS windows and credits at maturity, the split coinbase planned from a cached
+window (`split_outputs`, used by poold.ledger.split.SplitPayout), reconciliation of found blocks
+against a node (poold.ledger.audit), and energy rows from fleet telemetry.
 
 Everything touching the store is awaited on the loop; the stores themselves keep blocking work
 off it (SQLite on its own thread, asyncpg natively).
@@ -67,6 +73,11 @@ def network_difficulty_of(block_hex: str) -> float:
     if len(header) != 80:
         raise ValueError("block_hex is shorter than a block header")
     return target_to_difficulty(bits_to_target(int.from_bytes(header[72:76], "little")))
+
+
+def _output_bytes(script: bytes) -> int:
+    """Serialized size of a transaction output: value, script length, script."""
+    return 8 + (1 if len(script) < 0xFD else 3) + len(script)
 
 
 def _payout_key(outputs: Sequence[tuple[bytes, int]]) -> tuple[tuple[bytes, int], ...]:
@@ -528,10 +539,14 @@ class Ledger:
         if network_difficulty != self._split_netdiff:
             self._split_netdiff = network_difficulty  # the next refresh reads this window
         network = Network(c.network)
+        fee_script = self._fee_script()
+        fee_bytes = _output_bytes(fee_script) if fee_script is not None else 0
         plan = payouts.split(reward, self._split_weights, self._split_balances,
                              ppm=payouts.fee_ppm(c.fee_percent), dust=c.dust_sat,
-                             max_outputs=c.max_outputs)
-        outputs = plan.outputs(lambda a: address_to_script(a, network), self._fee_script())
+                             max_outputs=c.max_outputs,
+                             output_size=lambda a: _output_bytes(address_to_script(a, network)),
+                             max_bytes=c.split_max_output_bytes - fee_bytes)
+        outputs = plan.outputs(lambda a: address_to_script(a, network), fee_script)
         before, after = self._split_balances, dict(plan.balances)
         self._plans[_payout_key(outputs)] = [
             (a, after.get(a, 0) - before.get(a, 0)) for a in sorted(set(before) | set(after))

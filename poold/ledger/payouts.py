@@ -190,14 +190,18 @@ def pplns(reward: int, weights: Mapping[str, float], *, ppm: int = 0) -> PplnsCr
 
 
 def split(reward: int, weights: Mapping[str, float], balances: Mapping[str, int], *,
-          ppm: int, dust: int, max_outputs: int) -> CoinbasePlan:
+          ppm: int, dust: int, max_outputs: int,
+          output_size: Callable[[str], int] | None = None,
+          max_bytes: int | None = None) -> CoinbasePlan:
     """The split coinbase for one block (see the module docstring for the scheme).
 
     `balances` are the carried balances before this block and must sum to zero. Guarantees:
     payouts sum to exactly reward - fee; every payout >= dust and > 0; at most `max_outputs`
-    payouts; the new balances sum to zero; for every account, old balance + pro-rata share =
-    payout + new balance. When nobody mined, or reward - fee is below dust, the whole reward
-    goes to the fee output and the balances are unchanged.
+    payouts, and with `output_size` (serialized bytes of an account's output) and `max_bytes`,
+    payout outputs of at most `max_bytes` in all (ASIC firmware caps the coinbase size); the
+    new balances sum to zero; for every account, old balance + pro-rata share = payout + new
+    balance. When nobody mined, or reward - fee is below dust, the whole reward goes to the fee
+    output and the balances are unchanged.
     """
     _check_amount("reward", reward)
     if max_outputs < 1:
@@ -216,6 +220,13 @@ def split(reward: int, weights: Mapping[str, float], balances: Mapping[str, int]
     entitled = {a: balances.get(a, 0) + share.get(a, 0) for a in set(balances) | set(share)}
     ranked = sorted(entitled, key=lambda a: (-entitled[a], a))
     paid = [a for a in ranked if entitled[a] >= dust][:max_outputs] or ranked[:1]
+    if output_size is not None and max_bytes is not None:
+        used = 0
+        for i, a in enumerate(paid):
+            used += output_size(a)
+            if used > max_bytes:
+                del paid[max(i, 1):]  # the largest entitlement is paid whatever its size
+                break
     while True:
         gap = distributable - sum(entitled[a] for a in paid)
         scale = proportional(abs(gap), {a: max(entitled[a], 1) for a in paid})

@@ -294,3 +294,31 @@ def test_config_errors_name_the_key() -> None:
 def test_found_block_keeps_block_hex_out_of_repr() -> None:
     b: FoundBlock = block(1)
     assert b.block_hex not in repr(b)
+
+
+async def test_split_coinbase_fits_the_firmware_size_limit(tmp_path: Path) -> None:
+    from poold.bitcoin.address import p2tr_address
+    from poold.bitcoin.coinbase import DEFAULT_MAX_COINBASE_SIZE, build_coinbase
+    from poold.bitcoin.tx import TxOut
+
+    fee_addr = p2tr_address(bytes([200]) * 32, Network.REGTEST)
+    cfg = config(f"sqlite:///{tmp_path / 'l.db'}", tmp_path, payout="split", network="regtest",
+                 fee_address=fee_addr, fee_percent=1.0, dust_sat=1000, max_outputs=50)
+    ledger = Ledger(cfg)
+    await ledger.start()
+    try:
+        accounts = [p2tr_address(bytes([n]) * 32, Network.REGTEST) for n in range(40)]
+        for i, a in enumerate(accounts):
+            ledger.record_share(share(i, account=a, difficulty=1.0 + i, t=time.time() - 5))
+        await ledger.flush()
+        await ledger.refresh_split(1000.0)
+        outputs = ledger.split_outputs(312_500_000, 1000.0)
+        assert 2 <= len(outputs) < 40  # capped by bytes, not by max_outputs = 50
+        assert sum(v for _, v in outputs) == 312_500_000
+        commitment = bytes.fromhex("6a24aa21a9ed") + bytes(32)
+        parts = build_coinbase(840_000, [TxOut(v, s) for s, v in outputs],
+                               tag=b"/a-long-pool-tag-for-the-worst-case/"[:60],
+                               witness_commitment_script=commitment)
+        assert parts.size <= DEFAULT_MAX_COINBASE_SIZE
+    finally:
+        await ledger.stop()

@@ -117,12 +117,18 @@ def zero_sum(pairs: list[tuple[str, int]]) -> dict[str, int]:
        weights=st.dictionaries(ACCOUNTS, WEIGHT, max_size=40),
        balance_pairs=BALANCES,
        dust=st.integers(1, 1_000_000),
-       max_outputs=st.integers(1, 30))
+       max_outputs=st.integers(1, 30),
+       max_bytes=st.one_of(st.none(), st.integers(0, 600)))
 def test_split_properties(reward: int, ppm: int, weights: dict[str, float],
                           balance_pairs: list[tuple[str, int]], dust: int,
-                          max_outputs: int) -> None:
+                          max_outputs: int, max_bytes: int | None) -> None:
     balances = zero_sum(balance_pairs)
-    plan = payouts.split(reward, weights, balances, ppm=ppm, dust=dust, max_outputs=max_outputs)
+
+    def size(account: str) -> int:  # P2WPKH-like and P2TR-like outputs
+        return 31 if int(account[4:]) % 2 else 43
+
+    plan = payouts.split(reward, weights, balances, ppm=ppm, dust=dust, max_outputs=max_outputs,
+                         output_size=size, max_bytes=max_bytes)
     paid = {p.account: p.amount for p in plan.payouts}
     new = dict(plan.balances)
     # The coinbase hands out exactly the reward: accounts get exactly reward - fee.
@@ -131,6 +137,8 @@ def test_split_properties(reward: int, ppm: int, weights: dict[str, float],
     # No negative, zero or dust outputs; at most max_outputs; one output per account.
     assert all(v >= dust for v in paid.values())
     assert len(plan.payouts) <= max_outputs
+    if max_bytes is not None and len(plan.payouts) > 1:
+        assert sum(size(a) for a in paid) <= max_bytes
     assert len(paid) == len(plan.payouts)
     assert plan.fee == 0 or plan.fee >= dust or plan.fee == reward
     # Carried balances stay zero-sum, and every account is conserved exactly.
