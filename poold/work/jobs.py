@@ -171,8 +171,8 @@ def notify_body(template: Template, parts: CoinbaseParts, branch: Sequence[bytes
 class JobBook:
     """All live jobs of this instance, the current job per payout group, and their expiry."""
 
-    __slots__ = ("_en1_size", "_en2_size", "_max_coinbase", "_payouts", "_seq", "_tag",
-                 "current", "jobs", "template")
+    __slots__ = ("_branch_cache", "_en1_size", "_en2_size", "_max_coinbase", "_payouts", "_seq",
+                 "_tag", "current", "jobs", "template")
 
     def __init__(
         self,
@@ -189,6 +189,7 @@ class JobBook:
         self._en2_size = extranonce2_size
         self._max_coinbase = max_coinbase_size
         self._seq = 0
+        self._branch_cache: tuple[Template, tuple[bytes, ...]] | None = None
         self.template: Template | None = None
         self.jobs: dict[str, Job] = {}  # insertion order = seq order
         self.current: dict[bytes, Job] = {}
@@ -269,6 +270,16 @@ class JobBook:
         self.jobs[job.job_id] = job
         return job
 
+    def _branch(self, template: Template) -> tuple[bytes, ...]:
+        """The coinbase merkle branch, computed once per template (thousands of hashes on
+        mainnet) and shared by every payout group's job."""
+        cached = self._branch_cache
+        if cached is not None and cached[0] is template:
+            return cached[1]
+        branch = tuple(coinbase_branch(template.txids))
+        self._branch_cache = (template, branch)
+        return branch
+
     def _build_work(self, template: Template, group_key: bytes) -> JobWork:
         outputs = tuple(self._payouts.outputs(template, group_key))
         parts = build_coinbase(
@@ -281,7 +292,7 @@ class JobBook:
             max_size=self._max_coinbase,
             max_value=template.coinbase_value,
         )
-        branch = tuple(coinbase_branch(template.txids))
+        branch = self._branch(template)
         core = JobCore(
             parts.coinb1,
             parts.coinb2,
