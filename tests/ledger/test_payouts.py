@@ -17,6 +17,7 @@ WEIGHT = st.one_of(st.floats(min_value=1e-8, max_value=1e12, allow_nan=False),
 REWARD = st.integers(min_value=0, max_value=21_000_000 * 100_000_000)
 
 
+@settings(deadline=None)  # a shared, noisy machine: no per-example deadline
 @given(amount=REWARD, weights=st.dictionaries(ACCOUNTS, WEIGHT, min_size=1, max_size=40))
 def test_proportional_is_exact_and_fair(amount: int, weights: dict[str, float]) -> None:
     out = payouts.proportional(amount, weights)
@@ -58,6 +59,7 @@ def test_solo_and_reserve() -> None:
     assert outs == ((b"bc1qminer", 618_750_000), (b"fee", 6_250_000))
 
 
+@settings(deadline=None)
 @given(reward=REWARD, ppm=st.integers(0, 1_000_000),
        weights=st.dictionaries(ACCOUNTS, WEIGHT, max_size=40))
 def test_pplns_credits_sum_to_reward_minus_fee(reward: int, ppm: int,
@@ -87,6 +89,7 @@ def test_window_exact_edge_and_partial_share() -> None:
         payouts.pplns_window(shares, 0.0)
 
 
+@settings(deadline=None)
 @given(st.lists(st.tuples(ACCOUNTS, st.floats(min_value=1e-3, max_value=1e3)), max_size=200),
        st.floats(min_value=1e-3, max_value=1e5))
 def test_window_never_exceeds_its_size(shares: list[tuple[str, float]], size: float) -> None:
@@ -111,7 +114,7 @@ def zero_sum(pairs: list[tuple[str, int]]) -> dict[str, int]:
     return {a: v for a, v in out.items() if v}
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(reward=st.integers(min_value=0, max_value=50 * 100_000_000),
        ppm=st.integers(0, 100_000),
        weights=st.dictionaries(ACCOUNTS, WEIGHT, max_size=40),
