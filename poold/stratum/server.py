@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from poold.stratum import messages
 from poold.stratum.framing import LineFramer, LineTooLong
 from poold.stratum.session import Session, SessionContext, State
-from poold.work.blocks import BlockCandidate, BlockOutcome, BlockSubmitter
+from poold.work.blocks import BlockAssemblyError, BlockCandidate, BlockOutcome, BlockSubmitter
 from poold.work.shares import RejectReason
 
 if TYPE_CHECKING:
@@ -174,7 +174,7 @@ class StratumServer:
         self._kicks: dict[str, list[float]] = {}
         self._banned: dict[str, float] = {}
         self._server: asyncio.Server | None = None
-        self._block_tasks: set[asyncio.Task[BlockOutcome]] = set()
+        self._block_tasks: set[asyncio.Task[Any]] = set()
         self.block_outcomes: list[BlockOutcome] = []
         self.closing = False
         self.drops: dict[str, int] = {}
@@ -407,22 +407,32 @@ class StratumServer:
         if self.blocks is None:
             log.error("block %s found but no block submitter is configured", candidate.hash_hex)
             return
-        task = asyncio.get_running_loop().create_task(
-            self.blocks.submit(candidate), name=f"block-{candidate.hash_hex[:16]}"
-        )
-        self._block_tasks.add(task)
-        task.add_done_callback(self._block_done)
+        try:
+            block, found = self.blocks.prepare(candidate)
+        except BlockAssemblyError:
+            return  # logged with the traceback by prepare(); a bug, not the miner's fault
+        loop = asyncio.get_running_loop()
+        name = f"block-{candidate.hash_hex[:16]}"
+        # The durable record runs alongside the submission, not after it: a crash while the
+        # nodes are slow to answer must not lose the block.
+        recorded = loop.create_task(self.blocks.record(found), name=f"{name}-record")
+        task = loop.create_task(self.blocks.submit_prepared(block, found, recorded), name=name)
+        for t in (recorded, task):
+            self._block_tasks.add(t)
+            t.add_done_callback(self._block_done)
 
-    def _block_done(self, task: asyncio.Task[BlockOutcome]) -> None:
+    def _block_done(self, task: asyncio.Task[Any]) -> None:
         self._block_tasks.discard(task)
         if task.cancelled():
             return
         exc = task.exception()
         if exc is not None:
-            log.error("block submission failed: %r", exc)
+            log.error("%s failed: %r", task.get_name(), exc)
             return
-        self.block_outcomes.append(task.result())
-        del self.block_outcomes[:-100]
+        result = task.result()
+        if isinstance(result, BlockOutcome):
+            self.block_outcomes.append(result)
+            del self.block_outcomes[:-100]
 
     async def wait_blocks(self) -> None:
         """Wait for every block submission in flight (tests, shutdown)."""

@@ -160,7 +160,8 @@ class BlockSubmitter:
         self.header_lookup = header_lookup
         self.metrics = metrics
 
-    async def submit(self, candidate: BlockCandidate) -> BlockOutcome:
+    def prepare(self, candidate: BlockCandidate) -> tuple[bytes, FoundBlock]:
+        """Assemble (synchronous, about a millisecond) and announce a found block."""
         try:
             block, found = assemble(candidate)
         except BlockAssemblyError:
@@ -172,17 +173,36 @@ class BlockSubmitter:
         )
         if self.metrics is not None:
             self.metrics.blocks_found.inc()
+        return block, found
+
+    async def record(self, found: FoundBlock) -> None:
+        """The durable record; the server runs it concurrently with `submit_prepared`."""
+        await self.sink.record_block(found)
+
+    async def submit_prepared(
+        self, block: bytes, found: FoundBlock, recorded: Awaitable[None] | None = None
+    ) -> BlockOutcome:
+        """Every node at once; then (once `recorded` is done) each node's answer is recorded;
+        then getblockheader."""
         results = await self.nodes.submit_block(block)
         for node, result in results.items():
             if result is None:
                 log.warning("block %s accepted by %s", found.hash_hex, node)
             else:
                 log.error("block %s refused by %s: %s", found.hash_hex, node, result)
-        await self.sink.record_block(found)
+        if recorded is None:
+            await self.record(found)
+        else:
+            await recorded
         for node, result in results.items():
             await self.sink.record_submit_result(found.hash_hex, node, result)
         verified = await self._verify(found.hash_hex)
         return BlockOutcome(found.hash_hex, found.height, results, verified)
+
+    async def submit(self, candidate: BlockCandidate) -> BlockOutcome:
+        """Sequential form: assemble, submit to every node, record, verify."""
+        block, found = self.prepare(candidate)
+        return await self.submit_prepared(block, found)
 
     async def _verify(self, hash_hex: str) -> bool | None:
         if self.header_lookup is None:
