@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from poold.errors import ConfigError
@@ -14,7 +16,7 @@ from poold.ledger.records import (
     EnergyRow,
     SubmitResult,
 )
-from poold.ledger.store import LedgerStore, open_store, redact
+from poold.ledger.store import LedgerStore, StoreUnavailable, open_store, redact
 from tests.ledger.helpers import block, share
 
 
@@ -134,3 +136,11 @@ def test_bad_urls_name_the_key() -> None:
 def test_render_placeholders() -> None:
     assert schema.render("SELECT ? , ?", "postgres") == "SELECT $1 , $2"
     assert schema.render("CREATE TABLE t (id {id})", "sqlite").endswith("INTEGER PRIMARY KEY)")
+
+
+async def test_sqlite_unusable_path_is_store_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    store = open_store(f"sqlite:///{blocker / 'ledger.sqlite3'}")
+    with pytest.raises(StoreUnavailable):
+        await store.open()
