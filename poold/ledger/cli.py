@@ -1,8 +1,11 @@
-"""`poold audit export`: the audit log of found blocks as CSV or JSON, read from the ledger.
+"""Offline ledger reports, read straight from the ledger database (no daemon needed):
 
-The console script's `audit` command (poold.client_cli) delegates here: `add_arguments()` adds
-the options, `run()` reads the ledger named by the config file (or `--ledger-url`) and writes
-the export to stdout or `--output`.
+- `export`: the audit log of found blocks as CSV or JSON (same as `poold audit export`);
+- `payouts`: the PPLNS payout report, what each account was credited by matured blocks, what a
+  wallet process recorded as paid, and what is owed (CSV or JSON).
+
+`add_arguments()` adds the options, `run()` reads the ledger named by the config file (or
+`--ledger-url`) and writes to stdout or `--output`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from poold.ledger import audit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("export",), help="export the block audit log")
+    parser.add_argument("action", choices=("export", "payouts"),
+                        help="export: the block audit log; payouts: who is owed what (PPLNS)")
     parser.add_argument("--format", choices=audit.FORMATS, default="csv", dest="fmt")
     parser.add_argument("--since", default=None,
                         help="only blocks found at or after this (Unix seconds or ISO 8601)")
@@ -35,9 +39,44 @@ def ledger_url(args: argparse.Namespace) -> str:
     return load_config(args.config).ledger_url
 
 
+def payout_report(url: str, fmt: str) -> str:
+    """The PPLNS payout report of the ledger at `url` as CSV or JSON (CLI only: own loop)."""
+    import asyncio
+    import csv
+    import io
+    import json
+
+    from poold.ledger.store import open_store
+
+    async def read() -> list[tuple[str, int, int, int]]:
+        store = open_store(url)
+        await store.open()
+        try:
+            credited = await store.balances(["pplns"])
+            paid = await store.paid()
+        finally:
+            await store.close()
+        return [(a, credited.get(a, 0), paid.get(a, 0), credited.get(a, 0) - paid.get(a, 0))
+                for a in sorted(set(credited) | set(paid))]
+
+    rows = asyncio.run(read())
+    if fmt == "json":
+        return json.dumps({"accounts": [
+            {"account": a, "credited_sat": c, "paid_sat": p, "owed_sat": o}
+            for a, c, p, o in rows]}, indent=2) + "\n"
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(("account", "credited_sat", "paid_sat", "owed_sat"))
+    w.writerows(rows)
+    return buf.getvalue()
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        text = audit.export(ledger_url(args), fmt=args.fmt, since=args.since)
+        if args.action == "payouts":
+            text = payout_report(ledger_url(args), args.fmt)
+        else:
+            text = audit.export(ledger_url(args), fmt=args.fmt, since=args.since)
     except ConfigError as exc:
         print(f"poold audit: {exc}", file=sys.stderr)
         return 2

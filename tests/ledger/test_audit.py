@@ -102,6 +102,11 @@ async def test_reconcile_life_of_a_block(ledger_url: str, tmp_path: Path) -> Non
         await ledger.record_payment("alice", 1000, "aa" * 32)
         owed = {a: o for a, _, _, o in await ledger.payout_report()}
         assert owed["alice"] == credited["alice"] - 1000
+        # The offline report (a wallet process reads it) says the same.
+        from poold.ledger import cli
+
+        doc = json.loads(await asyncio.to_thread(cli.payout_report, ledger_url, "json"))
+        assert {r["account"]: r["owed_sat"] for r in doc["accounts"]} == owed
         # Matured blocks are not polled again.
         rep = await ledger.reconcile(node)
         assert rep.checked == 1
@@ -174,6 +179,9 @@ def test_cli_audit_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert capsys.readouterr().out.startswith("height,hash,time,status")
     bad = parser.parse_args(["export", "--ledger-url", url, "--since", "yesterday-ish"])
     assert cli.run(bad) == 2
+    capsys.readouterr()
+    assert cli.run(parser.parse_args(["payouts", "--ledger-url", url, "--format", "json"])) == 0
+    assert json.loads(capsys.readouterr().out) == {"accounts": []}
 
 
 def test_parse_since() -> None:
