@@ -33,3 +33,12 @@ def test_scrape_hook_runs_before_each_scrape() -> None:
     assert "poold_stratum_connections 3.0" in generate_latest(m.registry).decode()
     live["n"] = 7
     assert "poold_stratum_connections 7.0" in generate_latest(m.registry).decode()
+
+
+def test_readme_documents_every_metric() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for fam in Metrics().registry.collect():
+        name = {"counter": fam.name + "_total", "info": fam.name + "_info"}.get(fam.type, fam.name)
+        assert f"`{name}`" in readme, f"README.md does not document {name}"
