@@ -131,3 +131,24 @@ def test_server_messages() -> None:
     assert json.loads(messages.reconnect())["params"] == []
     assert json.loads(messages.reconnect("pool2", 3334, 5))["params"] == ["pool2", 3334, 5]
     assert json.loads(messages.show_message("hi"))["method"] == "client.show_message"
+
+
+def test_stdlib_fallback_writes_the_same_bytes() -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "from poold.stratum import codec, messages\n"
+        "print(codec.JSON_BACKEND)\n"
+        "print(codec.result_line('x', [[['mining.notify', 'ab']], 'ab', 8]).hex())\n"
+        "print(codec.error_line(None, 21, 'Stale job').hex())\n"
+        "print(messages.set_difficulty(0.001).hex())\n"
+    )
+    env = {**__import__("os").environ, "POOLD_STDLIB_JSON": "1"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env=env
+    ).stdout.split()
+    assert out[0] == "json"
+    assert bytes.fromhex(out[1]) == codec.result_line("x", [[["mining.notify", "ab"]], "ab", 8])
+    assert bytes.fromhex(out[2]) == codec.error_line(None, 21, "Stale job")
+    assert bytes.fromhex(out[3]) == messages.set_difficulty(0.001)
