@@ -220,7 +220,10 @@ class Ledger:
                     ok = False
             if ok:
                 was_healthy = self._healthy
-                ok = await self._flush()
+                if not was_healthy and not self._buffer:
+                    ok = await self._probe()
+                if ok:
+                    ok = await self._flush()
                 if ok and not was_healthy:
                     log.warning("ledger store is back; replaying the block journal")
                     try:
@@ -263,6 +266,14 @@ class Ledger:
     async def flush(self) -> bool:
         """Commit the buffer now (tests, shutdown). False if the store refused it."""
         return await self._flush()
+
+    async def _probe(self) -> bool:
+        """A cheap read to learn whether an unhealthy store is back (no shares to write)."""
+        try:
+            await self.store.schema_version()
+        except (StoreUnavailable, TimeoutError):
+            return False
+        return True
 
     async def _flush(self) -> bool:
         # Commit what is buffered now, not what arrives meanwhile: under overload the loop
@@ -339,7 +350,9 @@ class Ledger:
         event = BlockEvent(block.hash_hex, now, "recorded",
                            f"height {block.height} found by {block.worker} on instance "
                            f"{block.instance_id}")
-        if self._store_open:
+        # A store known to be failing is not tried (a block must not wait out a timeout): the
+        # journal takes it at once and the flusher replays it when the store answers again.
+        if self._store_open and self._healthy:
             try:
                 new = await asyncio.wait_for(
                     self.store.insert_block(block, netdiff, outputs, event, credits),
@@ -363,7 +376,7 @@ class Ledger:
                                    result: str | None) -> None:
         """Record one node's `submitblock` answer (None = accepted), durably."""
         sr = SubmitResult(block_hash_hex, node, result, self._clock())
-        if self._store_open:
+        if self._store_open and self._healthy:
             try:
                 if await asyncio.wait_for(self._apply_submit(sr),
                                           self.config.block_write_timeout_s):
