@@ -60,6 +60,20 @@ class NullShareSink:
         return None
 
 
+class TeeShareSink:
+    """Hands every accepted share to several sinks (the ledger and the fleet controller's
+    share-rate estimator), in order."""
+
+    __slots__ = ("sinks",)
+
+    def __init__(self, *sinks: ShareSink) -> None:
+        self.sinks = sinks
+
+    def record_share(self, share: AcceptedShare) -> None:
+        for sink in self.sinks:
+            sink.record_share(share)
+
+
 class SessionWork:
     """Per-session state of the work side: kept small, it exists once per connection."""
 

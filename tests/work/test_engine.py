@@ -295,3 +295,16 @@ def test_solo_fee_output_and_planned_payouts() -> None:
     planned.plan(t, [(script(), 1000), (fee_script, t.coinbase_value - 1000)])
     assert [o.value for o in planned.outputs(t, b"")] == [1000, t.coinbase_value - 1000]
     assert planned.group_key(script()) == planned.group_key(None) == b""
+
+
+def test_tee_share_sink_feeds_every_sink() -> None:
+    from poold.work.engine import TeeShareSink
+    from tests.work.builders import ListSink
+
+    a: list[object] = []
+    b: list[object] = []
+    r = rig(start=EASY, min_difficulty=1e-13)
+    r.engine.share_sink = TeeShareSink(ListSink(a), ListSink(b))
+    sw, job = started(r)
+    assert submit(r, sw, job) is None
+    assert len(a) == len(b) == 1 and a[0] is b[0]
