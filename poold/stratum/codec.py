@@ -37,10 +37,15 @@ class ProtocolError(ValueError):
     """A line that is not a JSON object: answered with an error to id null, never ignored."""
 
 
+# For hot paths that catch the errors themselves: `raw_loads` raises one of DECODE_ERRORS.
+raw_loads = _loads
+DECODE_ERRORS: tuple[type[Exception], ...] = (_DecodeError, ValueError, UnicodeDecodeError)
+
+
 def loads(line: bytes) -> Any:
     try:
         return _loads(line)
-    except (_DecodeError, ValueError, UnicodeDecodeError) as exc:
+    except DECODE_ERRORS as exc:
         raise ProtocolError(f"invalid JSON: {exc}") from None
 
 

@@ -41,6 +41,8 @@ _REASONS = tuple(RejectReason)
 REJECT_TAILS = tuple(codec.error_tail(r.code, r.message) for r in _REASONS)
 _TRUE = codec.RESULT_TRUE_TAIL
 _PARSE_ERROR = codec.error_line(None, 20, "Parse error: not a JSON object")
+_loads = codec.raw_loads
+_DECODE_ERRORS = codec.DECODE_ERRORS
 
 
 class State(enum.IntEnum):
@@ -146,36 +148,40 @@ class Session:
 
     def feed(self, lines: list[bytes], now: float) -> bytes:
         """Handle complete lines; the bytes to write back (replies, then any pushed work)."""
-        out: list[bytes] = []
-        for line in lines:
-            if not line or line.isspace():
-                continue
-            try:
-                msg = codec.loads(line)
-            except codec.ProtocolError:
-                out.append(_PARSE_ERROR)
-                self._invalid(out)
-                continue
-            if type(msg) is not dict:
-                out.append(_PARSE_ERROR)
-                self._invalid(out)
-                continue
-            method = msg.get("method")
-            msg_id = msg.get("id")
-            handler = _DISPATCH.get(method) if type(method) is str else None
-            if handler is None:
-                if method is None and ("result" in msg or "error" in msg):
-                    continue  # a reply to something we sent (e.g. client.get_version): no answer
-                out.append(codec.error_line(msg_id, 20, f"Unknown method {str(method)[:64]!r}"))
-                continue
-            try:
-                out.append(handler(self, msg_id, msg.get("params"), now))
-            except MalformedParams as exc:
-                out.append(codec.error_line(msg_id, 20, f"Malformed params: {exc}"))
-            except Exception:
-                # A bug must not break "one reply per id" nor reach the other sessions.
-                log.exception("internal error handling %s from %r", method, self)
-                out.append(codec.error_line(msg_id, 20, "Internal error"))
+        if len(lines) == 1:
+            return self.handle_line(lines[0], now)
+        return b"".join([self.handle_line(line, now) for line in lines])
+
+    def handle_line(self, line: bytes, now: float) -> bytes:
+        """One line in, its reply (and anything pushed after it) out; b"" for blank lines and
+        for replies from the client to our own requests."""
+        if not line or line.isspace():
+            return b""
+        try:
+            msg = _loads(line)
+        except _DECODE_ERRORS:
+            return self._bad_line()
+        if type(msg) is not dict:
+            return self._bad_line()
+        method = msg.get("method")
+        msg_id = msg.get("id")
+        handler = _DISPATCH.get(method) if type(method) is str else None
+        if handler is None:
+            if method is None and ("result" in msg or "error" in msg):
+                return b""  # a reply to something we sent (e.g. client.get_version): no answer
+            return codec.error_line(msg_id, 20, f"Unknown method {str(method)[:64]!r}")
+        try:
+            return handler(self, msg_id, msg.get("params"), now)
+        except MalformedParams as exc:
+            return codec.error_line(msg_id, 20, f"Malformed params: {exc}")
+        except Exception:
+            # A bug must not break "one reply per id" nor reach the other sessions.
+            log.exception("internal error handling %s from %r", method, self)
+            return codec.error_line(msg_id, 20, "Internal error")
+
+    def _bad_line(self) -> bytes:
+        out = [_PARSE_ERROR]
+        self._invalid(out)
         return b"".join(out)
 
     def _invalid(self, out: list[bytes]) -> None:

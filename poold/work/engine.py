@@ -240,7 +240,7 @@ class ShareEngine:
             return _JOB_NOT_FOUND
         work = job.work
         if work.group_key != sw.group_key or not sw.table:
-            return _JOB_NOT_FOUND
+            return _JOB_NOT_FOUND  # not sent to this session's payout group (or no job sent yet)
         if len(ntime) != 8:
             return _MALFORMED
         try:
@@ -254,7 +254,10 @@ class ShareEngine:
             core = work.core.session(sw.en1, self.book.extranonce2_size)
             sw.core = core
             sw.core_work = work
-        entry = sw.entry_for(job.seq)
+        table = sw.table
+        entry = table[-1]
+        if job.seq < entry[0]:  # a job sent before the last difficulty change
+            entry = sw.entry_for(job.seq)
         try:
             hash_, meets_share, meets_network = core.check(
                 extranonce2, ntime, nonce, version_bits, sw.mask, entry[3]
