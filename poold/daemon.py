@@ -2,7 +2,9 @@
 
 Start order (STYLE.md #2-3): config -> metrics -> ledger (replays its block journal) -> nodes
 (checked: auth, chain, a template that parses; a wrong chain is a clean exit) -> the first
-template builds jobs -> Stratum listens -> READY to systemd. SIGINT/SIGTERM only set an Event.
+template builds jobs -> Stratum listens -> admin API -> READY to systemd. SIGINT/SIGTERM only set
+an Event; SIGHUP re-reads the file and applies the reloadable keys (difficulty bounds, share
+interval, idle timeout, log level), naming the ones that need a restart.
 Shutdown: stop listening, `client.reconnect` every miner, drain (bounded), finish block
 submissions, stop the nodes, flush the ledger.
 """
@@ -344,6 +346,51 @@ class NodeReader:
         return await self._call("getblock", hash_hex, verbosity)
 
 
+def apply_reload(pool: Pool, old: Config, new: Config) -> list[str]:
+    """Apply the reloadable keys of `new` (SIGHUP); the keys that changed but need a restart
+    are logged and kept at their old values. Returns the applied keys."""
+    from poold.config import reload_diff
+    from poold.work.difficulty import DifficultyPolicy
+    from poold.work.vardiff import Vardiff
+
+    applied, ignored = reload_diff(old, new)
+    s = new.stratum
+    engine = pool.server.ctx.engine
+    if {"stratum.start_difficulty", "stratum.min_difficulty", "stratum.max_difficulty"} & set(
+        applied
+    ):
+        engine.difficulty = DifficultyPolicy(s.start_difficulty, s.min_difficulty,
+                                             s.max_difficulty)
+    if "stratum.share_interval_s" in applied and engine.vardiff is not None:
+        engine.vardiff = Vardiff(share_interval_s=s.share_interval_s,
+                                 window_s=max(6 * s.share_interval_s, 5.0))
+    if "stratum.idle_timeout_s" in applied:
+        pool.server.settings = dataclasses.replace(pool.server.settings,
+                                                   idle_timeout_s=s.idle_timeout_s)
+    if "log.level" in applied:
+        logging.getLogger().setLevel(new.log.level)
+    if applied:
+        log.warning("config reloaded from %s: applied %s", new.source, ", ".join(applied))
+    if ignored:
+        log.warning("config reload: %s changed but need a restart (kept)", ", ".join(ignored))
+    return applied
+
+
+async def _reload_loop(pool: Pool, cfg: Config, hup: asyncio.Event) -> None:
+    from poold.config import load_config
+
+    while True:
+        await hup.wait()
+        hup.clear()
+        try:
+            new = load_config(cfg.source)
+        except ConfigError as exc:
+            log.error("config reload refused, keeping the running config: %s", exc)
+            continue
+        apply_reload(pool, cfg, new)
+        cfg = new
+
+
 async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> int:
     """Run until SIGINT/SIGTERM (or `stop` is set); the process exit code."""
     from poold.api import AdminApi
@@ -358,6 +405,9 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    hup = asyncio.Event()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGHUP, hup.set)
     notifier = Notifier()
     metrics = Metrics()
     ledger = Ledger(LedgerConfig.from_config(cfg), metrics=metrics)
@@ -395,6 +445,7 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> int:
             watchdog = tg.create_task(_watchdog(notifier), name="systemd-watchdog")
             reconcile = tg.create_task(ledger.reconcile_forever(NodeReader(nodes)),
                                        name="ledger-reconcile")
+            reloader = tg.create_task(_reload_loop(pool, cfg, hup), name="config-reload")
             await stop.wait()
             log.info("shutting down: stop listening, reconnect miners, drain")
             notifier.stopping()
@@ -402,6 +453,7 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> int:
             sweeper.cancel()
             watchdog.cancel()
             reconcile.cancel()
+            reloader.cancel()
         return 0
     finally:
         if api is not None:

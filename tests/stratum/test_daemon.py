@@ -103,6 +103,21 @@ listen = "127.0.0.1:{api_port}"
                 await asyncio.sleep(0.05)
             assert blocks and blocks[0]["finder_worker"] == f"{addr}.w"
             assert blocks[0]["outputs"][0]["address"] == addr
+        # SIGHUP: a reloadable key (start difficulty) applies to the next session
+        cfg.write_text(
+            cfg.read_text().replace("start_difficulty = 0.001", "start_difficulty = 0.002")
+        )
+        proc.send_signal(signal.SIGHUP)
+        first: list[Any] = []
+        for _ in range(50):
+            late = await StratumClient.connect(port)
+            await late.handshake(p2wpkh_address(os.urandom(20), Network.REGTEST))
+            first = [n["params"] for n in late.notes if n["method"] == "mining.set_difficulty"]
+            await late.close()
+            if first and first[0] == [0.002]:
+                break
+            await asyncio.sleep(0.1)
+        assert first[0] == [0.002]
         proc.send_signal(signal.SIGTERM)
         note = await client.wait_note("client.reconnect", limit_s=10)
         assert note["params"] == ["127.0.0.1", 4444, 0]
