@@ -203,7 +203,7 @@ async def test_line_too_long_drops_only_that_client(make_pool: MakePool) -> None
 
 
 async def test_subscribe_and_idle_timeouts(make_pool: MakePool) -> None:
-    pool = await make_pool(subscribe_timeout_s=0.3, idle_timeout_s=0.6, sweep_interval_s=0.05)
+    pool = await make_pool(subscribe_timeout_s=0.3, idle_timeout_s=1.5, sweep_interval_s=0.05)
     silent = await StratumClient.connect(pool.server.port)
     idle = await StratumClient.connect(pool.server.port)
     await idle.handshake(new_address())
@@ -212,7 +212,7 @@ async def test_subscribe_and_idle_timeouts(make_pool: MakePool) -> None:
     _, job = await busy.handshake(addr)
     await asyncio.wait_for(silent.closed.wait(), 3)
     assert not idle.closed.is_set()
-    for i in range(12):  # keeps submitting: never idle
+    for i in range(25):  # keeps submitting: never idle
         await busy.call("mining.submit", addr, job[0], f"{i:016x}", job[7], f"{i:08x}")
         await asyncio.sleep(0.1)
     await asyncio.wait_for(idle.closed.wait(), 3)
