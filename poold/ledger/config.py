@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from poold.config import Config
 
 PAYOUT_SCHEMES = ("solo", "reserve", "pplns", "split")
+MIN_RETENTION_S = 2 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,10 @@ class LedgerConfig:
     # poold.bitcoin.coinbase); the rest of a coinbase (a scriptSig of up to 100 bytes, the
     # witness commitment output, the fixed fields) takes up to 200: 730 - 200 = 530.
     split_max_output_bytes: int = 530
+    # Shares older than this are rolled up per (worker, account, hour) and deleted; 0 keeps
+    # every share. It must cover the PPLNS window and the 100 blocks until maturity: at least
+    # two days is enforced (a small pool's window can span longer: size it to the pool).
+    share_retention_s: float = 0.0
     source: str = ""
 
     @property
@@ -100,6 +105,9 @@ class LedgerConfig:
                               "must leave room for a payout and the fee output (>= 86)", src)
         if self.tariff_per_kwh < 0:
             raise ConfigError("ledger.tariff_per_kwh", "must be >= 0", src)
+        if self.share_retention_s and self.share_retention_s < MIN_RETENTION_S:
+            raise ConfigError("ledger.share_retention_s",
+                              f"must be 0 (keep all) or at least {MIN_RETENTION_S:.0f} s", src)
         url = self.effective_url
         if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ConfigError("ledger.url", "must be sqlite:///PATH or postgresql://...", src)

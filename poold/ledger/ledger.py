@@ -65,6 +65,8 @@ _LOST_LOG_INTERVAL_S = 10.0
 _MAX_BACKOFF_S = 5.0
 _PLAN_MEMORY = 64
 _ENERGY_FLUSH_S = 60.0
+_PRUNE_STEP_S = 10.0
+_RETENTION_INTERVAL_S = 60.0
 
 
 def network_difficulty_of(block_hex: str) -> float:
@@ -127,6 +129,7 @@ class Ledger:
         self._store_open = False
         self._healthy = False
         self._task: asyncio.Task[None] | None = None
+        self._retention_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._journal_lock = asyncio.Lock()
         self._submit_lock = asyncio.Lock()
@@ -169,10 +172,18 @@ class Ledger:
             log.error("ledger store %s unavailable at start (%s); buffering shares and "
                       "journaling blocks until it is back", redact(self.config.effective_url), exc)
         self._task = asyncio.create_task(self._flush_loop(), name="ledger-flush")
+        if self.config.share_retention_s:
+            self._retention_task = asyncio.create_task(self._retention_loop(),
+                                                       name="ledger-retention")
 
     async def stop(self) -> None:
         """Stop the flusher, commit what is buffered, close the store."""
         self._stopping = True
+        if self._retention_task is not None:
+            self._retention_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention_task
+            self._retention_task = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -249,6 +260,32 @@ class Ledger:
                 backoff = 0.0  # behind: commit the next full batch at once
             else:
                 backoff = self._interval
+
+    async def prune(self, now: float | None = None, *, max_steps: int = 360) -> int:
+        """Apply share retention: roll up and delete shares older than `share_retention_s`,
+        `_PRUNE_STEP_S` of share time per transaction (short transactions: share commits keep
+        flowing in between). Returns the shares deleted."""
+        if not self.config.share_retention_s:
+            return 0
+        cutoff = (self._clock() if now is None else now) - self.config.share_retention_s
+        deleted = 0
+        for _ in range(max_steps):
+            oldest = await self.store.oldest_share_time()
+            if oldest is None or oldest >= cutoff:
+                break
+            deleted += await self.store.prune_shares(min(oldest + _PRUNE_STEP_S, cutoff))
+            await asyncio.sleep(0)
+        return deleted
+
+    async def _retention_loop(self) -> None:
+        while True:
+            try:
+                n = await self.prune()
+                if n:
+                    log.info("ledger retention: %d shares rolled up and deleted", n)
+            except StoreUnavailable as exc:
+                log.error("ledger retention: %s", exc)
+            await asyncio.sleep(_RETENTION_INTERVAL_S)
 
     # -- shares
 

@@ -32,6 +32,7 @@ T = TypeVar("T")
 
 # Arbitrary constant key of the advisory lock that serializes migrations across instances.
 _MIGRATION_LOCK = 0x706F6F6C64  # "poold"
+_PRUNE_LOCK = _MIGRATION_LOCK + 1
 _SHARE_COLUMNS = ("instance_id", "worker", "account", "difficulty", "job_id", "height", "time")
 
 
@@ -137,8 +138,31 @@ class PostgresStore:
 
     async def share_totals(self, start: float, end: float) -> dict[str, float]:
         async def q(conn: Any) -> dict[str, float]:
-            rows = await conn.fetch(_q(schema.SHARE_TOTALS), start, end)
-            return {r[0]: float(r[1]) for r in rows}
+            out: dict[str, float] = {}
+            # One snapshot for both reads: a prune committing in between would count twice.
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                for sql in (schema.SHARE_TOTALS, schema.ROLLUP_TOTALS):
+                    for r in await conn.fetch(_q(sql), start, end):
+                        out[r[0]] = out.get(r[0], 0.0) + float(r[1])
+            return out
+
+        return await self._with(q)
+
+    async def prune_shares(self, before: float) -> int:
+        async def body(conn: Any) -> int:
+            # Prunes are serialized across connections and instances: two concurrent rollups
+            # of the same shares would both add them.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _PRUNE_LOCK)
+            await conn.execute(_q(schema.ROLLUP_SHARES), before)
+            status = await conn.execute(_q(schema.DELETE_SHARES), before)
+            return int(status.split()[-1])  # "DELETE <n>"
+
+        return await self._tx(body)
+
+    async def oldest_share_time(self) -> float | None:
+        async def q(conn: Any) -> float | None:
+            value = await conn.fetchval(schema.OLDEST_SHARE)
+            return None if value is None else float(value)
 
         return await self._with(q)
 

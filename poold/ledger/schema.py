@@ -16,8 +16,10 @@ Dialect = Literal["sqlite", "postgres"]
 _TYPES: dict[Dialect, dict[str, str]] = {
     # A plain rowid key (no AUTOINCREMENT bookkeeping): ids still grow since rows are never
     # deleted, and share inserts are the hot path.
-    "sqlite": {"id": "INTEGER PRIMARY KEY", "float": "REAL", "big": "INTEGER"},
-    "postgres": {"id": "BIGSERIAL PRIMARY KEY", "float": "DOUBLE PRECISION", "big": "BIGINT"},
+    "sqlite": {"id": "INTEGER PRIMARY KEY", "float": "REAL", "big": "INTEGER",
+               "hour": "(CAST(time / 3600 AS INTEGER) * 3600)"},
+    "postgres": {"id": "BIGSERIAL PRIMARY KEY", "float": "DOUBLE PRECISION", "big": "BIGINT",
+                 "hour": "(floor(time / 3600) * 3600)"},
 }
 
 # Migrations in order; index + 1 is the schema version after applying it. Never edit a released
@@ -98,6 +100,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             joules {float} NOT NULL)""",
         "CREATE INDEX energy_time ON energy (t_start)",
     ),
+    (
+        # v2: share retention. Shares older than the retention horizon are rolled up per
+        # (worker, account, hour) and deleted; reports read both (poold.ledger.ledger.prune).
+        """CREATE TABLE share_rollups (
+            worker TEXT NOT NULL,
+            account TEXT NOT NULL,
+            hour {float} NOT NULL,
+            difficulty {float} NOT NULL,
+            shares {big} NOT NULL,
+            PRIMARY KEY (worker, account, hour))""",
+        "CREATE INDEX share_rollups_hour ON share_rollups (hour)",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -152,6 +166,18 @@ SHARES_PAGE_NEXT = ("SELECT id, account, difficulty, time FROM shares"
                     " ORDER BY time DESC, id DESC LIMIT ?")
 SHARE_TOTALS = ("SELECT worker, SUM(difficulty) FROM shares WHERE time >= ? AND time < ?"
                 " GROUP BY worker")
+ROLLUP_TOTALS = ("SELECT worker, SUM(difficulty) FROM share_rollups WHERE hour >= ? AND hour < ?"
+                 " GROUP BY worker")
+# Roll up, then delete, the shares before a cutoff (one transaction per call).
+ROLLUP_SHARES = (
+    "INSERT INTO share_rollups (worker, account, hour, difficulty, shares)"
+    " SELECT worker, account, {hour}, SUM(difficulty), COUNT(*) FROM shares WHERE time < ?"
+    " GROUP BY worker, account, {hour}"
+    " ON CONFLICT (worker, account, hour) DO UPDATE SET"
+    " difficulty = share_rollups.difficulty + excluded.difficulty,"
+    " shares = share_rollups.shares + excluded.shares")
+DELETE_SHARES = "DELETE FROM shares WHERE time < ?"
+OLDEST_SHARE = "SELECT MIN(time) FROM shares"
 SHARE_COUNT = "SELECT COUNT(*) FROM shares"
 BLOCKS_SINCE = (
     "SELECT height, hash_hex, prevhash_hex, worker, account, coinbase_txid_hex, reward, fees,"

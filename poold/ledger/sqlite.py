@@ -229,7 +229,29 @@ class SqliteStore:
 
     async def share_totals(self, start: float, end: float) -> dict[str, float]:
         def q(conn: sqlite3.Connection) -> dict[str, float]:
-            return {w: float(d) for w, d in conn.execute(_q(schema.SHARE_TOTALS), (start, end))}
+            out: dict[str, float] = {}
+            conn.execute("BEGIN")  # one snapshot: another process may prune in between
+            try:
+                for sql in (schema.SHARE_TOTALS, schema.ROLLUP_TOTALS):
+                    for w, d in conn.execute(_q(sql), (start, end)):
+                        out[w] = out.get(w, 0.0) + float(d)
+            finally:
+                conn.execute("COMMIT")
+            return out
+
+        return await self._call(q)
+
+    async def prune_shares(self, before: float) -> int:
+        def body(conn: sqlite3.Connection) -> int:
+            conn.execute(_q(schema.ROLLUP_SHARES), (before,))
+            return int(conn.execute(_q(schema.DELETE_SHARES), (before,)).rowcount)
+
+        return await self._call(lambda conn: self._tx(conn, body))
+
+    async def oldest_share_time(self) -> float | None:
+        def q(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(schema.OLDEST_SHARE).fetchone()
+            return None if row is None or row[0] is None else float(row[0])
 
         return await self._call(q)
 

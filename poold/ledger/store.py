@@ -87,10 +87,18 @@ class LedgerStore(Protocol):
         ...
 
     async def share_totals(self, start: float, end: float) -> dict[str, float]:
-        """Accepted difficulty per worker for shares with start <= time < end."""
+        """Accepted difficulty per worker for shares with start <= time < end (pruned shares
+        count by the hour of their rollup)."""
         ...
 
     async def share_count(self) -> int: ...
+
+    async def prune_shares(self, before: float) -> int:
+        """Roll shares with time < before up into share_rollups and delete them, in one
+        transaction; returns how many shares were deleted."""
+        ...
+
+    async def oldest_share_time(self) -> float | None: ...
 
     async def blocks(self, since: float = 0.0) -> list[BlockRecord]:
         """Found blocks with time >= since, oldest first, with outputs, submits and events."""

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from poold.bitcoin.address import Network, address_to_script, p2wpkh_address
+from poold.errors import ConfigError
 from poold.ledger.config import LedgerConfig
 from poold.ledger.ledger import Ledger
 from poold.ledger.records import AcceptedShare, BlockStatus, FoundBlock
@@ -329,3 +330,27 @@ async def test_split_coinbase_fits_the_firmware_size_limit(tmp_path: Path) -> No
         assert parts.size <= DEFAULT_MAX_COINBASE_SIZE
     finally:
         await ledger.stop()
+
+
+async def test_retention_prunes_old_shares_only(ledger_url: str, tmp_path: Path) -> None:
+    day = 86400.0
+    now = time.time()
+    ledger = Ledger(config(ledger_url, tmp_path, share_retention_s=2 * day))
+    await ledger.start()
+    try:
+        for i in range(30):  # one share every 3 hours over 90 hours
+            ledger.record_share(share(i, account=f"a{i % 3}", t=now - (90 - 3 * i) * 3600))
+        await ledger.flush()
+        totals = await ledger.store.share_totals(0, now + 1)
+        await ledger.prune(now)  # (the retention task may have started on it already)
+        old = sum(1 for i in range(30) if (90 - 3 * i) * 3600 > 2 * day)
+        assert old == 14
+        assert await ledger.store.share_count() == 30 - old
+        oldest = await ledger.store.oldest_share_time()
+        assert oldest is not None and oldest >= now - 2 * day
+        assert await ledger.store.share_totals(0, now + 1) == pytest.approx(totals)
+        assert await ledger.prune(now) == 0
+    finally:
+        await ledger.stop()
+    with pytest.raises(ConfigError):
+        LedgerConfig(share_retention_s=3600).validate()

@@ -144,3 +144,60 @@ async def test_sqlite_unusable_path_is_store_unavailable(tmp_path: Path) -> None
     store = open_store(f"sqlite:///{blocker / 'ledger.sqlite3'}")
     with pytest.raises(StoreUnavailable):
         await store.open()
+
+
+async def downgrade_to_v1(url: str) -> None:
+    """Make an opened ledger look like one written by a poold with schema v1."""
+    stmts = ["DROP TABLE share_rollups", "DELETE FROM schema_version WHERE version = 2"]
+    if url.startswith("sqlite:///"):
+        import sqlite3
+
+        conn = sqlite3.connect(url[len("sqlite://"):], isolation_level=None)
+        try:
+            for s in stmts:
+                conn.execute(s)
+        finally:
+            conn.close()
+        return
+    import asyncpg
+
+    pg = await asyncpg.connect(url)
+    try:
+        for s in stmts:
+            await pg.execute(s)
+    finally:
+        await pg.close()
+
+
+async def test_migration_from_v1_keeps_data(ledger_url: str) -> None:
+    store = await opened(ledger_url)
+    await store.insert_shares([share(i, t=1000.0 + i) for i in range(5)])
+    await store.close()
+    await downgrade_to_v1(ledger_url)
+    store = await opened(ledger_url)
+    try:
+        assert await store.schema_version() == schema.SCHEMA_VERSION == 2
+        assert await store.share_count() == 5
+        assert await store.prune_shares(1002.5) == 3  # the v2 table is there and works
+    finally:
+        await store.close()
+
+
+async def test_prune_rolls_up_by_hour(ledger_url: str) -> None:
+    store = await opened(ledger_url)
+    try:
+        t0 = 1_700_000_000.0 - 1_700_000_000.0 % 3600  # an hour boundary
+        shares = [share(i, account="a" if i % 2 else "b", worker="a.w" if i % 2 else "b.w",
+                        difficulty=float(i + 1), t=t0 + i * 600.0) for i in range(12)]
+        await store.insert_shares(shares)
+        before = await store.share_totals(t0, t0 + 7200)
+        assert await store.oldest_share_time() == t0
+        assert await store.prune_shares(t0 + 3600 + 1) == 7  # the first hour and one more
+        assert await store.prune_shares(t0 + 3600 + 1) == 0  # idempotent
+        assert await store.share_count() == 5
+        assert await store.oldest_share_time() == t0 + 7 * 600.0
+        after = await store.share_totals(t0, t0 + 7200)
+        assert after == before  # pruned shares still count, by the hour of their rollup
+        assert await store.shares_page(t0 + 3600, None, 10) == []  # gone from PPLNS reads
+    finally:
+        await store.close()
