@@ -50,7 +50,7 @@ from poold.fleet.health import (
     thermal_cap,
 )
 from poold.fleet.inventory import FleetConfig, MinerSpec
-from poold.fleet.model import CurveLearner
+from poold.fleet.model import CurveLearner, PowerCurve
 from poold.fleet.policy import Actuator, Allocation, MinerInput, allocate, shed_order, split_budget
 from poold.metrics import Metrics
 
@@ -60,6 +60,7 @@ DAY_S = 86400.0
 FAULTY_AFTER = 5
 FOLLOW_TOLERANCE = 1.10  # measured may exceed the commanded watts by 10 % (+50 W) after settle
 MIN_RAISE_FRACTION = 0.02  # don't send an increase smaller than 2 % of nameplate (churn)
+POWER_LIE_RATIO = 0.75  # reported watts below 75 % of what the hashrate needs: not believed
 
 
 @dataclass(slots=True)
@@ -77,6 +78,11 @@ class MinerState:
     sleeps: deque[float] = field(default_factory=deque)  # wall times of sleeps, last 24 h
     plan: Allocation | None = None
     plan_desired: Desired | None = None
+    nameplate_curve: PowerCurve = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.nameplate_curve = PowerCurve.from_nameplate(self.spec.nameplate_w,
+                                                         self.spec.nameplate_ths)
 
     @property
     def worst_w(self) -> float:
@@ -186,6 +192,8 @@ class FleetController:
             measured = m.spec.nameplate_w  # no watt read-back (stock S19): nameplate
         if h.stale(now, self.cfg.stale_after_s) or measured is None:
             return max(m.worst_w, measured or 0.0, m.commanded_w or 0.0)
+        if h.implied_w is not None:
+            measured = max(measured, h.implied_w)  # it says less than its hashrate needs
         cw = m.commanded_w
         if cw is not None and (now < m.settle_until or h.received_at < m.settle_until):
             return cw if cw < measured else max(measured, cw)
@@ -473,6 +481,15 @@ class FleetController:
             (old.hashrate_ths or 0.0) if old is not None else 0.0)
         h.telemetry = tel
         h.received_at = now
+        h.implied_w = None
+        if tel.power_w is not None and tel.hashrate_ths and not tel.sleeping:
+            need = m.nameplate_curve.power_for(tel.hashrate_ths)
+            if tel.power_w < POWER_LIE_RATIO * need:
+                if not m.health.not_following:
+                    log.warning("miner %s reports %.0f W for %.1f TH/s (needs ≈%.0f W): "
+                                "counting the higher figure", m.spec.id, tel.power_w,
+                                tel.hashrate_ths, need)
+                h.implied_w = need
         if m.commanded is None:  # adopt what the miner runs now (restart: no mass restore)
             if tel.sleeping:
                 m.commanded = Desired(sleep=True)
@@ -487,7 +504,8 @@ class FleetController:
                 self._pending.add(m.spec.id)
         if steady and now >= m.settle_until and not m.inflight:
             self._check_following(m)
-        if steady and not tel.sleeping and tel.power_w is not None and now >= m.settle_until:
+        if steady and not tel.sleeping and tel.power_w is not None and now >= m.settle_until \
+                and h.implied_w is None:
             hr = tel.hashrate_ths
             weight = 1.0
             if self.shares is not None and m.spec.worker:
@@ -583,7 +601,8 @@ class FleetController:
         for r in racks:
             for m in self._rack_miners[r]:
                 p = self.projected_w(m, now)
-                if m.plan is not None and m.spec.id in self._pending and not m.inflight:
+                if m.plan is not None and m.spec.id in self._pending and not m.inflight \
+                        and m.health.failures == 0:
                     p = min(p, m.plan.watts)
                 total += p
         return total

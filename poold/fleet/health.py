@@ -36,6 +36,9 @@ class MinerHealth:
     fault_reason: str = ""
     thermal_cap_w: float | None = None  # None = no thermal limit; 0 = sleep
     not_following: bool = False
+    #: Watts the reported hashrate needs on the nameplate curve, when the reported power is
+    #: implausibly below it (a firmware under-reporting its power, fleet.md §7.3).
+    implied_w: float | None = None
 
     def age(self, now: float) -> float:
         return now - self.received_at

@@ -99,6 +99,12 @@ class Plan:
     feasible: bool
 
 
+#: Minimum relative hashrate gain for sleeping a miner that could stay awake (a sleep/wake
+#: cycle costs thermal stress, fleet.md §7.6).
+SLEEP_GAIN = 0.002
+#: ... and for swapping which miner sleeps (two state changes; hysteresis against churn).
+SWAP_GAIN = 0.02
+
 # ---------------------------------------------------------------------------------------------
 # Water-filling core
 
@@ -149,9 +155,10 @@ class _Fill:
         if sum(self.lo) >= budget:
             return list(self.lo), z
         x = 0.5 * (a + z)
+        target = budget - tol_w  # aim just under: the result never exceeds the budget
         for _ in range(60):
             total, slope = self.total_and_slope(x)
-            f = total - budget
+            f = total - target
             if abs(f) <= tol_w:
                 break
             if f > 0:
@@ -184,6 +191,64 @@ def _snap_level(levels: Sequence[float], x: float) -> int:
     return best
 
 
+def _finish(awake: list[MinerInput], xs: list[float], lam: float,
+            awake_budget: float) -> dict[str, Allocation]:
+    """Snap the relaxation to what the actuators can do: discrete miners down to a level and
+    then upgraded greedily by ΔH/ΔP while that beats λ (or uses watts that would otherwise go
+    unused); watt miners re-solved for what is left and snapped down to their step."""
+    cont = [(m, x) for m, x in zip(awake, xs, strict=True) if not m.discrete]
+    disc = [(m, x) for m, x in zip(awake, xs, strict=True) if m.discrete]
+    level_idx = {m.miner_id: _snap_level(m.levels, x) for m, x in disc}
+    disc_w = sum(m.levels[level_idx[m.miner_id]] for m, _ in disc)
+    cont_floor = sum(m.lo for m, _ in cont)
+    cont_ceiling = sum(m.hi for m, _ in cont)
+    by_id = {m.miner_id: m for m, _ in disc}
+
+    def upgrades(only_above: float) -> None:
+        nonlocal disc_w
+        heap: list[tuple[float, str, int]] = []
+
+        def push(m: MinerInput) -> None:
+            i = level_idx[m.miner_id]
+            if i + 1 < len(m.levels):
+                dp = m.levels[i + 1] - m.levels[i]
+                dh = m.curve.hashrate(m.levels[i + 1]) - m.curve.hashrate(m.levels[i])
+                ratio = dh / dp if dp > 0 else math.inf
+                if ratio > only_above:
+                    heapq.heappush(heap, (-ratio, m.miner_id, i))
+
+        for m, _ in disc:
+            push(m)
+        limit = awake_budget - (cont_floor if only_above > 0 else cont_ceiling)
+        while heap:
+            _, mid, i = heapq.heappop(heap)
+            m = by_id[mid]
+            dp = m.levels[i + 1] - m.levels[i]
+            if disc_w + dp > limit + 1e-9:
+                continue
+            level_idx[mid] = i + 1
+            disc_w += dp
+            push(m)
+
+    if disc:
+        upgrades(lam * 0.999 if cont else 0.0)
+    cxs: list[float] = []
+    if cont:
+        cont_budget = awake_budget - disc_w
+        cxs, _ = _Fill([m for m, _ in cont]).solve(cont_budget)
+        if disc and cont_budget - sum(cxs) > 1.0:
+            upgrades(0.0)  # watt miners are at max: spend the leftover on presets
+    out: dict[str, Allocation] = {}
+    for (m, _), x in zip(cont, cxs, strict=True):
+        w = max(m.lo, math.floor(x / m.step_w + 1e-9) * m.step_w) if m.step_w > 0 else x
+        w = min(w, m.hi)
+        out[m.miner_id] = Allocation(m.miner_id, False, w, m.curve.hashrate(w))
+    for m, _ in disc:
+        w = m.levels[level_idx[m.miner_id]]
+        out[m.miner_id] = Allocation(m.miner_id, False, w, m.curve.hashrate(w))
+    return out
+
+
 def allocate(miners: Sequence[MinerInput], budget_w: float) -> Plan:
     """The hashrate-maximising plan for `miners` under `budget_w` watts."""
     fixed = [m for m in miners if m.fixed_w is not None]
@@ -213,90 +278,81 @@ def allocate(miners: Sequence[MinerInput], budget_w: float) -> Plan:
                 break
             floor -= m.lo - m.sleep_w
             chosen.add(m.miner_id)
+        # Repair the greedy overshoot: wake back, most efficient first, any sleeper that
+        # fits in the slack the later (bigger) sleepers left.
+        for m in sorted((m for m in order if m.miner_id in chosen),
+                        key=lambda m: -_efficiency_at_floor(m)):
+            if floor + m.lo - m.sleep_w <= budget:
+                floor += m.lo - m.sleep_w
+                chosen.discard(m.miner_id)
         sleepers = [m for m in awake if m.miner_id in chosen]
         awake = [m for m in awake if m.miner_id not in chosen]
         feasible = floor <= budget
     awake_budget = budget - sum(m.sleep_w for m in sleepers)
 
-    fill = _Fill(awake)
-    xs, log_lam = fill.solve(awake_budget) if awake else ([], 0.0)
+    xs, log_lam = _Fill(awake).solve(awake_budget) if awake else ([], 0.0)
     lam = math.exp(log_lam) if awake else 0.0
+    done = _finish(awake, xs, lam, awake_budget) if awake else {}
 
-    # 2. On/off-only miners whose watts buy more elsewhere go to sleep (one re-solve).
+    # 2. A miner held at its floor whose watts would buy more hashrate elsewhere
+    #    (H(lo) < λ·(lo − sleep)) may be better asleep: on/off-only units, or units far less
+    #    efficient than the rest. λ·Δ only bounds the gain (concavity, snapping), so each
+    #    trial is finished and kept only if the hashrate rises by more than SLEEP_GAIN.
     if awake and feasible:
-        drop = {
-            m.miner_id
-            for m, x in zip(awake, xs, strict=True)
-            if m.actuator is Actuator.ONOFF and m.can_sleep and m.may_cycle
-            and x > 0 and m.curve.hashrate(x) < lam * (x - m.sleep_w)
-            and any(c.actuator is Actuator.WATTS and cx < c.hi
-                    for c, cx in zip(awake, xs, strict=True))
-        }
-        if drop:
-            sleepers += [m for m in awake if m.miner_id in drop]
-            awake = [m for m in awake if m.miner_id not in drop]
-            awake_budget = budget - sum(m.sleep_w for m in sleepers)
-            fill = _Fill(awake)
-            xs, log_lam = fill.solve(awake_budget) if awake else ([], 0.0)
-            lam = math.exp(log_lam) if awake else 0.0
+        for _ in range(3):
+            cands = sorted(
+                (m.curve.hashrate(m.lo) / (m.lo - m.sleep_w), m.miner_id)
+                for m, x in zip(awake, xs, strict=True)
+                if x <= m.lo + 1e-6 and m.can_sleep and m.may_cycle and m.lo > m.sleep_w
+                and m.curve.hashrate(m.lo) < lam * (m.lo - m.sleep_w)
+            )
+            if not cands:
+                break
+            current = sum(a.hashrate_ths for a in done.values())
+            accepted = False
+            for drop in ({mid for _, mid in cands}, {cands[0][1]}):
+                t_awake = [m for m in awake if m.miner_id not in drop]
+                t_sleepers = sleepers + [m for m in awake if m.miner_id in drop]
+                t_budget = budget - sum(m.sleep_w for m in t_sleepers)
+                if not t_awake or sum(m.lo for m in t_awake) > t_budget:
+                    continue
+                t_xs, t_log = _Fill(t_awake).solve(t_budget)
+                t_done = _finish(t_awake, t_xs, math.exp(t_log), t_budget)
+                if sum(a.hashrate_ths for a in t_done.values()) > current * (1.0 + SLEEP_GAIN):
+                    awake, sleepers, awake_budget = t_awake, t_sleepers, t_budget
+                    xs, lam, done = t_xs, math.exp(t_log), t_done
+                    accepted = True
+                    break
+            if not accepted:
+                break
 
-    # 3. Snap discrete miners down, then upgrade greedily by ΔH/ΔP.
-    cont = [(m, x) for m, x in zip(awake, xs, strict=True) if not m.discrete]
-    disc = [(m, x) for m, x in zip(awake, xs, strict=True) if m.discrete]
-    level_idx = {m.miner_id: _snap_level(m.levels, x) for m, x in disc}
-    disc_w = sum(m.levels[level_idx[m.miner_id]] for m, _ in disc)
-    cont_floor = sum(m.lo for m, _ in cont)
-    cont_ceiling = sum(m.hi for m, _ in cont)
+    # 3. Sleeping by floor efficiency is a knapsack heuristic: try a few swaps (wake one of
+    #    the best sleepers, sleep one of the worst awake) and keep the best improvement.
+    if sleepers and awake and feasible:
+        current = sum(a.hashrate_ths for a in done.values())
+        best: tuple[float, list[MinerInput], list[MinerInput], float, list[float], float,
+                    dict[str, Allocation]] | None = None
+        wake = sorted(sleepers, key=lambda m: -_efficiency_at_floor(m))[:3]
+        worst = sorted((m for m in awake if m.can_sleep and m.may_cycle),
+                       key=_efficiency_at_floor)[:3]
+        for w in wake:
+            for d in worst:
+                t_awake = [m for m in awake if m is not d] + [w]
+                t_sleepers = [m for m in sleepers if m is not w] + [d]
+                t_budget = budget - sum(m.sleep_w for m in t_sleepers)
+                if sum(m.lo for m in t_awake) > t_budget:
+                    continue
+                t_xs, t_log = _Fill(t_awake).solve(t_budget)
+                t_done = _finish(t_awake, t_xs, math.exp(t_log), t_budget)
+                gain = sum(a.hashrate_ths for a in t_done.values())
+                if gain > current * (1.0 + SWAP_GAIN) and (best is None or gain > best[0]):
+                    best = (gain, t_awake, t_sleepers, t_budget, t_xs, math.exp(t_log), t_done)
+        if best is not None:
+            _, awake, sleepers, awake_budget, xs, lam, done = best
 
-    def upgrades(only_above: float) -> None:
-        nonlocal disc_w
-        heap: list[tuple[float, str, int]] = []
-        by_id = {m.miner_id: m for m, _ in disc}
-
-        def push(m: MinerInput) -> None:
-            i = level_idx[m.miner_id]
-            if i + 1 < len(m.levels):
-                dp = m.levels[i + 1] - m.levels[i]
-                dh = m.curve.hashrate(m.levels[i + 1]) - m.curve.hashrate(m.levels[i])
-                ratio = dh / dp if dp > 0 else math.inf
-                if ratio > only_above:
-                    heapq.heappush(heap, (-ratio, m.miner_id, i))
-
-        for m, _ in disc:
-            push(m)
-        while heap:
-            _, mid, i = heapq.heappop(heap)
-            m = by_id[mid]
-            dp = m.levels[i + 1] - m.levels[i]
-            limit = awake_budget - cont_floor if only_above > 0 else (
-                awake_budget - cont_ceiling)
-            if disc_w + dp > limit + 1e-9:
-                continue
-            level_idx[mid] = i + 1
-            disc_w += dp
-            push(m)
-
-    if disc:
-        upgrades(lam * 0.999 if cont else 0.0)
-    cont_budget = awake_budget - disc_w
-    if cont:
-        cf = _Fill([m for m, _ in cont])
-        cxs, _ = cf.solve(cont_budget)
-        if disc and cont_budget - sum(cxs) > 1.0:
-            upgrades(0.0)  # continuous miners are at max: use the leftover on presets
-    else:
-        cxs = []
-
-    for (m, _), x in zip(cont, cxs, strict=True):
-        w = max(m.lo, math.floor(x / m.step_w + 1e-9) * m.step_w) if m.step_w > 0 else x
-        w = min(w, m.hi)
-        allocs[m.miner_id] = Allocation(m.miner_id, False, w, m.curve.hashrate(w))
-    for m, _ in disc:
-        w = m.levels[level_idx[m.miner_id]]
-        allocs[m.miner_id] = Allocation(m.miner_id, False, w, m.curve.hashrate(w))
+    allocs.update(done)
     for m in sleepers:
         allocs[m.miner_id] = Allocation(m.miner_id, True, m.sleep_w, 0.0)
-
     ordered = tuple(allocs[m.miner_id] for m in miners)
     planned = sum(a.watts for a in ordered)
     return Plan(

@@ -188,6 +188,7 @@ class SimAsic:
 
     @property
     def rebooting(self) -> bool:
+        self.advance()
         return self.clock.now() < self._reboot_until
 
     def power_w(self) -> float:

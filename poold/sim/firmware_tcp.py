@@ -63,6 +63,8 @@ class _TcpServer:
         assert task is not None
         self._conns.add(task)
         try:
+            if self.asic.rebooting:
+                return  # the firmware is down: the connection closes without a word
             await self.serve_connection(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
@@ -335,11 +337,11 @@ class WhatsminerV3Server(_TcpServer):
                 reply = self.dispatch(req) if isinstance(req, dict) else self._err(-1, "bad")
             except ValueError:
                 reply = self._err(-1, "invalid json")
-            data = json.dumps(reply).encode()
-            out = await self.maybe_fault(struct.pack("<I", len(data)) + data)
-            if out is None:
+            # Faults apply to the JSON inside a well-formed frame (a garbled body, or silence).
+            data = await self.maybe_fault(json.dumps(reply).encode())
+            if data is None:
                 return
-            writer.write(out)
+            writer.write(struct.pack("<I", len(data)) + data)
             await writer.drain()
 
     @staticmethod
