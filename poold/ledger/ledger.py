@@ -66,6 +66,7 @@ _MAX_BACKOFF_S = 5.0
 _PLAN_MEMORY = 64
 _ENERGY_FLUSH_S = 60.0
 _PRUNE_STEP_S = 10.0
+_STOP_GRACE_S = 10.0
 _RETENTION_INTERVAL_S = 60.0
 
 
@@ -131,6 +132,7 @@ class Ledger:
         self._task: asyncio.Task[None] | None = None
         self._retention_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._wake = asyncio.Event()
         self._journal_lock = asyncio.Lock()
         self._submit_lock = asyncio.Lock()
         self._plans: OrderedDict[tuple[tuple[bytes, int], ...], list[tuple[str, int]]] = (
@@ -164,6 +166,7 @@ class Ledger:
         the flusher keeps trying to open it.
         """
         self._stopping = False
+        self._wake = asyncio.Event()
         try:
             await self._open_store()
             if self.config.payout == "split":
@@ -185,17 +188,26 @@ class Ledger:
                 await self._retention_task
             self._retention_task = None
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Let the flusher finish its cycle (a write in flight is completed, not cut off);
+            # only a store hung past the grace period gets the task cancelled (the batch is
+            # then put back and retried below).
+            self._wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), _STOP_GRACE_S)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             self._task = None
         if not self._store_open:
             with contextlib.suppress(StoreUnavailable):
                 await self._open_store()
         if self._store_open:
-            await self._flush()
-            with contextlib.suppress(StoreUnavailable):
-                await self.flush_energy()
+            try:
+                await asyncio.wait_for(self._flush(), _STOP_GRACE_S)
+                await asyncio.wait_for(self.flush_energy(), _STOP_GRACE_S)
+            except (StoreUnavailable, TimeoutError) as exc:
+                log.error("ledger: final flush failed: %s", exc or type(exc).__name__)
         if self._buffer:
             n = len(self._buffer)
             self._buffer = []
@@ -220,7 +232,11 @@ class Ledger:
         while True:
             # Fixed cadence: a cycle starts every flush interval whatever the last commit took,
             # so a share waits at most one interval plus its own commit.
-            await asyncio.sleep(max(0.0, cycle_start + backoff - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(),
+                                       max(0.0, cycle_start + backoff - time.monotonic()))
+            if self._stopping:
+                return  # stop() does the final flush
             cycle_start = time.monotonic()
             ok = True
             if not self._store_open:
@@ -326,6 +342,12 @@ class Ledger:
             self._inflight_oldest = batch[0].time
             try:
                 await self.store.insert_shares(batch)
+            except asyncio.CancelledError:
+                # Cancelled mid-write (stop() past its grace period): not known to be committed,
+                # so keep it; a retry may at worst store it twice, never lose it.
+                self._inflight_oldest = None
+                self._requeue(batch)
+                raise
             except (StoreUnavailable, TimeoutError) as exc:
                 self._inflight_oldest = None
                 self._requeue(batch)

@@ -354,3 +354,42 @@ async def test_retention_prunes_old_shares_only(ledger_url: str, tmp_path: Path)
         await ledger.stop()
     with pytest.raises(ConfigError):
         LedgerConfig(share_retention_s=3600).validate()
+
+
+async def test_stop_completes_a_write_in_flight(ledger_url: str, tmp_path: Path) -> None:
+    store = Flaky(open_store(ledger_url))
+    ledger = Ledger(config(ledger_url, tmp_path, flush_interval_ms=10), store=store)
+    await ledger.start()
+    store.stall.clear()
+    for i in range(500):
+        ledger.record_share(share(i))
+    await asyncio.sleep(0.05)  # the flusher is now inside a (stalled) write of 500 shares
+    stopping = asyncio.create_task(ledger.stop())
+    await asyncio.sleep(0.2)
+    assert not stopping.done()  # waiting for the write, not cutting it off
+    store.stall.set()
+    await asyncio.wait_for(stopping, 10)
+    assert ledger.lost_shares == 0
+    check = open_store(ledger_url)
+    await check.open()
+    try:
+        assert await check.share_count() == 500
+    finally:
+        await check.close()
+
+
+async def test_stop_with_a_hung_store_counts_the_loss(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import poold.ledger.ledger as ledger_module
+
+    monkeypatch.setattr(ledger_module, "_STOP_GRACE_S", 0.2)
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    store = Flaky(open_store(url))
+    ledger = Ledger(config(url, tmp_path, flush_interval_ms=10), store=store)
+    await ledger.start()
+    store.stall.clear()  # never released: a hung store
+    for i in range(300):
+        ledger.record_share(share(i))
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(ledger.stop(), 5)  # bounded, does not hang with the store
+    assert ledger.lost_shares == 300
