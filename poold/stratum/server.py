@@ -443,9 +443,10 @@ class StratumServer:
 
     def flush_metrics(self) -> None:
         m = self.metrics
-        if m is None:
-            return
         c = self.ctx.counters
+        if m is None:
+            c.check_samples.clear()
+            return
         delta = c.accepted - self._flushed_accepted
         if delta:
             m.shares.labels(result="accepted", reason="none").inc(delta)
@@ -456,6 +457,11 @@ class StratumServer:
             if d:
                 m.shares.labels(result="rejected", reason=reason.name).inc(d)
                 self._flushed_rejected[reason.index] = n
+        samples = c.check_samples
+        if samples:
+            for seconds in samples[:1000]:
+                m.share_check_seconds.observe(seconds)
+            samples.clear()
         total = self.ctx.engine.stats[0]
         dd = total - self._flushed_difficulty
         if dd:
@@ -467,3 +473,6 @@ class StratumServer:
         if m is not None:
             m.connections.set(len(self.connections))
             m.pool_hashrate.set(self.hashrate)
+            now = self.clock()
+            m.workers.set(len({c.worker for c in self.connections
+                               if c.last_share and now - c.last_share < 600.0}))

@@ -22,6 +22,7 @@ import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 from poold.bitcoin.target import DIFF1_TARGET
@@ -36,6 +37,7 @@ from poold.work.shares import RejectReason
 log = logging.getLogger(__name__)
 
 BIP320_MASK = 0x1FFFE000
+SAMPLE_EVERY = 256  # one share check in this many is timed
 _REASONS = tuple(RejectReason)
 # Error-reply tails indexed by RejectReason.index (no enum hashing per share).
 REJECT_TAILS = tuple(codec.error_tail(r.code, r.message) for r in _REASONS)
@@ -66,11 +68,13 @@ class ShareCounters:
 
     `rejected` is indexed by `RejectReason.index`; `by_reason()` gives the readable view."""
 
-    __slots__ = ("accepted", "rejected")
+    __slots__ = ("accepted", "check_samples", "countdown", "rejected")
 
     def __init__(self) -> None:
         self.accepted = 0
         self.rejected = [0] * len(_REASONS)
+        self.countdown = SAMPLE_EVERY
+        self.check_samples: list[float] = []  # seconds, drained into the histogram
 
     def by_reason(self) -> dict[RejectReason, int]:
         return dict(zip(_REASONS, self.rejected, strict=True))
@@ -104,8 +108,9 @@ class Session:
 
     __slots__ = ("accepted", "accepted_difficulty", "account", "authorized", "close_reason",
                  "connected_at", "ctx", "extra_workers", "extranonce_subscribed", "floor_md",
-                 "floor_min", "identity", "invalid_streak", "last_activity", "negotiated_mask",
-                 "state", "suggested", "user_agent", "warned", "work", "worker")
+                 "floor_min", "identity", "invalid_streak", "last_activity", "last_share",
+                 "negotiated_mask", "state", "suggested", "user_agent", "warned", "work",
+                 "worker")
 
     def __init__(self, ctx: SessionContext, now: float) -> None:
         self.ctx = ctx
@@ -129,6 +134,7 @@ class Session:
         self.close_reason: str | None = None
         self.accepted = 0
         self.accepted_difficulty = 0.0  # sum over accepted shares: the pool-verified hashrate
+        self.last_share = 0.0  # time of the last accepted share
 
     def __repr__(self) -> str:
         en1 = self.work.en1.hex() if self.work else "-"
@@ -222,10 +228,21 @@ class Session:
                 if not account:
                     reason = RejectReason.unauthorized
                 else:
-                    reason = ctx.engine.submit(
-                        sw, worker, account, s.job_id, s.extranonce2, s.ntime, s.nonce,
-                        s.version_bits, now,
-                    )
+                    counters = ctx.counters
+                    counters.countdown -= 1
+                    if counters.countdown:
+                        reason = ctx.engine.submit(
+                            sw, worker, account, s.job_id, s.extranonce2, s.ntime, s.nonce,
+                            s.version_bits, now,
+                        )
+                    else:  # one submit in SAMPLE_EVERY is timed for poold_share_check_seconds
+                        counters.countdown = SAMPLE_EVERY
+                        t0 = perf_counter()
+                        reason = ctx.engine.submit(
+                            sw, worker, account, s.job_id, s.extranonce2, s.ntime, s.nonce,
+                            s.version_bits, now,
+                        )
+                        counters.check_samples.append(perf_counter() - t0)
         id_bytes = str(msg_id).encode() if type(msg_id) is int else codec.encode_id(msg_id)
         if reason is None:
             assert sw is not None
@@ -233,6 +250,7 @@ class Session:
             self.invalid_streak = 0
             self.accepted += 1
             self.accepted_difficulty += sw.last_difficulty
+            self.last_share = now
             reply = b'{"id":' + id_bytes + _TRUE
             if ctx.engine.vardiff is not None and ctx.engine.maybe_retarget(sw, now):
                 return reply + self.next_work(now)
