@@ -34,7 +34,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +135,7 @@ class Ledger:
         self._wake = asyncio.Event()
         self._journal_lock = asyncio.Lock()
         self._submit_lock = asyncio.Lock()
+        self._critical: set[asyncio.Future[None]] = set()
         self._plans: OrderedDict[tuple[tuple[bytes, int], ...], list[tuple[str, int]]] = (
             OrderedDict())
         self._lost_since_log = 0
@@ -199,6 +200,8 @@ class Ledger:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
             self._task = None
+        if self._critical:  # block records still being written (their callers may be gone)
+            await asyncio.gather(*self._critical, return_exceptions=True)
         if not self._store_open:
             with contextlib.suppress(StoreUnavailable):
                 await self._open_store()
@@ -396,7 +399,19 @@ class Ledger:
     # -- blocks
 
     async def record_block(self, block: FoundBlock) -> None:
-        """Make a found block durable (store, else journal) before returning."""
+        """Make a found block durable (store, else journal) before returning.
+
+        The write runs shielded: if the caller is cancelled (shutdown), it still completes, and
+        `stop()` waits for it before closing the store."""
+        await self._shielded(self._record_block(block))
+
+    async def _shielded(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._critical.add(task)
+        task.add_done_callback(self._critical.discard)
+        await asyncio.shield(task)
+
+    async def _record_block(self, block: FoundBlock) -> None:
         now = self._clock()
         try:
             netdiff = network_difficulty_of(block.block_hex)
@@ -433,8 +448,12 @@ class Ledger:
 
     async def record_submit_result(self, block_hash_hex: str, node: str,
                                    result: str | None) -> None:
-        """Record one node's `submitblock` answer (None = accepted), durably."""
-        sr = SubmitResult(block_hash_hex, node, result, self._clock())
+        """Record one node's `submitblock` answer (None = accepted), durably (shielded too)."""
+        await self._shielded(self._record_submit_result(
+            SubmitResult(block_hash_hex, node, result, self._clock())))
+
+    async def _record_submit_result(self, sr: SubmitResult) -> None:
+        block_hash_hex = sr.block_hash_hex
         if self._store_open and self._healthy:
             try:
                 if await asyncio.wait_for(self._apply_submit(sr),

@@ -393,3 +393,28 @@ async def test_stop_with_a_hung_store_counts_the_loss(tmp_path: Path,
     await asyncio.sleep(0.05)
     await asyncio.wait_for(ledger.stop(), 5)  # bounded, does not hang with the store
     assert ledger.lost_shares == 300
+
+
+class SlowBlocks(Flaky):
+    async def insert_block(self, *a: Any) -> bool:
+        await asyncio.sleep(0.3)
+        return await self.inner.insert_block(*a)
+
+
+async def test_block_record_survives_a_cancelled_caller(ledger_url: str, tmp_path: Path) -> None:
+    store = SlowBlocks(open_store(ledger_url))
+    ledger = Ledger(config(ledger_url, tmp_path), store=store)
+    await ledger.start()
+    b = block(11)
+    caller = asyncio.create_task(ledger.record_block(b))
+    await asyncio.sleep(0.05)
+    caller.cancel()  # e.g. the daemon shutting down while a block is being recorded
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await ledger.stop()  # waits for the record before closing the store
+    check = open_store(ledger_url)
+    await check.open()
+    try:
+        assert [r.hash_hex for r in await check.blocks()] == [b.hash_hex]
+    finally:
+        await check.close()
