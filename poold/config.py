@@ -212,6 +212,8 @@ OPTIONS: tuple[Option, ...] = (
        "in a row with none valid (a warning at half; 0 = never)", minimum=0),
     _O("stratum", "max_write_buffer_bytes", _int, 1 << 20, "bytes queued for one miner before "
        "it is dropped as a slow reader", minimum=4096),
+    _O("stratum", "reuse_port", _bool, False, "SO_REUSEPORT: several poold processes (each "
+       "with its own pool.instance_id) share one Stratum port, one per core"),
     _O("ledger", "url", _str, "", "sqlite:///PATH or postgresql://...; empty = SQLite file "
        "under pool.state_dir", secret=True),
     _O("ledger", "flush_interval_ms", _float, 100.0, "share batches are committed at least "
@@ -293,6 +295,7 @@ class StratumConfig:
     reconnect_port: int
     invalid_share_limit: int = 100
     max_write_buffer_bytes: int = 1 << 20
+    reuse_port: bool = False
 
 
 @dataclass(frozen=True, slots=True)

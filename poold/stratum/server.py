@@ -78,6 +78,7 @@ class ServerSettings:
             "reconnect_host": cfg.reconnect_host,
             "reconnect_port": cfg.reconnect_port,
             "write_buffer_limit": cfg.max_write_buffer_bytes,
+            "reuse_port": cfg.reuse_port,
         }
         values.update(overrides)
         return cls(**values)

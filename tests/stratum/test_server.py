@@ -327,3 +327,33 @@ async def test_listens_on_a_passed_socket(make_pool: MakePool) -> None:
     c = await StratumClient.connect(port)
     assert (await c.call("mining.ping"))["result"] == "pong"
     await c.close()
+
+
+async def test_two_instances_share_one_port_with_reuse_port() -> None:
+    """Scale-out: one process per core on one port (SO_REUSEPORT), distinct extranonce1
+    prefixes (pool.instance_id)."""
+    from poold.stratum.server import ServerSettings, StratumServer
+    from poold.work.extranonce import ExtranonceAllocator
+    from tests.work.builders import rig
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    servers = []
+    for instance in (1, 2):
+        r = rig()
+        r.ctx.allocator = ExtranonceAllocator(instance)
+        server = StratumServer(r.ctx, ServerSettings(host="127.0.0.1", port=port, reuse_port=True))
+        await server.start()
+        servers.append(server)
+    clients = [await StratumClient.connect(port) for _ in range(24)]
+    prefixes = set()
+    for c in clients:
+        reply = await c.call("mining.subscribe", "x")
+        prefixes.add(reply["result"][1][:2])
+    assert prefixes == {"01", "02"}  # both instances took connections
+    assert sum(len(s.connections) for s in servers) == 24
+    for c in clients:
+        await c.close()
+    for server in servers:
+        await server.shutdown()
