@@ -1,0 +1,96 @@
+"""The simulated miner against `poold run`: its modes and quirks, as the fleet emulator uses them.
+
+Rate mode must make the pool see a share rate that follows the hashrate it is given (the fleet
+controller confirms power changes from the pool's share rate), and the device quirks the miner
+can play (no mining.configure with version bits, `[UA, null]` subscribe) must mine accepted
+shares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from poold.sim.miner import StratumMiner
+from tests.integration.conftest import Pool, new_address
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+async def _accepted_during(miner: StratumMiner, seconds: float) -> int:
+    before = miner.accepted
+    await asyncio.sleep(seconds)
+    return miner.accepted - before
+
+
+async def test_rate_mode_share_rate_follows_hashrate(pool: Pool) -> None:
+    hashrate = {"hs": 400_000.0}
+    miner = StratumMiner(
+        pool.host, pool.port, new_address(), hashrate_hs=lambda: hashrate["hs"], mode="rate",
+        suggest_difficulty=1e-5,
+    )  # fmt: skip
+    task = asyncio.create_task(miner.run())
+    try:
+        await asyncio.wait_for(_until_accepted(miner), 20)
+        high = await _accepted_during(miner, 3.0)
+        hashrate["hs"] = 50_000.0
+        await asyncio.sleep(0.5)
+        low = await _accepted_during(miner, 3.0)
+        hashrate["hs"] = 0.0
+        await asyncio.sleep(0.5)
+        hashes = miner.stats.hashes
+        asleep = await _accepted_during(miner, 1.0)
+    finally:
+        miner.stop()
+        await task
+    # 400 kH/s at difficulty 1e-5 (~43 kH per share) is ~9 shares/s; 50 kH/s ~1.2/s.
+    assert high >= 12, (high, low)
+    assert low < high / 3, (high, low)
+    assert asleep == 0 and miner.stats.hashes == hashes
+    assert miner.rejected <= miner.accepted // 10, miner.stats.reject_reasons
+
+
+async def _until_accepted(miner: StratumMiner) -> None:
+    while miner.accepted == 0:  # noqa: ASYNC110 - the counter is the miner's, no event to wait on
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "why"),
+    [
+        (
+            {"handshake": ("subscribe", "authorize"), "unnegotiated_version_bits": True},
+            "S21 behind a rental: version bits without mining.configure (DATUM #214)",
+        ),
+        (
+            {"subscribe_null_session": True, "handshake": ("subscribe", "authorize", "configure")},
+            "Braiins OS: subscribe [UA, null] (stratum #964)",
+        ),
+        (
+            {"handshake": ("configure", "subscribe", "authorize", "suggest"), "version_mask": None},
+            "no version rolling at all",
+        ),
+    ],
+)
+async def test_quirky_miner_gets_shares_accepted(
+    pool: Pool, kwargs: dict[str, object], why: str
+) -> None:
+    miner = StratumMiner(
+        pool.host,
+        pool.port,
+        new_address(),
+        suggest_difficulty=1e-5,
+        **kwargs,  # type: ignore[arg-type]
+    )
+    task = asyncio.create_task(miner.run())
+    try:
+        await asyncio.wait_for(_until_accepted(miner), 20)
+        await asyncio.sleep(0.5)
+    finally:
+        miner.stop()
+        await task
+    assert miner.accepted >= 1, why
+    # Only stale shares (a block found by another test's miner) may be refused.
+    codes = {reason.split()[0] for reason in miner.stats.reject_reasons}
+    assert codes <= {"21"}, (why, miner.stats.reject_reasons)
