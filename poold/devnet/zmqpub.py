@@ -13,7 +13,6 @@ instead of sleeping past ZMQ's "slow joiner" window.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
 
@@ -53,14 +52,13 @@ class ZmqPublisher:
         last = sock.getsockopt(zmq.LAST_ENDPOINT)
         self.endpoint = last.decode() if isinstance(last, bytes) else str(last)
         self._reader = asyncio.get_running_loop().create_task(
-            self._read_subscriptions(), name="devnet-zmq-subscriptions"
+            self._read_subscriptions(sock), name="devnet-zmq-subscriptions"
         )
         return self.endpoint
 
-    async def _read_subscriptions(self) -> None:
-        assert self._sock is not None
+    async def _read_subscriptions(self, sock: zmq.asyncio.Socket) -> None:
         while True:
-            msg = await self._sock.recv()
+            msg = await sock.recv()
             if not msg:
                 continue
             if msg[0] == 1:
@@ -91,12 +89,18 @@ class ZmqPublisher:
             log.warning("zmq publish %s failed: %s", topic, exc)
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-            self._reader = None
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
-        self._ctx.term()
+        """Stop the subscription reader, close the socket, then destroy the publisher's own
+        context (never shared: each publisher creates one). Safe to call twice."""
+        reader, self._reader = self._reader, None
+        sock, self._sock = self._sock, None  # publish() is a no-op from here on
+        try:
+            if reader is not None:
+                reader.cancel()
+                # The reader uses the socket: wait for it, whatever it ended with.
+                await asyncio.wait([reader])
+                if not reader.cancelled() and reader.exception() is not None:
+                    log.error("zmq subscription reader failed", exc_info=reader.exception())
+        finally:
+            if sock is not None:
+                sock.close(linger=0)
+            self._ctx.destroy(linger=0)  # its only socket is closed: returns at once

@@ -13,6 +13,7 @@ ZMQ is only a hint: the caller always asks the node (RPC) for the truth.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from zmq.utils.monitor import parse_monitor_message
 log = logging.getLogger(__name__)
 
 TOPIC_HASHBLOCK = b"hashblock"
+_monitor_ids = itertools.count(1)
 
 # on_hint(block_hash_hex, gap): gap=True when messages were lost before this one.
 HintCallback = Callable[[str, bool], None]
@@ -66,36 +68,72 @@ class HashblockListener:
         return time.monotonic() - self.last_activity
 
     async def run(self) -> None:
-        """Receive until cancelled. pyzmq reconnects by itself after a node restart."""
-        ctx = self._context or zmq.asyncio.Context.instance()
-        sock = ctx.socket(zmq.SUB)
-        # Fast reconnects after a node restart; heartbeats detect a silently dead peer.
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, 5000)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15000)
-        sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SUBSCRIBE, TOPIC_HASHBLOCK)
-        monitor = sock.get_monitor_socket(
-            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
-        )
-        sock.connect(self.url)
-        monitor_task = asyncio.create_task(self._watch(monitor), name=f"zmq-monitor-{self.node}")
+        """Receive until cancelled. pyzmq reconnects by itself after a node restart.
+
+        Without a `context` from the caller the listener owns a private one for the duration of
+        the run: nothing is shared with other listeners, event loops or the process-wide
+        `Context.instance()`, and the run's sockets are closed (then its context destroyed) on
+        every way out, including a failure while setting up.
+        """
+        owned = self._context is None
+        ctx = zmq.asyncio.Context() if owned else self._context
+        assert ctx is not None
+        sock: zmq.asyncio.Socket | None = None
+        monitor: zmq.asyncio.Socket | None = None
+        monitor_task: asyncio.Task[None] | None = None
         try:
+            sock = ctx.socket(zmq.SUB)
+            # Fast reconnects after a node restart; heartbeats detect a silently dead peer.
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, 5000)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15000)
+            sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SUBSCRIBE, TOPIC_HASHBLOCK)
+            # An explicit inproc name: pyzmq's default is derived from the socket's fd, which
+            # the OS reuses while a closed monitor's endpoint may still be registered.
+            monitor = sock.get_monitor_socket(
+                zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED,
+                addr=f"inproc://poold-hashblock-monitor-{next(_monitor_ids)}",
+            )
+            sock.connect(self.url)
+            monitor_task = asyncio.create_task(
+                self._watch(monitor), name=f"zmq-monitor-{self.node}"
+            )
             while True:
                 frames = await sock.recv_multipart()
                 self._handle(frames)
         finally:
-            monitor_task.cancel()
-            try:
-                await monitor_task
-            except asyncio.CancelledError:
-                pass
-            sock.disable_monitor()
-            monitor.close(linger=0)
-            sock.close(linger=0)
             self.connected = False
+            try:
+                if monitor_task is not None:
+                    monitor_task.cancel()
+                    # It uses the monitor socket: wait for it whatever it ended with.
+                    await asyncio.wait([monitor_task])
+                    if not monitor_task.cancelled() and monitor_task.exception() is not None:
+                        log.error("zmq %s: socket monitor failed", self.node,
+                                  exc_info=monitor_task.exception())
+            finally:
+                # Even if the wait above is itself cancelled.
+                self._close(ctx, sock, monitor, owned)
+
+    @staticmethod
+    def _close(
+        ctx: zmq.asyncio.Context,
+        sock: zmq.asyncio.Socket | None,
+        monitor: zmq.asyncio.Socket | None,
+        owned: bool,
+    ) -> None:
+        """Close this run's sockets (monitor first), then the context if the run owns it."""
+        if sock is not None and monitor is not None:
+            sock.disable_monitor()
+        if monitor is not None:
+            monitor.close(linger=0)
+        if sock is not None:
+            sock.close(linger=0)
+        if owned:
+            ctx.destroy(linger=0)  # all its sockets are closed: returns at once
 
     def _handle(self, frames: list[bytes]) -> None:
         self.last_activity = time.monotonic()

@@ -9,6 +9,7 @@ import zmq.asyncio
 
 from poold.bitcoin.block import parse_block
 from poold.devnet import Devnet
+from poold.devnet.zmqpub import ZmqPublisher
 from tests.devnet.helpers import rpc
 
 
@@ -42,7 +43,7 @@ async def test_hashblock_and_rawblock_with_sequence_numbers(devnet: Devnet) -> N
             assert raw.hex() == await rpc(devnet, "getblock", h, 0)
     finally:
         sub.close(linger=0)
-        ctx.term()
+        ctx.destroy(linger=0)
 
 
 async def test_rejected_block_publishes_nothing(devnet: Devnet) -> None:
@@ -68,4 +69,28 @@ async def test_rejected_block_publishes_nothing(devnet: Devnet) -> None:
         assert {"type": "pubhashblock", "address": devnet.zmq_url, "hwm": 1000} in notifications
     finally:
         sub.close(linger=0)
-        ctx.term()
+        ctx.destroy(linger=0)
+
+
+async def test_publisher_close_is_final_and_releases_its_own_context() -> None:
+    pub = ZmqPublisher()
+    endpoint = pub.bind("tcp://127.0.0.1:0")
+    ctx = zmq.asyncio.Context()
+    sub = ctx.socket(zmq.SUB)
+    try:
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.SUBSCRIBE, b"hashblock")
+        sub.connect(endpoint)
+        async with asyncio.timeout(5):
+            await pub.wait_subscribers("hashblock")
+        await pub.publish("hashblock", b"\x01" * 32)
+        async with asyncio.timeout(5):
+            assert (await sub.recv_multipart())[1] == b"\x01" * 32
+        await pub.close()
+        assert pub._ctx.closed  # destroyed, not left for the garbage collector
+        await pub.close()  # twice is harmless
+        await pub.publish("hashblock", b"\x02" * 32)  # after close: dropped, no error
+        assert pub.subscribers("hashblock") == 1  # last state seen, nothing read after close
+    finally:
+        sub.close(linger=0)
+        ctx.destroy(linger=0)

@@ -104,7 +104,7 @@ class FakeNode:
             self._pub.close(linger=0)
             self._pub = None
         if self._ctx is not None:
-            self._ctx.term()
+            self._ctx.destroy(linger=0)
             self._ctx = None
 
     async def __aenter__(self) -> FakeNode:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
+from collections.abc import Callable
 
 import pytest
 import zmq
@@ -81,4 +83,87 @@ async def test_receives_from_a_real_publisher() -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        ctx.destroy(linger=0)  # term() would hang if a failure left `pub` open
+
+
+class _RecordingContext(zmq.asyncio.Context):
+    """A real context that remembers every instance, so a test can check they were closed."""
+
+    made: list[zmq.asyncio.Context] = []
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        _RecordingContext.made.append(self)
+
+
+@pytest.fixture
+def contexts(monkeypatch: pytest.MonkeyPatch) -> list[zmq.asyncio.Context]:
+    _RecordingContext.made = []
+    monkeypatch.setattr(zmq.asyncio, "Context", _RecordingContext)
+    return _RecordingContext.made
+
+
+def _setter(event: asyncio.Event) -> Callable[[str, bool], None]:
+    return lambda _h, _g: event.set()
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_a_run_owns_its_context_and_leaves_nothing_open(
+    contexts: list[zmq.asyncio.Context],
+) -> None:
+    """Each run without a caller's context has a private one, destroyed when the run ends:
+    nothing lives on in a process-wide context for a later event loop to trip over."""
+    port = free_port()
+    ctx = zmq.Context()
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind(f"tcp://127.0.0.1:{port}")
+    try:
+        baseline = _open_fds()
+        for i in range(20):
+            got = asyncio.Event()
+            lst = HashblockListener("n", f"tcp://127.0.0.1:{port}", _setter(got))
+            task = asyncio.create_task(lst.run())
+            async with asyncio.timeout(5):
+                while not got.is_set():
+                    pub.send_multipart(frames(bytes([i]) * 32, i))
+                    try:
+                        await asyncio.wait_for(got.wait(), 0.02)
+                    except TimeoutError:
+                        pass
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert len(contexts) == 20 and all(c.closed for c in contexts)
+        # Every context's sockets, monitor, threads' eventfds and epoll fds are gone.
+        assert _open_fds() <= baseline
+    finally:
+        pub.close(linger=0)
+        ctx.destroy(linger=0)
+
+
+async def test_a_run_that_fails_to_start_closes_what_it_opened(
+    contexts: list[zmq.asyncio.Context],
+) -> None:
+    lst = HashblockListener("n", "tcp://no-port-here", lambda _h, _g: None)
+    with pytest.raises(zmq.ZMQError):
+        await lst.run()
+    (ctx,) = contexts
+    assert ctx.closed and not lst.connected
+
+
+async def test_a_shared_context_is_left_open_for_its_owner() -> None:
+    ctx = zmq.asyncio.Context()
+    try:
+        lst = HashblockListener("n", "tcp://127.0.0.1:1", lambda _h, _g: None, context=ctx)
+        task = asyncio.create_task(lst.run())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert not ctx.closed
+        # The run's sockets are closed: a plain term() returns instead of waiting for them.
         ctx.term()
+    finally:
+        ctx.destroy(linger=0)
