@@ -110,6 +110,8 @@ def build_pool(
     `difficulty` replaces the configured port bounds (tests use difficulties below the config's
     1e-8 minimum so that every hash is a share); `server_overrides` are `ServerSettings` fields
     plus `invalid_limit` (the session ladder)."""
+    from poold.bitcoin.coinbase import CoinbaseError, build_coinbase
+    from poold.bitcoin.tx import TxOut
     from poold.node.rpc import NodeUnavailable, RpcError
     from poold.stratum.auth import Authorizer
     from poold.stratum.server import ServerSettings, StratumServer
@@ -122,9 +124,15 @@ def build_pool(
     from poold.work.vardiff import Vardiff
 
     s = cfg.stratum
+    tag = cfg.pool.coinbase_tag.encode()
+    try:  # the largest BIP34 height push and a 34-byte payout script must fit
+        build_coinbase(0x7FFFFFFF, [TxOut(0, b"\x00" * 34)], tag=tag,
+                       witness_commitment_script=None, extranonce2_size=s.extranonce2_size)
+    except CoinbaseError as exc:
+        raise ConfigError("pool.coinbase_tag", str(exc), cfg.source) from None
     book = JobBook(
         payout_policy(cfg),
-        tag=cfg.pool.coinbase_tag.encode(),
+        tag=tag,
         extranonce1_size=4,
         extranonce2_size=s.extranonce2_size,
     )

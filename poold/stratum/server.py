@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from poold.bitcoin.coinbase import CoinbaseError
 from poold.stratum import messages
 from poold.stratum.framing import LineFramer, LineTooLong
 from poold.stratum.session import Session, SessionContext, State
@@ -388,7 +389,13 @@ class StratumServer:
         book = ctx.engine.book
         book.set_template(template, new_tip, now)
         for group, members in list(ctx.groups.items()):
-            job = book.job_for(group, now)
+            try:
+                job = book.job_for(group, now)
+            except (CoinbaseError, LookupError) as exc:
+                # Those miners keep their previous job (still valid unless the tip moved).
+                log.error("cannot build a job for height %d (payout group %s): %s",
+                          template.height, group.hex()[:16], exc)
+                continue
             notify = job.notify_clean if new_tip else job.notify_plain
             seq = job.seq
             for conn in list(members):

@@ -127,3 +127,30 @@ listen = "127.0.0.1:{api_port}"
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_config_errors_name_the_key(tmp_path: Path, capsys: Any) -> None:
+    import pytest
+
+    from poold.cli import main
+    from poold.config import config_from_dict
+    from poold.daemon import build_pool
+    from poold.errors import ConfigError
+
+    class NoNodes:
+        def subscribe(self, callback: Any) -> None:
+            return None
+
+    cfg = config_from_dict(
+        {
+            "pool": {"network": "regtest", "coinbase_tag": "x" * 90},
+            "nodes": [{"rpc_url": "http://127.0.0.1:1", "rpc_user": "u", "rpc_password": "p"}],
+        }
+    )
+    with pytest.raises(ConfigError) as exc:
+        build_pool(cfg, NoNodes())  # type: ignore[arg-type]
+    assert exc.value.key == "pool.coinbase_tag"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[stratum]\nlisten = "nowhere"\n')
+    assert main(["run", "-c", str(bad)]) == 2
+    assert "stratum.listen" in capsys.readouterr().err
