@@ -135,6 +135,8 @@ def build_pool(
         tag=tag,
         extranonce1_size=4,
         extranonce2_size=s.extranonce2_size,
+        # job ids differ across restarts: 1/16 s resolution, wraps after about 8.5 years
+        first_seq=(int(time.time() * 16) & 0xFFFFFFF) << 4,
     )
     engine = ShareEngine(
         book,

@@ -182,13 +182,16 @@ class JobBook:
         extranonce1_size: int = 4,
         extranonce2_size: int = 8,
         max_coinbase_size: int = DEFAULT_MAX_COINBASE_SIZE,
+        first_seq: int = 0,
     ) -> None:
+        """`first_seq`: where job numbering starts; the daemon derives it from the clock so that
+        a miner submitting a job id of the previous process gets "job not found", not a clash."""
         self._payouts = payouts
         self._tag = tag
         self._en1_size = extranonce1_size
         self._en2_size = extranonce2_size
         self._max_coinbase = max_coinbase_size
-        self._seq = 0
+        self._seq = first_seq
         self._branch_cache: tuple[Template, tuple[bytes, ...]] | None = None
         self.template: Template | None = None
         self.jobs: dict[str, Job] = {}  # insertion order = seq order
