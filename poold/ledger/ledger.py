@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 from collections import OrderedDict
@@ -53,7 +54,8 @@ from poold.ledger.records import (
     FoundBlock,
     SubmitResult,
 )
-from poold.ledger.store import LedgerStore, StoreUnavailable, open_store, redact
+from poold.ledger.schema import BUCKET_S
+from poold.ledger.store import LedgerStore, StoreUnavailable, bucket_of, open_store, redact
 from poold.metrics import Metrics
 
 log = logging.getLogger("poold.ledger")
@@ -545,19 +547,59 @@ class Ledger:
     async def window_weights(self, network_difficulty: float,
                              until_time: float | None = None) -> dict[str, float]:
         """PPLNS weights: the newest committed shares (time <= until_time) adding up to
-        pplns_window_factor x network difficulty."""
+        pplns_window_factor x network difficulty, the oldest one counted in part.
+
+        Exact, and cheap for big windows: the newest 10 s bucket and the bucket where the
+        window ends are read share by share; every bucket in between is added from its
+        per-account sums (schema v3 `share_buckets`). Only if the window reaches back into
+        shares removed by retention is the edge bucket spread pro rata instead."""
         window = payouts.PplnsWindow(self.config.pplns_window_factor * network_difficulty)
         until = self._clock() if until_time is None else until_time
+        newest = bucket_of(until)
+        if await self._exact_shares(window, until, newest):
+            return window.weights
+        before = newest
+        while True:
+            page = await self.store.buckets_page(before, _PAGE)
+            if not page:
+                return window.weights
+            groups: list[tuple[float, dict[str, float]]] = []
+            for b, account, difficulty in page:
+                if not groups or groups[-1][0] != b:
+                    groups.append((b, {}))
+                groups[-1][1][account] = difficulty
+            if len(page) == _PAGE:  # the last bucket may continue on the next page
+                groups = groups[:-1] or [(groups[0][0], await self.store.bucket(groups[0][0]))]
+            for b, sums in groups:
+                total = sum(sums.values())
+                if window.filled + total < window.window_difficulty:
+                    for account in sorted(sums):
+                        window.add(account, sums[account])
+                    continue
+                edge_top = math.nextafter(b + BUCKET_S, -math.inf)
+                if not await self._exact_shares(window, edge_top, b):
+                    # The bucket's shares are gone (retention): spread what is left pro rata.
+                    rest = window.window_difficulty - window.filled
+                    for account in sorted(sums):
+                        window.add(account, sums[account] * rest / total)
+                return window.weights
+            before = groups[-1][0]
+
+    async def _exact_shares(self, window: payouts.PplnsWindow, until: float,
+                            floor: float) -> bool:
+        """Add the shares with floor <= time <= until, newest first; True once the window
+        is full."""
         cursor: tuple[float, int] | None = None
-        while not window.full:
+        while True:
             page = await self.store.shares_page(until, cursor, _PAGE)
             for row in page:
+                if row.time < floor:
+                    return window.full
                 if window.add(row.account, row.difficulty):
-                    break
+                    return True
             if len(page) < _PAGE:
-                break
+                return window.full
             cursor = (page[-1].time, page[-1].id)
-        return window.weights
 
     def _ppm(self) -> int:
         return payouts.fee_ppm(self.config.fee_percent) if self.config.fee_address else 0

@@ -26,7 +26,13 @@ from poold.ledger.records import (
     ShareRow,
     SubmitResult,
 )
-from poold.ledger.store import SHARE_ROW, StoreUnavailable, assemble_blocks, redact
+from poold.ledger.store import (
+    SHARE_ROW,
+    StoreUnavailable,
+    assemble_blocks,
+    bucket_rows,
+    redact,
+)
 
 T = TypeVar("T")
 
@@ -118,11 +124,28 @@ class PostgresStore:
 
     async def insert_shares(self, shares: Sequence[AcceptedShare]) -> None:
         records = list(map(SHARE_ROW, shares))
+        buckets = bucket_rows(shares)
 
         async def body(conn: Any) -> None:
             await conn.copy_records_to_table("shares", records=records, columns=_SHARE_COLUMNS)
+            await conn.executemany(_q(schema.UPSERT_BUCKET), buckets)
 
-        await self._with(body)  # COPY is one statement: atomic without an explicit transaction
+        await self._tx(body)
+
+    async def buckets_page(self, before: float,
+                           limit: int) -> list[tuple[float, str, float]]:
+        async def q(conn: Any) -> list[tuple[float, str, float]]:
+            rows = await conn.fetch(_q(schema.BUCKETS_PAGE), before, limit)
+            return [(float(r[0]), r[1], float(r[2])) for r in rows]
+
+        return await self._with(q)
+
+    async def bucket(self, bucket: float) -> dict[str, float]:
+        async def q(conn: Any) -> dict[str, float]:
+            rows = await conn.fetch(_q(schema.BUCKET_ROWS), bucket)
+            return {r[0]: float(r[1]) for r in rows}
+
+        return await self._with(q)
 
     async def shares_page(self, until_time: float, cursor: tuple[float, int] | None,
                           limit: int) -> list[ShareRow]:

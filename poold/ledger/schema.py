@@ -17,9 +17,11 @@ _TYPES: dict[Dialect, dict[str, str]] = {
     # A plain rowid key (no AUTOINCREMENT bookkeeping): ids still grow since rows are never
     # deleted, and share inserts are the hot path.
     "sqlite": {"id": "INTEGER PRIMARY KEY", "float": "REAL", "big": "INTEGER",
-               "hour": "(CAST(time / 3600 AS INTEGER) * 3600)"},
+               "hour": "(CAST(time / 3600 AS INTEGER) * 3600)",
+               "bucket": "(CAST(time / 10 AS INTEGER) * 10)"},
     "postgres": {"id": "BIGSERIAL PRIMARY KEY", "float": "DOUBLE PRECISION", "big": "BIGINT",
-                 "hour": "(floor(time / 3600) * 3600)"},
+                 "hour": "(floor(time / 3600) * 3600)",
+                 "bucket": "(floor(time / 10) * 10)"},
 }
 
 # Migrations in order; index + 1 is the schema version after applying it. Never edit a released
@@ -112,7 +114,25 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (worker, account, hour))""",
         "CREATE INDEX share_rollups_hour ON share_rollups (hour)",
     ),
+    (
+        # v3: accepted difficulty per (account, 10 s bucket), kept in the same transaction as
+        # the shares. PPLNS windows sum whole buckets and read single shares only in the two
+        # buckets at the window's ends, so a window of millions of shares costs a few thousand
+        # rows. Kept after share retention (small: accounts x buckets).
+        """CREATE TABLE share_buckets (
+            account TEXT NOT NULL,
+            bucket {float} NOT NULL,
+            difficulty {float} NOT NULL,
+            shares {big} NOT NULL,
+            PRIMARY KEY (account, bucket))""",
+        "CREATE INDEX share_buckets_bucket ON share_buckets (bucket)",
+        """INSERT INTO share_buckets (account, bucket, difficulty, shares)
+            SELECT account, {bucket}, SUM(difficulty), COUNT(*) FROM shares
+            GROUP BY account, {bucket}""",
+    ),
 )
+
+BUCKET_S = 10.0  # must match the {bucket} expression above
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -177,6 +197,14 @@ ROLLUP_SHARES = (
     " difficulty = share_rollups.difficulty + excluded.difficulty,"
     " shares = share_rollups.shares + excluded.shares")
 DELETE_SHARES = "DELETE FROM shares WHERE time < ?"
+UPSERT_BUCKET = (
+    "INSERT INTO share_buckets (account, bucket, difficulty, shares) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (account, bucket) DO UPDATE SET"
+    " difficulty = share_buckets.difficulty + excluded.difficulty,"
+    " shares = share_buckets.shares + excluded.shares")
+BUCKETS_PAGE = ("SELECT bucket, account, difficulty FROM share_buckets WHERE bucket < ?"
+                " ORDER BY bucket DESC, account LIMIT ?")
+BUCKET_ROWS = "SELECT account, difficulty FROM share_buckets WHERE bucket = ? ORDER BY account"
 OLDEST_SHARE = "SELECT MIN(time) FROM shares"
 SHARE_COUNT = "SELECT COUNT(*) FROM shares"
 BLOCKS_SINCE = (

@@ -38,7 +38,7 @@ from poold.ledger.records import (
     ShareRow,
     SubmitResult,
 )
-from poold.ledger.store import SHARE_ROW, StoreUnavailable, assemble_blocks
+from poold.ledger.store import SHARE_ROW, StoreUnavailable, assemble_blocks, bucket_rows
 
 T = TypeVar("T")
 log = logging.getLogger("poold.ledger.sqlite")
@@ -49,6 +49,7 @@ def _q(sql: str) -> str:
 
 
 _INSERT_SHARE = _q(schema.INSERT_SHARE)
+_UPSERT_BUCKET = _q(schema.UPSERT_BUCKET)
 
 
 class SqliteStore:
@@ -212,8 +213,23 @@ class SqliteStore:
     async def insert_shares(self, shares: Sequence[AcceptedShare]) -> None:
         def body(conn: sqlite3.Connection) -> None:
             conn.executemany(_INSERT_SHARE, map(SHARE_ROW, shares))
+            conn.executemany(_UPSERT_BUCKET, bucket_rows(shares))
 
         await self._call(lambda conn: self._tx(conn, body))
+
+    async def buckets_page(self, before: float,
+                           limit: int) -> list[tuple[float, str, float]]:
+        def q(conn: sqlite3.Connection) -> list[tuple[float, str, float]]:
+            return [(float(b), a, float(d))
+                    for b, a, d in conn.execute(_q(schema.BUCKETS_PAGE), (before, limit))]
+
+        return await self._call(q)
+
+    async def bucket(self, bucket: float) -> dict[str, float]:
+        def q(conn: sqlite3.Connection) -> dict[str, float]:
+            return {a: float(d) for a, d in conn.execute(_q(schema.BUCKET_ROWS), (bucket,))}
+
+        return await self._call(q)
 
     async def shares_page(self, until_time: float, cursor: tuple[float, int] | None,
                           limit: int) -> list[ShareRow]:

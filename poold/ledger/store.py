@@ -8,6 +8,7 @@ event loop. Writes are idempotent where a retry or a journal replay may repeat t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping, Sequence
 from operator import attrgetter
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from poold.errors import ConfigError
+from poold.ledger import schema
 from poold.ledger.records import (
     AcceptedShare,
     BlockEvent,
@@ -31,6 +33,26 @@ from poold.ledger.records import (
 # An AcceptedShare as a row of `shares` in column order (C speed: batches are large).
 SHARE_ROW = attrgetter("instance_id", "worker", "account", "difficulty", "job_id", "height",
                        "time")
+
+
+def bucket_of(t: float) -> float:
+    """The 10 s PPLNS bucket of a share time (the same floor as schema's {bucket})."""
+    return float(math.floor(t / schema.BUCKET_S) * int(schema.BUCKET_S))
+
+
+def bucket_rows(shares: Sequence[AcceptedShare]) -> list[tuple[str, float, float, int]]:
+    """A batch of shares summed per (account, bucket), sorted (a fixed lock order for upserts
+    from concurrent instances)."""
+    acc: dict[tuple[str, float], list[float]] = {}
+    for s in shares:
+        key = (s.account, bucket_of(s.time))
+        cell = acc.get(key)
+        if cell is None:
+            acc[key] = [s.difficulty, 1.0]
+        else:
+            cell[0] += s.difficulty
+            cell[1] += 1.0
+    return [(a, b, d, int(n)) for (a, b), (d, n) in sorted(acc.items())]
 
 
 class StoreUnavailable(Exception):
@@ -54,7 +76,7 @@ class LedgerStore(Protocol):
     async def schema_version(self) -> int: ...
 
     async def insert_shares(self, shares: Sequence[AcceptedShare]) -> None:
-        """Commit a batch of shares in one transaction (all or nothing)."""
+        """Commit a batch of shares and their bucket sums in one transaction (all or nothing)."""
         ...
 
     async def insert_block(self, block: FoundBlock, network_difficulty: float,
@@ -92,6 +114,15 @@ class LedgerStore(Protocol):
         ...
 
     async def share_count(self) -> int: ...
+
+    async def buckets_page(self, before: float,
+                           limit: int) -> list[tuple[float, str, float]]:
+        """(bucket, account, difficulty) with bucket < before, newest bucket first."""
+        ...
+
+    async def bucket(self, bucket: float) -> dict[str, float]:
+        """Accepted difficulty per account in one bucket."""
+        ...
 
     async def prune_shares(self, before: float) -> int:
         """Roll shares with time < before up into share_rollups and delete them, in one

@@ -418,3 +418,53 @@ async def test_block_record_survives_a_cancelled_caller(ledger_url: str, tmp_pat
         assert [r.hash_hex for r in await check.blocks()] == [b.hash_hex]
     finally:
         await check.close()
+
+
+async def test_window_from_buckets_equals_share_by_share(ledger_url: str, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bucketed window (whole 10 s buckets in the middle, single shares at both ends) is
+    the exact PPLNS window: checked against the pure share-by-share definition."""
+    import random
+
+    import poold.ledger.ledger as ledger_module
+    from poold.ledger.payouts import pplns_window
+
+    monkeypatch.setattr(ledger_module, "_PAGE", 7)  # exercise paging, incl. split buckets
+    rng = random.Random(6)
+    ledger = Ledger(config(ledger_url, tmp_path))
+    await ledger.start()
+    try:
+        t0 = 1_700_000_000.0
+        shares = [share(i, account=f"a{rng.randrange(9)}", difficulty=rng.choice([0.5, 1, 3]),
+                        t=t0 + rng.uniform(0, 300)) for i in range(400)]
+        shares += [share(400 + i, account="tie", t=t0 + 150.0) for i in range(5)]  # same time
+        for s in shares:
+            ledger.record_share(s)
+        await ledger.flush()
+        # Newest first by (time, id): by time, ties by recording order, reversed.
+        ordered = sorted(enumerate(shares), key=lambda x: (x[1].time, x[0]), reverse=True)
+        rows = [(s.time, s.account, s.difficulty) for _, s in ordered]
+        for _ in range(25):
+            until = t0 + rng.uniform(-5, 310)
+            size = rng.choice([0.25, 1.0, 7.5, 40.0, 200.0, 10_000.0])
+            expected = pplns_window([(a, d) for t, a, d in rows if t <= until], size)
+            got = await ledger.window_weights(size / 2.0, until_time=until)  # factor 2
+            assert got.keys() == expected.keys()
+            for a in expected:
+                assert got[a] == pytest.approx(expected[a], rel=1e-9, abs=1e-9)
+        # A window over every share reads single shares only at its two ends.
+        read = 0
+        real_page = ledger.store.shares_page
+
+        async def counting(*a: Any) -> Any:
+            nonlocal read
+            page = await real_page(*a)
+            read += len(page)
+            return page
+
+        monkeypatch.setattr(ledger.store, "shares_page", counting)
+        assert sum((await ledger.window_weights(1e6, until_time=t0 + 400)).values()) == (
+            pytest.approx(sum(s.difficulty for s in shares)))
+        assert read < 40  # of 405 shares
+    finally:
+        await ledger.stop()

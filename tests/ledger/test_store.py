@@ -148,7 +148,8 @@ async def test_sqlite_unusable_path_is_store_unavailable(tmp_path: Path) -> None
 
 async def downgrade_to_v1(url: str) -> None:
     """Make an opened ledger look like one written by a poold with schema v1."""
-    stmts = ["DROP TABLE share_rollups", "DELETE FROM schema_version WHERE version = 2"]
+    stmts = ["DROP TABLE share_rollups", "DROP TABLE share_buckets",
+             "DELETE FROM schema_version WHERE version >= 2"]
     if url.startswith("sqlite:///"):
         import sqlite3
 
@@ -176,8 +177,10 @@ async def test_migration_from_v1_keeps_data(ledger_url: str) -> None:
     await downgrade_to_v1(ledger_url)
     store = await opened(ledger_url)
     try:
-        assert await store.schema_version() == schema.SCHEMA_VERSION == 2
+        assert await store.schema_version() == schema.SCHEMA_VERSION == 3
         assert await store.share_count() == 5
+        # v3 backfilled the buckets from the shares already there.
+        assert await store.buckets_page(2000.0, 10) == [(1000.0, "acct", 5.0)]
         assert await store.prune_shares(1002.5) == 3  # the v2 table is there and works
     finally:
         await store.close()
