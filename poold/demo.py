@@ -217,6 +217,10 @@ async def demo(args: argparse.Namespace) -> int:
             try:
                 await wait_listening("127.0.0.1", port, proc)
                 say(f"pool up: `poold run` (pid {proc.pid}) on stratum+tcp://127.0.0.1:{port}")
+                say(
+                    f"regtest's network difficulty is about 4.7e-10, so nearly every share at "
+                    f"difficulty {args.difficulty:g} is also a block"
+                )
                 return await _mine(args, dn, port, cfg, narrator, stop)
             finally:
                 if proc.returncode is None:
