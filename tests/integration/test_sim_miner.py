@@ -25,7 +25,7 @@ async def _accepted_during(miner: StratumMiner, seconds: float) -> int:
 
 
 async def test_rate_mode_share_rate_follows_hashrate(pool: Pool) -> None:
-    hashrate = {"hs": 400_000.0}
+    hashrate = {"hs": 200_000.0}
     miner = StratumMiner(
         pool.host, pool.port, new_address(), hashrate_hs=lambda: hashrate["hs"], mode="rate",
         suggest_difficulty=1e-5,
@@ -33,10 +33,10 @@ async def test_rate_mode_share_rate_follows_hashrate(pool: Pool) -> None:
     task = asyncio.create_task(miner.run())
     try:
         await asyncio.wait_for(_until_accepted(miner), 20)
-        high = await _accepted_during(miner, 3.0)
-        hashrate["hs"] = 50_000.0
+        high = await _accepted_during(miner, 4.0)
+        hashrate["hs"] = 25_000.0
         await asyncio.sleep(0.5)
-        low = await _accepted_during(miner, 3.0)
+        low = await _accepted_during(miner, 4.0)
         hashrate["hs"] = 0.0
         await asyncio.sleep(0.5)
         hashes = miner.stats.hashes
@@ -44,8 +44,9 @@ async def test_rate_mode_share_rate_follows_hashrate(pool: Pool) -> None:
     finally:
         miner.stop()
         await task
-    # 400 kH/s at difficulty 1e-5 (~43 kH per share) is ~9 shares/s; 50 kH/s ~1.2/s.
-    assert high >= 12, (high, low)
+    # 200 kH/s at difficulty 1e-5 (~43 kH per share) is ~4.7 shares/s; 25 kH/s ~0.6/s. The
+    # margins leave room for a loaded machine that delivers only half the asked rate.
+    assert high >= 8, (high, low)
     assert low < high / 3, (high, low)
     assert asleep == 0 and miner.stats.hashes == hashes
     assert miner.rejected <= miner.accepted // 10, miner.stats.reject_reasons
