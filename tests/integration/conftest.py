@@ -64,14 +64,17 @@ class Pool:
         return "\n".join(lines[-n:])
 
 
-def write_config(workdir: Path, devnet: Any, port: int) -> Path:
+def write_config(
+    workdir: Path, devnet: Any, port: int, *, instance_id: int = 7, extra_stratum: str = ""
+) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "poold.toml"
     cfg.write_text(
         f"""[pool]
 network = "regtest"
 payout = "solo"
 coinbase_tag = "/poold-test/"
-instance_id = 7
+instance_id = {instance_id}
 state_dir = "{workdir}"
 
 [[nodes]]
@@ -91,6 +94,7 @@ min_difficulty = {MIN_DIFFICULTY!r}
 max_difficulty = {MAX_DIFFICULTY!r}
 share_interval_s = 10
 version_mask = "{POOL_MASK:08x}"
+{extra_stratum}
 
 [api]
 listen = "127.0.0.1:{free_port()}"
@@ -99,47 +103,55 @@ listen = "127.0.0.1:{free_port()}"
     return cfg
 
 
+@contextlib.asynccontextmanager
+async def run_pool(
+    workdir: Path, devnet: Any, *, instance_id: int = 7, extra_stratum: str = ""
+) -> AsyncIterator[Pool]:
+    """`poold run` on a free port against `devnet`, logging to workdir/poold.log."""
+    port = free_port()
+    cfg = write_config(workdir, devnet, port, instance_id=instance_id, extra_stratum=extra_stratum)
+    log = workdir / "poold.log"
+    with log.open("wb") as logf:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "poold", "--log-level", "DEBUG", "run", "-c", str(cfg),
+            stdout=logf, stderr=logf,
+        )  # fmt: skip
+    p = Pool(devnet, "127.0.0.1", port, cfg, log, proc)
+    try:
+        for _ in range(300):
+            if proc.returncode is not None:
+                pytest.fail(f"poold run exited {proc.returncode}:\n{p.log_tail()}")
+            try:
+                _, w = await asyncio.open_connection(p.host, port)
+            except OSError:
+                await asyncio.sleep(0.1)
+                continue
+            w.close()
+            await w.wait_closed()
+            break
+        else:
+            pytest.fail(f"poold did not listen within 30 s:\n{p.log_tail()}")
+        yield p
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 20)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def pool(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pool]:
     _require("poold.daemon")
     _require("poold.devnet")
     from poold.devnet import Devnet
 
-    workdir = tmp_path_factory.mktemp("pool")
     async with Devnet() as dn:
         await dn.generate(101)
-        port = free_port()
-        cfg = write_config(workdir, dn, port)
-        log = workdir / "poold.log"
-        with log.open("wb") as logf:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "poold", "--log-level", "DEBUG", "run", "-c", str(cfg),
-                stdout=logf, stderr=logf,
-            )  # fmt: skip
-        p = Pool(dn, "127.0.0.1", port, cfg, log, proc)
-        try:
-            for _ in range(300):
-                if proc.returncode is not None:
-                    pytest.fail(f"poold run exited {proc.returncode}:\n{p.log_tail()}")
-                try:
-                    _, w = await asyncio.open_connection(p.host, port)
-                except OSError:
-                    await asyncio.sleep(0.1)
-                    continue
-                w.close()
-                await w.wait_closed()
-                break
-            else:
-                pytest.fail(f"poold did not listen within 30 s:\n{p.log_tail()}")
+        async with run_pool(tmp_path_factory.mktemp("pool"), dn) as p:
             yield p
-        finally:
-            if proc.returncode is None:
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 20)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
 
 
 class StratumClient:

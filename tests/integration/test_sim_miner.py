@@ -9,11 +9,13 @@ shares.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from poold.sim.miner import StratumMiner
-from tests.integration.conftest import Pool, new_address
+from tests.integration.conftest import Pool, new_address, run_pool
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -95,3 +97,32 @@ async def test_quirky_miner_gets_shares_accepted(
     # Only stale shares (a block found by another test's miner) may be refused.
     codes = {reason.split()[0] for reason in miner.stats.reject_reasons}
     assert codes <= {"21"}, (why, miner.stats.reject_reasons)
+
+
+async def test_pool_shutdown_moves_the_miner_with_client_reconnect(
+    pool: Pool, tmp_path: Path
+) -> None:
+    """Stopping a pool sends `client.reconnect` to its configured successor; the miner follows
+    and keeps mining there (STYLE.md #3: shutdown order)."""
+    async with run_pool(tmp_path / "b", pool.devnet, instance_id=9) as successor:
+        extra = f'reconnect_host = "127.0.0.1"\nreconnect_port = {successor.port}'
+        async with run_pool(tmp_path / "a", pool.devnet, instance_id=8,
+                            extra_stratum=extra) as first:  # fmt: skip
+            miner = StratumMiner(first.host, first.port, new_address(), suggest_difficulty=1e-5)
+            task = asyncio.create_task(miner.run())
+            try:
+                await asyncio.wait_for(_until_accepted(miner), 20)
+                first.proc.terminate()
+                await asyncio.wait_for(first.proc.wait(), 20)
+                before = miner.accepted
+                await asyncio.wait_for(_until(lambda: miner.accepted > before + 2), 20)
+            finally:
+                miner.stop()
+                await task
+        assert miner.port == successor.port, first.log_tail()
+        assert miner.connects == 2
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    while not predicate():  # noqa: ASYNC110 - the state is the miner's, no event to wait on
+        await asyncio.sleep(0.05)
