@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -40,7 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from poold.bitcoin.address import Network, address_to_script, script_to_address
+from poold.bitcoin.encoding import ByteReader
 from poold.bitcoin.target import bits_to_target, target_to_difficulty
+from poold.bitcoin.tx import Tx
 from poold.ledger import audit, payouts
 from poold.ledger.config import LedgerConfig
 from poold.ledger.energy import EnergyMeter, EnergyReport, PowerSample, report
@@ -78,6 +81,23 @@ def network_difficulty_of(block_hex: str) -> float:
     if len(header) != 80:
         raise ValueError("block_hex is shorter than a block header")
     return target_to_difficulty(bits_to_target(int.from_bytes(header[72:76], "little")))
+
+
+_COINBASE_PREFIX_HEX = 2 * (80 + 9 + 100_000)  # header, tx count, a coinbase of up to 100 kB
+
+
+def coinbase_of(block_hex: str) -> Tx | None:
+    """The coinbase transaction of a serialized block (None if it does not parse)."""
+    for text in (block_hex[:_COINBASE_PREFIX_HEX], block_hex):
+        try:
+            r = ByteReader(bytes.fromhex(text))
+            r.read(80)
+            if r.compact_size() < 1:
+                return None
+            return Tx.read(r)
+        except ValueError:
+            continue
+    return None
 
 
 def _output_bytes(script: bytes) -> int:
@@ -419,13 +439,14 @@ class Ledger:
             netdiff = network_difficulty_of(block.block_hex)
         except ValueError:
             netdiff = 0.0  # still record it: the block matters more than its metadata
+        block, note = self._with_block_coinbase(block)
         outputs = [BlockOutput(n=n, script_hex=s.hex(), address=self._describe(s), value=v)
                    for n, (s, v) in enumerate(block.coinbase_outputs)]
         deltas = self._plans.pop(_payout_key(block.coinbase_outputs), [])
         credits = [Credit(block.hash_hex, a, d, "split", block.time) for a, d in deltas]
         event = BlockEvent(block.hash_hex, now, "recorded",
                            f"height {block.height} found by {block.worker} on instance "
-                           f"{block.instance_id}")
+                           f"{block.instance_id}{note}")
         # A store known to be failing is not tried (a block must not wait out a timeout): the
         # journal takes it at once and the flusher replays it when the store answers again.
         if self._store_open and self._healthy:
@@ -447,6 +468,27 @@ class Ledger:
         self._apply_split_deltas(deltas)
         log.critical("block %s at height %d written to the journal %s (store unavailable)",
                      block.hash_hex, block.height, self.config.journal_path)
+
+    @staticmethod
+    def _with_block_coinbase(block: FoundBlock) -> tuple[FoundBlock, str]:
+        """The audit records the coinbase the block really carries (every output, witness
+        commitment included), read from the block itself; a disagreement with what the caller
+        said is kept in the record's first event."""
+        cb = coinbase_of(block.block_hex)
+        if cb is None:
+            log.error("block %s: the coinbase in block_hex does not parse", block.hash_hex)
+            return block, "; block_hex coinbase unreadable"
+        actual = tuple((o.script_pubkey, o.value) for o in cb.outputs)
+        notes = []
+        if _payout_key(actual) != _payout_key(block.coinbase_outputs):
+            notes.append(f"; caller's outputs {[(s.hex(), v) for s, v in block.coinbase_outputs]}"
+                         " differ from the block's")
+        if cb.txid_hex != block.coinbase_txid_hex:
+            notes.append(f"; caller's coinbase txid {block.coinbase_txid_hex} differs")
+        if notes:
+            log.error("block %s: %s", block.hash_hex, "".join(notes)[2:])
+        return (dataclasses.replace(block, coinbase_outputs=actual,
+                                    coinbase_txid_hex=cb.txid_hex), "".join(notes))
 
     async def record_submit_result(self, block_hash_hex: str, node: str,
                                    result: str | None) -> None:

@@ -468,3 +468,33 @@ async def test_window_from_buckets_equals_share_by_share(ledger_url: str, tmp_pa
         assert read < 40  # of 405 shares
     finally:
         await ledger.stop()
+
+
+async def test_audit_records_the_coinbase_the_block_carries(tmp_path: Path) -> None:
+    import dataclasses
+
+    from tests.ledger.helpers import WITNESS_COMMITMENT
+
+    ledger = Ledger(config(f"sqlite:///{tmp_path / 'l.db'}", tmp_path))
+    await ledger.start()
+    try:
+        real = block(4)
+        # The caller passes the payout outputs only (no witness commitment): the audit keeps
+        # every output of the real coinbase and says nothing is wrong.
+        told = dataclasses.replace(real, coinbase_outputs=real.coinbase_outputs[:1])
+        await ledger.record_block(told)
+        [rec] = await ledger.blocks()
+        assert [(o.script_hex, o.value) for o in rec.outputs] == [
+            (s.hex(), v) for s, v in real.coinbase_outputs]
+        assert rec.outputs[-1].script_hex == WITNESS_COMMITMENT.hex()
+        assert "differ" not in rec.events[0].detail
+        # A caller whose outputs disagree with the block: the block wins, the event says so.
+        other = block(5)
+        wrong = dataclasses.replace(other, coinbase_outputs=((b"\x51", 1),),
+                                    coinbase_txid_hex="ab" * 32)
+        await ledger.record_block(wrong)
+        rec5 = next(b for b in await ledger.blocks() if b.hash_hex == other.hash_hex)
+        assert rec5.coinbase_txid_hex == other.coinbase_txid_hex
+        assert "differ" in rec5.events[0].detail
+    finally:
+        await ledger.stop()

@@ -1,0 +1,133 @@
+"""payout = split end to end: `poold run` builds each coinbase from the ledger's PPLNS window,
+miners find blocks with it, the devnet (Bitcoin Core's consensus) accepts them, and the books
+balance: recorded outputs match the chain, carried balances sum to zero."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from poold.bitcoin.address import Network, address_to_script, p2wpkh_address
+from poold.ledger import audit
+from poold.ledger.config import LedgerConfig
+from poold.ledger.ledger import Ledger
+from tests.ledger.test_poold_run_crash import free_port
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_poold_run_split_payout(ledger_url: str, tmp_path: Path) -> None:
+    pytest.importorskip("poold.daemon")
+    from poold.devnet import Devnet
+    from poold.node.rpc import RpcClient
+    from poold.sim.miner import StratumMiner
+
+    fee_address = p2wpkh_address(os.urandom(20), Network.REGTEST)
+    accounts = [p2wpkh_address(os.urandom(20), Network.REGTEST) for _ in range(3)]
+    async with Devnet() as dn:
+        await dn.generate(101)
+        start_height = dn.height
+        port = free_port()
+        cfg = tmp_path / "poold.toml"
+        # Every regtest share is a block; a window of 10,000 x the network difficulty holds
+        # the last few shares, so coinbases pay several accounts.
+        cfg.write_text(f"""[pool]
+network = "regtest"
+payout = "split"
+fee_address = "{fee_address}"
+fee_percent = 2.0
+instance_id = 5
+state_dir = "{tmp_path}"
+
+[[nodes]]
+name = "devnet"
+rpc_url = "{dn.rpc_url}"
+rpc_user = "{dn.rpc_user}"
+rpc_password = "{dn.rpc_password}"
+zmq_hashblock = "{dn.zmq_url}"
+
+[stratum]
+listen = "127.0.0.1:{port}"
+start_difficulty = 1e-6
+min_difficulty = 1e-8
+
+[ledger]
+url = "{ledger_url}"
+pplns_window_factor = 10000
+dust_sat = 1000
+max_outputs = 5
+
+[api]
+listen = "127.0.0.1:{free_port()}"
+""")
+        log = tmp_path / "poold.log"
+        with log.open("wb") as logf:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "poold", "run", "-c", str(cfg), stdout=logf, stderr=logf)
+        try:
+            for _ in range(300):
+                assert proc.returncode is None, log.read_text()[-3000:]
+                try:
+                    _, w = await asyncio.open_connection("127.0.0.1", port)
+                except OSError:
+                    await asyncio.sleep(0.1)
+                    continue
+                w.close()
+                await w.wait_closed()
+                break
+            miners = [StratumMiner("127.0.0.1", port, f"{a}.rig", name=f"m{i}",
+                                   suggest_difficulty=1e-6, reconnect=False)
+                      for i, a in enumerate(accounts)]
+            tasks = [asyncio.create_task(m.run()) for m in miners]
+            await asyncio.sleep(8.0)
+            for m in miners:
+                m.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0, log.read_text()[-3000:]
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert dn.height >= start_height + 3, log.read_text()[-3000:]
+        print(f"chain grew by {dn.height - start_height} blocks")
+
+        ledger = Ledger(LedgerConfig(url=ledger_url, state_dir=str(tmp_path / "reader"),
+                                     payout="split", fee_address=fee_address,
+                                     network="regtest"))
+        await ledger.start()
+        rpc = RpcClient(dn.rpc_url, user=dn.rpc_user, password=dn.rpc_password)
+        await rpc.start()
+        try:
+            rep = await ledger.reconcile(audit.RpcNodeClient(rpc))
+            blocks = await ledger.blocks()
+            balances = await ledger.split_balances()
+        finally:
+            await rpc.close()
+            await ledger.stop()
+
+    # Every recorded block on the chain pays exactly what was recorded.
+    assert rep.ok, rep.mismatches
+    on_chain = [b for b in blocks if b.status.value == "confirmed"]
+    assert len(on_chain) >= 3
+    print(f"{len(blocks)} blocks recorded, {len(on_chain)} on the chain")
+    net = Network.REGTEST
+    miner_scripts = {address_to_script(a, net).hex() for a in accounts}
+    fee_script = address_to_script(fee_address, net).hex()
+    multi = 0
+    for b in on_chain:
+        paying = [o for o in b.outputs if o.value > 0]
+        assert sum(o.value for o in paying) == b.reward
+        assert {o.script_hex for o in paying} <= miner_scripts | {fee_script}
+        assert len([o for o in paying if o.script_hex in miner_scripts]) <= 5
+        assert all(o.value >= 1000 for o in paying)
+        multi += len({o.script_hex for o in paying} & miner_scripts) >= 2
+    print(f"{multi} coinbases paid two or more accounts")
+    assert multi >= 1  # the window held several accounts at least once
+    # Carried balances (sub-dust and beyond-max entitlements) always net to zero.
+    assert sum(balances.values()) == 0
