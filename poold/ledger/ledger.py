@@ -17,9 +17,9 @@ Contract (INTERFACES.md, poold/ledger):
   and whenever the store comes back; replay is idempotent.
 - `record_submit_result(hash, node, result)` records each node's answer the same way.
 
-Also here: PPLNS windows and credits at maturity, the split coinbase planned from a cached
-window (`split_outputs`, used by poold.ledger.split.SplitPayout), reconciliation of found blocks
-against a node (poold.ledger.audit), and energy rows from fleet telemetry.
+Also here: PPLNS windows and credits at maturity, the split coinbase (`coinbase_outputs`, which
+poold run's planner calls per template), reconciliation of found blocks against a node
+(poold.ledger.audit), and energy rows from fleet telemetry.
 
 Everything touching the store is awaited on the loop; the stores themselves keep blocking work
 off it (SQLite on its own thread, asyncpg natively).

@@ -16,11 +16,11 @@ from poold.bitcoin.coinbase import build_coinbase
 from poold.bitcoin.header import BlockHeader
 from poold.bitcoin.merkle import merkle_root
 from poold.bitcoin.target import bits_to_target, target_to_difficulty
+from poold.bitcoin.tx import TxOut
 from poold.ledger import audit
 from poold.ledger.config import LedgerConfig
 from poold.ledger.ledger import Ledger
 from poold.ledger.records import FoundBlock
-from poold.ledger.split import SplitPayout
 from poold.node.templates import parse_gbt
 from tests.ledger.helpers import share
 
@@ -51,9 +51,9 @@ async def test_split_coinbase_accepted_by_the_devnet(devnet: Any, tmp_path: Path
             ledger.record_share(share(i, account=addr(n), difficulty=netdiff * weight / 100,
                                       t=t0 + i))
         await ledger.flush()
-        await ledger.refresh_split(netdiff)
-        policy = SplitPayout(ledger)
-        outputs = list(policy.outputs(template, policy.group_key(None)))
+        # As poold run's planner does for each template.
+        planned = await ledger.coinbase_outputs(template.coinbase_value, netdiff)
+        outputs = [TxOut(v, s) for s, v in planned]
         net = Network.REGTEST
         fee = template.coinbase_value * 15_000 // 1_000_000
         assert [o.script_pubkey for o in outputs] == [
