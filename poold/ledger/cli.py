@@ -2,7 +2,9 @@
 
 - `export`: the audit log of found blocks as CSV or JSON (same as `poold audit export`);
 - `payouts`: the PPLNS payout report, what each account was credited by matured blocks, what a
-  wallet process recorded as paid, and what is owed (CSV or JSON).
+  wallet process recorded as paid, and what is owed (CSV or JSON);
+- `energy`: J per accepted difficulty (and J/TH) per worker and rack, kWh and cost per block
+  between --since and --until (JSON).
 
 `add_arguments()` adds the options, `run()` reads the ledger named by the config file (or
 `--ledger-url`) and writes to stdout or `--output`.
@@ -19,8 +21,9 @@ from poold.ledger import audit
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("export", "payouts"),
-                        help="export: the block audit log; payouts: who is owed what (PPLNS)")
+    parser.add_argument("action", choices=("export", "payouts", "energy"),
+                        help="export: the block audit log; payouts: who is owed what (PPLNS); "
+                        "energy: energy per accepted difficulty and per block")
     parser.add_argument("--format", choices=audit.FORMATS, default="csv", dest="fmt")
     parser.add_argument("--since", default=None,
                         help="only blocks found at or after this (Unix seconds or ISO 8601)")
@@ -28,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="config file naming the ledger (default /etc/poold/poold.toml)")
     parser.add_argument("--ledger-url", default=None,
                         help="read this ledger instead (sqlite:///PATH or postgresql://...)")
+    parser.add_argument("--until", default=None,
+                        help="energy: up to this time (Unix seconds or ISO 8601; default now)")
+    parser.add_argument("--tariff", type=float, default=None,
+                        help="energy: cost per kWh (default: ledger.tariff_per_kwh of the config)")
     parser.add_argument("--output", "-o", type=Path, default=None, help="write here, not stdout")
 
 
@@ -71,10 +78,45 @@ def payout_report(url: str, fmt: str) -> str:
     return buf.getvalue()
 
 
+def energy_json(url: str, since: float, until: float, tariff: float) -> str:
+    """The energy report of the ledger at `url` as JSON (CLI only: own loop)."""
+    import asyncio
+    import json
+
+    from poold.ledger.ledger import energy_report
+    from poold.ledger.store import open_store
+
+    async def read() -> dict[str, object]:
+        store = open_store(url)
+        await store.open()
+        try:
+            return (await energy_report(store, since, until, tariff)).as_dict()
+        finally:
+            await store.close()
+
+    return json.dumps(asyncio.run(read()), indent=2) + "\n"
+
+
+def _tariff(args: argparse.Namespace) -> float:
+    if args.tariff is not None:
+        return float(args.tariff)
+    if args.ledger_url:
+        return 0.0
+    from poold.config import load_config
+
+    return load_config(args.config).ledger.tariff_per_kwh
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         if args.action == "payouts":
             text = payout_report(ledger_url(args), args.fmt)
+        elif args.action == "energy":
+            import time
+
+            until = audit.parse_since(args.until) if args.until else time.time()
+            text = energy_json(ledger_url(args), audit.parse_since(args.since), until,
+                               _tariff(args))
         else:
             text = audit.export(ledger_url(args), fmt=args.fmt, since=args.since)
     except ConfigError as exc:

@@ -804,12 +804,21 @@ class Ledger:
             await self.store.insert_energy(rows)
 
     async def energy_report(self, start: float, end: float) -> EnergyReport:
-        rows = await self.store.energy(start, end)
-        difficulty = await self.store.share_totals(start, end)
-        found = [b for b in await self.store.blocks(start)
-                 if b.time < end and b.status not in (BlockStatus.REJECTED,)]
-        return report(rows, difficulty, start=start, end=end, blocks=len(found),
-                      tariff_per_kwh=self.config.tariff_per_kwh)
+        """J per accepted difficulty per worker and rack, kWh and cost per block, [start, end)."""
+        return await energy_report(self.store, start, end, self.config.tariff_per_kwh)
+
+
+async def energy_report(store: LedgerStore, start: float, end: float,
+                        tariff_per_kwh: float) -> EnergyReport:
+    """The energy report of a store over [start, end): energy rows joined with accepted
+    difficulty; blocks = found blocks not rejected by every node (orphans count: their energy
+    was spent)."""
+    rows = await store.energy(start, end)
+    difficulty = await store.share_totals(start, end)
+    found = [b for b in await store.blocks(start)
+             if b.time < end and b.status != BlockStatus.REJECTED]
+    return report(rows, difficulty, start=start, end=end, blocks=len(found),
+                  tariff_per_kwh=tariff_per_kwh)
 
 
 def _append_fsync(path: Path, line: bytes) -> None:

@@ -69,6 +69,17 @@ async def test_ledger_keeps_energy_and_reports_it(ledger_url: str, tmp_path: Pat
         assert rep.cost == pytest.approx(0.005)
     finally:
         await ledger.stop()
+    # The offline report (`energy` of the CLI helper) reads the same from the ledger.
+    import asyncio
+    import json
+
+    from poold.ledger import cli
+
+    doc = json.loads(await asyncio.to_thread(cli.energy_json, ledger_url, t0 - 1,
+                                             time.time() + 1, 0.1))
+    assert doc["workers"]["acct.w0"]["joules"] == pytest.approx(3600.0 * 50)
+    assert doc["kwh_per_block"] == pytest.approx(0.05)
+    assert doc["racks"]["rack-a"]["difficulty"] == 1000.0
 
 
 def test_samples_from_fleet_telemetry() -> None:
