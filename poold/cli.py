@@ -40,6 +40,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("blocks", "poold.client_cli", "found blocks and their audit state"),
     Command("fleet", "poold.client_cli", "fleet: ls, cap RACK KW, curtail RACK, restore RACK"),
     Command("audit", "poold.client_cli", "audit export --format csv|json [--since ...]"),
+    Command("ledger", "poold.ledger.cli",
+            "offline ledger reports from the database: export | payouts | energy"),
 )
 
 
