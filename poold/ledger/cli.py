@@ -18,6 +18,7 @@ from pathlib import Path
 
 from poold.errors import ConfigError
 from poold.ledger import audit
+from poold.ledger.store import StoreUnavailable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,12 +120,12 @@ def run(args: argparse.Namespace) -> int:
                                _tariff(args))
         else:
             text = audit.export(ledger_url(args), fmt=args.fmt, since=args.since)
-    except ConfigError as exc:
-        print(f"poold audit: {exc}", file=sys.stderr)
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"poold ledger: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:
-        print(f"poold audit: {exc}", file=sys.stderr)
-        return 2
+    except StoreUnavailable as exc:
+        print(f"poold ledger: the ledger database is unavailable: {exc}", file=sys.stderr)
+        return 1
     if args.output is None:
         sys.stdout.write(text)
     else:
