@@ -61,7 +61,13 @@ _NOTIFY = (
 )
 
 
-def bare_fanout_main(port: int, zmq_url: str) -> None:
+def _append(path: str, text: str) -> None:
+    # After the measured loop, a few bytes: not worth a thread.
+    with open(path, "a") as f:
+        f.write(text)
+
+
+def bare_fanout_main(port: int, zmq_url: str, loop_log: str) -> None:
     import json
 
     import zmq
@@ -115,9 +121,12 @@ def bare_fanout_main(port: int, zmq_url: str) -> None:
                 h = frames[1]
                 state["job"] += 1
                 state["prev"] = b"".join(h[::-1][i : i + 4][::-1] for i in range(0, 32, 4)).hex()
+                t0 = time.perf_counter()
                 line = notify(True)
                 for t in conns:
                     t.write(line)
+                # How long the send loop itself took: the server's share of last_ms.
+                _append(loop_log, f"{1000 * (time.perf_counter() - t0):.1f}\n")
 
     asyncio.run(serve())
 
@@ -218,6 +227,13 @@ def _summary(label: str, rounds: list[Round], rss: float, conns: int) -> tuple[f
     return first, last
 
 
+def _read_loop_log(path: Path) -> list[float]:
+    try:
+        return [float(x) for x in path.read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
 async def run(args: argparse.Namespace) -> int:
     raise_nofile()
     with contextlib.suppress(OSError):
@@ -231,9 +247,10 @@ async def run(args: argparse.Namespace) -> int:
         print(f"devnet at height {dn.height}; {args.conns} idle miners; {args.rounds} rounds")
         # Baseline.
         port = free_port()
+        loop_log = Path(tempfile.mkdtemp(prefix="fanout-")) / "send_loop_ms"
         proc = await spawn_pinned(
             sys.executable, "-m", "tests.bench.notify_fanout",
-            "--bare-server", str(port), "--zmq", dn.zmq_url,
+            "--bare-server", str(port), "--zmq", dn.zmq_url, "--loop-log", str(loop_log),
         )  # fmt: skip
         server = Server(proc, port, "bare")
         try:
@@ -243,6 +260,13 @@ async def run(args: argparse.Namespace) -> int:
             await server.stop()
         f, last = _summary("bare", rounds, rss, args.conns)
         figures["bare"] = (f, last, rss)
+        loops = _read_loop_log(loop_log)
+        if loops:
+            print(
+                f"  bare server's send loop alone: {statistics.median(loops):.1f} ms median "
+                f"({', '.join(f'{x:.0f}' for x in loops)}); the rest of last_ms is wake-up and "
+                "the generator's tail"
+            )
         try:
             importlib.import_module("poold.daemon")
         except ImportError as exc:
@@ -287,10 +311,11 @@ def main() -> None:
     p.add_argument("--profile", default=None, help="py-spy poold into PREFIX.txt")
     p.add_argument("--bare-server", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--zmq", default="", help=argparse.SUPPRESS)
+    p.add_argument("--loop-log", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.bare_server is not None:
         raise_nofile()
-        bare_fanout_main(args.bare_server, args.zmq)
+        bare_fanout_main(args.bare_server, args.zmq, args.loop_log)
         return
     sys.exit(asyncio.run(run(args)))
 
