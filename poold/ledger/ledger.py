@@ -263,37 +263,12 @@ class Ledger:
             if self._stopping:
                 return  # stop() does the final flush
             cycle_start = time.monotonic()
-            ok = True
-            if not self._store_open:
-                try:
-                    await self._open_store()
-                except StoreUnavailable as exc:
-                    log.debug("ledger store still unavailable: %s", exc)
-                    ok = False
-            if ok:
-                was_healthy = self._healthy
-                if not was_healthy and not self._buffer:
-                    ok = await self._probe()
-                if ok:
-                    ok = await self._flush()
-                if ok and not was_healthy:
-                    log.warning("ledger store is back; replaying the block journal")
-                    try:
-                        await self.replay_journal()
-                    except StoreUnavailable as exc:
-                        log.error("ledger journal replay failed: %s", exc)
-            if ok and time.monotonic() - self._energy_flushed >= _ENERGY_FLUSH_S:
-                self._energy_flushed = time.monotonic()
-                try:
-                    await self.flush_energy()
-                except StoreUnavailable as exc:
-                    log.error("ledger: energy rows not committed: %s", exc)
-            if (ok and self.config.payout == "split"
-                    and time.monotonic() - self._split_refreshed >= self.config.split_refresh_s):
-                try:
-                    await self.refresh_split()
-                except StoreUnavailable as exc:
-                    log.error("split: window refresh failed: %s", exc)
+            try:
+                ok = await self._cycle()
+            except Exception:
+                # The flusher must outlive any one bad cycle, or shares would pile up unseen.
+                log.exception("ledger flusher cycle failed; retrying")
+                ok = False
             self._update_lag()
             if not ok:
                 backoff = min(max(backoff * 2, 0.1), _MAX_BACKOFF_S)
@@ -301,6 +276,42 @@ class Ledger:
                 backoff = 0.0  # behind: commit the next full batch at once
             else:
                 backoff = self._interval
+
+    async def _cycle(self) -> bool:
+        """One flusher round: (re)open the store, commit shares, replay the journal after an
+        outage, commit energy rows, refresh the split window. False if the store failed."""
+        ok = True
+        if not self._store_open:
+            try:
+                await self._open_store()
+            except StoreUnavailable as exc:
+                log.debug("ledger store still unavailable: %s", exc)
+                ok = False
+        if ok:
+            was_healthy = self._healthy
+            if not was_healthy and not self._buffer:
+                ok = await self._probe()
+            if ok:
+                ok = await self._flush()
+            if ok and not was_healthy:
+                log.warning("ledger store is back; replaying the block journal")
+                try:
+                    await self.replay_journal()
+                except StoreUnavailable as exc:
+                    log.error("ledger journal replay failed: %s", exc)
+        if ok and time.monotonic() - self._energy_flushed >= _ENERGY_FLUSH_S:
+            self._energy_flushed = time.monotonic()
+            try:
+                await self.flush_energy()
+            except StoreUnavailable as exc:
+                log.error("ledger: energy rows not committed: %s", exc)
+        if (ok and self.config.payout == "split"
+                and time.monotonic() - self._split_refreshed >= self.config.split_refresh_s):
+            try:
+                await self.refresh_split()
+            except StoreUnavailable as exc:
+                log.error("split: window refresh failed: %s", exc)
+        return ok
 
     async def prune(self, now: float | None = None, *, max_steps: int = 360) -> int:
         """Apply share retention: roll up and delete shares older than `share_retention_s`,
@@ -552,7 +563,13 @@ class Ledger:
                     # never acknowledged); anything else is a damaged file worth a loud log.
                     log.error("ledger journal %s line %d is not JSON; skipped", path, lineno)
                     continue
-                await self._replay_one(rec)
+                try:
+                    await self._replay_one(rec)
+                except (KeyError, TypeError, ValueError) as exc:
+                    # A record this version cannot read: kept in the renamed file for review.
+                    log.error("ledger journal %s line %d unreadable (%s: %s); skipped",
+                              path, lineno, type(exc).__name__, exc)
+                    continue
                 applied += 1
             done = path.with_name(f"{path.name}.replayed-{int(self._clock() * 1000)}")
             await asyncio.to_thread(os.replace, path, done)

@@ -215,11 +215,16 @@ async def test_torn_journal_line_is_skipped(tmp_path: Path) -> None:
     await ledger.record_block(block(1))
     await ledger.stop()
     with cfg.journal_path.open("ab") as f:
+        f.write(b'{"kind":"block","block":{"height":1}}\n')  # JSON, but not a whole record
         f.write(b'{"kind":"block","blo')  # a crash in the middle of a write
     ledger2 = Ledger(cfg)
     await ledger2.start()
     try:
         assert len(await ledger2.blocks()) == 1
+        assert not cfg.journal_path.exists()  # replayed; the file is kept under a new name
+        kept = await asyncio.to_thread(
+            lambda: list(tmp_path.glob(f"{cfg.journal_path.name}.replayed-*")))
+        assert kept
     finally:
         await ledger2.stop()
 
