@@ -456,20 +456,48 @@ class FleetController:
         if m.commanded is desired and not m.inflight:
             await self._poll(m)  # _take checks that the miner followed
 
-    def _check_following(self, m: MinerState) -> None:
-        t = m.health.telemetry
+    def _pool_implied_w(self, m: MinerState, now: float) -> float | None:
+        """Watts the pool-verified hashrate since the last command settled needs on the
+        nameplate curve, or None without enough shares to say."""
+        if self.shares is None or not m.spec.worker:
+            return None
+        window = min(300.0, now - m.settle_until)
+        if window < 60.0 or self.shares.shares(m.spec.worker, now, window) < 20:
+            return None
+        hs = self.shares.hashrate_hs(m.spec.worker, now, window)
+        if not hs:
+            return None
+        return m.nameplate_curve.power_for(hs / 1e12)
+
+    def _check_following(self, m: MinerState, now: float) -> None:
+        """After settling, the miner must draw (by telemetry, and by the hashrate the pool
+        sees) no more than what it was commanded; a miner that does not is flagged and
+        counted at what it really draws until it follows again."""
+        h = m.health
+        t = h.telemetry
         cw = m.commanded_w
-        if t is None or t.power_w is None or cw is None or m.caps is None:
+        if t is None or cw is None or m.caps is None:
             return
-        limit = cw * FOLLOW_TOLERANCE + 50.0
-        if t.power_w > limit:
-            if not m.health.not_following:
-                log.warning("miner %s draws %.0f W, commanded %.0f W: not following",
-                            m.spec.id, t.power_w, cw)
-            m.health.not_following = True
+        seen = [w for w in (t.power_w, h.implied_w) if w is not None]
+        pool_w = self._pool_implied_w(m, now)
+        if pool_w is not None:
+            # 10 % benefit of the doubt (unit spread) before the pool contradicts telemetry;
+            # past that the pool is the ground truth and the miner counts at its figure.
+            seen.append(0.9 * pool_w)
+            if 0.9 * pool_w > (t.power_w or 0.0) / POWER_LIE_RATIO:
+                h.implied_w = max(h.implied_w or 0.0, pool_w)
+        if not seen:
+            return
+        measured = max(seen)
+        if measured > cw * FOLLOW_TOLERANCE + 50.0:
+            if not h.not_following:
+                log.warning("miner %s draws %.0f W (telemetry%s), commanded %.0f W: "
+                            "not following", m.spec.id, measured,
+                            " and pool shares" if pool_w is not None else "", cw)
+            h.not_following = True
             self._mark(m)
-        elif m.health.not_following:
-            m.health.not_following = False
+        elif h.not_following:
+            h.not_following = False
             self._mark(m)
 
     # -- telemetry ------------------------------------------------------------------------------
@@ -503,13 +531,14 @@ class FleetController:
             if m.plan_desired is not None and m.plan_desired != m.commanded:
                 self._pending.add(m.spec.id)
         if steady and now >= m.settle_until and not m.inflight:
-            self._check_following(m)
+            self._check_following(m, now)
         if steady and not tel.sleeping and tel.power_w is not None and now >= m.settle_until \
                 and h.implied_w is None:
             hr = tel.hashrate_ths
             weight = 1.0
-            if self.shares is not None and m.spec.worker:
-                pool = self.shares.hashrate_hs(m.spec.worker, self.clock.now())
+            if self.shares is not None and m.spec.worker and self.shares.shares(
+                    m.spec.worker, now, self.shares.window_s) >= 20:
+                pool = self.shares.hashrate_hs(m.spec.worker, now)
                 if pool is not None:
                     hr, weight = pool / 1e12, 3.0
             if hr is not None:

@@ -113,12 +113,20 @@ class ActionLimiter:
 class ShareRateEstimator:
     """Per-worker hashrate from accepted shares: Σ difficulty · 2^32 / window."""
 
-    def __init__(self, window_s: float = 300.0) -> None:
+    def __init__(self, window_s: float = 300.0, min_window_s: float = 30.0) -> None:
         self.window_s = window_s
+        self.min_window_s = min_window_s
         self._shares: dict[str, deque[tuple[float, float]]] = {}
+        self._first: dict[str, float] = {}
 
     def record(self, worker: str, difficulty: float, t: float) -> None:
         self._shares.setdefault(worker, deque()).append((t, difficulty))
+        self._first.setdefault(worker, t)
+
+    def forget(self, worker: str) -> None:
+        """Drop a worker's history (reconnected under a new identity, or removed)."""
+        self._shares.pop(worker, None)
+        self._first.pop(worker, None)
 
     def _trim(self, worker: str, now: float, window_s: float) -> deque[tuple[float, float]]:
         q = self._shares.get(worker)
@@ -132,9 +140,13 @@ class ShareRateEstimator:
         """H/s over the last `window_s` (default the estimator's window); None if no shares."""
         w = self.window_s if window_s is None else window_s
         q = self._trim(worker, now, w)
-        total = sum(d for t, d in q if now - t <= w)
         if not q:
             return None
+        # A worker seen for less than the window is measured over the time it was seen.
+        w = min(w, now - self._first[worker])
+        if w < self.min_window_s:
+            return None
+        total = sum(d for t, d in q if now - t <= w)
         return total * HASHES_PER_DIFF1 / w
 
     def shares(self, worker: str, now: float, window_s: float) -> int:

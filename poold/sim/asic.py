@@ -91,6 +91,7 @@ class Faults:
     false_power: float = 1.0
     reboot_on_command: bool = False
     stuck: bool = False  # reports the new setting but the hardware does not follow
+    false_hashrate: float = 1.0  # the firmware's own hashrate figure × this
 
 
 class SimAsic:
@@ -306,7 +307,7 @@ class SimAsic:
         return Telemetry(
             time=self.clock.now(),
             power_w=p,
-            hashrate_ths=self.hashrate_ths(),
+            hashrate_ths=self.hashrate_ths() * self.faults.false_hashrate,
             target_w=(
                 self.reported_target_w()
                 if self.spec.actuator is Actuator.WATTS

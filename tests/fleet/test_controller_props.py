@@ -159,3 +159,51 @@ def test_restore_is_ramp_limited_and_the_check_can_fail() -> None:
     fast = dict(sc, ramp_kw_per_min=50.0)
     worst = run_virtual(run_scenario(fast, check_ramp_kw_per_min=5.0))
     assert worst["ramp_excess_w"] > 0.0
+
+
+def test_pool_shares_catch_a_miner_whose_firmware_lies_consistently() -> None:
+    """Stuck at full power while reporting the commanded watts and a matching hashrate:
+    only the pool's share rate shows the truth, and the controller acts on it."""
+    from poold.fleet.health import ShareRateEstimator
+
+    async def scenario() -> tuple[bool, float, float]:
+        clock = LoopClock(wall_at_zero=1_767_225_600.0)
+        shares = ShareRateEstimator(window_s=300.0)
+        table = build_table([["braiins"] * 4], over_cap_allowed_s=ALLOWED_S,
+                            telemetry_interval_s=5.0, stale_after_s=15.0)
+        site = await SimSite.create(table, clock, tcp=False, rng=random.Random(1),
+                                    shares=shares)
+        ctl = site.controller
+        liar = site.cfg.miners[0]
+        a = site.asics[liar.id]
+        a.faults.stuck = True
+        a.faults.false_power = 0.6  # 3050 W shown as 1830 W, just what a 60 % cap asks
+        a.faults.false_hashrate = 0.6**0.6  # ...with the hashrate that would go with it
+        diff = 100e12 / 2**32  # about one share a second at 100 TH/s
+        acc = dict.fromkeys(site.asics, 0.0)
+
+        async def pool() -> None:  # the pool: shares at each ASIC's true hashrate
+            while True:
+                await clock.sleep(1.0)
+                for mid, x in site.asics.items():
+                    acc[mid] += x.hashrate_ths() * 1e12 / (diff * 2**32)
+                    while acc[mid] >= 1.0:
+                        acc[mid] -= 1.0
+                        shares.record(ctl.miners[mid].spec.worker or mid, diff, clock.now())
+
+        feeder = asyncio.get_running_loop().create_task(pool())
+        run = asyncio.get_running_loop().create_task(ctl.run())
+        await clock.sleep(60.0)
+        cap = site.cfg.racks[0].cap_kw * 1000.0 * 0.6
+        ctl.set_cap(site.cfg.racks[0].id, cap / 1000.0)
+        await clock.sleep(300.0)
+        flagged = ctl.miners[liar.id].health.not_following
+        true_w = site.true_power_w()
+        feeder.cancel()
+        run.cancel()
+        await ctl.stop(settle_timeout_s=1.0)
+        return flagged, true_w, cap
+
+    flagged, true_w, cap = run_virtual(scenario())
+    assert flagged
+    assert true_w <= cap  # the honest miners were turned down further to make room
