@@ -91,7 +91,7 @@ class Faults:
     false_power: float = 1.0
     reboot_on_command: bool = False
     stuck: bool = False  # reports the new setting but the hardware does not follow
-    false_hashrate: float = 1.0  # the firmware's own hashrate figure × this
+    false_hashrate: float = 1.0  # the firmware's own hashrate figure times this
 
 
 class SimAsic:
