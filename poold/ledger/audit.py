@@ -114,6 +114,20 @@ def coinbase_mismatch(record: BlockRecord, raw_block_hex: str) -> str | None:
 
 CreditFn = Callable[[BlockRecord], Awaitable[Sequence[Credit]]]
 
+# Event marking a block off the best chain for good (no longer polled).
+SETTLED = "settled"
+_OFF_CHAIN = frozenset({BlockStatus.ORPHANED, BlockStatus.REJECTED, BlockStatus.RECORDED})
+
+
+async def _buried(node: NodeClient, height: int) -> bool:
+    """Whether the node's best chain reaches COINBASE_MATURITY blocks past `height`."""
+    try:
+        await node.getblockhash(height + COINBASE_MATURITY)
+    except Exception as exc:  # "height out of range" comes in each client's own error type
+        log.debug("height %d not buried yet: %s", height, exc)
+        return False
+    return True
+
 
 async def reconcile(store: LedgerStore, node: NodeClient, *, now: float,
                     credit_on_maturity: CreditFn | None = None) -> ReconcileReport:
@@ -127,7 +141,13 @@ async def reconcile(store: LedgerStore, node: NodeClient, *, now: float,
     """
     rep = ReconcileReport()
     for rec in await store.blocks(0.0):
-        if rec.status == BlockStatus.MATURED:
+        if rec.status == BlockStatus.MATURED or any(e.event == SETTLED for e in rec.events):
+            continue
+        if rec.status in _OFF_CHAIN and await _buried(node, rec.height):
+            # 100 blocks past it on the best chain: it can no longer come back; stop polling.
+            await store.add_events([BlockEvent(rec.hash_hex, now, SETTLED,
+                                               f"{rec.status.value} for good: the best chain is "
+                                               f"{COINBASE_MATURITY} blocks past it")])
             continue
         rep.checked += 1
         header = await node.getblockheader(rec.hash_hex)

@@ -30,8 +30,11 @@ class FakeNode:
     def __init__(self) -> None:
         self.chain: dict[str, tuple[int, bytes]] = {}
         self.best: dict[int, str] = {}
+        self.tip = 10
 
     async def getblockhash(self, height: int) -> str:
+        if height > self.tip:
+            raise LookupError("Block height out of range")
         return self.best.get(height, "ff" * 32)
 
     async def getblockheader(self, hash_hex: str) -> dict[str, Any] | None:
@@ -107,9 +110,16 @@ async def test_reconcile_life_of_a_block(ledger_url: str, tmp_path: Path) -> Non
 
         doc = json.loads(await asyncio.to_thread(cli.payout_report, ledger_url, "json"))
         assert {r["account"]: r["owed_sat"] for r in doc["accounts"]} == owed
-        # Matured blocks are not polled again.
+        # Matured blocks are not polled again; the never-accepted block is polled until the
+        # chain is 100 blocks past it, then settled for good.
         rep = await ledger.reconcile(node)
-        assert rep.checked == 1
+        assert rep.checked == 1 and rep.unknown == [unknown.found.hash_hex]
+        node.tip = unknown.found.height + 100
+        rep = await ledger.reconcile(node)
+        assert rep.checked == 0
+        settled = {b.hash_hex: b for b in await ledger.blocks()}[unknown.found.hash_hex]
+        assert settled.status == BlockStatus.RECORDED and settled.events[-1].event == "settled"
+        assert (await ledger.reconcile(node)).checked == 0
     finally:
         await ledger.stop()
 
