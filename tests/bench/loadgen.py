@@ -56,6 +56,7 @@ class Stats:
         self.rejected = 0
         self.latencies: list[float] = []
         self.codes: dict[str, int] = {}
+        self.slow: list[tuple[float, float]] = []  # (sent at, latency) of round trips > 50 ms
         self.sample_every = 16
         self.clean_seen: list[float] = []
         self.watching = False
@@ -156,7 +157,10 @@ class MinerConn(asyncio.Protocol):
             if self.sent_at:
                 t0 = self.sent_at.popleft()
                 if stats.answered % stats.sample_every == 0:
-                    stats.latencies.append(time.perf_counter() - t0)
+                    now = time.perf_counter()
+                    stats.latencies.append(now - t0)
+                    if now - t0 > 0.05:
+                        stats.slow.append((t0, now - t0))
             stats.answered += 1
         if replies:
             self.outstanding -= replies
@@ -285,6 +289,8 @@ class LoadGen:
             "seconds": elapsed,
             "p50_ms": 1000 * lat[len(lat) // 2],
             "p99_ms": 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))],
+            "max_ms": 1000 * lat[-1],
+            "slow_periods": _periods(self.stats.slow, t0),
             "lost": self.lost,
             "codes": self.stats.codes,
         }
@@ -307,6 +313,20 @@ class LoadGen:
             "first": seen[0] if seen else None,
             "last": seen[-1] if seen else None,
         }
+
+
+def _periods(slow: list[tuple[float, float]], t0: float) -> list[list[float]]:
+    """Group slow round trips into stalls: [start s after t0, duration s, worst ms, count]."""
+    out: list[list[float]] = []
+    for sent, lat in sorted(slow):
+        if out and sent - t0 <= out[-1][0] + out[-1][1] + 0.05:
+            last = out[-1]
+            last[1] = max(last[1], sent - t0 + lat - last[0])
+            last[2] = max(last[2], 1000 * lat)
+            last[3] += 1
+        else:
+            out.append([sent - t0, lat, 1000 * lat, 1])
+    return [[round(a, 2), round(b, 3), round(c, 1), d] for a, b, c, d in out]
 
 
 def emit(obj: dict[str, object]) -> None:

@@ -324,6 +324,7 @@ class Figure:
     rejected: int
     codes: dict[str, int]
     paced_p99_ms: float  # open loop at PACED_RATE submits/s (10k config only)
+    paced_stalls: list[list[float]]  # [start s, length s, worst ms, round trips] > 50 ms
     server_busy: float  # CPU-seconds per wall second of the server over the window
     gen_busy: float  # same for the load generator (near 1.0 = generator-bound)
 
@@ -368,6 +369,7 @@ async def measure(
         rejected=int(done["rejected"]),
         codes=dict(done.get("codes", {})),
         paced_p99_ms=float(paced["p99_ms"]) if paced_rate else float("nan"),
+        paced_stalls=list(paced.get("slow_periods", [])) if paced_rate else [],
         server_busy=(cpu1 - cpu0) / (t1 - t0),
         gen_busy=(gcpu1 - gcpu0) / (t1 - t0),
     )
@@ -476,7 +478,12 @@ async def hard_node() -> AsyncIterator[tuple[str, str, str, str]]:
 def _paced(f: Figure) -> str:
     if f.paced_p99_ms != f.paced_p99_ms:  # nan
         return ""
-    return f" (open loop {PACED_RATE:.0f}/s: p99 {f.paced_p99_ms:.1f} ms)"
+    stalls = "; ".join(
+        f"{a:.1f}s+{1000 * b:.0f}ms worst {c:.0f}ms" for a, b, c, _ in f.paced_stalls
+    )
+    return (
+        f" (open loop {PACED_RATE:.0f}/s: p99 {f.paced_p99_ms:.1f} ms; stalls: {stalls or 'none'})"
+    )
 
 
 def _line(label: str, f: Figure, conns: int, pipeline: int) -> str:
