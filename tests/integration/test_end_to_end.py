@@ -75,11 +75,12 @@ async def test_miners_find_blocks_that_pay_them(pool: Pool) -> None:
         for m in miners:
             m.stop()
         await asyncio.gather(*tasks, return_exceptions=True)
-    assert all(m.rejected == 0 or m.stats.reject_reasons for m in miners)
+    # Every share is a block here, so a share can race a new tip (21 stale); nothing else.
+    for m in miners:
+        assert {r.split()[0] for r in m.stats.reject_reasons} <= {"21"}, m.stats.reject_reasons
     scripts = {address_to_script(a, Network.REGTEST): a for a in addresses}
     tip = pool.devnet.tip_hash_hex
-    found = [h for m in miners for h in m.stats.blocks]
-    assert tip in found or pool.devnet.height > start_height
+    assert tip in [h for m in miners for h in m.stats.blocks]  # the last block is theirs
     # Every block the miners found that made it onto the chain pays the miner that found it.
     on_chain = 0
     for m, a in zip(miners, addresses, strict=True):
