@@ -21,6 +21,7 @@ def test_demo_finds_blocks_that_pay_its_miners() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     blocks = re.findall(r"BLOCK height (\d+) ([0-9a-f]{64}) is on the devnet's chain", out.stdout)
     assert len(blocks) >= 2, out.stdout
-    assert all(h.startswith("0000") for _, h in blocks)  # regtest PoW met, hash in display order
+    # Found through the share path at difficulty 1e-4 (target ~2**242), display byte order.
+    assert all(int(h, 16) <= 0xFFFF * 2**208 * 10**4 for _, h in blocks)
     assert re.search(r"coinbase pays 50\.0+ BTC to cpu-miner-\d \(bcrt1", out.stdout)
     assert re.search(r"summary: \d+ shares accepted, 0 rejected", out.stdout), out.stdout
