@@ -45,18 +45,34 @@ log = logging.getLogger("poold.daemon")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", required=True, type=Path, help="TOML config file")
+    parser.add_argument("--processes", type=int, default=1, metavar="N",
+                        help="run N worker processes on one Stratum port (0 = one per CPU "
+                        "core; see poold.supervisor)")
+    # One worker of `--processes` (or of the poold@.service template unit).
+    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
+    from poold import supervisor
     from poold.config import load_config
 
+    worker: int | None = getattr(args, "worker_index", None)
     try:
         cfg = load_config(args.config)
+        processes = supervisor.resolve_processes(getattr(args, "processes", 1), cfg.source)
+        if worker is not None:
+            supervisor.become_worker(worker)
+            cfg = supervisor.worker_config(cfg, worker)
+        elif processes > 1:
+            return supervisor.supervise(args.config, cfg, processes,
+                                        getattr(args, "log_level", "INFO"))
+        else:
+            supervisor.adopt_journals(cfg, keep=0)
     except ConfigError as exc:
         print(f"poold run: config error: {exc}", file=sys.stderr)
         return 2
     try:
-        return asyncio.run(serve(cfg))
+        return asyncio.run(serve(cfg, worker=worker))
     except ConfigError as exc:
         print(f"poold run: config error: {exc}", file=sys.stderr)
         return 2
@@ -103,13 +119,15 @@ def build_pool(
     clock: Any = time.time,
     difficulty: DifficultyPolicy | None = None,
     planner: PayoutPlanner | None = None,
+    worker: int | None = None,
     **server_overrides: Any,
 ) -> Pool:
     """The one wiring function of the pool: jobs, shares, sessions, server, block submission.
 
     `difficulty` replaces the configured port bounds (tests use difficulties below the config's
     1e-8 minimum so that every hash is a share); `server_overrides` are `ServerSettings` fields
-    plus `invalid_limit` (the session ladder)."""
+    plus `invalid_limit` (the session ladder); `worker` is the index of a worker process
+    (poold.supervisor), which gives it its own extranonce1 range."""
     from poold.bitcoin.coinbase import CoinbaseError, build_coinbase
     from poold.bitcoin.tx import TxOut
     from poold.node.rpc import NodeUnavailable, RpcError
@@ -148,7 +166,7 @@ def build_pool(
     )
     ctx = SessionContext(
         engine,
-        ExtranonceAllocator(cfg.pool.instance_id, size=4),
+        ExtranonceAllocator(cfg.pool.instance_id, size=4, worker=worker),
         Authorizer(cfg.pool.network, solo=cfg.pool.payout == "solo"),
         SessionSettings(
             version_mask=s.version_mask,
@@ -401,8 +419,11 @@ async def _reload_loop(pool: Pool, cfg: Config, hup: asyncio.Event) -> None:
         cfg = new
 
 
-async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> int:
-    """Run until SIGINT/SIGTERM (or `stop` is set); the process exit code."""
+async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
+                worker: int | None = None) -> int:
+    """Run until SIGINT/SIGTERM (or `stop` is set); the process exit code. `worker`: this is
+    worker process `worker` of poold.supervisor (`cfg` from `worker_config`); only worker 0 (or
+    a plain process) runs the singletons: the ledger's reconcile loop."""
     from poold.api import AdminApi
     from poold.ledger import Ledger, LedgerConfig
     from poold.metrics import Metrics
@@ -428,7 +449,7 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> int:
         return outputs
 
     pool = build_pool(cfg, nodes, metrics=metrics, share_sink=ledger, block_sink=ledger,
-                      planner=planner)
+                      planner=planner, worker=worker)
     server = pool.server
     api: AdminApi | None = None
     await ledger.start()
@@ -453,8 +474,9 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None) -> int:
         async with asyncio.TaskGroup() as tg:
             sweeper = tg.create_task(server.run_sweeper(), name="stratum-sweeper")
             watchdog = tg.create_task(_watchdog(notifier), name="systemd-watchdog")
-            reconcile = tg.create_task(ledger.reconcile_forever(NodeReader(nodes)),
-                                       name="ledger-reconcile")
+            reconcile = tg.create_task(
+                ledger.reconcile_forever(NodeReader(nodes)) if not worker else asyncio.sleep(0),
+                name="ledger-reconcile")
             reloader = tg.create_task(_reload_loop(pool, cfg, hup), name="config-reload")
             await stop.wait()
             log.info("shutting down: stop listening, reconnect miners, drain")

@@ -5,6 +5,20 @@ poold instances behind one ledger never hand out the same coinbase space (DESIGN
 id given to miners in the `mining.subscribe` result is the extranonce1 hex, as in ckpool; a miner
 that reconnects with it within `resume_window_s` (600 s, ckpool's figure; reference/pools.md §3.3)
 gets the same extranonce1 back, unless another live session holds it.
+
+Worker processes (`poold run --processes N`, or the `poold@.service` template unit; see
+poold.supervisor) split their instance's counter space by a fixed-width worker field, so that no
+two processes of one instance can hand out the same extranonce1, whatever N each was told:
+
+    one process:       instance_id (8 bits) ‖ counter (24 bits)               16,777,216 sessions
+    worker w (0..63):  instance_id (8 bits) ‖ w (WORKER_BITS = 6) ‖ counter (18 bits)
+                                                                  262,144 sessions per worker
+
+(for the default size 4 and prefix_bytes 1). Distinct instance_id -> distinct first byte;
+same instance, distinct w -> distinct next 6 bits; same process -> the counter, which skips every
+value in use or resumable. An instance runs either as one plain process or as workers, never both
+at once (the plain layout overlaps every worker's): that is the same rule as "every instance on
+one ledger has its own instance_id".
 """
 
 from __future__ import annotations
@@ -12,6 +26,9 @@ from __future__ import annotations
 from collections import OrderedDict
 
 RESUME_WINDOW_S = 600.0
+# Width of the worker-index field of a worker process's extranonce1 (module docstring).
+WORKER_BITS = 6
+MAX_WORKERS = 1 << WORKER_BITS
 
 
 class ExtranonceExhausted(RuntimeError):
@@ -21,7 +38,8 @@ class ExtranonceExhausted(RuntimeError):
 class ExtranonceAllocator:
     """Hands out unique extranonce1 values; not thread-safe (one event loop owns it)."""
 
-    __slots__ = ("_counter", "_in_use", "_limit", "_prefix", "_released", "resume_window_s", "size")
+    __slots__ = ("_base", "_counter", "_in_use", "_limit", "_prefix", "_released",
+                 "resume_window_s", "size", "worker")
 
     def __init__(
         self,
@@ -30,15 +48,23 @@ class ExtranonceAllocator:
         size: int = 4,
         prefix_bytes: int = 1,
         resume_window_s: float = RESUME_WINDOW_S,
+        worker: int | None = None,
     ) -> None:
         if not 1 <= prefix_bytes < size:
             raise ValueError("prefix_bytes must leave room for a counter")
         if not 0 <= instance_id < 256**prefix_bytes:
             raise ValueError(f"instance_id {instance_id} does not fit in {prefix_bytes} byte(s)")
+        counter_bits = 8 * (size - prefix_bytes)
+        if worker is not None:
+            if not 0 <= worker < MAX_WORKERS:
+                raise ValueError(f"worker index {worker} is outside 0..{MAX_WORKERS - 1}")
+            counter_bits -= WORKER_BITS  # >= 2: a counter has at least one whole byte
         self.size = size
+        self.worker = worker
         self.resume_window_s = resume_window_s
         self._prefix = instance_id.to_bytes(prefix_bytes, "big")
-        self._limit = 256 ** (size - prefix_bytes)
+        self._limit = 1 << counter_bits
+        self._base = (instance_id << (8 * (size - prefix_bytes))) | ((worker or 0) << counter_bits)
         self._counter = 0
         self._in_use: set[bytes] = set()
         # extranonce1 -> time released, oldest first (insertion order = release order).
@@ -46,7 +72,13 @@ class ExtranonceAllocator:
 
     @property
     def prefix(self) -> bytes:
+        """The instance prefix (the first prefix_bytes of every extranonce1 handed out)."""
         return self._prefix
+
+    @property
+    def capacity(self) -> int:
+        """How many distinct extranonce1 values this allocator can hand out."""
+        return self._limit
 
     def __len__(self) -> int:
         return len(self._in_use)
@@ -60,7 +92,7 @@ class ExtranonceAllocator:
             return resume
         for _ in range(self._limit):
             self._counter = (self._counter + 1) % self._limit
-            en1 = self._prefix + self._counter.to_bytes(self.size - len(self._prefix), "big")
+            en1 = (self._base | self._counter).to_bytes(self.size, "big")
             if en1 not in self._in_use and en1 not in self._released:
                 self._in_use.add(en1)
                 return en1
