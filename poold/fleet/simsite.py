@@ -32,6 +32,7 @@ from poold.fleet.drivers.braiins import BraiinsDriver
 from poold.fleet.drivers.cgminer import CgminerDriver
 from poold.fleet.drivers.luxos import LuxosDriver
 from poold.fleet.drivers.whatsminer import WhatsminerDriver
+from poold.fleet.health import ShareRateEstimator
 from poold.fleet.inventory import FleetConfig, parse_fleet
 from poold.fleet.policy import Actuator
 from poold.metrics import Metrics
@@ -199,57 +200,96 @@ async def run_sim_site(
     per_rack: int = 10,
     *,
     pool: tuple[str, int] | None = None,
+    username_for: Callable[[str], str] | None = None,
     speed: float = 10.0,
     duration_s: float = 240.0,
     cut_at_s: float = 90.0,
     cut_fraction: float = 0.6,
     hash_scale: float = 1e-10,
+    suggest_difficulty: float | None = None,
     status_every_s: float = 15.0,
     on_status: Callable[[FleetStatus], None] | None = None,
+    say: Callable[[str], None] | None = None,
+    stop: asyncio.Event | None = None,
     metrics: Metrics | None = None,
     seed: int = 1,
 ) -> FleetStatus:
     """The demo site: `racks` × `per_rack` emulated miners over real TCP under rack caps.
 
-    Simulated time runs `speed`× real time. With `pool=(host, port)` every ASIC also mines on
-    that Stratum pool through a `StratumMiner` whose hash rate is the emulated TH/s ×
-    `hash_scale` (so 100 TH/s → 10 kH/s of real CPU hashing at the default), so the pool sees
-    the share rate fall when the controller turns watts down. Returns the final status.
+    Simulated time runs `speed`× real time; `duration_s` and `cut_at_s` are simulated
+    seconds. With `pool=(host, port)` every ASIC also mines on that Stratum pool through a
+    `StratumMiner` (username `username_for(miner_id)`, default its worker name) whose hash
+    rate is the emulated TH/s × `hash_scale` (100 TH/s → 10 kH/s of CPU hashing by default),
+    so the pool sees the share rate fall when the controller turns watts down. At `cut_at_s`
+    every rack cap is cut to `cut_fraction`. Narration goes to `say`; `stop` ends it early.
+    Returns the final status.
     """
     rng = random.Random(seed)
     clock = ScaledClock(speed)
+    tell = say or (lambda text: log.info("%s", text))
     mix = {"braiins": 0.4, "whatsminer": 0.3, "luxos": 0.3}
     table = build_table(random_kinds(racks, per_rack, rng, mix), rack_cap_factor=1.0,
                         telemetry_interval_s=5.0, stale_after_s=20.0, optimizer_interval_s=30.0,
                         ramp_kw_per_min=60.0, over_cap_allowed_s=30.0)
+    shares = ShareRateEstimator(window_s=600.0) if pool is not None else None
     miners: list[Any] = []
     tasks: list[asyncio.Task[None]] = []
-    async with SimSite.started(table, clock, tcp=True, rng=rng, metrics=metrics) as site:
+    async with SimSite.started(table, clock, tcp=True, rng=rng, metrics=metrics,
+                               shares=shares) as site:
+        ctl = site.controller
+        tell(f"fleet: {len(site.asics)} emulated ASICs in {racks} racks on loopback "
+             f"(Braiins OS REST, Whatsminer v3, LuxOS 4028), time x{speed:g}")
         if pool is not None:
-            from poold.sim.miner import StratumMiner
+            from poold.sim.miner import MinerEvent, StratumMiner
+
+            def on_event(ev: MinerEvent) -> None:
+                if ev.kind == "accepted" and shares is not None:
+                    shares.record(ev.miner, ev.difficulty, clock.now())
 
             for mid, a in site.asics.items():
-                worker = site.controller.miners[mid].spec.worker or mid
-                sm = StratumMiner(pool[0], pool[1], worker, "x", _hashrate_hs(a),
-                                  mode="rate", scale=hash_scale)
+                worker = ctl.miners[mid].spec.worker or mid
+                user = username_for(mid) if username_for is not None else worker
+                sm = StratumMiner(pool[0], pool[1], user, "x", _hashrate_hs(a), mode="rate",
+                                  scale=hash_scale, name=worker, on_event=on_event,
+                                  suggest_difficulty=suggest_difficulty)
                 miners.append(sm)
                 tasks.append(asyncio.get_running_loop().create_task(sm.run()))
         cut_done = False
         next_status = 0.0
-        while clock.now() < duration_s:
-            if not cut_done and clock.now() >= cut_at_s:
-                for r in site.cfg.racks:
-                    site.controller.set_cap(r.id, r.cap_kw * cut_fraction)
-                log.info("demo: every rack cap cut to %.0f %%", cut_fraction * 100)
-                cut_done = True
-            if on_status is not None and clock.now() >= next_status:
-                on_status(site.controller.status())
-                next_status = clock.now() + status_every_s
-            await clock.sleep(1.0)
-        final = site.controller.status()
-        for sm in miners:
-            sm.stop()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
-                await asyncio.wait_for(t, 5.0)
+        try:
+            while clock.now() < duration_s and not (stop is not None and stop.is_set()):
+                if not cut_done and clock.now() >= cut_at_s:
+                    for r in site.cfg.racks:
+                        ctl.set_cap(r.id, r.cap_kw * cut_fraction)
+                    tell(f"fleet: every rack cap cut to {cut_fraction:.0%} "
+                         f"(allowed {site.cfg.racks[0].over_cap_allowed_s:g} s over)")
+                    cut_done = True
+                if clock.now() >= next_status:
+                    st = ctl.status()
+                    if on_status is not None:
+                        on_status(st)
+                    tell(_describe(site, st))
+                    next_status = clock.now() + status_every_s
+                await clock.sleep(1.0)
+            final = ctl.status()
+            tell(_describe(site, final))
+        finally:
+            for sm in miners:
+                sm.stop()
+            for t in tasks:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(t, 5.0)
     return final
+
+
+def _describe(site: SimSite, st: FleetStatus) -> str:
+    racks = [n for n in st.nodes if n.node in {r.id for r in site.cfg.racks}]
+    parts = [f"{n.node} {site.true_power_w(n.node) / 1000:.1f}/{n.cap_w / 1000:.1f} kW "
+             f"{n.hashrate_ths:.0f} TH/s" for n in racks]
+    pool = ""
+    if site.controller.shares is not None:
+        now = site.clock.now()
+        hs = sum(site.controller.rack_pool_hashrate_hs(n.node, now) for n in racks)
+        pool = f"; pool-verified {hs / 1e12:.0f} TH/s"
+    return (f"fleet t={st.time:.0f}s: " + ", ".join(parts)
+            + f"; asleep {st.asleep}, commands {st.commands_sent}{pool}")
