@@ -497,6 +497,9 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
 
 
 async def _watchdog(notifier: Any) -> None:
+    # At half the watchdog timeout (Notifier), but at least every 5 s: poold.supervisor reads
+    # the pings of its workers too.
+    interval = min(notifier.watchdog_interval_s or 5.0, 5.0)
     while True:
         notifier.watchdog()
-        await asyncio.sleep(5.0)
+        await asyncio.sleep(interval)

@@ -162,7 +162,7 @@ listen = "127.0.0.1:{api_port}"
 
 async def start_poold(workdir: Path, devnet: Any, *, instance_id: int = INSTANCE,
                       processes: int = 1, ledger_url: str = "", payout: str = "solo",
-                      ready_s: float = 60.0) -> Poold:
+                      ready_s: float = 60.0, env: dict[str, str] | None = None) -> Poold:
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     api_port = free_ports(processes)
     port = free_port()
@@ -176,7 +176,7 @@ async def start_poold(workdir: Path, devnet: Any, *, instance_id: int = INSTANCE
     with log.open("wb") as logf:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "poold", "run", "-c", str(cfg), *extra,
-            stdout=logf, stderr=logf, cwd=ROOT,
+            stdout=logf, stderr=logf, cwd=ROOT, env={**os.environ, **(env or {})},
         )
     p = Poold(proc, log, port, api_port, ledger_url)
     ready = (f"all {processes} workers ready" if processes > 1 else "poold running")
@@ -337,6 +337,60 @@ async def test_killed_worker_restarts_and_sigterm_stops_all(devnet: Any,
     finally:
         if p.proc.returncode is None:
             await stop_all(miners)
+            await p.stop()
+
+
+async def test_supervisor_speaks_sd_notify_forwards_sighup_and_watches_workers(
+        devnet: Any, tmp_path: Path) -> None:
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.setblocking(False)
+    got: list[tuple[float, str]] = []
+
+    def on_datagram() -> None:
+        got.append((time.monotonic(), notify.recv(4096).decode()))
+
+    def received(field: str) -> bool:
+        return any(field in msg.split("\n") for _, msg in got)
+
+    loop = asyncio.get_running_loop()
+    loop.add_reader(notify.fileno(), on_datagram)
+    # 4 s: workers ping the supervisor every 2 s; one silent for 4 s is killed
+    p = await start_poold(tmp_path / "sd", devnet, processes=2, env={
+        "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "4000000"})
+    try:
+        await _until(lambda: received("READY=1"), 10, "READY=1")
+        # READY only once both workers were ready (the log line precedes the datagram)
+        assert p.count(r"\[worker \d\] poold.daemon: poold running") == 2
+        await _until(lambda: received("WATCHDOG=1"), 10, "the supervisor's watchdog ping")
+
+        # SIGHUP reaches every worker: each reloads the changed reloadable key
+        cfg = tmp_path / "sd" / "poold.toml"
+        cfg.write_text(cfg.read_text().replace("share_interval_s = 10", "share_interval_s = 7"))
+        p.proc.send_signal(signal.SIGHUP)
+        await _until(lambda: all(
+            p.count(rf"\[worker {i}\] poold.daemon: config reloaded .*share_interval_s") == 1
+            for i in (0, 1)), 10, "both workers reloaded")
+
+        # a worker whose event loop stops (SIGSTOP) misses its pings: killed, restarted
+        pid = p.worker_pids()[1]
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGSTOP)
+        await _until(lambda: p.count(r"worker 1 ready") == 2, 30, "worker 1 replaced")
+        print(f"stuck worker replaced in {time.monotonic() - t0:.2f} s (watchdog 4 s)")
+        assert "worker 1 missed its watchdog" in p.text()
+        assert p.worker_pids()[1] != pid
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        took = await p.stop()
+        assert took < 10.0 and p.proc.returncode == 0, p.tail()
+        assert received("STOPPING=1")
+        # READY once: a restarted worker changes the STATUS, not the unit's readiness
+        assert sum("READY=1" in msg.split("\n") for _, msg in got) == 1, got
+    finally:
+        loop.remove_reader(notify.fileno())
+        notify.close()
+        if p.proc.returncode is None:
             await p.stop()
 
 
