@@ -111,3 +111,16 @@ def test_credentials_resolve_from_env_or_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         Credentials("root", password_env="NOPE").resolve({})
     assert "s3" not in repr(parse_fleet(table(), "f"))
+
+
+def test_build_drivers_with_site_credentials_never_in_reprs() -> None:
+    from poold.fleet.drivers import build_drivers
+    from poold.fleet.drivers.braiins import BraiinsDriver
+
+    cfg = parse_fleet(table(), "poold.toml")
+    drivers = build_drivers(cfg, {"BOS_PW": "s3cret"})
+    d = drivers["m1"]
+    assert isinstance(d, BraiinsDriver) and (d.host, d.port) == ("10.0.0.1", 80)
+    assert "s3cret" not in repr(d) and "s3cret" not in repr(vars(d))
+    with pytest.raises(ConfigError):
+        build_drivers(cfg, {})  # the env var named in the config is missing
