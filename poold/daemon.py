@@ -429,6 +429,7 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
     from poold.metrics import Metrics
     from poold.node.nodes import NodeSet
     from poold.node.rpc import NodeCheckError, NodeUnavailable
+    from poold.supervisor import owns_singletons
     from poold.systemd import Notifier, listen_sockets
 
     stop = stop if stop is not None else asyncio.Event()
@@ -475,7 +476,8 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
             sweeper = tg.create_task(server.run_sweeper(), name="stratum-sweeper")
             watchdog = tg.create_task(_watchdog(notifier), name="systemd-watchdog")
             reconcile = tg.create_task(
-                ledger.reconcile_forever(NodeReader(nodes)) if not worker else asyncio.sleep(0),
+                ledger.reconcile_forever(NodeReader(nodes)) if owns_singletons(worker)
+                else asyncio.sleep(0),
                 name="ledger-reconcile")
             reloader = tg.create_task(_reload_loop(pool, cfg, hup), name="config-reload")
             await stop.wait()

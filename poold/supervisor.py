@@ -73,6 +73,12 @@ def resolve_processes(n: int, source: str = "--processes") -> int:
     return n
 
 
+def owns_singletons(worker: int | None) -> bool:
+    """Whether this process runs what must run once per instance (the ledger's reconcile loop,
+    the fleet controller): a plain `poold run`, or worker 0."""
+    return not worker
+
+
 def worker_state_dir(cfg: Config, index: int) -> Path:
     return Path(cfg.pool.state_dir) / f"worker-{index}"
 

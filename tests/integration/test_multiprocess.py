@@ -162,7 +162,10 @@ listen = "127.0.0.1:{api_port}"
 
 async def start_poold(workdir: Path, devnet: Any, *, instance_id: int = INSTANCE,
                       processes: int = 1, ledger_url: str = "", payout: str = "solo",
-                      ready_s: float = 60.0, env: dict[str, str] | None = None) -> Poold:
+                      ready_s: float = 60.0, env: dict[str, str] | None = None,
+                      inherit: socket.socket | None = None) -> Poold:
+    """`poold run` with a fresh config; `inherit`: a listening socket passed as systemd socket
+    activation does (fd 3, LISTEN_FDS=1, FileDescriptorName stratum)."""
     await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
     api_port = free_ports(processes)
     port = free_port()
@@ -173,10 +176,19 @@ async def start_poold(workdir: Path, devnet: Any, *, instance_id: int = INSTANCE
                        ledger_url=ledger_url, payout=payout)
     log = workdir / "poold.log"
     extra = ["--processes", str(processes)] if processes != 1 else []
+    cmd = [sys.executable, "-m", "poold", "run", "-c", str(cfg), *extra]
+    pass_fds: tuple[int, ...] = ()
+    if inherit is not None:
+        fd = inherit.fileno()
+        pass_fds = (fd,)
+        env = {**(env or {}), "LISTEN_FDS": "1", "LISTEN_FDNAMES": "stratum"}
+        cmd = [sys.executable, "-c", "import os, sys; os.dup2(int(sys.argv[1]), 3); "
+               "os.set_inheritable(3, True); os.execv(sys.executable, sys.argv[2:])",
+               str(fd), *cmd]
     with log.open("wb") as logf:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "poold", "run", "-c", str(cfg), *extra,
-            stdout=logf, stderr=logf, cwd=ROOT, env={**os.environ, **(env or {})},
+            *cmd, stdout=logf, stderr=logf, cwd=ROOT, env={**os.environ, **(env or {})},
+            pass_fds=pass_fds,
         )
     p = Poold(proc, log, port, api_port, ledger_url)
     ready = (f"all {processes} workers ready" if processes > 1 else "poold running")
@@ -242,6 +254,18 @@ async def pg_url() -> tuple[str, str, str]:
     return await make_pg_schema_url()
 
 
+async def connections_gauge(api_port: int) -> float:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http, \
+            http.get(f"http://127.0.0.1:{api_port}/metrics") as resp:
+        assert resp.status == 200
+        text = await resp.text()
+    m = re.search(r"^poold_stratum_connections ([0-9.e+]+)$", text, re.M)
+    assert m is not None, text[:500]
+    return float(m.group(1))
+
+
 async def ledger_rows(url: str) -> tuple[dict[str, float], list[tuple[str, int, str]]]:
     """(accepted difficulty per miner name, [(block hash, instance_id, worker)]) in the ledger."""
     from poold.ledger.store import open_store
@@ -276,6 +300,13 @@ async def test_two_workers_one_port_one_ledger(devnet: Any, tmp_path: Path,
         spread = {w: sum(worker_of(e) == w for e in en1s) for w in (0, 1)}
         print(f"{backend}: 40 connections over the workers: {spread}")
         assert spread[0] > 0 and spread[1] > 0 and sum(spread.values()) == 40
+        # each worker's /metrics (API port + I) counts its own connections
+        gauges: dict[int, float] = {}
+        deadline = time.monotonic() + 15
+        while gauges != {w: float(n) for w, n in spread.items()}:
+            assert time.monotonic() < deadline, (gauges, spread)
+            gauges = {w: await connections_gauge(p.api_port + w) for w in (0, 1)}
+            await asyncio.sleep(0.2)
         for c, _ in clients:
             await c.close()
 
@@ -392,6 +423,32 @@ async def test_supervisor_speaks_sd_notify_forwards_sighup_and_watches_workers(
         notify.close()
         if p.proc.returncode is None:
             await p.stop()
+
+
+async def test_workers_share_a_socket_activated_listener(devnet: Any, tmp_path: Path) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    port = listener.getsockname()[1]
+    try:
+        p = await start_poold(tmp_path, devnet, processes=2, inherit=listener)
+    finally:
+        listener.close()  # the workers hold it now
+    try:
+        p.port = port
+        clients = [await subscribe(p) for _ in range(40)]
+        en1s = [en1 for _, en1 in clients]
+        assert len(set(en1s)) == 40
+        spread = {w: sum(worker_of(e) == w for e in en1s) for w in (0, 1)}
+        print(f"socket activation: 40 connections over the workers: {spread}")
+        assert spread[0] > 0 and spread[1] > 0, "both workers accept on the inherited socket"
+        for c, _ in clients:
+            await c.close()
+        assert p.count(rf"\[worker \d\] poold.stratum.server: stratum listening on "
+                       rf"127.0.0.1:{port}") == 2
+    finally:
+        await p.stop()
+    assert p.proc.returncode == 0, p.tail()
 
 
 async def test_two_instances_one_postgres(devnet: Any, tmp_path: Path) -> None:
