@@ -371,6 +371,28 @@ async def test_killed_worker_restarts_and_sigterm_stops_all(devnet: Any,
             await p.stop()
 
 
+def alive(pid: int) -> bool:
+    """A running process (a zombie, exited but not yet reaped by its new parent, is not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_workers_die_with_a_killed_supervisor(devnet: Any, tmp_path: Path) -> None:
+    p = await start_poold(tmp_path, devnet, processes=2)
+    pids = list(p.worker_pids().values())
+    assert len(pids) == 2 and all(alive(pid) for pid in pids)
+    p.proc.kill()  # no chance to forward anything: PR_SET_PDEATHSIG stops the workers
+    await p.proc.wait()
+    t0 = time.monotonic()
+    await _until(lambda: not any(alive(pid) for pid in pids), 10, "orphaned workers to exit")
+    print(f"supervisor killed: workers gone in {time.monotonic() - t0:.2f} s")
+    with socket.socket() as s:  # and the Stratum port is free again
+        s.bind(("127.0.0.1", p.port))
+
+
 async def test_supervisor_speaks_sd_notify_forwards_sighup_and_watches_workers(
         devnet: Any, tmp_path: Path) -> None:
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
