@@ -19,9 +19,10 @@ Singletons run in worker 0 only: the ledger's reconcile loop (and the fleet cont
 
 The supervisor forwards SIGTERM/SIGINT/SIGHUP to the workers, restarts a worker that exits (after
 0.5 s, doubling to 30 s while it keeps failing fast; a config error, exit code 2, stops all), kills
-a worker whose systemd watchdog pings stop, and tells systemd READY once every worker is ready:
-each worker gets its own notify socket (abstract namespace) that the supervisor reads, so the unit
-keeps NotifyAccess=main. A worker dies with its supervisor (PR_SET_PDEATHSIG).
+a worker whose systemd watchdog pings stop (or that is not ready START_TIMEOUT_S after a start),
+and tells systemd READY once every worker is ready: each worker gets its own notify socket
+(abstract namespace) that the supervisor reads, so the unit keeps NotifyAccess=main. A worker
+dies with its supervisor (PR_SET_PDEATHSIG).
 
 The alternative without a supervisor is the systemd template unit `deploy/systemd/poold@.service`
 (one unit per worker index, `poold run --worker-index %i`).
@@ -60,6 +61,9 @@ RESTART_MAX_S = 30.0
 STABLE_AFTER_S = 60.0
 # Inside the unit's TimeoutStopSec (15 s): workers drain for up to ~10 s, then SIGKILL.
 STOP_GRACE_S = 12.0
+# A (re)started worker not READY within this is killed and started again (systemd's own start
+# timeout only covers the first start of the unit).
+START_TIMEOUT_S = 120.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -345,17 +349,25 @@ class Supervisor:
     async def _watchdog(self) -> None:
         """Ping systemd's watchdog for the supervisor; kill a ready worker that stopped pinging
         (its event loop is stuck): it is restarted like any worker that exits."""
-        interval = min(self.notifier.watchdog_interval_s or 5.0, 5.0)
+        interval = min(self.notifier.watchdog_interval_s or 5.0, 5.0,
+                       (self._worker_watchdog_s or 20.0) / 4)
         while True:
             self.notifier.watchdog()
-            if self._worker_watchdog_s is not None:
-                now = time.monotonic()
-                for w in self.workers:
-                    if w.ready and now - w.last_ping > self._worker_watchdog_s:
-                        log.error("supervisor: worker %d missed its watchdog (%.0f s); killing it",
-                                  w.index, now - w.last_ping)
-                        w.ready = False
-                        self._signal(w, signal.SIGKILL)
+            now = time.monotonic()
+            for w in self.workers:
+                if w.proc is None or w.proc.returncode is not None:
+                    continue
+                if (self._worker_watchdog_s is not None and w.ready
+                        and now - w.last_ping > self._worker_watchdog_s):
+                    log.error("supervisor: worker %d missed its watchdog (%.0f s); killing it",
+                              w.index, now - w.last_ping)
+                    w.ready = False
+                    self._signal(w, signal.SIGKILL)
+                elif not w.ready and now - w.started > START_TIMEOUT_S:
+                    log.error("supervisor: worker %d not ready after %.0f s; killing it",
+                              w.index, now - w.started)
+                    w.started = now  # one kill per attempt; the restart resets it
+                    self._signal(w, signal.SIGKILL)
             await asyncio.sleep(interval)
 
 

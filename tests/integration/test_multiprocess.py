@@ -458,11 +458,16 @@ async def test_workers_share_a_socket_activated_listener(devnet: Any, tmp_path: 
         listener.close()  # the workers hold it now
     try:
         p.port = port
-        clients = [await subscribe(p) for _ in range(40)]
+        # one accept queue, whichever worker's loop takes a connection first: not an even
+        # hash like SO_REUSEPORT, so connect until both have sessions (40 at least)
+        clients: list[tuple[StratumClient, bytes]] = []
+        while len(clients) < 200 and (len(clients) < 40 or len(
+                {worker_of(en1) for _, en1 in clients}) < 2):
+            clients.append(await subscribe(p))
         en1s = [en1 for _, en1 in clients]
-        assert len(set(en1s)) == 40
+        assert len(set(en1s)) == len(en1s)
         spread = {w: sum(worker_of(e) == w for e in en1s) for w in (0, 1)}
-        print(f"socket activation: 40 connections over the workers: {spread}")
+        print(f"socket activation: {len(en1s)} connections over the workers: {spread}")
         assert spread[0] > 0 and spread[1] > 0, "both workers accept on the inherited socket"
         for c, _ in clients:
             await c.close()
