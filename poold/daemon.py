@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     worker: int | None = getattr(args, "worker_index", None)
     try:
         cfg = load_config(args.config)
-        processes = supervisor.resolve_processes(getattr(args, "processes", 1), cfg.source)
+        processes = supervisor.resolve_processes(getattr(args, "processes", 1))
         if worker is not None:
             supervisor.become_worker(worker)
             cfg = supervisor.worker_config(cfg, worker)

@@ -67,7 +67,7 @@ START_TIMEOUT_S = 120.0
 _PR_SET_PDEATHSIG = 1
 
 
-def resolve_processes(n: int, source: str = "--processes") -> int:
+def resolve_processes(n: int, source: str = "the command line") -> int:
     """N worker processes; 0 = one per CPU core available to this process (at most 64)."""
     if n == 0:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
@@ -91,7 +91,7 @@ def worker_config(cfg: Config, index: int) -> Config:
     """The config of worker `index`: shared port (SO_REUSEPORT), API port + index, own journal
     directory, the ledger URL pinned to the instance's one ledger."""
     if not 0 <= index < MAX_WORKERS:
-        raise ConfigError("--worker-index", f"must be 0..{MAX_WORKERS - 1}", cfg.source)
+        raise ConfigError("--worker-index", f"must be 0..{MAX_WORKERS - 1}", "the command line")
     host, port = cfg.api.listen
     if port and port + index > 65535:
         raise ConfigError("api.listen", f"port {port} + worker index {index} exceeds 65535",

@@ -478,6 +478,23 @@ async def test_workers_share_a_socket_activated_listener(devnet: Any, tmp_path: 
     assert p.proc.returncode == 0, p.tail()
 
 
+async def test_a_config_error_in_the_workers_stops_the_supervisor(devnet: Any,
+                                                                  tmp_path: Path) -> None:
+    # found only when a worker builds its pool (the coinbase tag cannot fit): exit 2 from the
+    # workers, and the supervisor gives up with exit 2 instead of restarting them forever
+    cfg = write_config(tmp_path, devnet, instance_id=INSTANCE, port=free_port(),
+                       api_port=free_ports(2), ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}")
+    cfg.write_text(cfg.read_text().replace('"/poold-mp/"', '"' + "x" * 120 + '"'))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "poold", "run", "-c", str(cfg), "--processes", "2", cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 2, text
+    assert "pool.coinbase_tag" in text and "exited with a config error" in text, text
+    assert "restarting" not in text, text
+
+
 async def test_two_instances_one_postgres(devnet: Any, tmp_path: Path) -> None:
     from poold.ledger import Ledger, LedgerConfig
     from tests.ledger.conftest import drop_pg_schema
