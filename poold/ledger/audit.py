@@ -137,7 +137,8 @@ async def reconcile(store: LedgerStore, node: NodeClient, *, now: float,
     100 confirmations; `credit_on_maturity` gives the PPLNS credits written in the same
     transaction) or -> orphaned (off the best chain: a reorg, logged as an event); orphaned ->
     confirmed if a later reorg brings it back. A block the node does not know stays as it is
-    (recorded or rejected) and is listed in `report.unknown`.
+    (recorded or rejected) and is listed in `report.unknown`. A block off the best chain is
+    settled (event "settled", no longer polled) once the best chain is 100 blocks past it.
     """
     rep = ReconcileReport()
     for rec in await store.blocks(0.0):

@@ -34,8 +34,8 @@ async def test_poold_run_split_payout(ledger_url: str, tmp_path: Path) -> None:
         start_height = dn.height
         port = free_port()
         cfg = tmp_path / "poold.toml"
-        # Every regtest share is a block; a window of 10,000 x the network difficulty holds
-        # the last few shares, so coinbases pay several accounts.
+        # Every regtest share is a block; a window of 1e6 x the network difficulty holds
+        # the last few hundred shares, so coinbases pay several accounts.
         cfg.write_text(f"""[pool]
 network = "regtest"
 payout = "split"
@@ -58,7 +58,7 @@ min_difficulty = 1e-8
 
 [ledger]
 url = "{ledger_url}"
-pplns_window_factor = 10000
+pplns_window_factor = 1000000
 dust_sat = 1000
 max_outputs = 5
 
@@ -114,7 +114,7 @@ listen = "127.0.0.1:{free_port()}"
     # Every recorded block on the chain pays exactly what was recorded.
     assert rep.ok, rep.mismatches
     on_chain = [b for b in blocks if b.status.value == "confirmed"]
-    assert len(on_chain) >= 3
+    assert len(on_chain) >= 3, [(b.height, b.status.value) for b in blocks]
     print(f"{len(blocks)} blocks recorded, {len(on_chain)} on the chain")
     net = Network.REGTEST
     miner_scripts = {address_to_script(a, net).hex() for a in accounts}
@@ -128,6 +128,7 @@ listen = "127.0.0.1:{free_port()}"
         assert all(o.value >= 1000 for o in paying)
         multi += len({o.script_hex for o in paying} & miner_scripts) >= 2
     print(f"{multi} coinbases paid two or more accounts")
-    assert multi >= 1  # the window held several accounts at least once
+    # The window held several accounts at least once.
+    assert multi >= 1, [[(o.script_hex[:12], o.value) for o in b.outputs] for b in on_chain]
     # Carried balances (sub-dust and beyond-max entitlements) always net to zero.
     assert sum(balances.values()) == 0
