@@ -164,6 +164,15 @@ def become_worker(index: int) -> None:
             f"%(asctime)s %(levelname)s [worker {index}] %(name)s: %(message)s"))
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range of local ports for outgoing connections (Linux; else IANA's)."""
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
 @dataclass(slots=True)
 class _Worker:
     index: int
@@ -217,6 +226,11 @@ class Supervisor:
         log.info("supervisor: %d workers on stratum %s:%d, admin API/metrics on %s",
                  self.n, *self.cfg.stratum.listen,
                  ", ".join(f"{host}:{port + i}" for i in range(self.n)) if port else "port 0")
+        lo, hi = _ephemeral_ports()
+        if port and port + self.n - 1 >= lo and port <= hi:
+            log.warning("supervisor: api.listen ports %d..%d overlap the ephemeral port range "
+                        "%d..%d: an outgoing connection can take one first (the worker then "
+                        "fails to start and is retried)", port, port + self.n - 1, lo, hi)
         try:
             async with asyncio.TaskGroup() as tg:
                 for w in self.workers:
