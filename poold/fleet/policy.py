@@ -309,8 +309,11 @@ def allocate(miners: Sequence[MinerInput], budget_w: float) -> Plan:
             if not cands:
                 break
             current = sum(a.hashrate_ths for a in done.values())
-            accepted = False
-            for drop in ({mid for _, mid in cands}, {cands[0][1]}):
+            best_trial = None
+            trials = [{cands[0][1]}]  # the single worst, and all of them: keep the better
+            if len(cands) > 1:
+                trials.append({mid for _, mid in cands})
+            for drop in trials:
                 t_awake = [m for m in awake if m.miner_id not in drop]
                 t_sleepers = sleepers + [m for m in awake if m.miner_id in drop]
                 t_budget = budget - sum(m.sleep_w for m in t_sleepers)
@@ -318,13 +321,15 @@ def allocate(miners: Sequence[MinerInput], budget_w: float) -> Plan:
                     continue
                 t_xs, t_log = _Fill(t_awake).solve(t_budget)
                 t_done = _finish(t_awake, t_xs, math.exp(t_log), t_budget)
-                if sum(a.hashrate_ths for a in t_done.values()) > current * (1.0 + SLEEP_GAIN):
-                    awake, sleepers, awake_budget = t_awake, t_sleepers, t_budget
-                    xs, lam, done = t_xs, math.exp(t_log), t_done
-                    accepted = True
-                    break
-            if not accepted:
+                gain = sum(a.hashrate_ths for a in t_done.values())
+                if gain > current * (1.0 + SLEEP_GAIN) and (
+                    best_trial is None or gain > best_trial[0]
+                ):
+                    best_trial = (gain, t_awake, t_sleepers, t_budget, t_xs, t_log, t_done)
+            if best_trial is None:
                 break
+            _, awake, sleepers, awake_budget, xs, t_log, done = best_trial
+            lam = math.exp(t_log)
 
     # 3. Sleeping by floor efficiency is a knapsack heuristic: try a few swaps (wake one of
     #    the best sleepers, sleep one of the worst awake) and keep the best improvement.
