@@ -40,7 +40,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -154,9 +154,12 @@ def become_worker(index: int) -> None:
     """Process setup of a worker: die with the supervisor, tag every log line with the index."""
     parent = os.environ.pop(SUPERVISOR_ENV, "")
     if parent.isdigit():
-        with contextlib.suppress(OSError, AttributeError):
+        try:
             libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+            if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        except (OSError, AttributeError) as exc:  # not Linux, or prctl filtered out
+            log.warning("worker %d will outlive a killed supervisor: prctl: %s", index, exc)
         if os.getppid() != int(parent):  # the supervisor died before prctl took effect
             os.kill(os.getpid(), signal.SIGTERM)
     for handler in logging.getLogger().handlers:
@@ -184,7 +187,6 @@ class _Worker:
     last_ping: float = 0.0
     backoff_s: float = RESTART_MIN_S
     restarts: int = 0
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Supervisor:
@@ -319,7 +321,6 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), w.backoff_s)
             w.backoff_s = min(2 * w.backoff_s, RESTART_MAX_S)
-        w.exited.set()
 
     async def _stop_all(self) -> None:
         for w in self.workers:
