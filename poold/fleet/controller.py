@@ -734,9 +734,10 @@ class FleetController:
         self.optimize()
         self._ramp_tokens = 0.0  # no increases on the way out
         self.reconcile(self.clock.now())
-        pending = [t for t in self._tasks if not t.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=settle_timeout_s)
+        # Wait for the commands themselves (not for their later confirmation reads).
+        deadline = self.clock.now() + settle_timeout_s
+        while any(m.inflight for m in self.miners.values()) and self.clock.now() < deadline:
+            await self.clock.sleep(0.1)
         for t in list(self._tasks):
             t.cancel()
         for m in self.miners.values():

@@ -310,7 +310,8 @@ def allocate(miners: Sequence[MinerInput], budget_w: float) -> Plan:
                 break
             current = sum(a.hashrate_ths for a in done.values())
             best_trial = None
-            trials = [{cands[0][1]}]  # the single worst, and all of them: keep the better
+            # Each of the three worst alone, and all of them: keep the best.
+            trials = [{mid} for _, mid in cands[:3]]
             if len(cands) > 1:
                 trials.append({mid for _, mid in cands})
             for drop in trials:
@@ -340,10 +341,23 @@ def allocate(miners: Sequence[MinerInput], budget_w: float) -> Plan:
         wake = sorted(sleepers, key=lambda m: -_efficiency_at_floor(m))[:3]
         worst = sorted((m for m in awake if m.can_sleep and m.may_cycle),
                        key=_efficiency_at_floor)[:3]
+        by_floor_eff = sorted((m for m in awake if m.can_sleep and m.may_cycle),
+                              key=_efficiency_at_floor)
         for w in wake:
-            for d in worst:
-                t_awake = [m for m in awake if m is not d] + [w]
-                t_sleepers = [m for m in sleepers if m is not w] + [d]
+            # Moves: wake w and sleep one of the worst; or wake w and sleep as many of the
+            # worst as it takes to fit (a big unit for several small ones).
+            moves = [[d] for d in worst]
+            need, k = [], 0
+            floor_after = sum(m.lo for m in awake) + w.lo - w.sleep_w
+            while floor_after > budget and k < len(by_floor_eff):
+                need.append(by_floor_eff[k])
+                floor_after -= by_floor_eff[k].lo - by_floor_eff[k].sleep_w
+                k += 1
+            if len(need) > 1:
+                moves.append(need)
+            for ds in moves:
+                t_awake = [m for m in awake if all(m is not d for d in ds)] + [w]
+                t_sleepers = [m for m in sleepers if m is not w] + ds
                 t_budget = budget - sum(m.sleep_w for m in t_sleepers)
                 if sum(m.lo for m in t_awake) > t_budget:
                     continue

@@ -27,7 +27,7 @@ miner_st = st.builds(
             levels=tuple(p * (0.36 + 0.64 * k / (n - 1)) for k in range(n)) if kind == "p"
             else (p,))),
     st.integers(0, 10**6), st.floats(1500, 4000), st.floats(40, 250), st.floats(0.5, 0.7),
-    st.sampled_from(["w", "w", "p", "o"]), st.integers(5, 12),  # real firmware: 9-25 presets
+    st.sampled_from(["w", "w", "p", "o"]), st.integers(9, 25),  # real firmware: 9-25 presets
 )
 
 
