@@ -196,8 +196,12 @@ async def start_bare() -> Server:
     return Server(proc, port, "bare asyncio")
 
 
-def poold_config(workdir: Path, rpc_url: str, user: str, password: str, zmq_url: str) -> Path:
+def poold_config(
+    workdir: Path, rpc_url: str, user: str, password: str, zmq_url: str,
+    invalid_share_limit: int | None = None,
+) -> Path:
     port = free_port()
+    ladder = "" if invalid_share_limit is None else f"invalid_share_limit = {invalid_share_limit}\n"
     cfg = workdir / "poold.toml"
     cfg.write_text(
         f"""[pool]
@@ -222,7 +226,7 @@ share_interval_s = 1e6
 max_connections = 100000
 max_per_ip = 100000
 idle_timeout_s = 3600
-
+{ladder}
 [api]
 listen = "127.0.0.1:{free_port()}"
 
@@ -239,12 +243,13 @@ def config_port(cfg: Path) -> int:
 
 
 def poold_server_main(cfg_path: str, accept_all: bool) -> None:
-    """`poold run`'s own `serve()` on CPU 0, with two bench-only wiring overrides.
+    """`poold run`'s own `serve()` on CPU 0 (with `accept_all`, one bench-only wiring override).
 
-    The invalid-share ladder is off (invalid_limit=0): random nonces are all invalid shares, and
-    the ladder would disconnect every generator connection after 100 of them (then ban the IP).
-    With `accept_all`, the difficulty bounds go below 1e-9 so every hash is a share (the
-    accepted path, with the ledger), still never a block against the hard network target.
+    The invalid-share ladder is off through the config (`stratum.invalid_share_limit = 0`): random
+    nonces are all invalid shares, and the ladder would disconnect every generator connection
+    after 100 of them (then ban the IP). With `accept_all`, the difficulty bounds go below 1e-9
+    (under the config's minimum, hence the override) so every hash is a share (the accepted path,
+    with the ledger), still never a block against the hard network target.
     """
     import functools
     import logging
@@ -254,12 +259,13 @@ def poold_server_main(cfg_path: str, accept_all: bool) -> None:
 
     _pin(SERVER_CPU)
     logging.basicConfig(level=logging.WARNING)
-    overrides: dict[str, Any] = {"invalid_limit": 0}
     if accept_all:
         from poold.work.difficulty import DifficultyPolicy
 
-        overrides["difficulty"] = DifficultyPolicy(1e-12, 1e-12, 1e-12)
-    daemon.build_pool = functools.partial(daemon.build_pool, **overrides)  # type: ignore[assignment]
+        policy = DifficultyPolicy(1e-12, 1e-12, 1e-12)
+        daemon.build_pool = functools.partial(  # type: ignore[assignment]
+            daemon.build_pool, difficulty=policy
+        )
     sys.exit(asyncio.run(daemon.serve(load_config(Path(cfg_path)))))
 
 
@@ -527,7 +533,7 @@ async def run(args: argparse.Namespace) -> int:
             "poold: `poold run`'s serve() against the devnet through a JSON-RPC proxy that sets "
             f"the template bits to {HARD_BITS} (difficulty 1), so random nonces never meet the "
             "network target; share difficulty 1, so every submit is judged a low-difficulty "
-            "share (code 23); invalid-share ladder off (invalid_limit=0)"
+            "share (code 23); invalid-share ladder off (invalid_share_limit = 0)"
         )
         variants = [(c, p, False) for c, p in CONFIGS]
         if args.accepted:
@@ -537,7 +543,9 @@ async def run(args: argparse.Namespace) -> int:
                 for conns, pipeline, accept_all in variants:
                     workdir = Path(tmp) / f"c{conns}-{int(accept_all)}"
                     workdir.mkdir()
-                    cfg = poold_config(workdir, rpc_url, ruser, rpass, zmq_url)
+                    cfg = poold_config(
+                        workdir, rpc_url, ruser, rpass, zmq_url, invalid_share_limit=0
+                    )
                     server = await start_poold(cfg, accept_all)
                     prof = (
                         f"{args.profile}-{conns}x{pipeline}{'-accept' if accept_all else ''}"
