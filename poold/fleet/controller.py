@@ -1,20 +1,32 @@
 """The fleet controller: keep every rack, container and the site under its cap (fleet.md §8.2).
 
 Loops, on an injected `Clock` (real in production, virtual in tests and the benchmark):
-- telemetry: each miner polled every `telemetry_interval_s`, staggered; stale → worst case;
-- fast guard (`guard_interval_s`, ≈1 s): projects each node's power from telemetry and
-  commands in flight; on a breach it re-plans at once if the caps changed, else sheds in
-  bounded steps (sleeps the least efficient, only as much as the breach) and re-plans;
-  then reconciles the plan with the miners: decreases at once, increases through a site-wide
-  ramp limit (token bucket, kW/min) so restores are staggered;
-- optimizer (`optimizer_interval_s`, 30–60 s, or at once on a cap change): splits each
-  parent's budget across children and water-fills each rack's budget (poold.fleet.policy)
-  with each miner's learned curve (poold.fleet.model), aiming at cap × `target_fraction`.
+- telemetry: each miner polled every `telemetry_interval_s`, staggered (a heap keeps the phase);
+  stale → counted at worst case;
+- fast guard (`guard_interval_s`, ≈1 s): re-plans racks whose caps or inputs changed, then
+  reconciles plan and miners (decreases at once, over-cap racks first; increases through a
+  site-wide ramp limit, a kW/min token bucket, in random order: a staggered restore); if a
+  node is still over its cap once the queued decreases are counted, it sheds in bounded steps
+  (sleeps the least efficient, only as much as the breach) and re-plans;
+- optimizer: every rack re-planned every `optimizer_interval_s`, spread round-robin over the
+  guard ticks; a parent's budget is split across children where it binds, and each rack's
+  budget is water-filled (poold.fleet.policy) with each miner's learned curve
+  (poold.fleet.model), aiming at cap × `target_fraction` (the hysteresis band).
+Work per tick is bounded (`optimize_budget_s`, `max_starts_per_tick`), so a cycle stays short
+at any fleet size; what does not fit follows on the next tick.
 
 Power projection per miner (the number caps are checked against): stale or unknown → the worst
 of nameplate, last measured, commanded; within a command's settle window → the commanded power
-for a decrease, max(measured, commanded) for an increase; otherwise measured. A command that
-is acknowledged but not followed after settling is flagged and counted at its measured power.
+for a decrease, max(measured, commanded) for an increase; otherwise measured — raised to what
+its hashrate needs (firmware figure, or the pool's share rate) when the reported watts are
+implausibly low. After settling, a miner drawing more than commanded (by telemetry or by the
+pool's shares) is flagged "not following" and counted at what it really draws.
+
+Wiring (poold.daemon): ``FleetController(cfg.fleet, build_drivers(cfg.fleet), clock=LoopClock(),
+metrics=metrics, shares=estimator)``; ``await run()`` in the TaskGroup, ``await stop()`` at
+shutdown (leaves the safe cap); the share path calls ``estimator.record(worker, difficulty,
+clock.now())``; vardiff / "worker silent" ask ``is_curtailed(worker)``; the API uses
+``set_cap``, ``budgets.grid_signal``, ``status``, ``action``, ``clear_faulty``.
 """
 
 # ruff: noqa: RUF002  (math notation in docstrings is intended)
@@ -27,14 +39,11 @@ import logging
 import math
 import random
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 
 from poold.fleet.budgets import Budgets, Cap
 from poold.fleet.clock import Clock
 from poold.fleet.drivers.base import (
-    Capabilities,
     Desired,
     DriverError,
     MinerDriver,
@@ -44,14 +53,14 @@ from poold.fleet.drivers.base import (
 )
 from poold.fleet.health import (
     ActionLimiter,
-    MinerHealth,
     ShareRateEstimator,
     ambient_adjusted_limit,
     thermal_cap,
 )
-from poold.fleet.inventory import FleetConfig, MinerSpec
-from poold.fleet.model import CurveLearner, PowerCurve
+from poold.fleet.inventory import FleetConfig
+from poold.fleet.model import CurveLearner
 from poold.fleet.policy import Actuator, Allocation, MinerInput, allocate, shed_order, split_budget
+from poold.fleet.state import FleetStatus, MinerState, NodeStatus
 from poold.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -61,52 +70,6 @@ FAULTY_AFTER = 5
 FOLLOW_TOLERANCE = 1.10  # measured may exceed the commanded watts by 10 % (+50 W) after settle
 MIN_RAISE_FRACTION = 0.02  # don't send an increase smaller than 2 % of nameplate (churn)
 POWER_LIE_RATIO = 0.75  # reported watts below 75 % of what the hashrate needs: not believed
-
-
-@dataclass(slots=True)
-class MinerState:
-    spec: MinerSpec
-    driver: MinerDriver
-    learner: CurveLearner
-    health: MinerHealth = field(default_factory=MinerHealth)
-    caps: Capabilities | None = None
-    commanded: Desired | None = None
-    commanded_w: float | None = None
-    settle_until: float = -math.inf
-    inflight: bool = False
-    next_poll: float = 0.0
-    sleeps: deque[float] = field(default_factory=deque)  # wall times of sleeps, last 24 h
-    plan: Allocation | None = None
-    plan_desired: Desired | None = None
-    nameplate_curve: PowerCurve = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.nameplate_curve = PowerCurve.from_nameplate(self.spec.nameplate_w,
-                                                         self.spec.nameplate_ths)
-
-    @property
-    def worst_w(self) -> float:
-        return max(self.spec.max_w, self.spec.nameplate_w)
-
-
-@dataclass(frozen=True, slots=True)
-class NodeStatus:
-    node: str
-    cap_w: float
-    power_w: float
-    hashrate_ths: float
-    over_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class FleetStatus:
-    time: float
-    nodes: tuple[NodeStatus, ...]
-    miners: int
-    stale: int
-    faulty: int
-    asleep: int
-    commands_sent: int
 
 
 class FleetController:

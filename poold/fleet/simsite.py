@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from poold.fleet.clock import Clock, ScaledClock
-from poold.fleet.controller import FleetController, FleetStatus
+from poold.fleet.controller import FleetController
 from poold.fleet.drivers.base import MinerDriver, Secret
 from poold.fleet.drivers.braiins import BraiinsDriver
 from poold.fleet.drivers.cgminer import CgminerDriver
@@ -35,6 +35,7 @@ from poold.fleet.drivers.whatsminer import WhatsminerDriver
 from poold.fleet.health import ShareRateEstimator
 from poold.fleet.inventory import FleetConfig, parse_fleet
 from poold.fleet.policy import Actuator
+from poold.fleet.state import FleetStatus
 from poold.metrics import Metrics
 from poold.sim.asic import AsicSpec, SimAsic, SimDriver, default_presets
 

@@ -158,3 +158,33 @@ def test_actions_are_rate_limited_and_curtailment_is_visible_to_the_pool() -> No
 
     rebooting, before, after = site_run(fn, [["braiins"] * 4])
     assert rebooting and not before and after
+
+
+def test_rack_metrics_and_command_counters_are_exported() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from poold.metrics import Metrics
+
+    registry = CollectorRegistry()
+
+    async def go() -> None:
+        clock = LoopClock(wall_at_zero=1_767_225_600.0)
+        table = build_table([["braiins", "luxos"]], over_cap_allowed_s=30.0,
+                            telemetry_interval_s=5.0)
+        site = await SimSite.create(table, clock, tcp=False, rng=random.Random(1),
+                                    metrics=Metrics(registry))
+        run = asyncio.get_running_loop().create_task(site.controller.run())
+        await clock.sleep(10)
+        site.controller.set_cap("rack000", site.cfg.racks[0].cap_kw * 0.5)
+        await clock.sleep(30)
+        run.cancel()
+        await site.controller.stop(settle_timeout_s=1.0)
+
+    run_virtual(go())
+    power = registry.get_sample_value("poold_rack_power_watts", {"rack": "rack000"})
+    cap = registry.get_sample_value("poold_rack_cap_watts", {"rack": "rack000"})
+    assert power is not None and cap is not None and 0 < power <= cap
+    ok = sum(registry.get_sample_value("poold_controller_commands_total",
+                                       {"driver": d, "result": "ok"}) or 0.0
+             for d in ("braiins", "luxos"))
+    assert ok >= 2

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from poold.fleet.controller import FleetStatus
 from poold.fleet.simsite import run_sim_site
+from poold.fleet.state import FleetStatus
 
 
 async def test_run_sim_site_cuts_and_meets_the_caps() -> None:
