@@ -229,7 +229,7 @@ async def run_sim_site(
     clock = ScaledClock(speed)
     tell = say or (lambda text: log.info("%s", text))
     mix = {"braiins": 0.4, "whatsminer": 0.3, "luxos": 0.3}
-    table = build_table(random_kinds(racks, per_rack, rng, mix), rack_cap_factor=1.0,
+    table = build_table(random_kinds(racks, per_rack, rng, mix), rack_cap_factor=1.05,
                         telemetry_interval_s=5.0, stale_after_s=20.0, optimizer_interval_s=30.0,
                         ramp_kw_per_min=60.0, over_cap_allowed_s=30.0)
     shares = ShareRateEstimator(window_s=600.0) if pool is not None else None
