@@ -40,6 +40,14 @@ T = TypeVar("T")
 _MIGRATION_LOCK = 0x706F6F6C64  # "poold"
 _PRUNE_LOCK = _MIGRATION_LOCK + 1
 _SHARE_COLUMNS = ("instance_id", "worker", "account", "difficulty", "job_id", "height", "time")
+# schema.UPSERT_BUCKET for a whole batch in one statement: one Bind/Execute instead of one per
+# (account, bucket), the same rows in the same (sorted) lock order.
+_UPSERT_BUCKETS = (
+    "INSERT INTO share_buckets (account, bucket, difficulty, shares)"
+    " SELECT * FROM unnest($1::text[], $2::float8[], $3::float8[], $4::bigint[])"
+    " ON CONFLICT (account, bucket) DO UPDATE SET"
+    " difficulty = share_buckets.difficulty + excluded.difficulty,"
+    " shares = share_buckets.shares + excluded.shares")
 
 
 def _q(sql: str) -> str:
@@ -124,11 +132,11 @@ class PostgresStore:
 
     async def insert_shares(self, shares: Sequence[AcceptedShare]) -> None:
         records = list(map(SHARE_ROW, shares))
-        buckets = bucket_rows(shares)
+        buckets = list(zip(*bucket_rows(shares), strict=True)) or [[], [], [], []]
 
         async def body(conn: Any) -> None:
             await conn.copy_records_to_table("shares", records=records, columns=_SHARE_COLUMNS)
-            await conn.executemany(_q(schema.UPSERT_BUCKET), buckets)
+            await conn.execute(_UPSERT_BUCKETS, *buckets)
 
         await self._tx(body)
 

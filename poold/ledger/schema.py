@@ -18,10 +18,13 @@ _TYPES: dict[Dialect, dict[str, str]] = {
     # deleted, and share inserts are the hot path.
     "sqlite": {"id": "INTEGER PRIMARY KEY", "float": "REAL", "big": "INTEGER",
                "hour": "(CAST(time / 3600 AS INTEGER) * 3600)",
-               "bucket": "(CAST(time / 10 AS INTEGER) * 10)"},
+               "bucket": "(CAST(time / 10 AS INTEGER) * 10)",
+               # A rowid table has no separate key index to drop.
+               "drop_shares_pk": "SELECT 1"},
     "postgres": {"id": "BIGSERIAL PRIMARY KEY", "float": "DOUBLE PRECISION", "big": "BIGINT",
                  "hour": "(floor(time / 3600) * 3600)",
-                 "bucket": "(floor(time / 10) * 10)"},
+                 "bucket": "(floor(time / 10) * 10)",
+                 "drop_shares_pk": "ALTER TABLE shares DROP CONSTRAINT IF EXISTS shares_pkey"},
 }
 
 # Migrations in order; index + 1 is the schema version after applying it. Never edit a released
@@ -129,6 +132,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """INSERT INTO share_buckets (account, bucket, difficulty, shares)
             SELECT account, {bucket}, SUM(difficulty), COUNT(*) FROM shares
             GROUP BY account, {bucket}""",
+    ),
+    (
+        # v4: no primary-key index on shares.id in PostgreSQL. Nothing looks a share up by id
+        # (reads walk (time, id), retention deletes by time) and ids stay unique through their
+        # sequence; the index was a third of the server's cost per share batch
+        # (tests/bench/ledger.py). SQLite's key is the rowid itself: nothing to drop.
+        "{drop_shares_pk}",
     ),
 )
 

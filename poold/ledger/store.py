@@ -43,16 +43,19 @@ def bucket_of(t: float) -> float:
 def bucket_rows(shares: Sequence[AcceptedShare]) -> list[tuple[str, float, float, int]]:
     """A batch of shares summed per (account, bucket), sorted (a fixed lock order for upserts
     from concurrent instances)."""
-    acc: dict[tuple[str, float], list[float]] = {}
+    # bucket_of inlined (with the same float arithmetic): this runs per share on the loop.
+    floor, width = math.floor, schema.BUCKET_S
+    acc: dict[tuple[str, int], list[float]] = {}
     for s in shares:
-        key = (s.account, bucket_of(s.time))
+        key = (s.account, floor(s.time / width))
         cell = acc.get(key)
         if cell is None:
             acc[key] = [s.difficulty, 1.0]
         else:
             cell[0] += s.difficulty
             cell[1] += 1.0
-    return [(a, b, d, int(n)) for (a, b), (d, n) in sorted(acc.items())]
+    step = int(width)
+    return [(a, float(b * step), d, int(n)) for (a, b), (d, n) in sorted(acc.items())]
 
 
 class StoreUnavailable(Exception):

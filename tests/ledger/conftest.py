@@ -62,3 +62,13 @@ async def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
         yield url
     finally:
         await drop_pg_schema(base, schema)
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh, empty PostgreSQL ledger URL (PostgreSQL-only behaviour)."""
+    url, base, schema = await make_pg_schema_url()
+    try:
+        yield url
+    finally:
+        await drop_pg_schema(base, schema)

@@ -177,11 +177,44 @@ async def test_migration_from_v1_keeps_data(ledger_url: str) -> None:
     await downgrade_to_v1(ledger_url)
     store = await opened(ledger_url)
     try:
-        assert await store.schema_version() == schema.SCHEMA_VERSION == 3
+        assert await store.schema_version() == schema.SCHEMA_VERSION == 4
         assert await store.share_count() == 5
         # v3 backfilled the buckets from the shares already there.
         assert await store.buckets_page(2000.0, 10) == [(1000.0, "acct", 5.0)]
         assert await store.prune_shares(1002.5) == 3  # the v2 table is there and works
+    finally:
+        await store.close()
+
+
+async def test_v4_postgres_shares_keep_only_the_time_index(pg_url: str) -> None:
+    """v4 drops the id key index of shares (write cost); a v3 ledger is migrated in place, its
+    shares kept, and reads still page by (time, id)."""
+    import asyncpg
+
+    store = await opened(pg_url)
+    await store.insert_shares([share(i, t=1000.0 + i // 2) for i in range(6)])
+    await store.close()
+    pg = await asyncpg.connect(pg_url)
+    try:
+        # Make it a v3 ledger again: the key as v1 created it, version 4 not applied.
+        await pg.execute("ALTER TABLE shares ADD PRIMARY KEY (id)")
+        await pg.execute("DELETE FROM schema_version WHERE version = 4")
+        store = await opened(pg_url)
+        indexes = {r[0] for r in await pg.fetch(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'shares'"
+            " AND schemaname = current_schema()")}
+    finally:
+        await pg.close()
+    try:
+        assert indexes == {"shares_time"}
+        assert await store.schema_version() == 4
+        await store.insert_shares([share(i, t=1003.0) for i in range(6, 8)])
+        rows = await store.shares_page(2000.0, None, 100)
+        assert [(r.time, r.id) for r in rows] == sorted(((r.time, r.id) for r in rows),
+                                                        reverse=True)
+        assert len({r.id for r in rows}) == len(rows) == 8
+        cursor = (rows[2].time, rows[2].id)
+        assert await store.shares_page(2000.0, cursor, 100) == rows[3:]
     finally:
         await store.close()
 
