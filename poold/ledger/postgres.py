@@ -132,7 +132,8 @@ class PostgresStore:
 
     async def insert_shares(self, shares: Sequence[AcceptedShare]) -> None:
         records = list(map(SHARE_ROW, shares))
-        buckets = list(zip(*bucket_rows(shares), strict=True)) or [[], [], [], []]
+        rows = bucket_rows(shares)
+        buckets = [[r[i] for r in rows] for i in range(4)]  # one array per column
 
         async def body(conn: Any) -> None:
             await conn.copy_records_to_table("shares", records=records, columns=_SHARE_COLUMNS)
