@@ -183,3 +183,42 @@ async def test_closing_connection_gets_no_direct_send(make_pool: MakePool, spy: 
     assert jobs(await read_lines(sock, "")) == []  # EOF, and no job after the close
     assert first
     sock.close()
+
+
+async def test_slow_reader_dropped_at_the_limit(make_pool: MakePool, spy: Spy) -> None:
+    pool = await make_pool(write_buffer_limit=32 * 1024)
+    server = pool.server
+    slow = await raw_miner(server, rcvbuf=4096)
+    fast = await raw_miner(server)
+    await until(lambda: len(server.connections) == 2 and all(c.working for c in server.connections))
+    slow_conn = conn_of(server, slow)
+    fast_conn = conn_of(server, fast)
+    assert slow_conn.transport is not None
+    slow_conn.transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+    )
+    template = pool.nodes.latest
+    assert template is not None
+    book = server.ctx.engine.book
+    group = fast_conn.work.group_key  # type: ignore[union-attr]
+    sent = []
+    for _ in range(2000):
+        server.on_template(template, False)
+        sent.append(book.current[group].job_id)
+        if slow_conn.close_reason is not None:
+            break
+        # a miner still connected is within the limit
+        assert slow_conn.transport is not None
+        assert slow_conn.transport.get_write_buffer_size() <= 32 * 1024
+        if len(sent) % 100 == 0:
+            await read_lines(fast, sent[-1])  # keep the fast one drained
+    assert slow_conn.close_reason == "write buffer full (slow reader)"
+    assert server.drops.get("write buffer full") == 1
+    assert any(sent_ >= 0 for _, sent_ in spy.results)  # it went partial on the direct path
+    server.on_template(template, False)
+    sent.append(book.current[group].job_id)
+    fast_lines = await read_lines(fast, sent[-1])
+    assert jobs(fast_lines)[-1] == sent[-1]
+    await until(lambda: len(server.connections) == 1)
+    for sock in (slow, fast):
+        sock.close()
