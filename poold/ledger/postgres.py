@@ -4,6 +4,12 @@ Same schema and semantics as the SQLite store. Share batches go through COPY (th
 path); blocks and submit results are ordinary transactions, durable on COMMIT with the server's
 default synchronous_commit=on. Migrations run under a transaction-level advisory lock so that
 instances starting together apply them once.
+
+Where a share batch's time goes (tests/bench/ledger.py; py-spy on the client, backend CPU from
+/proc on the server; 10,000 shares, 500 accounts): the server backend ~1.4 s per million shares
+(heap COPY, the (time, id) index, one bucket upsert per account), the client ~0.6 s (row tuples,
+bucket sums, asyncpg's binary COPY encoding), one after the other on one connection. Hence v4
+drops the unused id key index and the bucket sums go in one statement.
 """
 
 from __future__ import annotations

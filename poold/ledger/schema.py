@@ -2,8 +2,9 @@
 
 Each migration is a list of statements written once in a common dialect and rendered for SQLite
 or PostgreSQL by `render()`: `{id}` becomes the auto-increment key, `{float}` a double, and `?`
-placeholders stay for SQLite and become `$1..$n` for PostgreSQL (asyncpg). The version applied is
-kept in `schema_version`; `open()` of a store applies the missing migrations in one transaction.
+placeholders stay for SQLite and become `$1..$n` for PostgreSQL (asyncpg); a statement only one
+backend needs is a `{key}` that renders to a no-op (`SELECT 1`) on the other. The version applied
+is kept in `schema_version`; `open()` of a store applies the missing migrations in one transaction.
 """
 
 from __future__ import annotations
