@@ -343,13 +343,18 @@ async def test_retention_prunes_old_shares_only(ledger_url: str, tmp_path: Path)
     ledger = Ledger(config(ledger_url, tmp_path, share_retention_s=2 * day))
     await ledger.start()
     try:
-        for i in range(30):  # one share every 3 hours over 90 hours
-            ledger.record_share(share(i, account=f"a{i % 3}", t=now - (90 - 3 * i) * 3600))
+        # One share every 3 hours over 90 hours, each half an hour off the hour so that none
+        # sits on the 48 h retention edge (the retention task may run with a later `now`).
+        def age(i: int) -> float:
+            return (90 - 3 * i) * 3600 + 1800
+
+        for i in range(30):
+            ledger.record_share(share(i, account=f"a{i % 3}", t=now - age(i)))
         await ledger.flush()
         totals = await ledger.store.share_totals(0, now + 1)
         await ledger.prune(now)  # (the retention task may have started on it already)
-        old = sum(1 for i in range(30) if (90 - 3 * i) * 3600 > 2 * day)
-        assert old == 14
+        old = sum(1 for i in range(30) if age(i) > 2 * day)
+        assert old == 15
         assert await ledger.store.share_count() == 30 - old
         oldest = await ledger.store.oldest_share_time()
         assert oldest is not None and oldest >= now - 2 * day
