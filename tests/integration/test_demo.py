@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
 
-import pytest
 
-
-@pytest.mark.skipif(
-    importlib.util.find_spec("poold.daemon") is None, reason="poold.daemon not available yet"
-)
 def test_demo_finds_blocks_that_pay_its_miners() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "poold", "demo", "--miners", "2", "--blocks", "2"],
@@ -24,4 +18,10 @@ def test_demo_finds_blocks_that_pay_its_miners() -> None:
     # Found through the share path at difficulty 1e-4 (target ~2**242), display byte order.
     assert all(int(h, 16) <= 0xFFFF * 2**208 * 10**4 for _, h in blocks)
     assert re.search(r"coinbase pays 50\.0+ BTC to cpu-miner-\d \(bcrt1", out.stdout)
-    assert re.search(r"summary: \d+ shares accepted, 0 rejected", out.stdout), out.stdout
+    summary = re.search(r"summary: (\d+) shares accepted, (\d+) rejected", out.stdout)
+    assert summary is not None and int(summary.group(1)) > 0, out.stdout
+    # The only honest rejection: a share on the old tip that raced the new block's clean job
+    # (blocks come seconds apart on regtest). Anything else is a pool or miner bug.
+    reasons = re.findall(r"share rejected \(([^)]*)\)", out.stdout)
+    assert len(reasons) == int(summary.group(2)), out.stdout
+    assert all(r in ("21 Stale job", "21 Job not found") for r in reasons), reasons
