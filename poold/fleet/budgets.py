@@ -36,18 +36,39 @@ class Budgets:
     """The caps in force, as a function of time and of what the API and grid told us."""
 
     def __init__(self, cfg: FleetConfig, clock: Clock) -> None:
-        self.cfg = cfg
         self.clock = clock
+        self.reconfigure(cfg)
+        self._api: dict[str, tuple[float, float | None]] = {}  # node -> (watts, until)
+        self._grid_w: float | None = None
+        self._grid_ttl_s: float | None = None  # the last grid message's own heartbeat limit
+        self._last_heartbeat = clock.now()
+        self._forced_safe = False
+        self.version = 0  # bumps on every explicit change (API, grid value, safe)
+
+    def reconfigure(self, cfg: FleetConfig) -> None:
+        """Take the configured caps (and schedule, safe cap, heartbeat) of `cfg` (SIGHUP)."""
+        self.cfg = cfg
         self._config_w: dict[str, float] = {cfg.site: cfg.cap_kw * 1000.0}
         for c in cfg.containers:
             self._config_w[c.id] = c.cap_kw * 1000.0
         for r in cfg.racks:
             self._config_w[r.id] = r.cap_kw * 1000.0
-        self._api: dict[str, tuple[float, float | None]] = {}  # node -> (watts, until)
-        self._grid_w: float | None = None
-        self._last_heartbeat = clock.now()
-        self._forced_safe = False
-        self.version = 0  # bumps on every explicit change (API, grid value, safe)
+        api: dict[str, tuple[float, float | None]] = getattr(self, "_api", {})
+        for node, (w, _until) in list(api.items()):
+            if node not in self._config_w or w > self._config_w[node]:
+                del api[node]
+        self.version = getattr(self, "version", -1) + 1
+
+    def overrides(self) -> dict[str, tuple[float, float | None]]:
+        """API caps in force: node -> (watts, until clock time or None)."""
+        return dict(self._api)
+
+    @property
+    def grid_w(self) -> float | None:
+        return self._grid_w
+
+    def config_w(self, node: str) -> float:
+        return self._config_w[node]
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -68,10 +89,15 @@ class Budgets:
             self._api[node] = (w, until)
         self.version += 1
 
-    def grid_signal(self, site_cap_kw: float | None) -> None:
-        """A grid dispatch message: heartbeat plus the site cap it allows (None = no limit)."""
+    def grid_signal(self, site_cap_kw: float | None, *, ttl_s: float | None = None) -> None:
+        """A grid dispatch message: heartbeat plus the site cap it allows (None = no limit).
+        `ttl_s`: the message's own heartbeat limit (silent longer ⇒ safe cap), overriding
+        `grid_signal.heartbeat_timeout_s` until the next message."""
         if site_cap_kw is not None and site_cap_kw < 0:
             raise ValueError("grid cap must be ≥ 0")
+        if ttl_s is not None and not ttl_s > 0:
+            raise ValueError("grid signal ttl must be > 0")
+        self._grid_ttl_s = ttl_s
         self._last_heartbeat = self.clock.now()
         new = None if site_cap_kw is None else site_cap_kw * 1000.0
         if new != self._grid_w:
@@ -85,7 +111,8 @@ class Budgets:
         return self.clock.now() - self._last_heartbeat
 
     def grid_lost(self) -> bool:
-        hb = self.cfg.grid_heartbeat_timeout_s
+        hb = self._grid_ttl_s if self._grid_ttl_s is not None else (
+            self.cfg.grid_heartbeat_timeout_s)
         return hb is not None and self.grid_signal_age() > hb
 
     def force_safe(self, on: bool = True) -> None:

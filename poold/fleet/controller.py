@@ -57,7 +57,7 @@ from poold.fleet.health import (
     ambient_adjusted_limit,
     thermal_cap,
 )
-from poold.fleet.inventory import FleetConfig
+from poold.fleet.inventory import FleetConfig, MinerSpec
 from poold.fleet.model import CurveLearner
 from poold.fleet.policy import Actuator, Allocation, MinerInput, allocate, shed_order, split_budget
 from poold.fleet.state import FleetStatus, MinerState, NodeStatus
@@ -88,6 +88,7 @@ class FleetController:
         max_concurrency: int = 1000,
         rng: random.Random | None = None,
         ambient_c: Callable[[], float | None] | None = None,
+        on_telemetry: Callable[[MinerSpec, Telemetry], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.clock = clock
@@ -96,6 +97,8 @@ class FleetController:
         self.shares = shares
         self._rng = rng or random.Random(0)
         self._ambient = ambient_c or (lambda: None)
+        #: Every telemetry reading, as it arrives (the daemon meters energy with it).
+        self.on_telemetry = on_telemetry
         self._sem = asyncio.Semaphore(max_concurrency)
         self.limiter = ActionLimiter()
         self.miners: dict[str, MinerState] = {}
@@ -472,6 +475,8 @@ class FleetController:
             (old.hashrate_ths or 0.0) if old is not None else 0.0)
         h.telemetry = tel
         h.received_at = now
+        if self.on_telemetry is not None:
+            self.on_telemetry(m.spec, tel)
         h.implied_w = None
         if tel.power_w is not None and tel.hashrate_ths and not tel.sleeping:
             need = m.nameplate_curve.power_for(tel.hashrate_ths)
@@ -695,11 +700,15 @@ class FleetController:
         self.budgets.force_safe(True)
         self._mark()
         self.optimize()
-        self._ramp_tokens = 0.0  # no increases on the way out
-        self.reconcile(self.clock.now())
-        # Wait for the commands themselves (not for their later confirmation reads).
+        # Send the safe plan; a miner busy with an earlier command gets its safe setting when
+        # that one is done. Wait for the commands themselves (not for their confirmation reads).
         deadline = self.clock.now() + settle_timeout_s
-        while any(m.inflight for m in self.miners.values()) and self.clock.now() < deadline:
+        while True:
+            now = self.clock.now()
+            self._ramp_tokens, self._ramp_at = 0.0, now  # no increases on the way out
+            self.reconcile(now)
+            if not any(m.inflight for m in self.miners.values()) or now >= deadline:
+                break
             await self.clock.sleep(0.1)
         for t in list(self._tasks):
             t.cancel()
@@ -725,6 +734,24 @@ class FleetController:
                 return m.commanded.sleep or (m.commanded_w or m.spec.nameplate_w) < (
                     0.6 * m.spec.nameplate_w)
         return False
+
+    def curtailed_workers(self) -> set[str]:
+        """The Stratum workers `is_curtailed` says yes for, in one pass (for the pool's sweep)."""
+        return {m.spec.worker for m in self.miners.values()
+                if m.spec.worker and m.commanded is not None
+                and (m.commanded.sleep or (m.commanded_w or m.spec.nameplate_w)
+                     < 0.6 * m.spec.nameplate_w)}
+
+    def reconfigure(self, cfg: FleetConfig) -> None:
+        """SIGHUP: take new caps, allowances, schedule, intervals and limits for the same
+        inventory (same sites, containers, racks and miners: the caller checks). API
+        overrides above a new configured cap are dropped (the configured cap is the breaker)."""
+        self.cfg = cfg
+        self.budgets.reconfigure(cfg)
+        self._allowed = {cfg.site: cfg.over_cap_allowed_s}
+        self._allowed |= {c.id: c.over_cap_allowed_s for c in cfg.containers}
+        self._allowed |= {r.id: r.over_cap_allowed_s for r in cfg.racks}
+        self._mark()
 
     async def action(self, miner_id: str, what: str, *, pool: tuple[str, str, Secret] | None
                      = None) -> None:

@@ -20,6 +20,8 @@ frozen `FleetConfig`. Every error is a `ConfigError` naming the dotted key (for 
     command_timeout_s = 15.0
     temp_limit_c = 85.0               # thermal protection threshold (chip/board)
     miners_csv = "miners.csv"         # optional; relative to the config file's directory
+    pool_hashrate_scale = 1.0         # accepted difficulty × this = the miner's own; only
+                                      # simulations (CPU miners standing in for ASICs) set it
 
     [fleet.grid_signal]
     heartbeat_timeout_s = 240.0       # silent longer ⇒ site goes to safe_cap_kw
@@ -179,6 +181,7 @@ class FleetConfig:
     command_timeout_s: float = 15.0
     temp_limit_c: float = 85.0
     grid_heartbeat_timeout_s: float | None = None
+    pool_hashrate_scale: float = 1.0
 
     def rack(self, rack_id: str) -> RackSpec:
         for r in self.racks:
@@ -356,6 +359,7 @@ def parse_fleet(table: Mapping[str, Any], source: str) -> FleetConfig:
         "target_fraction": r.num("target_fraction", 0.97, positive=True),
         "command_timeout_s": r.num("command_timeout_s", 15.0, positive=True),
         "temp_limit_c": r.num("temp_limit_c", 85.0, positive=True),
+        "pool_hashrate_scale": r.num("pool_hashrate_scale", 1.0, positive=True),
     }
     if not 0.5 <= opts["target_fraction"] <= 1.0:
         raise r.err("target_fraction", "must be within [0.5, 1.0]")
@@ -479,6 +483,7 @@ def parse_fleet(table: Mapping[str, Any], source: str) -> FleetConfig:
         target_fraction=float(opts["target_fraction"]),
         command_timeout_s=float(opts["command_timeout_s"]),
         temp_limit_c=float(opts["temp_limit_c"]),
+        pool_hashrate_scale=float(opts["pool_hashrate_scale"]),
     )
 
 

@@ -77,8 +77,8 @@ class TeeShareSink:
 class SessionWork:
     """Per-session state of the work side: kept small, it exists once per connection."""
 
-    __slots__ = ("core", "core_work", "en1", "group_key", "last_difficulty", "last_seq", "mask",
-                 "md", "minimum", "pending", "table", "vd_shares", "vd_since")
+    __slots__ = ("core", "core_work", "curtailed", "en1", "group_key", "last_difficulty",
+                 "last_seq", "mask", "md", "minimum", "pending", "table", "vd_shares", "vd_since")
 
     def __init__(self, en1: bytes, mask: int, now: float) -> None:
         self.en1 = en1
@@ -95,6 +95,9 @@ class SessionWork:
         self.vd_shares = 0
         self.vd_since = now
         self.last_difficulty = 0.0
+        # Set by the fleet controller's bridge (poold.daemon): the miner is asleep or turned
+        # down on purpose, so its silence is no reason to lower the difficulty.
+        self.curtailed = False
 
     @property
     def difficulty(self) -> float | None:
@@ -182,6 +185,9 @@ class ShareEngine:
             return False
         elapsed = now - sw.vd_since
         if not vd.due(sw.vd_shares, elapsed):
+            return False
+        if sw.curtailed and sw.vd_shares == 0:
+            sw.vd_since = now  # silent because curtailed on purpose: keep its difficulty
             return False
         new = vd.retarget(sw.table[-1][1], sw.vd_shares, elapsed)
         sw.vd_shares = 0

@@ -1,0 +1,247 @@
+"""`poold run` with a `[fleet]` table: the daemon's controller drives emulated ASICs over TCP.
+
+The emulators (poold.sim: Braiins OS REST, Whatsminer v3, LuxOS 4028 firmware servers on
+loopback) run in the test process; `poold run` is a subprocess against the devnet. Checked: a
+rack cap cut through the admin API is met within the rack's allowance, /metrics carries the
+per-rack power and cap, SIGHUP applies a new rack cap from the file, SIGTERM leaves the
+emulators at the safe cap, and with `--processes 2` only worker 0 commands the firmware.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest_asyncio
+
+from poold.demo import _free_port, wait_listening, write_config
+from poold.devnet import Devnet
+from poold.sim.fleet_demo import PASSWORD, PASSWORD_ENV, FleetDemo
+
+TOKEN = "fleet-test-token"
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest_asyncio.fixture
+async def emulators() -> AsyncIterator[FleetDemo]:
+    fleet = await FleetDemo.start(worker_prefix="bcrt1qfleettest", racks=2, per_rack=5, seed=3)
+    try:
+        yield fleet
+    finally:
+        await fleet.close()
+
+
+async def _start(tmp: Path, devnet: Devnet, fleet: FleetDemo, *args: str
+                 ) -> tuple[asyncio.subprocess.Process, Path, int, int]:
+    port, api = _free_port(), _free_port()
+    cfg = write_config(tmp, devnet, port, 1e-4, fleet.fleet_toml(), api=("127.0.0.1", api),
+                       api_token=TOKEN)
+    log = (tmp / "poold.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "poold", "--log-level", "INFO", "run", "-c", str(cfg), *args,
+        env={**os.environ, PASSWORD_ENV: PASSWORD}, stdout=log, stderr=log)
+    log.close()
+    await wait_listening("127.0.0.1", port, proc)
+    return proc, cfg, port, api
+
+
+async def _get(http: aiohttp.ClientSession, url: str) -> Any:
+    async with http.get(url) as resp:
+        if resp.content_type == "application/json":
+            return resp.status, await resp.json()
+        return resp.status, await resp.text()
+
+
+def _read(log: Path) -> str:
+    return log.read_text()
+
+
+async def _until(what: str, fn: Any, within_s: float, log: Path) -> Any:
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            value = await fn()
+        except aiohttp.ClientConnectionError:
+            value = None  # the API is not listening yet
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not within {within_s} s; log:\n"
+                                 + _read(log)[-4000:])
+        await asyncio.sleep(0.5)
+
+
+def _set_w(fleet: FleetDemo) -> float:
+    """What the emulators are set to draw (their firmware's setting; asleep = sleep power)."""
+    def setting(a: Any) -> float:
+        if a.reported_sleep():
+            return float(a.spec.sleep_w)
+        if a.spec.presets:  # LuxOS-style profiles: the level's watts
+            return float(a.spec.presets[a.reported_level()])
+        return float(a.reported_target_w())
+
+    return sum(setting(a) for a in fleet.asics.values())
+
+
+async def test_fleet_in_poold_run(tmp_path: Path, devnet: Devnet, emulators: FleetDemo) -> None:
+    fleet = emulators
+    proc, cfg, _, api = await _start(tmp_path, devnet, fleet)
+    log = tmp_path / "poold.log"
+    base = f"http://127.0.0.1:{api}"
+    try:
+        async with aiohttp.ClientSession(base, headers=HEADERS) as http:
+            async def metrics_have_racks() -> str | None:
+                _, text = await _get(http, "/metrics")
+                ok = all(re.search(rf'^poold_rack_{m}{{rack="rack00{i}"}} [1-9]', text, re.M)
+                         for m in ("power_watts", "cap_watts") for i in (0, 1))
+                return text if ok else None
+
+            await _until("rack series in /metrics", metrics_have_racks, 30, log)
+            status, body = await _get(http, "/api/v1/racks")
+            assert status == 200
+            racks = {r["id"]: r for r in body["racks"]}
+            assert set(racks) == {"rack000", "rack001"}
+            r0 = racks["rack000"]
+            assert r0["power_w"] <= r0["cap_w"] and r0["hashrate_hs"] > 0
+
+            # Bad requests: unknown rack 404, a cap above the configured breaker 422.
+            async with http.put("/api/v1/racks/nope/cap", json={"kw": 1.0}) as resp:
+                assert resp.status == 404
+            async with http.put("/api/v1/racks/rack000/cap",
+                                json={"kw": r0["config_cap_w"] / 1000 + 1}) as resp:
+                assert resp.status == 422
+
+            # The operator's cut to 60 %: met within the rack's allowance.
+            cut_w = round(r0["config_cap_w"] * 0.6)
+            t_cut = time.monotonic()
+            async with http.put("/api/v1/racks/rack000/cap", json={"kw": cut_w / 1000}) as resp:
+                assert resp.status == 200, await resp.text()
+
+            async def rack0_under() -> bool:
+                _, b = await _get(http, "/api/v1/racks")
+                r = next(x for x in b["racks"] if x["id"] == "rack000")
+                return bool(r["cap_w"] <= cut_w + 1 and r["power_w"] <= cut_w)
+
+            await _until("rack000 under its cut cap", rack0_under, r0["over_cap_allowed_s"], log)
+            met_s = time.monotonic() - t_cut
+            assert met_s <= r0["over_cap_allowed_s"]
+            # ... and physically: the emulators of rack000 settle under it.
+            async def physically_under() -> bool:
+                return fleet.true_power_w("rack000") <= cut_w * 1.01
+
+            await _until("rack000 emulators under the cut cap", physically_under, 20, log)
+            _, miners = await _get(http, "/api/v1/miners?rack=rack000")
+            assert len(miners["miners"]) == 5
+            assert not any(m["asleep"] for m in miners["miners"])  # watts down, none off
+            status, _ = await _get(http, "/api/v1/miners?rack=nope")
+            assert status == 404
+
+            # SIGHUP with a new configured cap for rack001 in the file.
+            new_kw = round(racks["rack001"]["config_cap_w"] * 0.7 / 1000, 3)
+            text = _read(cfg)
+            old = re.search(r'id = "rack001"\ncap_kw = ([\d.]+)', text)
+            assert old
+            cfg.write_text(text.replace(old.group(0), f'id = "rack001"\ncap_kw = {new_kw}'))
+            proc.send_signal(signal.SIGHUP)
+
+            async def reloaded() -> bool:
+                _, b = await _get(http, "/api/v1/racks")
+                r = next(x for x in b["racks"] if x["id"] == "rack001")
+                return bool(abs(r["cap_w"] - new_kw * 1000) < 1 and r["power_w"] <= r["cap_w"])
+
+            await _until("rack001 at its reloaded cap", reloaded, 20, log)
+            assert "fleet.racks[rack001]: cap" in _read(log)
+            _, budgets = await _get(http, "/api/v1/budgets")
+            safe_w = budgets["safe_cap_w"]
+            assert safe_w < _set_w(fleet)
+        # SIGTERM: down within 10 s, every emulator left at the safe cap.
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 12) == 0
+        assert time.monotonic() - t0 < 10.0
+        assert _set_w(fleet) <= safe_w, (_set_w(fleet), safe_w, [
+            (mid, a.spec.firmware, a.reported_sleep(), a.reported_target_w(), a.power_w())
+            for mid, a in fleet.asics.items()])
+        assert "stopped at the safe cap" in _read(log)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_fleet_with_two_processes_commands_from_one(
+        tmp_path: Path, devnet: Devnet, emulators: FleetDemo) -> None:
+    fleet = emulators
+    proc, _, _, api = await _start(tmp_path, devnet, fleet, "--processes", "2")
+    log = tmp_path / "poold.log"
+    try:
+        async with aiohttp.ClientSession(headers=HEADERS) as http:
+            w0, w1 = f"http://127.0.0.1:{api}", f"http://127.0.0.1:{api + 1}"
+
+            async def w0_racks() -> Any:
+                status, body = await _get(http, w0 + "/api/v1/racks")
+                return body["racks"] if status == 200 else None
+
+            async def w1_racks() -> Any:
+                return await _get(http, w1 + "/api/v1/racks")
+
+            racks = await _until("worker 0 fleet API", w0_racks, 60, log)
+            status, body = await _until("worker 1 API", w1_racks, 60, log)
+            assert status == 404 and "worker process 0" in body["error"], body
+            before = sum(a.commands_received for a in fleet.asics.values())
+            for r in racks:
+                async with http.put(w0 + f"/api/v1/racks/{r['id']}/cap",
+                                    json={"kw": round(r["config_cap_w"] * 0.6 / 1000, 3)}
+                                    ) as resp:
+                    assert resp.status == 200
+
+            def sent(text: str) -> float:
+                return sum(float(v) for v in re.findall(
+                    r'^poold_controller_commands_total{[^}]*} ([\d.e+]+)',
+                    text, re.M))
+
+            async def commanded() -> bool:
+                _, text = await _get(http, w0 + "/metrics")
+                return sent(text) >= 4 and sum(
+                    a.commands_received for a in fleet.asics.values()) > before
+
+            await _until("commands from worker 0", commanded, 30, log)
+            await asyncio.sleep(3.0)
+            _, m0 = await _get(http, w0 + "/metrics")
+            _, m1 = await _get(http, w1 + "/metrics")
+            at_emulators = sum(a.commands_received for a in fleet.asics.values())
+            assert sent(m0) > 0 and at_emulators > 0
+            assert sent(m1) == 0 and "poold_rack_power_watts{" not in m1
+            # Every command the emulators got is one worker 0 sent (a Whatsminer wake is
+            # two firmware calls, power limit + service start, hence the factor).
+            assert at_emulators <= 2 * sent(m0), (at_emulators, sent(m0))
+
+            # Curtail a rack: every miner of it asleep; restore: its API cap cleared.
+            async with http.post(w0 + "/api/v1/racks/rack001/curtail", json={}) as resp:
+                assert resp.status == 200, await resp.text()
+
+            async def rack1_asleep() -> bool:
+                _, b = await _get(http, w0 + "/api/v1/miners?rack=rack001")
+                return all(m["asleep"] and m["curtailed"] for m in b["miners"])
+
+            await _until("rack001 asleep", rack1_asleep, 20, log)
+            async with http.post(w0 + "/api/v1/racks/rack001/restore", json={}) as resp:
+                assert resp.status == 200
+                restored = await resp.json()
+            assert restored["cap_kw"] == racks[1]["config_cap_w"] / 1000
+            _, b = await _get(http, w0 + "/api/v1/racks")
+            assert next(r for r in b["racks"] if r["id"] == "rack001")["state"] != "curtailed"
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
