@@ -75,7 +75,9 @@ class Metrics:
         self.blocks_found = Counter(
             "poold_blocks_found", "Shares that met the network target", registry=r)
         self.block_submits = Counter(
-            "poold_block_submits", "submitblock outcomes per node", ["node", "result"],
+            "poold_block_submits",
+            "submitblock outcome per node: accepted, duplicate, stale (valid, lost the height), "
+            "rejected, error", ["node", "result"],
             registry=r)
         self.template_age = Gauge(
             "poold_template_age_seconds", "Age of the template behind the current job",

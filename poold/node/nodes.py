@@ -193,6 +193,13 @@ class NodeSet:
         self._stopping = False
         self._throttle = ThrottledLog(log)
         self.tip_changes = 0
+        if metrics is not None:
+            # Known label values start at 0, so dashboards and rate() see the series before the
+            # first event (Prometheus instrumentation practice).
+            for name in names:
+                metrics.zmq_gaps.labels(node=name)
+                metrics.node_up.labels(node=name)
+                metrics.block_submits.labels(node=name, result="accepted")
 
     @classmethod
     def from_config(cls, config: Config, metrics: Metrics | None = None) -> NodeSet:
@@ -632,7 +639,10 @@ class NodeSet:
                 self._count_submit(node, "accepted")
                 log.info("submitblock to %s: accepted", node.name)
             else:
-                self._count_submit(node, "rejected")
+                # BIP22: "duplicate" = the node has it already; "inconclusive" = valid but not on
+                # its best chain (a competing block won the height). Neither is a refusal.
+                label = {"duplicate": "duplicate", "inconclusive": "stale"}.get(result, "rejected")
+                self._count_submit(node, label)
                 log.warning("submitblock to %s: %s", node.name, result)
             return result
 

@@ -188,6 +188,11 @@ class BlockSubmitter:
         for node, result in results.items():
             if result is None:
                 log.warning("block %s accepted by %s", found.hash_hex, node)
+            elif result == "duplicate":  # the node already had it (relayed by another node)
+                log.info("block %s already known to %s", found.hash_hex, node)
+            elif result == "inconclusive":  # BIP22: valid, but not on the node's best chain
+                log.warning("block %s not connected by %s: a competing block won height %d "
+                            "(stale)", found.hash_hex, node, found.height)
             else:
                 log.error("block %s refused by %s: %s", found.hash_hex, node, result)
         if recorded is None:

@@ -112,14 +112,23 @@ async def test_submit_block_reaches_the_node(dn: Devnet) -> None:
     metrics = Metrics()
     async with node_set(node_spec(dn), metrics=metrics) as ns:
         assert ns.latest is not None
-        block = mine(ns.latest, dn.script_pubkey)
+        template = ns.latest
+        block = mine(template, dn.script_pubkey)
         assert await ns.submit_block(block) == {"devnet": None}
-        assert dn.height == ns.latest.height
+        assert dn.height == template.height
         # The same block again: the node's own BIP22 answer comes back.
         assert await ns.submit_block(block) == {"devnet": "duplicate"}
+        # A sibling (same parent, other coinbase) lost the height: valid, not connected.
+        assert await ns.submit_block(mine(template, b"\x51")) == {"devnet": "inconclusive"}
+        # A block the node refuses outright: a corrupted header (high-hash or bad-txnmrklroot).
+        bad = bytearray(mine(template, b"\x52"))
+        bad[40] ^= 1
+        refused = await ns.submit_block(bytes(bad))
+        assert refused["devnet"] not in (None, "duplicate", "inconclusive")
         sample = metrics.registry.get_sample_value
-        assert sample("poold_block_submits_total", {"node": "devnet", "result": "accepted"}) == 1
-        assert sample("poold_block_submits_total", {"node": "devnet", "result": "rejected"}) == 1
+        for result, count in (("accepted", 1), ("duplicate", 1), ("stale", 1), ("rejected", 1)):
+            labels = {"node": "devnet", "result": result}
+            assert sample("poold_block_submits_total", labels) == count, result
 
 
 async def test_zmq_gap_triggers_a_resync(dn: Devnet) -> None:
