@@ -190,8 +190,9 @@ OPTIONS: tuple[Option, ...] = (
        reloadable=True, minimum=1e-8),
     _O("stratum", "share_interval_s", _float, 10.0, "vardiff target seconds between shares",
        reloadable=True, minimum=0.1),
-    _O("stratum", "version_mask", _hex32, 0x1FFFE000, "pool version-rolling mask (BIP310/320)",
-       example='"1fffe000"'),
+    _O("stratum", "version_mask", _hex32, 0x1FFFE000, "pool version-rolling mask (BIP310/320); "
+       "on reload, sessions that negotiated get mining.set_version_mask",
+       example='"1fffe000"', reloadable=True),
     _O("stratum", "accept_unnegotiated_version_bits", _bool, True,
        "accept BIP320 version bits from miners that never sent mining.configure"),
     _O("stratum", "extranonce2_size", _int, 8, "bytes of extranonce2 the miner rolls",

@@ -409,6 +409,10 @@ def apply_reload(pool: Pool, old: Config, new: Config,
     if "stratum.share_interval_s" in applied and engine.vardiff is not None:
         engine.vardiff = Vardiff(share_interval_s=s.share_interval_s,
                                  window_s=max(6 * s.share_interval_s, 5.0))
+    if "stratum.version_mask" in applied:
+        told = pool.server.set_version_mask(s.version_mask)
+        log.info("version mask now %08x: mining.set_version_mask sent to %d session(s)",
+                 s.version_mask, told)
     if "stratum.idle_timeout_s" in applied:
         pool.server.settings = dataclasses.replace(pool.server.settings,
                                                    idle_timeout_s=s.idle_timeout_s)

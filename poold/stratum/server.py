@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import functools
 import logging
@@ -285,6 +286,18 @@ class StratumServer:
         while True:
             await asyncio.sleep(self.settings.sweep_interval_s)
             self.sweep(self.clock())
+
+    def set_version_mask(self, mask: int) -> int:
+        """A new pool version mask (SIGHUP): every session re-applies it and each one that
+        negotiated version rolling gets `mining.set_version_mask`. Returns how many did."""
+        self.ctx.settings = dataclasses.replace(self.ctx.settings, version_mask=mask)
+        told = 0
+        for conn in list(self.connections):
+            data = conn.pool_mask_changed()
+            if data:
+                conn.push(data)
+                told += 1
+        return told
 
     async def shutdown(self) -> None:
         """Ordered: stop listening, ask miners to reconnect, drain, close, finish block tasks."""

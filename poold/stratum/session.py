@@ -109,8 +109,8 @@ class Session:
     __slots__ = ("accepted", "accepted_difficulty", "account", "authorized", "close_reason",
                  "connected_at", "ctx", "extra_workers", "extranonce_subscribed", "floor_md",
                  "floor_min", "identity", "invalid_streak", "last_activity", "last_share",
-                 "negotiated_mask", "state", "suggested", "user_agent", "warned", "work",
-                 "worker")
+                 "miner_mask", "negotiated_mask", "state", "suggested", "user_agent", "warned",
+                 "work", "worker")
 
     def __init__(self, ctx: SessionContext, now: float) -> None:
         self.ctx = ctx
@@ -123,6 +123,7 @@ class Session:
         self.extra_workers: dict[str, str] | None = None
         self.user_agent = ""
         self.negotiated_mask: int | None = None
+        self.miner_mask = 0  # what the miner asked for in mining.configure (kept for re-masking)
         self.extranonce_subscribed = False
         self.suggested: float | None = None
         self.floor_min: float | None = None  # BIP310 minimum-difficulty
@@ -353,6 +354,7 @@ class Session:
         except (TypeError, ValueError, OverflowError):
             return {"version-rolling": "invalid version-rolling.mask"}
         miner_mask &= 0xFFFFFFFF
+        self.miner_mask = miner_mask
         mask = self.ctx.settings.version_mask & miner_mask
         min_bits = p.get("version-rolling.min-bit-count", 0)
         if isinstance(min_bits, int) and bin(mask).count("1") < min_bits:
@@ -362,6 +364,19 @@ class Session:
         self.negotiated_mask = mask
         self._apply_mask()
         return {"version-rolling": True, "version-rolling.mask": f"{mask:08x}"}
+
+    def pool_mask_changed(self) -> bytes:
+        """The pool's mask changed (SIGHUP): re-apply it; for a session that negotiated version
+        rolling, the `mining.set_version_mask` to send (BIP310: valid immediately), else b""."""
+        if self.negotiated_mask is None:
+            self._apply_mask()  # unnegotiated sessions follow the pool mask directly
+            return b""
+        mask = self.ctx.settings.version_mask & self.miner_mask
+        if mask == self.negotiated_mask:
+            return b""
+        self.negotiated_mask = mask
+        self._apply_mask()
+        return messages.set_version_mask(mask)
 
     def _apply_mask(self) -> None:
         if self.work is not None:

@@ -103,11 +103,13 @@ listen = "127.0.0.1:{api_port}"
                 await asyncio.sleep(0.05)
             assert blocks and blocks[0]["finder_worker"] == f"{addr}.w"
             assert blocks[0]["outputs"][0]["address"] == addr
-        # SIGHUP: a reloadable key (start difficulty) applies to the next session
-        cfg.write_text(
-            cfg.read_text().replace("start_difficulty = 0.001", "start_difficulty = 0.002")
-        )
+        # SIGHUP: reloadable keys apply: the start difficulty to the next session, a new
+        # version mask at once to the live session that negotiated version rolling.
+        cfg.write_text(cfg.read_text().replace(
+            "start_difficulty = 0.001", 'start_difficulty = 0.002\nversion_mask = "1fe00000"'))
         proc.send_signal(signal.SIGHUP)
+        note = await client.wait_note("mining.set_version_mask", limit_s=10)
+        assert note["params"] == ["1fe00000"]
         first: list[Any] = []
         for _ in range(50):
             late = await StratumClient.connect(port)

@@ -3,6 +3,7 @@ configure/authorize/suggest semantics, rejection codes over the protocol, the in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -310,3 +311,33 @@ def test_pooled_mode_usernames_are_account_dot_worker() -> None:
     for bad in ("", ".rig", "a b.rig", "x" * 65):
         with pytest.raises(AuthError):
             auth.authorize(bad)
+
+
+def roll(mask: str) -> dict[str, Any]:
+    return req(1, "mining.configure", ["version-rolling"], {"version-rolling.mask": mask})
+
+
+def test_pool_mask_change_sends_set_version_mask() -> None:
+    r = rig()
+    s = r.session()
+    send(s, r, roll("ffffffff"),
+         req(2, "mining.subscribe", "bitaxe/2.0"), req(3, "mining.authorize", ADDRESS, "x"))
+    plain, _ = working(r)  # never sent mining.configure
+    assert s.work is not None and s.work.mask == 0x1FFFE000
+    r.ctx.settings = dataclasses.replace(r.ctx.settings, version_mask=0x1FE00000)
+    assert json.loads(s.pool_mask_changed()) == {
+        "id": None, "method": "mining.set_version_mask", "params": ["1fe00000"]}
+    assert s.work.mask == 0x1FE00000  # valid immediately (BIP310)
+    assert s.pool_mask_changed() == b""  # unchanged: nothing to say
+    assert plain.pool_mask_changed() == b""  # no negotiation, no message; the new mask applies
+    assert plain.work is not None and plain.work.mask == 0x1FE00000
+
+
+def test_pool_mask_change_respects_the_miners_mask() -> None:
+    r = rig()
+    s = r.session()
+    send(s, r, roll("00ffe000"),
+         req(2, "mining.subscribe", "bmminer/2.0"), req(3, "mining.authorize", ADDRESS, "x"))
+    assert s.work is not None and s.work.mask == 0x00FFE000
+    r.ctx.settings = dataclasses.replace(r.ctx.settings, version_mask=0x1FE00000)
+    assert json.loads(s.pool_mask_changed())["params"] == ["00e00000"]  # pool AND miner
