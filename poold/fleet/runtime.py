@@ -33,7 +33,7 @@ from poold.metrics import Metrics
 log = logging.getLogger(__name__)
 
 ENERGY_FLUSH_S = 10.0
-SESSION_SWEEP_S = 5.0
+SESSION_SWEEP_S = 2.0
 DEFAULT_SLEEP_W = 60.0  # per miner, before its capabilities are known
 
 
@@ -142,6 +142,10 @@ class FleetRuntime:
             if sw is None:
                 continue
             on = bool(workers) and conn.worker in workers
+            if on and not sw.curtailed:
+                # Shares from before the curtailment say nothing about the rate now.
+                sw.vd_shares = 0
+                sw.vd_since = now
             sw.curtailed = on
             if on:
                 conn.last_activity = now
@@ -149,9 +153,13 @@ class FleetRuntime:
         return n
 
     async def _session_loop(self, server: Sessions, clock: Callable[[], float]) -> None:
+        last = 0
         while True:
             await asyncio.sleep(SESSION_SWEEP_S)
-            self.mark_sessions(server, clock())
+            n = self.mark_sessions(server, clock())
+            if n != last:
+                log.info("fleet: %d Stratum sessions of miners curtailed on purpose", n)
+                last = n
 
     async def run(self, *, ledger: PowerLedger | None = None, server: Sessions | None = None,
                   server_clock: Callable[[], float] = time.time) -> None:

@@ -186,13 +186,13 @@ class ShareEngine:
         elapsed = now - sw.vd_since
         if not vd.due(sw.vd_shares, elapsed):
             return False
-        if sw.curtailed and sw.vd_shares == 0:
-            sw.vd_since = now  # silent because curtailed on purpose: keep its difficulty
-            return False
-        new = vd.retarget(sw.table[-1][1], sw.vd_shares, elapsed)
+        current = sw.table[-1][1]
+        new = vd.retarget(current, sw.vd_shares, elapsed)
         sw.vd_shares = 0
         sw.vd_since = now
-        if new is None:
+        if new is None or (sw.curtailed and new < current):
+            # Curtailed on purpose (asleep or turned down): its silence or slower shares are
+            # no reason to lower the difficulty it will need again when restored.
             return False
         return self.request_difficulty(sw, new, now)
 

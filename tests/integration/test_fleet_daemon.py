@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest_asyncio
 
+from poold.bitcoin.address import Network, p2wpkh_address
 from poold.demo import _free_port, wait_listening, write_config
 from poold.devnet import Devnet
 from poold.sim.fleet_demo import PASSWORD, PASSWORD_ENV, FleetDemo
@@ -32,7 +33,8 @@ HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest_asyncio.fixture
 async def emulators() -> AsyncIterator[FleetDemo]:
-    fleet = await FleetDemo.start(worker_prefix="bcrt1qfleettest", racks=2, per_rack=5, seed=3)
+    address = p2wpkh_address(os.urandom(20), Network.REGTEST)  # solo pool: user = address
+    fleet = await FleetDemo.start(worker_prefix=address, racks=2, per_rack=5, seed=3)
     try:
         yield fleet
     finally:
@@ -241,6 +243,52 @@ async def test_fleet_with_two_processes_commands_from_one(
             assert next(r for r in b["racks"] if r["id"] == "rack001")["state"] != "curtailed"
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_curtailed_miners_keep_their_difficulty(
+        tmp_path: Path, devnet: Devnet, emulators: FleetDemo) -> None:
+    """A rack put to sleep on purpose: its miners' sessions go silent, and vardiff (which
+    lowers a silent session's difficulty every window) leaves them alone."""
+    fleet = emulators
+    proc, _, port, api = await _start(tmp_path, devnet, fleet)
+    log = tmp_path / "poold.log"
+    base = f"http://127.0.0.1:{api}"
+    fleet.start_miners("127.0.0.1", port, 3e-6)
+    try:
+        async with aiohttp.ClientSession(base, headers=HEADERS) as http:
+            async def sessions() -> dict[str, dict[str, Any]]:
+                _, body = await _get(http, "/api/v1/workers")
+                return {w["worker"].rpartition(".")[2]: w for w in body["workers"]}
+
+            async def all_mining() -> bool:
+                s = await sessions()
+                return len(s) == 10 and all(w["accepted"] >= 1 for w in s.values())
+
+            await _until("every emulated miner mining", all_mining, 60, log)
+            async with http.post("/api/v1/racks/rack001/curtail", json={}) as resp:
+                assert resp.status == 200
+
+            async def rack1_silent() -> bool:
+                _, b = await _get(http, "/api/v1/miners?rack=rack001")
+                return all(m["asleep"] for m in b["miners"]) and all(
+                    fleet.asics[m["id"]].hashrate_ths() == 0 for m in b["miners"])
+
+            await _until("rack001 asleep", rack1_silent, 20, log)
+            await asyncio.sleep(3.0)  # the fleet marks curtailed sessions every 2 s
+            before = {k: w["difficulty"] for k, w in (await sessions()).items()}
+            accepted = {k: w["accepted"] for k, w in (await sessions()).items()}
+            await asyncio.sleep(20.0)  # > the vardiff window (6 x share_interval_s = 12 s)
+            after = await sessions()
+            for k, diff in before.items():
+                if k.startswith("rack001-"):
+                    assert after[k]["accepted"] == accepted[k]  # silent
+                    assert after[k]["difficulty"] == diff, (k, diff, after[k]["difficulty"])
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 12) == 0
     finally:
         if proc.returncode is None:
             proc.kill()
