@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("poold.daemon")
 
 FLEET_STOP_S = 5.0  # safe-cap commands on shutdown; the whole shutdown must fit in 10 s
+TEMPLATE_STALE_FACTOR = 3.0  # /readyz: a template older than 3 fee refreshes is not fresh
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -267,20 +268,31 @@ class DaemonBackend:
     the controller: `fleet_elsewhere`)."""
 
     def __init__(self, pool: Pool, ledger: Any | None = None, fleet: FleetRuntime | None = None,
-                 *, fleet_elsewhere: bool = False) -> None:
+                 *, fleet_elsewhere: bool = False, refresh_s: float = 30.0) -> None:
         self.pool_ = pool
         self.ledger = ledger
         self.fleet = fleet
         self.fleet_elsewhere = fleet_elsewhere
+        self.fleet_failed = False
+        self.refresh_s = refresh_s
         self.started = time.time()
 
     def readiness(self) -> dict[str, bool]:
         server = self.pool_.server
-        return {
+        latest = self.pool_.nodes.latest
+        checks = {
             "nodes": self.pool_.nodes.healthy(),
             "template": server.ctx.engine.book.template is not None,
+            # Fresh: refreshed for fees every templates.refresh_s; three missed refreshes is stale.
+            "template_fresh": latest is not None
+            and time.time() - latest.received_at < TEMPLATE_STALE_FACTOR * self.refresh_s,
             "stratum": bool(server.addresses) and not server.closing,
         }
+        if self.ledger is not None:
+            checks["ledger"] = bool(self.ledger.writable)
+        if self.fleet is not None:
+            checks["fleet"] = not self.fleet_failed
+        return checks
 
     def pool(self) -> dict[str, Any]:
         server = self.pool_.server
@@ -511,7 +523,8 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
             await asyncio.sleep(0.05)
         await server.start(listen_sockets().get("stratum"))
         backend = DaemonBackend(pool, ledger, fleet,
-                                fleet_elsewhere=cfg.fleet is not None and fleet is None)
+                                fleet_elsewhere=cfg.fleet is not None and fleet is None,
+                                refresh_s=cfg.templates.refresh_s)
         api = AdminApi(backend, metrics.registry,
                        read_tokens=cfg.api.read_tokens, write_tokens=cfg.api.write_tokens)
         await api.start(*cfg.api.listen)
@@ -532,7 +545,8 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
             fleet_task: asyncio.Task[None] | None = None
             if fleet is not None:
                 fleet_task = tg.create_task(
-                    fleet.run(ledger=ledger, server=server, server_clock=server.clock),
+                    _run_fleet(fleet, backend, ledger=ledger, server=server,
+                               server_clock=server.clock),
                     name="fleet")
                 log.info("fleet controller running: %d miners in %d racks",
                          len(cfg.fleet.miners) if cfg.fleet else 0,
@@ -560,6 +574,18 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
         await ledger.stop()
         notifier.close()
         log.info("poold stopped")
+
+
+async def _run_fleet(fleet: FleetRuntime, backend: DaemonBackend, **kw: Any) -> None:
+    """The fleet controller. If it fails, the pool keeps serving: the miners are sent to the
+    safe cap, /readyz reports the fleet not ready, and a restart of poold restarts it."""
+    try:
+        await fleet.run(**kw)
+    except Exception:  # any failure of the controller: contain it, fail safe, say so loudly
+        log.critical("fleet controller failed; sending the safe cap, the pool keeps serving",
+                     exc_info=True)
+        backend.fleet_failed = True
+        await fleet.stop(FLEET_STOP_S)
 
 
 async def _watchdog(notifier: Any) -> None:

@@ -352,6 +352,12 @@ class Ledger:
     def buffered(self) -> int:
         return len(self._buffer)
 
+    @property
+    def writable(self) -> bool:
+        """The store took its last batch or probe (for /readyz; blocks are safe either way:
+        they fall back to the journal)."""
+        return self._healthy
+
     async def flush(self) -> bool:
         """Commit the buffer now (tests, shutdown). False if the store refused it."""
         return await self._flush()

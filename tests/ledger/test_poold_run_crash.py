@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import sys
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from poold.bitcoin.address import Network, p2wpkh_address
@@ -172,6 +174,14 @@ async def test_poold_run_with_the_database_down_keeps_serving(tmp_path: Path) ->
                                  suggest_difficulty=1e-6, reconnect=False)
             task = asyncio.create_task(miner.run())
             await asyncio.sleep(3.0)
+            # Still serving, but not ready: /readyz names the unwritable ledger.
+            api = re.search(r'\[api\]\nlisten = "([^"]+)"', cfg.read_text())
+            assert api is not None
+            async with aiohttp.ClientSession() as http, \
+                    http.get(f"http://{api.group(1)}/readyz") as resp:
+                assert resp.status == 503
+                checks = (await resp.json())["checks"]
+            assert checks["ledger"] is False and checks["stratum"] is True, checks
             miner.stop()
             await asyncio.gather(task, return_exceptions=True)
             proc.send_signal(signal.SIGTERM)
