@@ -178,8 +178,9 @@ OPTIONS: tuple[Option, ...] = (
     _O("templates", "poll_interval_s", _float, 0.25, "tip poll interval when ZMQ is silent or "
        "absent", minimum=0.01),
     _O("templates", "refresh_s", _float, 30.0, "template refresh for fees", minimum=1.0),
-    _O("templates", "empty_first_ms", _float, 5.0, "on a new tip, send an empty-block job if "
-       "the full template is not ready within this", minimum=0.0),
+    _O("templates", "empty_first_ms", _float, 2.0, "on a new tip, send an empty-block job if "
+       "the full template is not ready within this (so miners leave the old tip within ~5 ms)",
+       minimum=0.0),
     _O("stratum", "listen", _hostport, ("0.0.0.0", 3333), "Stratum V1 listen address",
        example='"0.0.0.0:3333"'),
     _O("stratum", "start_difficulty", _float, 65536.0, "difficulty of a new session",
