@@ -471,6 +471,7 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
     a plain process) runs the singletons: the ledger's reconcile loop and the fleet
     controller."""
     from poold.api import AdminApi
+    from poold.bitcoin import sharecore
     from poold.ledger import Ledger, LedgerConfig
     from poold.metrics import Metrics
     from poold.node.nodes import NodeSet
@@ -488,6 +489,7 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
         loop.add_signal_handler(signal.SIGHUP, hup.set)
     notifier = Notifier()
     metrics = Metrics()
+    metrics.native_core.info({"core": sharecore.CORE})
     ledger = Ledger(LedgerConfig.from_config(cfg), metrics=metrics)
     nodes = NodeSet.from_config(cfg, metrics)
     fleet: FleetRuntime | None = None
@@ -507,6 +509,10 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
     pool = build_pool(cfg, nodes, metrics=metrics, share_sink=share_sink, block_sink=ledger,
                       planner=planner, worker=worker)
     server = pool.server
+    if cfg.metrics.per_worker:
+        metrics.enable_per_worker(
+            lambda: ((c.worker, c.accepted_difficulty) for c in server.connections if c.worker),
+            cfg.metrics.per_worker_max)
     api: AdminApi | None = None
     await ledger.start()
     try:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 # Latency buckets in seconds, from 50 µs (a share check) to 10 s (a slow RPC).
@@ -33,6 +33,32 @@ class _HookCollector(Collector):
         for hook in self.hooks:
             hook()
         return ()
+
+
+class _PerWorkerCollector(Collector):
+    """Optional per-worker series (`[metrics] per_worker`), capped at `limit` workers: the ones
+    with the most accepted difficulty; the rest are summed under worker="_other" so that sums
+    over workers still equal the pool's total."""
+
+    def __init__(self, source: Callable[[], Iterable[tuple[str, float]]], limit: int) -> None:
+        self.source = source
+        self.limit = limit
+
+    def collect(self) -> Iterable[Metric]:
+        totals: dict[str, float] = {}
+        for worker, accepted_difficulty in self.source():
+            totals[worker] = totals.get(worker, 0.0) + accepted_difficulty
+        ranked = sorted(totals.items(), key=lambda kv: kv[1], reverse=True)
+        fam = CounterMetricFamily(
+            "poold_worker_accepted_difficulty",
+            "Accepted difficulty per worker of its current sessions (opt-in, capped; the rest "
+            "under worker=\"_other\")", labels=["worker"])
+        for worker, value in ranked[: self.limit]:
+            fam.add_metric([worker], value)
+        rest = ranked[self.limit:]
+        if rest:
+            fam.add_metric(["_other"], sum(v for _, v in rest))
+        yield fam
 
 
 class Metrics:
@@ -135,6 +161,13 @@ class Metrics:
         self.start_time = Gauge(
             "poold_start_time_seconds", "Unix time the daemon started", registry=r)
         self.start_time.set(time.time())
+
+    def enable_per_worker(
+        self, source: Callable[[], Iterable[tuple[str, float]]], limit: int
+    ) -> None:
+        """Export `poold_worker_accepted_difficulty_total{worker}` from `source` (pairs of
+        worker name and accepted difficulty), for at most `limit` workers plus "_other"."""
+        self.registry.register(_PerWorkerCollector(source, limit))
 
     def add_scrape_hook(self, hook: Callable[[], None]) -> None:
         """Call `hook` (which sets gauges from live state) before every scrape."""

@@ -42,3 +42,20 @@ def test_readme_documents_every_metric() -> None:
     for fam in Metrics().registry.collect():
         name = {"counter": fam.name + "_total", "info": fam.name + "_info"}.get(fam.type, fam.name)
         assert f"`{name}`" in readme, f"README.md does not document {name}"
+
+
+def test_per_worker_series_are_opt_in_and_capped() -> None:
+    m = Metrics()
+    assert m.registry.get_sample_value("poold_worker_accepted_difficulty_total", {"worker": "a"}) \
+        is None
+    sessions = [("a", 5.0), ("b", 1.0), ("a", 2.0), ("c", 3.0), ("d", 0.5)]
+    m.enable_per_worker(lambda: iter(sessions), limit=2)
+
+    def value(worker: str) -> float | None:
+        return m.registry.get_sample_value("poold_worker_accepted_difficulty_total",
+                                           {"worker": worker})
+
+    assert value("a") == 7.0  # both of a's sessions
+    assert value("c") == 3.0
+    assert value("b") is None and value("d") is None  # beyond the cap...
+    assert value("_other") == 1.5  # ...but still counted, so sums stay true

@@ -50,6 +50,10 @@ reconnect_port = 4444
 
 [api]
 listen = "127.0.0.1:{api_port}"
+
+[metrics]
+per_worker = true
+per_worker_max = 10
 """)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "poold", "run", "-c", str(cfg),
@@ -89,6 +93,8 @@ listen = "127.0.0.1:{api_port}"
                 await asyncio.sleep(0.1)
             assert "poold_stratum_connections 1.0" in text
             assert 'poold_shares_total{reason="' in text
+            assert 'poold_share_core_info{core="' in text
+            assert f'poold_worker_accepted_difficulty_total{{worker="{addr}.w"}}' in text
             # regtest: about half of all hashes are blocks; the ledger records them durably
             for nonce in range(1, 24):
                 await client.call(
