@@ -73,6 +73,7 @@ _ENERGY_FLUSH_S = 60.0
 _PRUNE_STEP_S = 10.0
 _STOP_GRACE_S = 10.0
 _RETENTION_INTERVAL_S = 60.0
+_SPLIT_PLAN_WAIT_S = 0.1  # longest a split coinbase plan waits for a fresh window read
 
 
 def network_difficulty_of(block_hex: str) -> float:
@@ -132,6 +133,17 @@ def _block_from_json(d: dict[str, Any]) -> FoundBlock:
         time=float(d["time"]), instance_id=int(d["instance_id"]))
 
 
+def _log_split_refresh(task: asyncio.Future[None]) -> None:
+    """Retrieve (and log) the outcome of a background split window read."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if isinstance(exc, StoreUnavailable):
+        log.error("split: ledger unavailable (%s); planning from the last window read", exc)
+    elif exc is not None:
+        log.error("split: window read failed", exc_info=exc)
+
+
 class Ledger:
     """Async front of the ledger. Create, `await start()`, use, `await stop()` (flushes)."""
 
@@ -170,6 +182,7 @@ class Ledger:
         self._split_weights: dict[str, float] = {}
         self._split_balances: dict[str, int] = {}
         self._split_refreshed = 0.0
+        self._split_task: asyncio.Future[None] | None = None
         self._energy_flushed = time.monotonic()
         self._inflight_oldest: float | None = None  # time of the oldest share being written
         self.metrics.add_scrape_hook(self._update_lag)
@@ -205,6 +218,10 @@ class Ledger:
     async def stop(self) -> None:
         """Stop the flusher, commit what is buffered, close the store."""
         self._stopping = True
+        if self._split_task is not None and not self._split_task.done():
+            self._split_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StoreUnavailable):
+                await self._split_task
         if self._retention_task is not None:
             self._retention_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -697,10 +714,22 @@ class Ledger:
         """The (script_pubkey, value) outputs for the next coinbase (before the witness
         commitment), by the configured scheme; for `split` from a fresh window and balances."""
         if self.config.payout == "split":
+            # A fresh window read, but a new tip's job never waits long for the database: past
+            # _SPLIT_PLAN_WAIT_S the plan uses the cached window and the read finishes in the
+            # background for the next plan (the flusher also refreshes every split_refresh_s).
+            task = self._split_task
+            if task is None or task.done():
+                task = asyncio.ensure_future(self.refresh_split(network_difficulty))
+                task.add_done_callback(_log_split_refresh)
+                self._split_task = task
             try:
-                await self.refresh_split(network_difficulty)
-            except StoreUnavailable as exc:
-                log.error("split: ledger unavailable (%s); using the last window read", exc)
+                await asyncio.wait_for(asyncio.shield(task), _SPLIT_PLAN_WAIT_S)
+            except TimeoutError:
+                log.warning("split: window read slower than %.0f ms; planning from the window "
+                            "read %.1f s ago", _SPLIT_PLAN_WAIT_S * 1e3,
+                            time.monotonic() - self._split_refreshed)
+            except StoreUnavailable:
+                pass  # logged by _log_split_refresh; plan from the last window read
             return self.split_outputs(reward, network_difficulty)
         network = Network(self.config.network)
         plan = await self.plan_coinbase(reward, network_difficulty, finder_account)
