@@ -165,3 +165,28 @@ def pick_level(levels: tuple[Level, ...], watts: float) -> Level:
         if lv.watts <= watts + 1e-6:
             best = lv
     return best
+
+
+def target_watts(desired: Desired, min_w: float, max_w: float) -> int | None:
+    """The power target to set for `desired` on an exact-watts actuator (clamped to the
+    miner's range), or None when it is to sleep or no target is asked for."""
+    if desired.sleep or desired.watts is None:
+        return None
+    return round(min(max_w, max(min_w, desired.watts)))
+
+
+def target_differs(current_w: float | None, want_w: int) -> bool:
+    """A write is needed (idempotence: an equal target within 1 W is not re-sent)."""
+    return current_w is None or abs(current_w - want_w) >= 1
+
+
+def verify_watts_and_sleep(driver: object, after: Telemetry, desired: Desired,
+                           want_w: int | None) -> Telemetry:
+    """The read-back check of an exact-watts driver: sleep state as asked and, when a target
+    was set, the firmware reporting it; otherwise VerifyError naming what it shows."""
+    if after.sleeping != desired.sleep or (
+        want_w is not None and target_differs(after.target_w, want_w)
+    ):
+        raise VerifyError(f"{driver!r}: read-back target={after.target_w} "
+                          f"sleeping={after.sleeping}")
+    return after

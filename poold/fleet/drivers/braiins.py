@@ -24,6 +24,9 @@ from poold.fleet.drivers.base import (
     Secret,
     Telemetry,
     VerifyError,
+    target_differs,
+    target_watts,
+    verify_watts_and_sleep,
     with_timeout,
 )
 from poold.fleet.policy import Actuator
@@ -160,23 +163,15 @@ class BraiinsDriver:
     async def apply(self, desired: Desired) -> Telemetry:
         caps = await self.capabilities()
         before = await self.read()
-        want_w: int | None = None
-        if not desired.sleep and desired.watts is not None:
-            want_w = round(min(caps.max_w, max(caps.min_w, desired.watts)))
-            if before.target_w is None or abs(before.target_w - want_w) >= 1.0:
-                echo = await self._request("PUT", "performance/power-target", {"watt": want_w})
-                if _get(echo, "watt") != want_w:
-                    raise VerifyError(f"{self!r}: power-target echo {_get(echo, 'watt')} "
-                                      f"!= {want_w}")
+        want_w = target_watts(desired, caps.min_w, caps.max_w)
+        if want_w is not None and target_differs(before.target_w, want_w):
+            echo = await self._request("PUT", "performance/power-target", {"watt": want_w})
+            if _get(echo, "watt") != want_w:
+                raise VerifyError(f"{self!r}: power-target echo {_get(echo, 'watt')} "
+                                  f"!= {want_w}")
         if desired.sleep != before.sleeping:
             await self._request("PUT", "actions/pause" if desired.sleep else "actions/resume")
-        after = await self.read()
-        if after.sleeping != desired.sleep or (
-            want_w is not None and (after.target_w is None or abs(after.target_w - want_w) >= 1)
-        ):
-            raise VerifyError(f"{self!r}: read-back target={after.target_w} "
-                              f"sleeping={after.sleeping}")
-        return after
+        return verify_watts_and_sleep(self, await self.read(), desired, want_w)
 
     async def reboot(self) -> None:
         await self._request("PUT", "actions/reboot")

@@ -28,7 +28,9 @@ from poold.fleet.drivers.base import (
     ProtocolError,
     Secret,
     Telemetry,
-    VerifyError,
+    target_differs,
+    target_watts,
+    verify_watts_and_sleep,
     with_timeout,
 )
 from poold.fleet.policy import Actuator
@@ -127,20 +129,12 @@ class WhatsminerDriver:
 
     async def apply(self, desired: Desired) -> Telemetry:
         before = await self.read()
-        want: int | None = None
-        if not desired.sleep and desired.watts is not None:
-            want = round(min(self.max_w, max(self.min_w, desired.watts)))
-            if before.target_w is None or abs(before.target_w - want) >= 1:
-                await self._write("set.miner.power_limit", want)
+        want = target_watts(desired, self.min_w, self.max_w)
+        if want is not None and target_differs(before.target_w, want):
+            await self._write("set.miner.power_limit", want)
         if desired.sleep != before.sleeping:
             await self._write("set.miner.service", "stop" if desired.sleep else "start")
-        after = await self.read()
-        if after.sleeping != desired.sleep or (
-            want is not None and (after.target_w is None or abs(after.target_w - want) >= 1)
-        ):
-            raise VerifyError(f"{self!r}: read-back limit={after.target_w} "
-                              f"sleeping={after.sleeping}")
-        return after
+        return verify_watts_and_sleep(self, await self.read(), desired, want)
 
     async def reboot(self) -> None:
         await self._write("set.system.reboot", "")
