@@ -13,8 +13,9 @@ kernel's own log line for the failed check (`AcceptBlock FAILED (<reason>, ...)`
 <hash> failed, <reason>, ...`): the exact text bitcoind would return.
 
 Threading contract: a `Kernel` is confined to the thread that calls its methods (the devnet runs
-them all on one dedicated worker thread). Validation callbacks and log lines are delivered
-synchronously on that thread, which is how a log line is tied to the call that caused it.
+it in a child process of its own, `kernel_process`, on that process's main thread). Validation
+callbacks and log lines are delivered synchronously on that thread, which is how a log line is
+tied to the call that caused it.
 """
 
 from __future__ import annotations
@@ -241,6 +242,18 @@ class Kernel:
             (bytes(e.block_hash), bytes(e.block_header))
             for e in (entries[h] for h in range(start, chain.height + 1))
         ]
+
+    def load(self) -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
+        """The active chain: (hash, header) from genesis to the tip, and every block after genesis
+        (a persistent datadir may already hold blocks)."""
+        entries = self.active_chain(0)
+        raws = []
+        for block_hash, _ in entries[1:]:
+            raw = self.read_block(block_hash)
+            if raw is None:
+                raise KernelError(f"active-chain block {block_hash[::-1].hex()} has no data")
+            raws.append(raw)
+        return entries, raws
 
     def read_block(self, block_hash: bytes) -> bytes | None:
         """The stored block, or None if unknown or header-only."""

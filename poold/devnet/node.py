@@ -1,10 +1,11 @@
 """The devnet node: a regtest bitcoind look-alike whose consensus is Bitcoin Core's kernel.
 
-One responsibility: wiring and lifecycle. The kernel (`kernel.Kernel`) runs on one dedicated
-worker thread; every other piece of state (chain view, UTXO set, mempool) lives on the event loop
-and changes only from the kernel's connect/disconnect events, applied in order under one lock, so
-RPC answers never wait on the kernel except for block submission and block reads. The JSON-RPC
-server (`rpc`, methods in `methods`) and the ZMQ publisher (`zmqpub`) are the node's I/O edges.
+One responsibility: wiring and lifecycle. The kernel (`kernel.Kernel`) runs in a child process of
+its own (`kernel_process`: a busy event loop here cannot slow validation down); every other piece
+of state (chain view, UTXO set, mempool) lives on the event loop and changes only from the
+kernel's connect/disconnect events, applied in order under one lock, so RPC answers never wait on
+the kernel except for block submission and block reads. The JSON-RPC server (`rpc`, methods in
+`methods`) and the ZMQ publisher (`zmqpub`) are the node's I/O edges.
 
 Data layout mirrors bitcoind's: `<datadir>/regtest/{blocks,chainstate}` and the RPC cookie
 `<datadir>/regtest/.cookie` (`__cookie__:<64 hex>`, mode 0600, removed on stop). A datadir that
@@ -21,11 +22,9 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar, TypeVarTuple
 
 from poold.bitcoin.address import Network, address_to_script, p2wsh_address
 from poold.bitcoin.block import parse_block
@@ -35,15 +34,13 @@ from poold.bitcoin.script import OP_TRUE, p2wsh_script
 from poold.bitcoin.tx import OutPoint, Tx, TxIn, TxOut
 from poold.devnet import mining
 from poold.devnet.chainstate import COINBASE_MATURITY, ChainView, Coin, UtxoSet
-from poold.devnet.kernel import EntryInfo, Kernel, ProcessResult, verify_scripts
+from poold.devnet.kernel import EntryInfo, ProcessResult, verify_scripts
+from poold.devnet.kernel_process import KernelProcess
 from poold.devnet.mempool import Mempool, MempoolEntry
 from poold.devnet.rpc import Credentials, RpcServer
 from poold.devnet.zmqpub import ZmqPublisher
 
 log = logging.getLogger("poold.devnet")
-
-R = TypeVar("R")
-Ts = TypeVarTuple("Ts")
 
 NETWORK = Network.REGTEST
 # The devnet's own coins: P2WSH of `OP_TRUE`, spendable by anyone with witness [OP_TRUE].
@@ -86,8 +83,7 @@ class Devnet:
         self.mempool = Mempool()
         self.started_at = 0.0
         self._ntx: dict[bytes, int] = {}
-        self._kernel: Kernel | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._kernel: KernelProcess | None = None
         self._rpc: RpcServer | None = None
         self._zmq: ZmqPublisher | None = None
         self._lock = asyncio.Lock()
@@ -99,7 +95,7 @@ class Devnet:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._executor is not None:
+        if self._kernel is not None:
             raise RuntimeError("devnet already started")
         self.started_at = time.monotonic()
         self._stopping = False
@@ -109,9 +105,9 @@ class Devnet:
         else:
             self.datadir = self._datadir_arg
         netdir = self.datadir / "regtest"
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="devnet-kernel")
+        self._kernel = KernelProcess()
         try:
-            self._kernel = await self._in_kernel(Kernel, netdir)
+            await self._kernel.start(netdir)
             await self._load_chain()
             cookie = secrets.token_hex(32)
             self.cookie_file = _write_cookie(netdir / ".cookie", cookie)
@@ -148,12 +144,9 @@ class Devnet:
             await self._zmq.close()
             self._zmq = None
         async with self._lock:
-            if self._kernel is not None and self._executor is not None:
+            if self._kernel is not None:
                 kernel, self._kernel = self._kernel, None
-                await self._in_kernel(kernel.close)
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
-                self._executor = None
+                await kernel.close()
         if self.cookie_file is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.cookie_file.unlink()
@@ -174,28 +167,10 @@ class Devnet:
     ) -> None:
         await self.stop()
 
-    async def _in_kernel(self, fn: Callable[[*Ts], R], *args: *Ts) -> R:
-        """Run a kernel call on the kernel thread (all kernel calls go through here)."""
-        if self._executor is None:
-            raise RuntimeError("devnet is not running")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
     async def _load_chain(self) -> None:
         """Build the Python-side view from the kernel's active chain (a persistent datadir may
         already hold blocks)."""
-        kernel = self._require_kernel()
-
-        def read() -> tuple[list[tuple[bytes, bytes]], list[bytes]]:
-            entries = kernel.active_chain(0)
-            raws = []
-            for block_hash, _ in entries[1:]:
-                raw = kernel.read_block(block_hash)
-                if raw is None:
-                    raise RuntimeError(f"active-chain block {hash_to_hex(block_hash)} has no data")
-                raws.append(raw)
-            return entries, raws
-
-        entries, raws = await self._in_kernel(read)
+        entries, raws = await self._require_kernel().load()
         genesis_hash, genesis_header = entries[0]
         chain = ChainView(genesis_hash, BlockHeader.parse(genesis_header))
         self._ntx[genesis_hash] = 1
@@ -208,10 +183,15 @@ class Devnet:
 
     # -- state -----------------------------------------------------------------------------
 
-    def _require_kernel(self) -> Kernel:
+    def _require_kernel(self) -> KernelProcess:
         if self._kernel is None:
             raise RuntimeError("devnet is not running")
         return self._kernel
+
+    @property
+    def kernel_pid(self) -> int | None:
+        """The process id of the kernel's child process (None when stopped)."""
+        return self._kernel.pid if self._kernel is not None else None
 
     @property
     def view(self) -> ChainView:
@@ -268,7 +248,7 @@ class Devnet:
             return await self._submit_locked(raw)
 
     async def _submit_locked(self, raw: bytes) -> str | None:
-        result = await self._in_kernel(self._require_kernel().process_block, raw)
+        result = await self._require_kernel().process_block(raw)
         await self._apply(result)
         return result.reason
 
@@ -314,14 +294,14 @@ class Devnet:
 
     async def read_block(self, block_hash: bytes) -> bytes | None:
         """The stored block (any branch), or None if unknown or header-only."""
-        return await self._in_kernel(self._require_kernel().read_block, block_hash)
+        return await self._require_kernel().read_block(block_hash)
 
     async def entry_info(self, block_hash: bytes) -> EntryInfo | None:
         """The kernel's block index entry (any branch), or None if the block is unknown."""
-        return await self._in_kernel(self._require_kernel().entry_info, block_hash)
+        return await self._require_kernel().entry_info(block_hash)
 
     async def best_header_height(self) -> int:
-        return await self._in_kernel(self._require_kernel().best_header_height)
+        return await self._require_kernel().best_header_height()
 
     def block_candidate(self) -> mining.BlockCandidate:
         return mining.candidate(self.view, self.mempool.select(), int(time.time()))
