@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from poold.bitcoin.address import Network, address_to_script, p2wpkh_address
 from poold.bitcoin.block import parse_block
@@ -67,6 +67,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-listen", type=_host_port, default=None, metavar="HOST:PORT",
                         help="admin API and /metrics of the demo's poold (default: a free "
                         "loopback port)")
+    parser.add_argument("--pool-log", type=Path, default=None, metavar="FILE",
+                        help="write the demo pool's own log (INFO and up) to FILE (default: "
+                        "only its errors, on the terminal)")
+
+
+def _open_log(path: Path) -> BinaryIO:
+    """The pool's log file, appended to; the caller closes it."""
+    return path.open("ab")
 
 
 def _host_port(text: str) -> tuple[str, int]:
@@ -257,9 +265,11 @@ async def demo(args: argparse.Namespace) -> int:
                                api_token=token, share_interval_s=5.0 if args.fleet else 2.0)
             api_url = f"http://{api[0]}:{api[1]}"
             say(f"admin API: {api_url} (Prometheus: {api_url}/metrics)")
+            pool_log = _open_log(args.pool_log) if args.pool_log is not None else None
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "poold", "--log-level", "ERROR", "run", "-c", str(cfg),
-                env=env,
+                sys.executable, "-m", "poold", "--log-level",
+                "ERROR" if pool_log is None else "INFO", "run", "-c", str(cfg),
+                env=env, stdout=pool_log, stderr=asyncio.subprocess.STDOUT if pool_log else None,
             )  # fmt: skip
             try:
                 await wait_listening("127.0.0.1", port, proc)
@@ -280,6 +290,8 @@ async def demo(args: argparse.Namespace) -> int:
                         proc.kill()
                         await proc.wait()
                 say("pool stopped")
+                if pool_log is not None:
+                    pool_log.close()
                 if fleet is not None:  # after the pool: its controller left the safe caps
                     await fleet.close()
 

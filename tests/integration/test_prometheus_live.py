@@ -87,12 +87,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 async def prom(tmp_path: Path) -> AsyncIterator[str]:
     """`poold demo --fleet` scraped every second by a real Prometheus; yields its base URL.
 
-    The demo's output is in `demo.log` in the test's tmp_path (shown on failure)."""
+    The demo's output is in `demo.log` and its pool's log in `pool.log`, both in the test's
+    tmp_path (shown on failure)."""
     prometheus = _prometheus()
     api_port, prom_port = _free_port(), _free_port()
     demo = _spawn(
         [sys.executable, "-m", "poold", "demo", "--fleet", "--duration", "240",
-         "--api-listen", f"127.0.0.1:{api_port}"],
+         "--api-listen", f"127.0.0.1:{api_port}", "--pool-log", str(tmp_path / "pool.log")],
         tmp_path / "demo.log", tmp_path,
     )
     shutil.copy(RULES, tmp_path / "poold-alerts.yml")
@@ -157,6 +158,11 @@ async def test_dashboard_and_alerts_against_live_prometheus(prom: str, tmp_path:
     except BaseException:
         print("---- poold demo output (tail) ----")
         print((tmp_path / "demo.log").read_text(errors="replace")[-6000:])
+        # The pool logs every block at WARNING; what explains a failure is everything else.
+        pool = (tmp_path / "pool.log").read_text(errors="replace").splitlines()
+        quiet = [line for line in pool if "poold.work.blocks" not in line]
+        print("---- the demo pool's log without block lines (tail) ----")
+        print("\n".join(quiet[-80:]))
         raise
 
 
