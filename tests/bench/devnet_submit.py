@@ -16,21 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import statistics
 import time
 
 from poold.devnet import Devnet
-
-
-async def _busy(stop: asyncio.Event) -> None:
-    h = hashlib.sha256(b"\0" * 64)
-    while not stop.is_set():
-        for n in range(512):
-            s = h.copy()
-            s.update(n.to_bytes(4, "little"))
-            hashlib.sha256(s.digest()).digest()
-        await asyncio.sleep(0)
+from tests.devnet.helpers import busy_loop
 
 
 async def _phase(dn: Devnet, blocks: int) -> list[float]:
@@ -47,7 +37,7 @@ async def run(blocks: int, busy: int) -> None:
         await dn.generate(5)
         idle = await _phase(dn, blocks)
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(_busy(stop)) for _ in range(busy)]
+        tasks = [asyncio.create_task(busy_loop(stop)) for _ in range(busy)]
         try:
             loaded = await _phase(dn, blocks)
         finally:

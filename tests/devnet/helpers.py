@@ -3,6 +3,7 @@ a block builder that uses only poold's primitives on a devnet `getblocktemplate`
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -143,3 +144,15 @@ def spend(prevout: OutPoint, value: int, *, script: bytes, witness: bytes = WITN
     """A one-in one-out spend of a devnet (P2WSH OP_TRUE) output; `witness` other than OP_TRUE
     makes it invalid."""
     return Tx(2, (TxIn(prevout, b"", 0xFFFFFFFD, (witness,)),), (TxOut(value, script),), 0)
+
+
+async def busy_loop(stop: asyncio.Event) -> None:
+    """A CPU miner's shape on the event loop: hashing in slices, yielding between them, never
+    sleeping, until `stop` is set."""
+    h = hashlib.sha256(b"\0" * 64)
+    while not stop.is_set():
+        for n in range(512):
+            s = h.copy()
+            s.update(n.to_bytes(4, "little"))
+            hashlib.sha256(s.digest()).digest()
+        await asyncio.sleep(0)

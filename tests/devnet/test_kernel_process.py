@@ -5,7 +5,6 @@ flushed chainstate behind (the child sees its stdin close, flushes and exits).""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import signal
 import sys
@@ -16,18 +15,7 @@ import pytest
 
 from poold.devnet import Devnet
 from poold.devnet.kernel import KernelError
-from tests.devnet.helpers import rpc, rpc_error
-
-
-async def _busy(stop: asyncio.Event) -> None:
-    """A CPU miner's shape: hashing in slices, yielding between them, never sleeping."""
-    h = hashlib.sha256(b"\0" * 64)
-    while not stop.is_set():
-        for n in range(512):
-            s = h.copy()
-            s.update(n.to_bytes(4, "little"))
-            hashlib.sha256(s.digest()).digest()
-        await asyncio.sleep(0)
+from tests.devnet.helpers import busy_loop, rpc, rpc_error
 
 
 async def test_blocks_are_validated_while_the_event_loop_is_busy() -> None:
@@ -36,7 +24,7 @@ async def test_blocks_are_validated_while_the_event_loop_is_busy() -> None:
     async with Devnet() as dn:
         assert dn.kernel_pid is not None and dn.kernel_pid != os.getpid()
         stop = asyncio.Event()
-        busy = [asyncio.create_task(_busy(stop)) for _ in range(2)]
+        busy = [asyncio.create_task(busy_loop(stop)) for _ in range(2)]
         try:
             t0 = time.monotonic()
             await dn.generate(5)
