@@ -41,7 +41,9 @@ from poold.sim.miner import MinerEvent, StratumMiner
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--miners", type=int, default=3, help="CPU miners to run (default 3)")
     parser.add_argument(
-        "--blocks", type=int, default=0, help="stop after this many blocks (default: run until ^C)"
+        "--blocks", type=int, default=0,
+        help="stop after this many blocks (with --fleet: and once the rack cut is met; "
+        "default: run until ^C)",
     )
     parser.add_argument(
         "--duration", type=float, default=0.0, help="stop after this many seconds (default: none)"
@@ -100,6 +102,9 @@ class DemoContext:
     fleet: Any = None  # poold.sim.fleet_demo.FleetDemo with --fleet
     fleet_cut_at_s: float = 60.0
     fleet_difficulty: float | None = None
+    # Set by the fleet add-on once its story is told (every rack under its cut cap); the demo
+    # does not stop for `--blocks` before that.
+    fleet_done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Narrator:
@@ -342,11 +347,17 @@ async def _mine(
     if args.fleet:
         tasks.append(asyncio.create_task(_fleet(ctx)))
     started = time.monotonic()
+    waiting_for_fleet = False
     try:
         while not stop.is_set():
             if args.blocks and sum(verified) >= args.blocks:
-                say(f"{args.blocks} block(s) found and accepted: done")
-                break
+                if not args.fleet or ctx.fleet_done.is_set():
+                    say(f"{args.blocks} block(s) found and accepted: done")
+                    break
+                if not waiting_for_fleet:
+                    waiting_for_fleet = True
+                    say(f"{args.blocks} block(s) found and accepted; going on until the fleet's "
+                        f"rack caps are cut (at {ctx.fleet_cut_at_s:g} s) and met")
             if args.duration and time.monotonic() - started >= args.duration:
                 say(f"{args.duration:g} s elapsed: done")
                 break
@@ -379,6 +390,7 @@ async def _fleet(ctx: DemoContext) -> None:
         mod = importlib.import_module("poold.sim.fleet_demo")
     except ImportError:
         ctx.say("fleet: poold.sim.fleet_demo is not there yet; running CPU miners only")
+        ctx.fleet_done.set()
         return
     attach: Callable[[DemoContext], Awaitable[None]] = mod.attach
     await attach(ctx)

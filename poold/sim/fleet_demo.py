@@ -138,6 +138,7 @@ async def attach(ctx: Any) -> None:
     fleet: FleetDemo | None = getattr(ctx, "fleet", None)
     if fleet is None:
         ctx.say("fleet: no emulated fleet in this demo")
+        ctx.fleet_done.set()
         return
     say = ctx.say
     headers = {"Authorization": f"Bearer {ctx.api_token}"}
@@ -178,6 +179,9 @@ async def attach(ctx: Any) -> None:
                         met[r["id"]] = now - cut_at
                         say(f"fleet: {r['id']} under its cut cap {now - cut_at:.1f} s after the "
                             f"cut (allowed {r['over_cap_allowed_s']:g} s)")
+                if cut and set(met) >= set(cut) and not ctx.fleet_done.is_set():
+                    say("fleet: every rack is under its cut cap")
+                    ctx.fleet_done.set()
                 say("fleet: " + "; ".join(
                     f"{r['id']} {r['power_w'] / 1000:.1f}/{r['cap_w'] / 1000:.1f} kW "
                     f"(emulators draw {fleet.true_power_w(r['id']) / 1000:.1f} kW), "

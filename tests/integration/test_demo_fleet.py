@@ -35,3 +35,19 @@ def test_demo_fleet_cap_cut_is_met_without_switching_miners_off() -> None:
     # The emulators themselves (not only the daemon's projection) went down to the cap.
     after = re.findall(r"rack000 [\d.]+/([\d.]+) kW \(emulators draw ([\d.]+) kW\)", out.stdout)
     assert any(float(cap) < 30 and float(draw) <= float(cap) * 1.02 for cap, draw in after), text
+
+
+def test_demo_with_blocks_and_fleet_ends_after_the_cut_is_met() -> None:
+    # Blocks come in seconds; the fleet's story (cut, then met) takes longer. `--blocks` must
+    # not end the demo before it is told.
+    out = subprocess.run(
+        [sys.executable, "-m", "poold", "demo", "--fleet", "--miners", "1", "--blocks", "1",
+         "--fleet-cut-at", "3"],
+        check=False, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    met = text.find("fleet: every rack is under its cut cap")
+    done = text.find("1 block(s) found and accepted: done")
+    assert 0 <= met < done, text
+    assert "fleet summary: cut=yes under_cap=yes asleep=0" in text, text
