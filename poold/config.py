@@ -229,6 +229,17 @@ OPTIONS: tuple[Option, ...] = (
        minimum=1, maximum=1000),
     _O("ledger", "tariff_per_kwh", _float, 0.0, "energy cost per kWh for accounting",
        minimum=0.0),
+    _O("ledger", "batch_max_shares", _int, 10_000, "largest share batch in one commit (bounds "
+       "the commit latency when the flusher is behind)", minimum=100),
+    _O("ledger", "block_write_timeout_s", _float, 5.0, "a found block the store has not "
+       "committed by then goes to the local journal (replayed at start)", minimum=0.1),
+    _O("ledger", "split_refresh_s", _float, 5.0, "split: how often the PPLNS window and "
+       "balances are re-read", minimum=0.5),
+    _O("ledger", "split_max_output_bytes", _int, 530, "split: bytes of payout outputs one "
+       "coinbase may carry (ASIC firmware caps the coinbase near 730 bytes)", minimum=86),
+    _O("ledger", "share_retention_s", _float, 0.0, "shares older than this are rolled up per "
+       "worker, account and hour, then deleted; 0 keeps every share (else at least 2 days)",
+       minimum=0.0),
     _O("api", "listen", _hostport, ("127.0.0.1", 9332), "admin API and /metrics",
        example='"127.0.0.1:9332"'),
     _O("api", "read_tokens", _str_list, (), "bearer tokens allowed to read /api/v1 "
@@ -309,6 +320,11 @@ class LedgerSection:
     dust_sat: int
     max_outputs: int
     tariff_per_kwh: float
+    batch_max_shares: int
+    block_write_timeout_s: float
+    split_refresh_s: float
+    split_max_output_bytes: int
+    share_retention_s: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,3 +140,19 @@ def test_reload_diff_splits_safe_and_unsafe(tmp_path: Path) -> None:
     applied, ignored = reload_diff(a, b)
     assert applied == ["stratum.min_difficulty"]
     assert ignored == ["stratum.listen"]
+
+
+def test_ledger_tuning_reaches_the_ledger(tmp_path: Path) -> None:
+    from poold.ledger.config import LedgerConfig
+
+    text = MINIMAL + (
+        "[ledger]\nshare_retention_s = 604800\nbatch_max_shares = 5000\n"
+        "block_write_timeout_s = 2.5\nsplit_refresh_s = 10\nsplit_max_output_bytes = 430\n"
+    )
+    lc = LedgerConfig.from_config(load_config(write(tmp_path, text), env={}))
+    assert (lc.share_retention_s, lc.batch_max_shares, lc.block_write_timeout_s,
+            lc.split_refresh_s, lc.split_max_output_bytes) == (604800, 5000, 2.5, 10, 430)
+    # A retention shorter than the PPLNS window and maturity could need names the key.
+    short = load_config(write(tmp_path, MINIMAL + "[ledger]\nshare_retention_s = 3600\n"), env={})
+    with pytest.raises(ConfigError, match=r"ledger\.share_retention_s"):
+        LedgerConfig.from_config(short)

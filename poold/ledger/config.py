@@ -77,7 +77,12 @@ class LedgerConfig:
             pplns_window_factor=cfg.ledger.pplns_window_factor, dust_sat=cfg.ledger.dust_sat,
             max_outputs=cfg.ledger.max_outputs, fee_percent=cfg.pool.fee_percent,
             fee_address=cfg.pool.fee_address, reserve_address=cfg.pool.reserve_address,
-            tariff_per_kwh=cfg.ledger.tariff_per_kwh, source=cfg.source)
+            tariff_per_kwh=cfg.ledger.tariff_per_kwh,
+            batch_max_shares=cfg.ledger.batch_max_shares,
+            block_write_timeout_s=cfg.ledger.block_write_timeout_s,
+            split_refresh_s=cfg.ledger.split_refresh_s,
+            split_max_output_bytes=cfg.ledger.split_max_output_bytes,
+            share_retention_s=cfg.ledger.share_retention_s, source=cfg.source)
         out.validate()
         return out
 
