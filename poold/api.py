@@ -15,6 +15,7 @@ import hmac
 import json
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -29,6 +30,7 @@ JSON = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_BODY = 64 * 1024
+ENERGY_DEFAULT_SPAN_S = 86400.0
 
 
 class ApiError(Exception):
@@ -48,6 +50,7 @@ class ApiBackend(Protocol):
     def pool(self) -> JSON: ...
     def workers(self) -> Sequence[JSON]: ...
     async def blocks(self, since: float | None) -> Sequence[JSON]: ...
+    async def energy(self, start: float, end: float) -> JSON: ...
     def racks(self) -> Sequence[JSON]: ...
     def miners(self, rack: str | None) -> Sequence[JSON]: ...
     def budgets(self) -> JSON: ...
@@ -134,6 +137,7 @@ class AdminApi:
             ("/api/v1/pool", self.get_pool),
             ("/api/v1/workers", self.get_workers),
             ("/api/v1/blocks", self.get_blocks),
+            ("/api/v1/energy", self.get_energy),
             ("/api/v1/racks", self.get_racks),
             ("/api/v1/miners", self.get_miners),
             ("/api/v1/budgets", self.get_budgets),
@@ -233,14 +237,17 @@ class AdminApi:
         return web.json_response({"workers": list(self.backend.workers())})
 
     async def get_blocks(self, request: web.Request) -> web.Response:
-        since_s = request.query.get("since")
-        since: float | None = None
-        if since_s is not None:
-            try:
-                since = float(since_s)
-            except ValueError:
-                raise ApiError(400, "since must be a unix time in seconds", since_s) from None
+        since = _unix_time(request, "since")
         return web.json_response({"blocks": list(await self.backend.blocks(since))})
+
+    async def get_energy(self, request: web.Request) -> web.Response:
+        until = _unix_time(request, "until")
+        end = time.time() if until is None else until
+        since = _unix_time(request, "since")
+        start = end - ENERGY_DEFAULT_SPAN_S if since is None else since
+        if not start < end:
+            raise ApiError(400, "since must be before until", {"since": start, "until": end})
+        return web.json_response(await self.backend.energy(start, end))
 
     async def get_racks(self, request: web.Request) -> web.Response:
         return web.json_response({"racks": list(self.backend.racks())})
@@ -307,6 +314,19 @@ def _op(summary: str, *, write: bool = False, body: JSON | None = None,
     return op
 
 
+def _unix_time(request: web.Request, name: str) -> float | None:
+    text = request.query.get(name)
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise ApiError(400, f"{name} must be a unix time in seconds", text)
+    return value
+
+
 def _path_param(name: str) -> JSON:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
 
@@ -319,6 +339,7 @@ def openapi_document() -> JSON:
         "cap_kw": {"type": "number", "minimum": 0, "nullable": True},
         "ttl_s": {"type": "number", "minimum": 1, "maximum": 86400, "nullable": True}}}
     since = {"name": "since", "in": "query", "required": False, "schema": {"type": "number"}}
+    until = {"name": "until", "in": "query", "required": False, "schema": {"type": "number"}}
     rack_q = {"name": "rack", "in": "query", "required": False, "schema": {"type": "string"}}
     return {
         "openapi": "3.0.3",
@@ -327,6 +348,9 @@ def openapi_document() -> JSON:
             "/api/v1/pool": {"get": _op("Pool summary")},
             "/api/v1/workers": {"get": _op("Connected workers")},
             "/api/v1/blocks": {"get": _op("Found blocks with audit state", params=[since])},
+            "/api/v1/energy": {"get": _op(
+                "Energy accounting over [since, until) (default: the last 24 h): kWh, J/TH and "
+                "cost per worker and rack, kWh per block", params=[since, until])},
             "/api/v1/racks": {"get": _op("Racks: power, cap, hashrate")},
             "/api/v1/miners": {"get": _op("Miners with telemetry", params=[rack_q])},
             "/api/v1/budgets": {"get": _op("Power budgets in force and their sources")},

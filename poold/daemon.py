@@ -326,6 +326,20 @@ class DaemonBackend:
         rows: list[dict[str, Any]] = await self.ledger.audit_blocks(since)
         return rows
 
+    async def energy(self, start: float, end: float) -> dict[str, Any]:
+        if self.ledger is None:
+            from poold.api import ApiError
+
+            raise ApiError(404, "no ledger in this daemon")
+        # Telemetry not yet metered, then what the meter holds, is committed first, so the
+        # answer reaches up to now.
+        if self.fleet is not None:
+            await self.fleet.push_power(self.ledger)
+        await self.ledger.flush_energy()
+        report = await self.ledger.energy_report(start, end)
+        out: dict[str, Any] = dict(report.as_dict())
+        return out
+
     def _fleet(self) -> FleetRuntime:
         if self.fleet is not None:
             return self.fleet

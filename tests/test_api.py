@@ -6,6 +6,7 @@ validation, error shapes); the daemon's real backend is exercised by the integra
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -35,6 +36,10 @@ class FakeBackend:
     async def blocks(self, since: float | None) -> Sequence[dict[str, Any]]:
         self.calls.append(("blocks", since))
         return [{"height": 101}]
+
+    async def energy(self, start: float, end: float) -> dict[str, Any]:
+        self.calls.append(("energy", (start, end)))
+        return {"start": start, "end": end, "kwh": 1.5}
 
     def racks(self) -> Sequence[dict[str, Any]]:
         return [{"id": "r1", "cap_w": 30000}]
@@ -197,3 +202,24 @@ async def test_unknown_route_is_json_404(api: tuple[str, FakeBackend, Metrics]) 
         async with s.get(f"{url}/api/v1/nothing", headers=auth(READ)) as r:
             assert r.status == 404
             assert "error" in await r.json()
+
+
+async def test_energy_window_defaults_and_validation(api: tuple[str, FakeBackend, Metrics]) -> None:
+    url, backend, _ = api
+    async with aiohttp.ClientSession(headers=auth(READ)) as s:
+        t0 = time.time()
+        async with s.get(f"{url}/api/v1/energy") as r:
+            assert r.status == 200
+            body = await r.json()
+        # Default: the last 24 hours up to now.
+        assert body["end"] == pytest.approx(t0, abs=5)
+        assert body["end"] - body["start"] == pytest.approx(86400)
+        async with s.get(f"{url}/api/v1/energy?since=1000&until=4600") as r:
+            assert r.status == 200
+        assert backend.calls[-1] == ("energy", (1000.0, 4600.0))
+        for query in ("since=yesterday", "since=nan", "since=-5", "since=50&until=40"):
+            async with s.get(f"{url}/api/v1/energy?{query}") as r:
+                assert r.status == 400, query
+                err = await r.json()
+                assert "since" in err["error"] or "until" in err["error"], err
+    assert len([c for c in backend.calls if c[0] == "energy"]) == 2

@@ -124,13 +124,18 @@ class FleetRuntime:
     async def _energy_loop(self, ledger: PowerLedger) -> None:
         while True:
             await asyncio.sleep(ENERGY_FLUSH_S)
-            batch, self._samples = self._samples, []
-            if batch:
-                try:
-                    await ledger.record_power(batch)
-                except ValueError as exc:
-                    log.warning("fleet: %d power samples refused by the ledger: %s",
-                                len(batch), exc)
+            await self.push_power(ledger)
+
+    async def push_power(self, ledger: PowerLedger) -> None:
+        """Hand the power samples gathered since the last push to the ledger's energy meter
+        (every ENERGY_FLUSH_S, and before an energy report so it reaches up to now)."""
+        batch, self._samples = self._samples, []
+        if batch:
+            try:
+                await ledger.record_power(batch)
+            except ValueError as exc:
+                log.warning("fleet: %d power samples refused by the ledger: %s",
+                            len(batch), exc)
 
     def mark_sessions(self, server: Sessions, now: float) -> int:
         """Flag the sessions of curtailed miners (vardiff keeps their difficulty) and count

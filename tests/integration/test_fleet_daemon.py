@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import pytest_asyncio
 
 from poold.bitcoin.address import Network, p2wpkh_address
@@ -145,6 +146,16 @@ async def test_fleet_in_poold_run(tmp_path: Path, devnet: Devnet, emulators: Fle
             assert not any(m["asleep"] for m in miners["miners"])  # watts down, none off
             status, _ = await _get(http, "/api/v1/miners?rack=nope")
             assert status == 404
+
+            # Energy accounting from the telemetry so far, through the ledger: both racks drew
+            # ~15 kW for seconds (tens of kJ); a bad window is a 400.
+            status, energy = await _get(http, "/api/v1/energy")
+            assert status == 200, energy
+            assert set(energy["racks"]) == {"rack000", "rack001"}, energy
+            assert all(e["joules"] > 1e4 for e in energy["racks"].values()), energy
+            assert energy["kwh"] == pytest.approx(energy["total"]["joules"] / 3.6e6)
+            status, _ = await _get(http, "/api/v1/energy?since=10&until=5")
+            assert status == 400
 
             # SIGHUP with a new configured cap for rack001 in the file.
             new_kw = round(racks["rack001"]["config_cap_w"] * 0.7 / 1000, 3)
