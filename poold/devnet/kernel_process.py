@@ -138,10 +138,13 @@ class KernelProcess:
         assert proc.stdin is not None
         self._next_id += 1
         rid = self._next_id
+        body = pickle.dumps((rid, method, args), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            proc.stdin.write(_LEN.pack(len(body)) + body)
+        except (ConnectionError, RuntimeError) as exc:  # the child is gone, its pipe closed
+            raise _kernel_error(f"devnet kernel process unreachable: {exc}") from exc
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
-        body = pickle.dumps((rid, method, args), protocol=pickle.HIGHEST_PROTOCOL)
-        proc.stdin.write(_LEN.pack(len(body)) + body)
         # A cancelled caller leaves its answer to the reader, which drops it: the stream of
         # answers never goes out of step with the requests.
         return await future
@@ -166,6 +169,11 @@ class KernelProcess:
             if code != 0:
                 log.error("%s", self._dead)
             self._fail_pending(self._dead)
+        except Exception as exc:  # a frame that does not decode: the stream is out of step
+            log.exception("devnet kernel process: bad answer")
+            self._dead = f"devnet kernel process answered garbage ({exc!r})"
+            self._fail_pending(self._dead)
+            proc.kill()
 
     def _fail_pending(self, message: str) -> None:
         pending, self._pending = self._pending, {}
