@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,7 +21,8 @@ from poold.fleet.simsite import SimSite, build_table
 
 pytest.importorskip("poold.daemon")
 pytest.importorskip("poold.devnet")
-from tests.integration.conftest import free_port, new_address, write_config
+from tests.integration.conftest import new_address, write_config
+from tests.poold_process import free_port, poold_run
 
 SPEED = 10.0
 HASH_SCALE = 1e-10  # 100 TH/s of emulated ASIC -> 10 kH/s of real CPU hashing
@@ -41,31 +41,8 @@ async def pool_addr(tmp_path: Path) -> AsyncIterator[tuple[str, int]]:
         # vardiff aims at 4 shares a second per miner, ~350 per window (every one of them is
         # also a regtest block). At 1 s, ~100 shares per window made the ratio flaky.
         cfg.write_text(cfg.read_text().replace("share_interval_s = 10", "share_interval_s = 0.25"))
-        log = tmp_path / "poold.log"
-        with log.open("wb") as logf:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "poold", "run", "-c", str(cfg), stdout=logf, stderr=logf)
-        try:
-            for _ in range(300):
-                if proc.returncode is not None:
-                    pytest.fail(f"poold run exited: {log.read_text()[-2000:]}")
-                try:
-                    _, w = await asyncio.open_connection("127.0.0.1", port)
-                except OSError:
-                    await asyncio.sleep(0.1)
-                    continue
-                w.close()
-                await w.wait_closed()
-                break
+        async with poold_run(cfg, tmp_path / "poold.log", port=port):
             yield "127.0.0.1", port
-        finally:
-            if proc.returncode is None:
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 20)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
 
 
 @pytest.mark.slow

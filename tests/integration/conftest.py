@@ -15,8 +15,6 @@ import contextlib
 import importlib
 import json
 import os
-import socket
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ import pytest
 import pytest_asyncio
 
 from poold.bitcoin.address import Network, p2wpkh_address
+from tests.poold_process import free_port, log_tail, nodes_toml, poold_run
 
 START_DIFFICULTY = 1e-5
 MIN_DIFFICULTY = 1e-8
@@ -38,12 +37,6 @@ def _require(module: str) -> None:
         importlib.import_module(module)
     except ImportError as exc:
         pytest.skip(f"{module} not available yet: {exc}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def new_address() -> str:
@@ -60,44 +53,43 @@ class Pool:
     proc: asyncio.subprocess.Process
 
     def log_tail(self, n: int = 60) -> str:
-        lines = self.log.read_text(errors="replace").splitlines()
-        return "\n".join(lines[-n:])
+        return log_tail(self.log, n)
 
 
 def write_config(
-    workdir: Path, devnet: Any, port: int, *, instance_id: int = 7, extra_stratum: str = ""
+    workdir: Path, devnet: Any, port: int, *, instance_id: int = 7, extra_stratum: str = "",
+    payout: str = "solo", coinbase_tag: str = "/poold-test/",
+    start_difficulty: float = START_DIFFICULTY, ledger_url: str = "", api_port: int | None = None,
 ) -> Path:
+    """A regtest `poold run` config against `devnet`: tiny difficulties, a fee address when the
+    payout is not solo, a `[ledger]` table when `ledger_url` is given."""
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "poold.toml"
+    fee = f'fee_address = "{new_address()}"\n' if payout != "solo" else ""
+    ledger = f'[ledger]\nurl = "{ledger_url}"\n\n' if ledger_url else ""
     cfg.write_text(
         f"""[pool]
 network = "regtest"
-payout = "solo"
-coinbase_tag = "/poold-test/"
+payout = "{payout}"
+{fee}coinbase_tag = "{coinbase_tag}"
 instance_id = {instance_id}
 state_dir = "{workdir}"
 
-[[nodes]]
-name = "devnet"
-rpc_url = "{devnet.rpc_url}"
-rpc_user = "{devnet.rpc_user}"
-rpc_password = "{devnet.rpc_password}"
-zmq_hashblock = "{devnet.zmq_url}"
-
+{nodes_toml(devnet)}
 [templates]
 refresh_s = 1
 
 [stratum]
 listen = "127.0.0.1:{port}"
-start_difficulty = {START_DIFFICULTY!r}
+start_difficulty = {start_difficulty!r}
 min_difficulty = {MIN_DIFFICULTY!r}
 max_difficulty = {MAX_DIFFICULTY!r}
 share_interval_s = 10
 version_mask = "{POOL_MASK:08x}"
 {extra_stratum}
 
-[api]
-listen = "127.0.0.1:{free_port()}"
+{ledger}[api]
+listen = "127.0.0.1:{api_port or free_port()}"
 """
     )
     return cfg
@@ -111,35 +103,8 @@ async def run_pool(
     port = free_port()
     cfg = write_config(workdir, devnet, port, instance_id=instance_id, extra_stratum=extra_stratum)
     log = workdir / "poold.log"
-    with log.open("wb") as logf:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "poold", "--log-level", "DEBUG", "run", "-c", str(cfg),
-            stdout=logf, stderr=logf,
-        )  # fmt: skip
-    p = Pool(devnet, "127.0.0.1", port, cfg, log, proc)
-    try:
-        for _ in range(300):
-            if proc.returncode is not None:
-                pytest.fail(f"poold run exited {proc.returncode}:\n{p.log_tail()}")
-            try:
-                _, w = await asyncio.open_connection(p.host, port)
-            except OSError:
-                await asyncio.sleep(0.1)
-                continue
-            w.close()
-            await w.wait_closed()
-            break
-        else:
-            pytest.fail(f"poold did not listen within 30 s:\n{p.log_tail()}")
-        yield p
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 20)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+    async with poold_run(cfg, log, port=port, log_level="DEBUG") as proc:
+        yield Pool(devnet, "127.0.0.1", port, cfg, log, proc)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -28,14 +28,10 @@ import pytest_asyncio
 
 from poold.sim.miner import StratumMiner
 from poold.work.extranonce import WORKER_BITS
-from tests.integration.conftest import (
-    MAX_DIFFICULTY,
-    MIN_DIFFICULTY,
-    POOL_MASK,
-    StratumClient,
-    free_port,
-    new_address,
-)
+from tests.integration.conftest import StratumClient, new_address
+from tests.integration.conftest import write_config as write_pool_config
+from tests.poold_process import free_port, log_tail, poold_command, spawn
+from tests.poold_process import stop as stop_process
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -94,7 +90,7 @@ class Poold:
         return self.log.read_text(errors="replace")
 
     def tail(self, n: int = 80) -> str:
-        return "\n".join(self.text().splitlines()[-n:])
+        return log_tail(self.log, n)
 
     def count(self, pattern: str) -> int:
         return len(re.findall(pattern, self.text()))
@@ -109,55 +105,16 @@ class Poold:
     async def stop(self, limit_s: float = 20.0) -> float:
         """SIGTERM, wait; the seconds it took."""
         t0 = time.monotonic()
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), limit_s)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-                raise
+        if not await stop_process(self.proc, limit_s):
+            raise TimeoutError(f"poold still running {limit_s} s after SIGTERM: killed")
         return time.monotonic() - t0
 
 
 def write_config(workdir: Path, devnet: Any, *, instance_id: int, port: int, api_port: int,
                  ledger_url: str, payout: str = "solo") -> Path:
-    cfg = workdir / "poold.toml"
-    fee = f'fee_address = "{new_address()}"\n' if payout != "solo" else ""
-    cfg.write_text(
-        f"""[pool]
-network = "regtest"
-payout = "{payout}"
-{fee}coinbase_tag = "/poold-mp/"
-instance_id = {instance_id}
-state_dir = "{workdir}"
-
-[[nodes]]
-name = "devnet"
-rpc_url = "{devnet.rpc_url}"
-rpc_user = "{devnet.rpc_user}"
-rpc_password = "{devnet.rpc_password}"
-zmq_hashblock = "{devnet.zmq_url}"
-
-[templates]
-refresh_s = 1
-
-[stratum]
-listen = "127.0.0.1:{port}"
-start_difficulty = {START_DIFFICULTY!r}
-min_difficulty = {MIN_DIFFICULTY!r}
-max_difficulty = {MAX_DIFFICULTY!r}
-share_interval_s = 10
-version_mask = "{POOL_MASK:08x}"
-
-[ledger]
-url = "{ledger_url}"
-
-[api]
-listen = "127.0.0.1:{api_port}"
-"""
-    )
-    return cfg
+    return write_pool_config(workdir, devnet, port, instance_id=instance_id, payout=payout,
+                             coinbase_tag="/poold-mp/", start_difficulty=START_DIFFICULTY,
+                             ledger_url=ledger_url, api_port=api_port)
 
 
 async def start_poold(workdir: Path, devnet: Any, *, instance_id: int = INSTANCE,
@@ -176,7 +133,7 @@ async def start_poold(workdir: Path, devnet: Any, *, instance_id: int = INSTANCE
                        ledger_url=ledger_url, payout=payout)
     log = workdir / "poold.log"
     extra = ["--processes", str(processes)] if processes != 1 else []
-    cmd = [sys.executable, "-m", "poold", "run", "-c", str(cfg), *extra]
+    cmd = poold_command(cfg, args=extra)
     pass_fds: tuple[int, ...] = ()
     if inherit is not None:
         fd = inherit.fileno()
@@ -185,11 +142,7 @@ async def start_poold(workdir: Path, devnet: Any, *, instance_id: int = INSTANCE
         cmd = [sys.executable, "-c", "import os, sys; os.dup2(int(sys.argv[1]), 3); "
                "os.set_inheritable(3, True); os.execv(sys.executable, sys.argv[2:])",
                str(fd), *cmd]
-    with log.open("wb") as logf:
-        proc = await asyncio.create_subprocess_exec(
-            *cmd, stdout=logf, stderr=logf, cwd=ROOT, env={**os.environ, **(env or {})},
-            pass_fds=pass_fds,
-        )
+    proc = await spawn(cmd, log, env=env, cwd=ROOT, pass_fds=pass_fds)
     p = Poold(proc, log, port, api_port, ledger_url)
     ready = (f"all {processes} workers ready" if processes > 1 else "poold running")
     try:
@@ -486,7 +439,7 @@ async def test_a_config_error_in_the_workers_stops_the_supervisor(devnet: Any,
                        api_port=free_ports(2), ledger_url=f"sqlite:///{tmp_path / 'l.sqlite3'}")
     cfg.write_text(cfg.read_text().replace('"/poold-mp/"', '"' + "x" * 120 + '"'))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "poold", "run", "-c", str(cfg), "--processes", "2", cwd=ROOT,
+        *poold_command(cfg, args=["--processes", "2"]), cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     text = out.decode(errors="replace")

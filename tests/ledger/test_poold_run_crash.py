@@ -13,43 +13,37 @@ import asyncio
 import os
 import re
 import signal
-import socket
-import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
 
 from poold.bitcoin.address import Network, p2wpkh_address
 from poold.ledger.store import open_store
+from tests.poold_process import free_port, nodes_toml, poold_run
+
+if TYPE_CHECKING:
+    from poold.sim.miner import StratumMiner
 
 WINDOW_S = 0.1 + 0.4  # flush interval + commit and scheduling slack on a noisy box
 BLOCK_GRACE_S = 1.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def write_config(workdir: Path, dn: Any, port: int, ledger_url: str) -> Path:
+def write_config(workdir: Path, dn: Any, port: int, ledger_url: str, *, payout: str = "solo",
+                 instance_id: int = 3, pool_extra: str = "",
+                 ledger_extra: str = "flush_interval_ms = 100\n") -> Path:
+    """The ledger tests' `poold run` config: `pool_extra` and `ledger_extra` are lines added to
+    the `[pool]` and `[ledger]` tables (the fee, the payout's tuning)."""
     cfg = workdir / "poold.toml"
     cfg.write_text(f"""[pool]
 network = "regtest"
-payout = "solo"
-instance_id = 3
+payout = "{payout}"
+{pool_extra}instance_id = {instance_id}
 state_dir = "{workdir}"
 
-[[nodes]]
-name = "devnet"
-rpc_url = "{dn.rpc_url}"
-rpc_user = "{dn.rpc_user}"
-rpc_password = "{dn.rpc_password}"
-zmq_hashblock = "{dn.zmq_url}"
-
+{nodes_toml(dn)}
 [stratum]
 listen = "127.0.0.1:{port}"
 start_difficulty = 1e-6
@@ -57,12 +51,20 @@ min_difficulty = 1e-8
 
 [ledger]
 url = "{ledger_url}"
-flush_interval_ms = 100
-
+{ledger_extra}
 [api]
 listen = "127.0.0.1:{free_port()}"
 """)
     return cfg
+
+
+async def mine_for(seconds: float, miners: list[StratumMiner]) -> None:
+    """Run the miners for `seconds`, then stop them and wait until each has finished."""
+    tasks = [asyncio.create_task(m.run()) for m in miners]
+    await asyncio.sleep(seconds)
+    for m in miners:
+        m.stop()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @pytest.mark.slow
@@ -78,20 +80,7 @@ async def test_kill_9_of_poold_run_under_share_load(ledger_url: str, tmp_path: P
         port = free_port()
         cfg = write_config(tmp_path, dn, port, ledger_url)
         log = tmp_path / "poold.log"
-        with log.open("wb") as logf:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "poold", "run", "-c", str(cfg), stdout=logf, stderr=logf)
-        try:
-            for _ in range(300):
-                assert proc.returncode is None, log.read_text()[-3000:]
-                try:
-                    _, w = await asyncio.open_connection("127.0.0.1", port)
-                except OSError:
-                    await asyncio.sleep(0.1)
-                    continue
-                w.close()
-                await w.wait_closed()
-                break
+        async with poold_run(cfg, log, port=port) as proc:
             events: list[tuple[float, MinerEvent]] = []
             addresses = [p2wpkh_address(os.urandom(20), Network.REGTEST) for _ in range(3)]
             miners = [StratumMiner("127.0.0.1", port, f"{a}.rig{i}", suggest_difficulty=1e-6,
@@ -106,10 +95,6 @@ async def test_kill_9_of_poold_run_under_share_load(ledger_url: str, tmp_path: P
             for m in miners:
                 m.stop()
             await asyncio.gather(*tasks, return_exceptions=True)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
 
         accepted = [t for t, e in events if e.kind == "accepted"]
         found = {e.hash_hex: t for t, e in events if e.kind == "block"}
@@ -149,26 +134,7 @@ async def test_poold_run_with_the_database_down_keeps_serving(tmp_path: Path) ->
         port = free_port()
         cfg = write_config(tmp_path, dn, port, "postgresql://poold:poold@127.0.0.1:9/none")
         log = tmp_path / "poold.log"
-
-        async def start() -> asyncio.subprocess.Process:
-            with log.open("ab") as logf:
-                proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "poold", "run", "-c", str(cfg), stdout=logf,
-                    stderr=logf)
-            for _ in range(300):
-                assert proc.returncode is None, log.read_text()[-3000:]
-                try:
-                    _, w = await asyncio.open_connection("127.0.0.1", port)
-                except OSError:
-                    await asyncio.sleep(0.1)
-                    continue
-                w.close()
-                await w.wait_closed()
-                return proc
-            raise AssertionError(log.read_text()[-3000:])
-
-        proc = await start()
-        try:
+        async with poold_run(cfg, log, port=port, append=True) as proc:
             miner = StratumMiner("127.0.0.1", port,
                                  f"{p2wpkh_address(os.urandom(20), Network.REGTEST)}.rig",
                                  suggest_difficulty=1e-6, reconnect=False)
@@ -186,10 +152,6 @@ async def test_poold_run_with_the_database_down_keeps_serving(tmp_path: Path) ->
             await asyncio.gather(task, return_exceptions=True)
             proc.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(proc.wait(), 30) == 0
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
         assert miner.accepted > 5  # served while the ledger database was down
         # The shares had nowhere to go: counted and logged as lost at shutdown, not hidden.
         assert "buffered shares could not be committed at shutdown" in log.read_text()
@@ -203,9 +165,9 @@ async def test_poold_run_with_the_database_down_keeps_serving(tmp_path: Path) ->
         text = cfg.read_text().replace('url = "postgresql://poold:poold@127.0.0.1:9/none"',
                                        f'url = "sqlite:///{tmp_path / "ledger.sqlite3"}"')
         cfg.write_text(text)
-        proc = await start()
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(proc.wait(), 30) == 0
+        async with poold_run(cfg, log, port=port, append=True) as proc:
+            proc.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
     store = open_store(f"sqlite:///{tmp_path / 'ledger.sqlite3'}")
     await store.open()
     try:

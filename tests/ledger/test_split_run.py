@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,8 @@ from poold.bitcoin.address import Network, address_to_script, p2wpkh_address
 from poold.ledger import audit
 from poold.ledger.config import LedgerConfig
 from poold.ledger.ledger import Ledger
-from tests.ledger.test_poold_run_crash import free_port
+from tests.ledger.test_poold_run_crash import mine_for, write_config
+from tests.poold_process import free_port, log_tail, poold_run
 
 
 @pytest.mark.slow
@@ -33,68 +33,21 @@ async def test_poold_run_split_payout(ledger_url: str, tmp_path: Path) -> None:
         await dn.generate(101)
         start_height = dn.height
         port = free_port()
-        cfg = tmp_path / "poold.toml"
         # Every regtest share is a block; a window of 1e6 x the network difficulty holds
         # the last few hundred shares, so coinbases pay several accounts.
-        cfg.write_text(f"""[pool]
-network = "regtest"
-payout = "split"
-fee_address = "{fee_address}"
-fee_percent = 2.0
-instance_id = 5
-state_dir = "{tmp_path}"
-
-[[nodes]]
-name = "devnet"
-rpc_url = "{dn.rpc_url}"
-rpc_user = "{dn.rpc_user}"
-rpc_password = "{dn.rpc_password}"
-zmq_hashblock = "{dn.zmq_url}"
-
-[stratum]
-listen = "127.0.0.1:{port}"
-start_difficulty = 1e-6
-min_difficulty = 1e-8
-
-[ledger]
-url = "{ledger_url}"
-pplns_window_factor = 1000000
-dust_sat = 1000
-max_outputs = 5
-
-[api]
-listen = "127.0.0.1:{free_port()}"
-""")
+        cfg = write_config(tmp_path, dn, port, ledger_url, payout="split", instance_id=5,
+                           pool_extra=f'fee_address = "{fee_address}"\nfee_percent = 2.0\n',
+                           ledger_extra="pplns_window_factor = 1000000\ndust_sat = 1000\n"
+                                        "max_outputs = 5\n")
         log = tmp_path / "poold.log"
-        with log.open("wb") as logf:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "poold", "run", "-c", str(cfg), stdout=logf, stderr=logf)
-        try:
-            for _ in range(300):
-                assert proc.returncode is None, log.read_text()[-3000:]
-                try:
-                    _, w = await asyncio.open_connection("127.0.0.1", port)
-                except OSError:
-                    await asyncio.sleep(0.1)
-                    continue
-                w.close()
-                await w.wait_closed()
-                break
+        async with poold_run(cfg, log, port=port) as proc:
             miners = [StratumMiner("127.0.0.1", port, f"{a}.rig", name=f"m{i}",
                                    suggest_difficulty=1e-6, reconnect=False)
                       for i, a in enumerate(accounts)]
-            tasks = [asyncio.create_task(m.run()) for m in miners]
-            await asyncio.sleep(8.0)
-            for m in miners:
-                m.stop()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await mine_for(8.0, miners)
             proc.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(proc.wait(), 30) == 0, log.read_text()[-3000:]
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
-        assert dn.height >= start_height + 3, log.read_text()[-3000:]
+            assert await asyncio.wait_for(proc.wait(), 30) == 0, log_tail(log)
+        assert dn.height >= start_height + 3, log_tail(log)
         print(f"chain grew by {dn.height - start_height} blocks")
 
         ledger = Ledger(LedgerConfig(url=ledger_url, state_dir=str(tmp_path / "reader"),

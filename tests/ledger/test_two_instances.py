@@ -4,9 +4,9 @@ ledger, each with its own miners: one PPLNS window, one audit log, no duplicate 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -16,58 +16,17 @@ import pytest
 from poold.bitcoin.address import Network, p2wpkh_address
 from poold.ledger.config import LedgerConfig
 from poold.ledger.ledger import Ledger
-from tests.ledger.test_poold_run_crash import free_port
+from tests.ledger.test_poold_run_crash import mine_for
+from tests.ledger.test_poold_run_crash import write_config as write_ledger_config
+from tests.poold_process import free_port, poold_run
 
 
 def write_config(workdir: Path, dn: Any, port: int, url: str, instance_id: int,
                  fee_address: str) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
-    cfg = workdir / "poold.toml"
-    cfg.write_text(f"""[pool]
-network = "regtest"
-payout = "pplns"
-fee_address = "{fee_address}"
-fee_percent = 1.0
-instance_id = {instance_id}
-state_dir = "{workdir}"
-
-[[nodes]]
-name = "devnet"
-rpc_url = "{dn.rpc_url}"
-rpc_user = "{dn.rpc_user}"
-rpc_password = "{dn.rpc_password}"
-zmq_hashblock = "{dn.zmq_url}"
-
-[stratum]
-listen = "127.0.0.1:{port}"
-start_difficulty = 1e-6
-min_difficulty = 1e-8
-
-[ledger]
-url = "{url}"
-
-[api]
-listen = "127.0.0.1:{free_port()}"
-""")
-    return cfg
-
-
-async def start_poold(cfg: Path, port: int) -> asyncio.subprocess.Process:
-    log = cfg.parent / "poold.log"
-    with log.open("wb") as logf:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "poold", "run", "-c", str(cfg), stdout=logf, stderr=logf)
-    for _ in range(300):
-        assert proc.returncode is None, log.read_text()[-3000:]
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.1)
-            continue
-        w.close()
-        await w.wait_closed()
-        return proc
-    raise AssertionError(f"poold did not listen:\n{log.read_text()[-3000:]}")
+    return write_ledger_config(
+        workdir, dn, port, url, payout="pplns", instance_id=instance_id,
+        pool_extra=f'fee_address = "{fee_address}"\nfee_percent = 1.0\n', ledger_extra="")
 
 
 async def shares_by_instance(url: str) -> dict[int, int]:
@@ -103,28 +62,20 @@ async def test_two_poold_instances_share_one_ledger(ledger_url: str, tmp_path: P
         await dn.generate(101)
         ports = [free_port(), free_port()]
         procs = []
-        try:
+        async with contextlib.AsyncExitStack() as running:
             for i, port in enumerate(ports, 1):
                 cfg = write_config(tmp_path / f"i{i}", dn, port, ledger_url, i, fee_address)
-                procs.append(await start_poold(cfg, port))
+                procs.append(await running.enter_async_context(
+                    poold_run(cfg, cfg.parent / "poold.log", port=port)))
             accounts = [p2wpkh_address(os.urandom(20), Network.REGTEST) for _ in range(4)]
             miners = [StratumMiner("127.0.0.1", ports[i % 2], f"{a}.rig", name=f"m{i}",
                                    suggest_difficulty=1e-6, reconnect=False)
                       for i, a in enumerate(accounts)]
-            tasks = [asyncio.create_task(m.run()) for m in miners]
-            await asyncio.sleep(4.0)
-            for m in miners:
-                m.stop()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await mine_for(4.0, miners)
             for p in procs:  # graceful stop: each flushes its shares
                 p.send_signal(signal.SIGTERM)
             for p in procs:
                 assert await asyncio.wait_for(p.wait(), 30) == 0
-        finally:
-            for p in procs:
-                if p.returncode is None:
-                    p.kill()
-                    await p.wait()
         accepted = sum(m.accepted for m in miners)
 
     by_instance = await shares_by_instance(ledger_url)
