@@ -13,12 +13,13 @@ Contract (INTERFACES.md, poold/ledger):
   serving; `poold_ledger_lag_seconds` is the age of the oldest uncommitted share.
 - `record_block(block)` returns only once the block is durable: committed to the store, or, if
   the store does not take it within `block_write_timeout_s`, appended and fsynced to a local
-  JSON-lines journal under the state directory. The journal is replayed into the store at start
-  and whenever the store comes back; replay is idempotent.
+  JSON-lines journal under the state directory (poold.ledger.journal). The journal is replayed
+  into the store at start and whenever the store comes back; replay is idempotent.
 - `record_submit_result(hash, node, result)` records each node's answer the same way.
 
-Also here: PPLNS windows and credits at maturity, the split coinbase (`coinbase_outputs`, which
-poold run's planner calls per template), reconciliation of found blocks against a node
+Also fronted here: PPLNS windows and credits at maturity and the split coinbase
+(`coinbase_outputs`, which poold run's planner calls per template), computed by the owned
+poold.ledger.planner.PayoutPlanner; reconciliation of found blocks against a node
 (poold.ledger.audit), and energy rows from fleet telemetry.
 
 Everything touching the store is awaited on the loop; the stores themselves keep blocking work
@@ -30,23 +31,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
-import math
-import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
-from pathlib import Path
 from typing import Any
 
-from poold.bitcoin.address import Network, address_to_script, script_to_address
+from poold.bitcoin.address import Network, script_to_address
 from poold.bitcoin.encoding import ByteReader
 from poold.bitcoin.target import bits_to_target, target_to_difficulty
 from poold.bitcoin.tx import Tx
-from poold.ledger import audit, payouts
+from poold.ledger import audit, journal, payouts
 from poold.ledger.config import LedgerConfig
 from poold.ledger.energy import EnergyMeter, EnergyReport, PowerSample, report
+from poold.ledger.planner import PayoutPlanner, payout_key
 from poold.ledger.records import (
     AcceptedShare,
     BlockEvent,
@@ -57,23 +54,19 @@ from poold.ledger.records import (
     FoundBlock,
     SubmitResult,
 )
-from poold.ledger.schema import BUCKET_S
-from poold.ledger.store import LedgerStore, StoreUnavailable, bucket_of, open_store, redact
+from poold.ledger.store import LedgerStore, StoreUnavailable, open_store, redact
 from poold.metrics import Metrics
 
 log = logging.getLogger("poold.ledger")
 
 # BIP22 answers that mean the node has the block (None is plain success).
 _ACCEPTED_RESULTS = frozenset({None, "duplicate", "inconclusive"})
-_PAGE = 10_000
 _LOST_LOG_INTERVAL_S = 10.0
 _MAX_BACKOFF_S = 5.0
-_PLAN_MEMORY = 64
 _ENERGY_FLUSH_S = 60.0
 _PRUNE_STEP_S = 10.0
 _STOP_GRACE_S = 10.0
 _RETENTION_INTERVAL_S = 60.0
-_SPLIT_PLAN_WAIT_S = 0.1  # longest a split coinbase plan waits for a fresh window read
 
 
 def network_difficulty_of(block_hex: str) -> float:
@@ -101,49 +94,6 @@ def coinbase_of(block_hex: str) -> Tx | None:
     return None
 
 
-def _output_bytes(script: bytes) -> int:
-    """Serialized size of a transaction output: value, script length, script."""
-    return 8 + (1 if len(script) < 0xFD else 3) + len(script)
-
-
-def _payout_key(outputs: Sequence[tuple[bytes, int]]) -> tuple[tuple[bytes, int], ...]:
-    """The paying outputs of a coinbase (no zero-value or OP_RETURN outputs, e.g. the witness
-    commitment), which identify the plan a found block was built from."""
-    return tuple((s, v) for s, v in outputs if v > 0 and not s.startswith(b"\x6a"))
-
-
-def _block_to_json(block: FoundBlock) -> dict[str, Any]:
-    return {
-        "height": block.height, "hash_hex": block.hash_hex, "prevhash_hex": block.prevhash_hex,
-        "worker": block.worker, "account": block.account,
-        "coinbase_txid_hex": block.coinbase_txid_hex,
-        "coinbase_outputs": [[s.hex(), v] for s, v in block.coinbase_outputs],
-        "reward": block.reward, "fees": block.fees, "block_hex": block.block_hex,
-        "time": block.time, "instance_id": block.instance_id,
-    }
-
-
-def _block_from_json(d: dict[str, Any]) -> FoundBlock:
-    return FoundBlock(
-        height=int(d["height"]), hash_hex=str(d["hash_hex"]), prevhash_hex=str(d["prevhash_hex"]),
-        worker=str(d["worker"]), account=str(d["account"]),
-        coinbase_txid_hex=str(d["coinbase_txid_hex"]),
-        coinbase_outputs=tuple((bytes.fromhex(s), int(v)) for s, v in d["coinbase_outputs"]),
-        reward=int(d["reward"]), fees=int(d["fees"]), block_hex=str(d["block_hex"]),
-        time=float(d["time"]), instance_id=int(d["instance_id"]))
-
-
-def _log_split_refresh(task: asyncio.Future[None]) -> None:
-    """Retrieve (and log) the outcome of a background split window read."""
-    if task.cancelled():
-        return
-    exc = task.exception()
-    if isinstance(exc, StoreUnavailable):
-        log.error("split: ledger unavailable (%s); planning from the last window read", exc)
-    elif exc is not None:
-        log.error("split: window read failed", exc_info=exc)
-
-
 class Ledger:
     """Async front of the ledger. Create, `await start()`, use, `await stop()` (flushes)."""
 
@@ -167,22 +117,16 @@ class Ledger:
         self._retention_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._wake = asyncio.Event()
-        self._journal_lock = asyncio.Lock()
+        self._journal = journal.Journal(config.journal_path, clock)
         self._submit_lock = asyncio.Lock()
         self._critical: set[asyncio.Future[None]] = set()
-        self._plans: OrderedDict[tuple[tuple[bytes, int], ...], list[tuple[str, int]]] = (
-            OrderedDict())
+        self._planner = PayoutPlanner(config, self.store, clock)
         self._lost_since_log = 0
         self._last_lost_log = 0.0
         self.lost_shares = 0
         self.committed_shares = 0
         self.last_commit_seconds = 0.0
         self.energy_meter = EnergyMeter()
-        self._split_netdiff = 0.0
-        self._split_weights: dict[str, float] = {}
-        self._split_balances: dict[str, int] = {}
-        self._split_refreshed = 0.0
-        self._split_task: asyncio.Future[None] | None = None
         self._energy_flushed = time.monotonic()
         self._inflight_oldest: float | None = None  # time of the oldest share being written
         self.metrics.add_scrape_hook(self._update_lag)
@@ -218,10 +162,7 @@ class Ledger:
     async def stop(self) -> None:
         """Stop the flusher, commit what is buffered, close the store."""
         self._stopping = True
-        if self._split_task is not None and not self._split_task.done():
-            self._split_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StoreUnavailable):
-                await self._split_task
+        await self._planner.cancel_refresh()
         if self._retention_task is not None:
             self._retention_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -322,8 +263,7 @@ class Ledger:
                 await self.flush_energy()
             except StoreUnavailable as exc:
                 log.error("ledger: energy rows not committed: %s", exc)
-        if (ok and self.config.payout == "split"
-                and time.monotonic() - self._split_refreshed >= self.config.split_refresh_s):
+        if ok and self.config.payout == "split" and self._planner.refresh_due:
             try:
                 await self.refresh_split()
             except StoreUnavailable as exc:
@@ -474,9 +414,8 @@ class Ledger:
         except ValueError:
             netdiff = 0.0  # still record it: the block matters more than its metadata
         block, note = self._with_block_coinbase(block)
-        outputs = [BlockOutput(n=n, script_hex=s.hex(), address=self._describe(s), value=v)
-                   for n, (s, v) in enumerate(block.coinbase_outputs)]
-        deltas = self._plans.pop(_payout_key(block.coinbase_outputs), [])
+        outputs = self._output_rows(block)
+        deltas = self._planner.take_plan(block.coinbase_outputs)
         credits = [Credit(block.hash_hex, a, d, "split", block.time) for a, d in deltas]
         event = BlockEvent(block.hash_hex, now, "recorded",
                            f"height {block.height} found by {block.worker} on instance "
@@ -489,19 +428,22 @@ class Ledger:
                     self.store.insert_block(block, netdiff, outputs, event, credits),
                     self.config.block_write_timeout_s)
                 if new:
-                    self._apply_split_deltas(deltas)
+                    self._planner.apply_split_deltas(deltas)
                 log.info("block %s at height %d recorded", block.hash_hex, block.height)
                 return
             except (StoreUnavailable, TimeoutError) as exc:
                 self._healthy = False
                 log.error("block %s not committed to the store (%s); journaling it",
                           block.hash_hex, exc or type(exc).__name__)
-        await self._journal_append({
-            "kind": "block", "block": _block_to_json(block), "network_difficulty": netdiff,
-            "recorded_at": now, "split_deltas": deltas})
-        self._apply_split_deltas(deltas)
+        await self._journal.append(journal.block_record(block, netdiff, now, deltas))
+        self._planner.apply_split_deltas(deltas)
         log.critical("block %s at height %d written to the journal %s (store unavailable)",
                      block.hash_hex, block.height, self.config.journal_path)
+
+    def _output_rows(self, block: FoundBlock) -> list[BlockOutput]:
+        """The audit rows of a block's coinbase outputs, with addresses where known."""
+        return [BlockOutput(n=n, script_hex=s.hex(), address=self._describe(s), value=v)
+                for n, (s, v) in enumerate(block.coinbase_outputs)]
 
     @staticmethod
     def _with_block_coinbase(block: FoundBlock) -> tuple[FoundBlock, str]:
@@ -514,7 +456,7 @@ class Ledger:
             return block, "; block_hex coinbase unreadable"
         actual = tuple((o.script_pubkey, o.value) for o in cb.outputs)
         notes = []
-        if _payout_key(actual) != _payout_key(block.coinbase_outputs):
+        if payout_key(actual) != payout_key(block.coinbase_outputs):
             notes.append(f"; caller's outputs {[(s.hex(), v) for s, v in block.coinbase_outputs]}"
                          " differ from the block's")
         if cb.txid_hex != block.coinbase_txid_hex:
@@ -541,8 +483,7 @@ class Ledger:
                 self._healthy = False
                 log.error("submit result for %s not committed (%s); journaling it",
                           block_hash_hex, exc or type(exc).__name__)
-        await self._journal_append({"kind": "submit", "block_hash_hex": sr.block_hash_hex,
-                                    "node": sr.node, "result": sr.result, "time": sr.time})
+        await self._journal.append(journal.submit_record(sr))
 
     async def _apply_submit(self, sr: SubmitResult) -> bool:
         """Store a submit result and move the block's status; False if the block is not in the
@@ -560,61 +501,24 @@ class Ledger:
             await self.store.upsert_submit_result(sr, new)
             return True
 
-    # -- the journal (append-only, fsynced JSON lines)
-
-    async def _journal_append(self, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, separators=(",", ":"), sort_keys=True) + "\n").encode()
-        path = self.config.journal_path
-        async with self._journal_lock:
-            await asyncio.to_thread(_append_fsync, path, line)
+    # -- the journal (poold.ledger.journal)
 
     async def replay_journal(self) -> int:
         """Apply the journal to the store (idempotent); returns the records applied."""
-        path = self.config.journal_path
-        async with self._journal_lock:
-            if not await asyncio.to_thread(path.exists):
-                return 0
-            raw = await asyncio.to_thread(path.read_bytes)
-            applied = 0
-            for lineno, line in enumerate(raw.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    # Only the last line can be torn (crash during the write that was then
-                    # never acknowledged); anything else is a damaged file worth a loud log.
-                    log.error("ledger journal %s line %d is not JSON; skipped", path, lineno)
-                    continue
-                try:
-                    await self._replay_one(rec)
-                except (KeyError, TypeError, ValueError) as exc:
-                    # A record this version cannot read: kept in the renamed file for review.
-                    log.error("ledger journal %s line %d unreadable (%s: %s); skipped",
-                              path, lineno, type(exc).__name__, exc)
-                    continue
-                applied += 1
-            done = path.with_name(f"{path.name}.replayed-{int(self._clock() * 1000)}")
-            await asyncio.to_thread(os.replace, path, done)
-            log.warning("ledger journal: %d records replayed into the store (%s)", applied, done)
-            return applied
+        return await self._journal.replay(self._replay_one)
 
     async def _replay_one(self, rec: dict[str, Any]) -> None:
         if rec.get("kind") == "block":
-            block = _block_from_json(rec["block"])
-            outputs = [BlockOutput(n=n, script_hex=s.hex(), address=self._describe(s), value=v)
-                       for n, (s, v) in enumerate(block.coinbase_outputs)]
+            block = journal.block_from_json(rec["block"])
             credits = [Credit(block.hash_hex, str(a), int(d), "split", block.time)
                        for a, d in rec.get("split_deltas", [])]
             event = BlockEvent(block.hash_hex, float(rec["recorded_at"]), "recorded",
                                f"height {block.height} found by {block.worker} on instance "
                                f"{block.instance_id}; replayed from the journal")
-            await self.store.insert_block(block, float(rec["network_difficulty"]), outputs,
-                                          event, credits)
+            await self.store.insert_block(block, float(rec["network_difficulty"]),
+                                          self._output_rows(block), event, credits)
         elif rec.get("kind") == "submit":
-            sr = SubmitResult(str(rec["block_hash_hex"]), str(rec["node"]),
-                              None if rec["result"] is None else str(rec["result"]),
-                              float(rec["time"]))
+            sr = journal.submit_from_record(rec)
             if not await self._apply_submit(sr):
                 log.error("journal: submit result for unknown block %s kept as an event",
                           sr.block_hash_hex)
@@ -624,179 +528,38 @@ class Ledger:
         else:
             log.error("ledger journal: unknown record kind %r skipped", rec.get("kind"))
 
-    # -- payouts
+    # -- payouts (poold.ledger.planner)
 
     async def window_weights(self, network_difficulty: float,
                              until_time: float | None = None) -> dict[str, float]:
-        """PPLNS weights: the newest committed shares (time <= until_time) adding up to
-        pplns_window_factor x network difficulty, the oldest one counted in part.
-
-        Exact, and cheap for big windows: the newest 10 s bucket and the bucket where the
-        window ends are read share by share; every bucket in between is added from its
-        per-account sums (schema v3 `share_buckets`). Only if the window reaches back into
-        shares removed by retention is the edge bucket spread pro rata instead."""
-        window = payouts.PplnsWindow(self.config.pplns_window_factor * network_difficulty)
-        until = self._clock() if until_time is None else until_time
-        newest = bucket_of(until)
-        if await self._exact_shares(window, until, newest):
-            return window.weights
-        before = newest
-        while True:
-            page = await self.store.buckets_page(before, _PAGE)
-            if not page:
-                return window.weights
-            groups: list[tuple[float, dict[str, float]]] = []
-            for b, account, difficulty in page:
-                if not groups or groups[-1][0] != b:
-                    groups.append((b, {}))
-                groups[-1][1][account] = difficulty
-            if len(page) == _PAGE:  # the last bucket may continue on the next page
-                groups = groups[:-1] or [(groups[0][0], await self.store.bucket(groups[0][0]))]
-            for b, sums in groups:
-                total = sum(sums.values())
-                if window.filled + total < window.window_difficulty:
-                    for account in sorted(sums):
-                        window.add(account, sums[account])
-                    continue
-                edge_top = math.nextafter(b + BUCKET_S, -math.inf)
-                if not await self._exact_shares(window, edge_top, b):
-                    # The bucket's shares are gone (retention): spread what is left pro rata.
-                    rest = window.window_difficulty - window.filled
-                    for account in sorted(sums):
-                        window.add(account, sums[account] * rest / total)
-                return window.weights
-            before = groups[-1][0]
-
-    async def _exact_shares(self, window: payouts.PplnsWindow, until: float,
-                            floor: float) -> bool:
-        """Add the shares with floor <= time <= until, newest first; True once the window
-        is full."""
-        cursor: tuple[float, int] | None = None
-        while True:
-            page = await self.store.shares_page(until, cursor, _PAGE)
-            for row in page:
-                if row.time < floor:
-                    return window.full
-                if window.add(row.account, row.difficulty):
-                    return True
-            if len(page) < _PAGE:
-                return window.full
-            cursor = (page[-1].time, page[-1].id)
-
-    def _ppm(self) -> int:
-        return payouts.fee_ppm(self.config.fee_percent) if self.config.fee_address else 0
+        """PPLNS weights of the window ending at `until_time` (see PayoutPlanner)."""
+        return await self._planner.window_weights(network_difficulty, until_time)
 
     async def plan_coinbase(self, reward: int, network_difficulty: float,
                             finder_account: str = "") -> payouts.CoinbasePlan:
-        """Who the coinbase of the next job pays, by the configured scheme (accounts, not
-        scripts; see `coinbase_outputs`). For `split` it reads the window and balances; if the
-        store is unavailable the whole reward goes to the pool's fee address."""
-        c = self.config
-        if c.payout == "solo":
-            if not finder_account:
-                raise ValueError("solo payouts need the finder's account")
-            return payouts.solo(reward, finder_account, ppm=self._ppm(), dust=c.dust_sat)
-        if c.payout == "reserve":
-            return payouts.reserve(reward, c.reserve_address)
-        if c.payout == "pplns":
-            return payouts.reserve(reward, c.fee_address)  # the pool wallet pays balances later
-        try:
-            weights = await self.window_weights(network_difficulty)
-            balances = await self.store.balances(["split"])
-        except StoreUnavailable as exc:
-            log.error("split: ledger unavailable (%s); this coinbase pays the pool address", exc)
-            return payouts.reserve(reward, c.fee_address)
-        return payouts.split(reward, weights, balances, ppm=payouts.fee_ppm(c.fee_percent),
-                             dust=c.dust_sat, max_outputs=c.max_outputs)
+        """Who the coinbase of the next job pays, by account (see PayoutPlanner)."""
+        return await self._planner.plan_coinbase(reward, network_difficulty, finder_account)
 
     async def coinbase_outputs(self, reward: int, network_difficulty: float,
                                finder_account: str = "") -> tuple[tuple[bytes, int], ...]:
-        """The (script_pubkey, value) outputs for the next coinbase (before the witness
-        commitment), by the configured scheme; for `split` from a fresh window and balances."""
-        if self.config.payout == "split":
-            # A fresh window read, but a new tip's job never waits long for the database: past
-            # _SPLIT_PLAN_WAIT_S the plan uses the cached window and the read finishes in the
-            # background for the next plan (the flusher also refreshes every split_refresh_s).
-            task = self._split_task
-            if task is None or task.done():
-                task = asyncio.ensure_future(self.refresh_split(network_difficulty))
-                task.add_done_callback(_log_split_refresh)
-                self._split_task = task
-            try:
-                await asyncio.wait_for(asyncio.shield(task), _SPLIT_PLAN_WAIT_S)
-            except TimeoutError:
-                log.warning("split: window read slower than %.0f ms; planning from the window "
-                            "read %.1f s ago", _SPLIT_PLAN_WAIT_S * 1e3,
-                            time.monotonic() - self._split_refreshed)
-            except StoreUnavailable:
-                pass  # logged by _log_split_refresh; plan from the last window read
-            return self.split_outputs(reward, network_difficulty)
-        network = Network(self.config.network)
-        plan = await self.plan_coinbase(reward, network_difficulty, finder_account)
-        return plan.outputs(lambda a: address_to_script(a, network), self._fee_script())
-
-    def _fee_script(self) -> bytes | None:
-        if not self.config.fee_address:
-            return None
-        return address_to_script(self.config.fee_address, Network(self.config.network))
-
-    # -- split coinbase: planned synchronously (job building) from a cached window
+        """The (script_pubkey, value) outputs for the next coinbase (see PayoutPlanner)."""
+        return await self._planner.coinbase_outputs(reward, network_difficulty, finder_account)
 
     async def refresh_split(self, network_difficulty: float | None = None) -> None:
-        """Re-read the PPLNS window and the carried balances that `split_outputs` plans from
-        (the flusher does this every `split_refresh_s`; a found block updates the cached
-        balances at once)."""
-        if network_difficulty is not None:
-            self._split_netdiff = network_difficulty
-        if self._split_netdiff > 0:
-            self._split_weights = await self.window_weights(self._split_netdiff)
-        self._split_balances = await self.store.balances(["split"])
-        self._split_refreshed = time.monotonic()
+        """Re-read the window and balances `split_outputs` plans from (see PayoutPlanner)."""
+        await self._planner.refresh_split(network_difficulty)
 
     def split_outputs(self, reward: int,
                       network_difficulty: float) -> tuple[tuple[bytes, int], ...]:
-        """Split coinbase outputs from the cached window and balances, without I/O.
-
-        The plan's balance changes are remembered by its outputs and applied when a block
-        with exactly these paying outputs is recorded. Balances read by another instance may
-        be up to one refresh old; a block planned from older balances can pay an account twice
-        what it was carried, which leaves that account a negative balance (recovered from its
-        next payouts: balances always sum to zero)."""
-        c = self.config
-        if network_difficulty != self._split_netdiff:
-            self._split_netdiff = network_difficulty  # the next refresh reads this window
-        network = Network(c.network)
-        fee_script = self._fee_script()
-        fee_bytes = _output_bytes(fee_script) if fee_script is not None else 0
-        plan = payouts.split(reward, self._split_weights, self._split_balances,
-                             ppm=payouts.fee_ppm(c.fee_percent), dust=c.dust_sat,
-                             max_outputs=c.max_outputs,
-                             output_size=lambda a: _output_bytes(address_to_script(a, network)),
-                             max_bytes=c.split_max_output_bytes - fee_bytes)
-        outputs = plan.outputs(lambda a: address_to_script(a, network), fee_script)
-        before, after = self._split_balances, dict(plan.balances)
-        self._plans[_payout_key(outputs)] = [
-            (a, after.get(a, 0) - before.get(a, 0)) for a in sorted(set(before) | set(after))
-            if after.get(a, 0) != before.get(a, 0)]
-        while len(self._plans) > _PLAN_MEMORY:
-            self._plans.popitem(last=False)
-        return outputs
-
-    def _apply_split_deltas(self, deltas: Sequence[tuple[str, int]]) -> None:
-        balances = dict(self._split_balances)
-        for account, delta in deltas:
-            balances[account] = balances.get(account, 0) + delta
-        self._split_balances = {a: v for a, v in balances.items() if v}
+        """Split coinbase outputs from the cached window, without I/O (see PayoutPlanner)."""
+        return self._planner.split_outputs(reward, network_difficulty)
 
     async def split_balances(self) -> dict[str, int]:
         return await self.store.balances(["split"])
 
     async def pplns_credits(self, block: BlockRecord) -> list[Credit]:
         """PPLNS credits of a block (for when it matures), from the window at its time."""
-        weights = await self.window_weights(block.network_difficulty, until_time=block.time)
-        result = payouts.pplns(block.reward, weights, ppm=self._ppm())
-        return [Credit(block.hash_hex, a, v, "pplns", block.time)
-                for a, v in sorted(result.credits.items()) if v]
+        return await self._planner.pplns_credits(block)
 
     async def payout_report(self) -> list[tuple[str, int, int, int]]:
         """(account, credited, paid, owed) for PPLNS: what a wallet process should pay."""
@@ -871,21 +634,3 @@ async def energy_report(store: LedgerStore, start: float, end: float,
              if b.time < end and b.status != BlockStatus.REJECTED]
     return report(rows, difficulty, start=start, end=end, blocks=len(found),
                   tariff_per_kwh=tariff_per_kwh)
-
-
-def _append_fsync(path: Path, line: bytes) -> None:
-    """Append one line and fsync it (and the directory when the file is new)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if new:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)

@@ -436,10 +436,10 @@ async def test_window_from_buckets_equals_share_by_share(ledger_url: str, tmp_pa
     the exact PPLNS window: checked against the pure share-by-share definition."""
     import random
 
-    import poold.ledger.ledger as ledger_module
+    import poold.ledger.planner as planner_module
     from poold.ledger.payouts import pplns_window
 
-    monkeypatch.setattr(ledger_module, "_PAGE", 7)  # exercise paging, incl. split buckets
+    monkeypatch.setattr(planner_module, "_PAGE", 7)  # exercise paging, incl. split buckets
     rng = random.Random(6)
     ledger = Ledger(config(ledger_url, tmp_path))
     await ledger.start()
