@@ -7,7 +7,8 @@ an Event; SIGHUP re-reads the file and applies the reloadable keys (difficulty b
 interval, idle timeout, log level, fleet caps and budgets), naming the ones that need a restart.
 With a `[fleet]` table the process that owns the singletons (poold.supervisor.owns_singletons)
 also runs the fleet controller (poold.fleet.runtime): accepted shares feed its pool-coupling
-estimator, its telemetry the ledger's energy meter, and the admin API's fleet endpoints.
+estimator, its telemetry the ledger's energy meter, and the admin API's fleet endpoints. With
+`--processes N` the other workers forward their accepted shares to it (poold.fleet.share_relay).
 Shutdown: stop listening, `client.reconnect` every miner, drain (bounded) while the fleet goes to
 its safe cap (bounded), finish block submissions, stop the nodes, flush the ledger.
 """
@@ -486,11 +487,12 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
     controller."""
     from poold.api import AdminApi
     from poold.bitcoin import sharecore
+    from poold.fleet.share_relay import ShareRelayReceiver, ShareRelaySender
     from poold.ledger import Ledger, LedgerConfig
     from poold.metrics import Metrics
     from poold.node.nodes import NodeSet
     from poold.node.rpc import NodeCheckError, NodeUnavailable
-    from poold.supervisor import owns_singletons
+    from poold.supervisor import owns_singletons, relay_path
     from poold.systemd import Notifier, listen_sockets
 
     stop = stop if stop is not None else asyncio.Event()
@@ -508,12 +510,21 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
     nodes = NodeSet.from_config(cfg, metrics)
     fleet: FleetRuntime | None = None
     share_sink: ShareSink = ledger
+    relay_in: ShareRelayReceiver | None = None
+    relay_out: ShareRelaySender | None = None
     if cfg.fleet is not None and owns_singletons(worker):
         from poold.fleet.runtime import FleetRuntime
         from poold.work.engine import TeeShareSink
 
         fleet = FleetRuntime.build(cfg.fleet, metrics)  # ConfigError: missing credentials
         share_sink = TeeShareSink(ledger, fleet.share_sink)
+        if worker is not None:  # worker 0 of --processes: the others forward their shares
+            relay_in = ShareRelayReceiver(relay_path(cfg), fleet.share_sink.record_share)
+    elif cfg.fleet is not None and worker is not None:
+        from poold.work.engine import TeeShareSink
+
+        relay_out = ShareRelaySender(relay_path(cfg))
+        share_sink = TeeShareSink(ledger, relay_out)
 
     async def planner(template: Template) -> Sequence[tuple[bytes, int]]:
         outputs: Sequence[tuple[bytes, int]] = await ledger.coinbase_outputs(
@@ -541,6 +552,8 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
             if server.ctx.engine.book.template is not None:
                 break
             await asyncio.sleep(0.05)
+        if relay_in is not None:
+            await relay_in.start()
         await server.start(listen_sockets().get("stratum"))
         backend = DaemonBackend(pool, ledger, fleet,
                                 fleet_elsewhere=cfg.fleet is not None and fleet is None,
@@ -562,6 +575,8 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
                 else asyncio.sleep(0),
                 name="ledger-reconcile")
             reloader = tg.create_task(_reload_loop(pool, cfg, hup, fleet), name="config-reload")
+            relay = tg.create_task(relay_out.run() if relay_out is not None
+                                   else asyncio.sleep(0), name="share-relay")
             fleet_task: asyncio.Task[None] | None = None
             if fleet is not None:
                 fleet_task = tg.create_task(
@@ -584,10 +599,13 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
             watchdog.cancel()
             reconcile.cancel()
             reloader.cancel()
+            relay.cancel()
         return 0
     finally:
         if fleet is not None:  # also on an error path: leave the miners at the safe cap
             await fleet.stop(FLEET_STOP_S)
+        if relay_in is not None:
+            await relay_in.stop()
         if api is not None:
             await api.stop()
         await nodes.stop()

@@ -87,6 +87,14 @@ def worker_state_dir(cfg: Config, index: int) -> Path:
     return Path(cfg.pool.state_dir) / f"worker-{index}"
 
 
+def relay_path(worker_cfg: Config) -> Path:
+    """The unix socket in the instance's state directory on which worker 0 takes the other
+    workers' accepted shares for the fleet controller (`worker_cfg` from `worker_config`)."""
+    from poold.fleet.share_relay import SOCKET_NAME
+
+    return Path(worker_cfg.pool.state_dir).parent / SOCKET_NAME
+
+
 def worker_config(cfg: Config, index: int) -> Config:
     """The config of worker `index`: shared port (SO_REUSEPORT), API port + index, own journal
     directory, the ledger URL pinned to the instance's one ledger."""

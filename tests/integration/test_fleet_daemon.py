@@ -4,7 +4,8 @@ The emulators (poold.sim: Braiins OS REST, Whatsminer v3, LuxOS 4028 firmware se
 loopback) run in the test process; `poold run` is a subprocess against the devnet. Checked: a
 rack cap cut through the admin API is met within the rack's allowance, /metrics carries the
 per-rack power and cap, SIGHUP applies a new rack cap from the file, SIGTERM leaves the
-emulators at the safe cap, and with `--processes 2` only worker 0 commands the firmware.
+emulators at the safe cap, and with `--processes 2` only worker 0 commands the firmware while
+the pool share rate of every miner, on either worker, reaches its controller.
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ async def test_fleet_in_poold_run(tmp_path: Path, devnet: Devnet, emulators: Fle
 async def test_fleet_with_two_processes_commands_from_one(
         tmp_path: Path, devnet: Devnet, emulators: FleetDemo) -> None:
     fleet = emulators
-    proc, _, _, api = await _start(tmp_path, devnet, fleet, "--processes", "2")
+    proc, _, port, api = await _start(tmp_path, devnet, fleet, "--processes", "2")
     log = tmp_path / "poold.log"
     try:
         async with aiohttp.ClientSession(headers=HEADERS) as http:
@@ -236,6 +237,22 @@ async def test_fleet_with_two_processes_commands_from_one(
             # Every command the emulators got is one worker 0 sent (a Whatsminer wake is
             # two firmware calls, power limit + service start, hence the factor).
             assert at_emulators <= 2 * sent(m0), (at_emulators, sent(m0))
+
+            # The emulated ASICs mine, spread over both workers by SO_REUSEPORT; worker 0's
+            # controller sees every miner's pool share rate, worker 1's relayed to it.
+            fleet.start_miners("127.0.0.1", port, 1e-6)
+
+            async def on_w1() -> set[str]:
+                _, b = await _get(http, w1 + "/api/v1/workers")
+                return {w["worker"] for w in b["workers"] if w["worker"]}
+
+            w1_names = await _until("a miner on worker 1", on_w1, 30, log)
+
+            async def w1_miner_measured() -> bool:
+                _, b = await _get(http, w0 + "/api/v1/miners")
+                return any(m["pool_hashrate_hs"] for m in b["miners"] if m["worker"] in w1_names)
+
+            await _until("worker 1's shares at worker 0's controller", w1_miner_measured, 60, log)
 
             # Curtail a rack: every miner of it asleep; restore: its API cap cleared.
             async with http.post(w0 + "/api/v1/racks/rack001/curtail", json={}) as resp:

@@ -1,0 +1,166 @@
+"""Accepted shares from every `poold run --processes N` worker reach the one fleet controller.
+
+Only worker 0 runs the fleet controller, but SO_REUSEPORT hands each miner's connection to any
+worker. The controller confirms every power change from the pool's own share rate per miner, so
+the other workers forward what their miners earn: each sums accepted difficulty per Stratum
+worker name and, every `interval_s`, sends the sums as datagrams to a unix socket that worker 0
+binds in the instance's state directory. Worker 0 feeds them to its share-rate estimator as if
+the shares had arrived on its own connections.
+
+A datagram is JSON `{"d": {"<worker>": <difficulty>, ...}}`, at most `MAX_DATAGRAM` bytes (a
+larger batch goes out in several). Datagrams on a local socket are not lost in transit; when
+worker 0 is down (restarting after a crash) the sums of those seconds are dropped, which costs
+the controller's estimate (a 600 s window) at most that slice. Sending never blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+MAX_DATAGRAM = 32 * 1024
+SOCKET_NAME = "fleet-shares.sock"
+
+
+class _Share(Protocol):
+    @property
+    def worker(self) -> str: ...
+
+    @property
+    def difficulty(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RelayedShares:
+    """One worker's accepted difficulty over one interval of another process."""
+
+    worker: str
+    difficulty: float
+
+
+def encode(sums: dict[str, float]) -> list[bytes]:
+    """The sums as datagrams of at most MAX_DATAGRAM bytes each."""
+    out: list[bytes] = []
+    chunk: dict[str, float] = {}
+    size = 0
+    for worker, difficulty in sums.items():
+        item = len(json.dumps(worker)) + 32
+        if chunk and size + item > MAX_DATAGRAM - 16:
+            out.append(json.dumps({"d": chunk}).encode())
+            chunk, size = {}, 0
+        chunk[worker] = difficulty
+        size += item
+    if chunk:
+        out.append(json.dumps({"d": chunk}).encode())
+    return out
+
+
+def decode(datagram: bytes) -> list[RelayedShares]:
+    """The sums of one datagram; ValueError for anything that is not one."""
+    body = json.loads(datagram)
+    sums = body.get("d") if isinstance(body, dict) else None
+    if not isinstance(sums, dict):
+        raise ValueError("not a share relay datagram")
+    out = []
+    for worker, difficulty in sums.items():
+        if not isinstance(difficulty, int | float) or not 0 < difficulty < math.inf:
+            raise ValueError(f"bad difficulty for {worker!r}: {difficulty!r}")
+        out.append(RelayedShares(str(worker), float(difficulty)))
+    return out
+
+
+class ShareRelaySender:
+    """In workers 1..N-1: a share sink that forwards accepted difficulty to worker 0."""
+
+    def __init__(self, path: Path, *, interval_s: float = 1.0) -> None:
+        self.path = str(path)
+        self.interval_s = interval_s
+        self._sums: dict[str, float] = {}
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.setblocking(False)
+        self.sent = 0
+        self.dropped = 0
+        self._failing = False
+
+    def record_share(self, share: _Share) -> None:
+        if share.worker:
+            self._sums[share.worker] = self._sums.get(share.worker, 0.0) + share.difficulty
+
+    def flush(self) -> None:
+        sums, self._sums = self._sums, {}
+        for datagram in encode(sums):
+            try:
+                self._sock.sendto(datagram, self.path)
+            except OSError as exc:  # worker 0 not bound yet or restarting; its buffer full
+                self.dropped += 1
+                if not self._failing:
+                    log.warning("share relay to worker 0 (%s) failing: %s; the fleet controller "
+                                "misses this worker's shares meanwhile", self.path, exc)
+                    self._failing = True
+            else:
+                self.sent += 1
+                if self._failing:
+                    log.info("share relay to worker 0 is back")
+                    self._failing = False
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.interval_s)
+                self.flush()
+        finally:
+            self.flush()
+            self._sock.close()
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, on_shares: Callable[[RelayedShares], None]) -> None:
+        self.on_shares = on_shares
+        self.bad = 0
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            batch = decode(data)
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            self.bad += 1
+            if self.bad == 1 or self.bad % 1000 == 0:
+                log.warning("share relay: %d bad datagram(s), latest: %s", self.bad, exc)
+            return
+        for shares in batch:
+            self.on_shares(shares)
+
+
+class ShareRelayReceiver:
+    """In worker 0: binds the relay socket and hands every forwarded sum to `on_shares`."""
+
+    def __init__(self, path: Path, on_shares: Callable[[RelayedShares], None]) -> None:
+        self.path = path
+        self._protocol = _Protocol(on_shares)
+        self._transport: asyncio.DatagramTransport | None = None
+
+    async def start(self) -> None:
+        # A socket file left by a worker 0 that was killed: nobody listens on it any more.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: self._protocol, local_addr=str(self.path), family=socket.AF_UNIX)
+        self._transport = transport
+        log.info("share relay: listening on %s for the other workers' shares", self.path)
+
+    async def stop(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)

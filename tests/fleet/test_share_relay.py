@@ -1,0 +1,94 @@
+"""The share relay between `--processes` workers, over a real unix datagram socket: sums per
+worker arrive intact, big batches are split, garbage is counted and ignored, and a worker 0 that
+is down (or restarted over its old socket file) costs only the sums sent meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from poold.fleet.share_relay import (
+    MAX_DATAGRAM,
+    RelayedShares,
+    ShareRelayReceiver,
+    ShareRelaySender,
+    decode,
+    encode,
+)
+
+
+def test_encode_decode_round_trip_and_split() -> None:
+    sums = {f"bc1qaccount{i:04d}.rig{i}": 1e-6 * (i + 1) for i in range(3000)}
+    datagrams = encode(sums)
+    assert len(datagrams) > 1 and all(len(d) <= MAX_DATAGRAM for d in datagrams)
+    got = {s.worker: s.difficulty for d in datagrams for s in decode(d)}
+    assert got == sums
+
+
+@pytest.mark.parametrize("bad", [b"", b"nope", b"[]", b'{"d": 5}', b'{"d": {"w": -1}}',
+                                 b'{"d": {"w": "1"}}', b'{"d": {"w": NaN}}',
+                                 b'{"d": {"w": Infinity}}'])
+def test_decode_refuses_garbage(bad: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode(bad)
+
+
+async def _until(cond: object, within_s: float = 5.0) -> None:
+    assert callable(cond)
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+class _Share:
+    def __init__(self, worker: str, difficulty: float) -> None:
+        self.worker, self.difficulty = worker, difficulty
+
+
+async def test_sums_reach_worker_zero_and_survive_its_restart(tmp_path: Path) -> None:
+    path = tmp_path / "fleet-shares.sock"
+    got: list[RelayedShares] = []
+    sender = ShareRelaySender(path, interval_s=0.05)
+    # Worker 0 not up yet: the sums are dropped and counted, nothing blocks or raises.
+    sender.record_share(_Share("a.rig1", 0.5))
+    sender.flush()
+    assert sender.dropped == 1 and sender.sent == 0
+
+    receiver = ShareRelayReceiver(path, got.append)
+    await receiver.start()
+    task = asyncio.create_task(sender.run())
+    try:
+        for _ in range(3):
+            sender.record_share(_Share("a.rig1", 0.25))
+        sender.record_share(_Share("b.rig2", 2.0))
+        sender.record_share(_Share("", 9.0))  # an unauthorized session's share: no worker
+        await _until(lambda: len(got) >= 2)
+        assert {(s.worker, s.difficulty) for s in got} == {("a.rig1", 0.75), ("b.rig2", 2.0)}
+
+        # Worker 0 killed (its socket file stays), then started again over it.
+        await receiver.stop()
+        path.touch()
+        receiver = ShareRelayReceiver(path, got.append)
+        await receiver.start()
+        got.clear()
+        sender.record_share(_Share("a.rig1", 1.0))
+        await _until(lambda: got == [RelayedShares("a.rig1", 1.0)])
+
+        # Garbage from anyone on the socket is counted and ignored.
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, remote_addr=str(path), family=socket.AF_UNIX)
+        transport.sendto(b"not json")
+        transport.sendto(json.dumps({"d": {"c.rig3": 4.0}}).encode())
+        await _until(lambda: RelayedShares("c.rig3", 4.0) in got)
+        transport.close()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await receiver.stop()
+    assert not path.exists()
