@@ -8,7 +8,8 @@ interval, idle timeout, log level, fleet caps and budgets), naming the ones that
 With a `[fleet]` table the process that owns the singletons (poold.supervisor.owns_singletons)
 also runs the fleet controller (poold.fleet.runtime): accepted shares feed its pool-coupling
 estimator, its telemetry the ledger's energy meter, and the admin API's fleet endpoints. With
-`--processes N` the other workers forward their accepted shares to it (poold.fleet.share_relay).
+`--processes N` the other workers forward their accepted shares to it (poold.fleet.share_relay)
+and mark their sessions of curtailed miners from its file (poold.fleet.curtailed_file).
 Shutdown: stop listening, `client.reconnect` every miner, drain (bounded) while the fleet goes to
 its safe cap (bounded), finish block submissions, stop the nodes, flush the ledger.
 """
@@ -487,12 +488,13 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
     controller."""
     from poold.api import AdminApi
     from poold.bitcoin import sharecore
+    from poold.fleet.curtailed_file import CurtailedFollower
     from poold.fleet.share_relay import ShareRelayReceiver, ShareRelaySender
     from poold.ledger import Ledger, LedgerConfig
     from poold.metrics import Metrics
     from poold.node.nodes import NodeSet
     from poold.node.rpc import NodeCheckError, NodeUnavailable
-    from poold.supervisor import owns_singletons, relay_path
+    from poold.supervisor import curtailed_path, owns_singletons, relay_path
     from poold.systemd import Notifier, listen_sockets
 
     stop = stop if stop is not None else asyncio.Event()
@@ -577,11 +579,16 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
             reloader = tg.create_task(_reload_loop(pool, cfg, hup, fleet), name="config-reload")
             relay = tg.create_task(relay_out.run() if relay_out is not None
                                    else asyncio.sleep(0), name="share-relay")
+            follower = tg.create_task(
+                CurtailedFollower(curtailed_path(cfg)).run(server, server.clock)
+                if relay_out is not None else asyncio.sleep(0), name="fleet-curtailed")
             fleet_task: asyncio.Task[None] | None = None
             if fleet is not None:
                 fleet_task = tg.create_task(
                     _run_fleet(fleet, backend, ledger=ledger, server=server,
-                               server_clock=server.clock),
+                               server_clock=server.clock,
+                               curtailed_file=curtailed_path(cfg) if relay_in is not None
+                               else None),
                     name="fleet")
                 log.info("fleet controller running: %d miners in %d racks",
                          len(cfg.fleet.miners) if cfg.fleet else 0,
@@ -600,6 +607,7 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
             reconcile.cancel()
             reloader.cancel()
             relay.cancel()
+            follower.cancel()
         return 0
     finally:
         if fleet is not None:  # also on an error path: leave the miners at the safe cap

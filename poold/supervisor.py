@@ -95,6 +95,14 @@ def relay_path(worker_cfg: Config) -> Path:
     return Path(worker_cfg.pool.state_dir).parent / SOCKET_NAME
 
 
+def curtailed_path(worker_cfg: Config) -> Path:
+    """The file in the instance's state directory in which worker 0 publishes the miners its
+    fleet controller curtailed, for the other workers' sessions."""
+    from poold.fleet.curtailed_file import FILE_NAME
+
+    return Path(worker_cfg.pool.state_dir).parent / FILE_NAME
+
+
 def worker_config(cfg: Config, index: int) -> Config:
     """The config of worker `index`: shared port (SO_REUSEPORT), API port + index, own journal
     directory, the ledger URL pinned to the instance's one ledger."""

@@ -20,11 +20,13 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from poold.api import ApiError
 from poold.fleet.clock import LoopClock
 from poold.fleet.controller import FleetController
+from poold.fleet.curtailed_file import CurtailedPublisher, Sessions, mark_curtailed
 from poold.fleet.drivers.base import MinerDriver, Telemetry
 from poold.fleet.health import ShareRateEstimator
 from poold.fleet.inventory import FleetConfig, MinerSpec
@@ -47,13 +49,6 @@ class _Share(Protocol):
 
 class PowerLedger(Protocol):
     async def record_power(self, samples: Sequence[Any]) -> None: ...
-
-
-class Sessions(Protocol):
-    """The Stratum server as far as curtailment goes: its live sessions."""
-
-    @property
-    def connections(self) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,41 +135,32 @@ class FleetRuntime:
     def mark_sessions(self, server: Sessions, now: float) -> int:
         """Flag the sessions of curtailed miners (vardiff keeps their difficulty) and count
         them as active (no idle drop while asleep on purpose). Returns how many are flagged."""
-        workers = self.controller.curtailed_workers()
-        n = 0
-        for conn in list(server.connections):
-            sw = getattr(conn, "work", None)
-            if sw is None:
-                continue
-            on = bool(workers) and conn.worker in workers
-            if on and not sw.curtailed:
-                # Shares from before the curtailment say nothing about the rate now.
-                sw.vd_shares = 0
-                sw.vd_since = now
-            sw.curtailed = on
-            if on:
-                conn.last_activity = now
-                n += 1
-        return n
+        return mark_curtailed(server, self.controller.curtailed_workers(), now)
 
-    async def _session_loop(self, server: Sessions, clock: Callable[[], float]) -> None:
+    async def _session_loop(self, server: Sessions, clock: Callable[[], float],
+                            publish: CurtailedPublisher | None) -> None:
         last = 0
         while True:
             await asyncio.sleep(SESSION_SWEEP_S)
+            if publish is not None:  # for the other --processes workers' sessions
+                await publish.publish(self.controller.curtailed_workers())
             n = self.mark_sessions(server, clock())
             if n != last:
                 log.info("fleet: %d Stratum sessions of miners curtailed on purpose", n)
                 last = n
 
     async def run(self, *, ledger: PowerLedger | None = None, server: Sessions | None = None,
-                  server_clock: Callable[[], float] = time.time) -> None:
-        """The controller until `stop()`, with the energy and session bridges."""
+                  server_clock: Callable[[], float] = time.time,
+                  curtailed_file: Path | None = None) -> None:
+        """The controller until `stop()`, with the energy and session bridges (and, with
+        `curtailed_file`, the curtailed set published for the other worker processes)."""
+        publish = CurtailedPublisher(curtailed_file) if curtailed_file is not None else None
         async with asyncio.TaskGroup() as tg:
             bridges = []
             if ledger is not None:
                 bridges.append(tg.create_task(self._energy_loop(ledger), name="fleet-energy"))
             if server is not None:
-                bridges.append(tg.create_task(self._session_loop(server, server_clock),
+                bridges.append(tg.create_task(self._session_loop(server, server_clock, publish),
                                               name="fleet-sessions"))
             self._task = tg.create_task(self.controller.run(), name="fleet-controller")
             try:

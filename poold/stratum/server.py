@@ -438,6 +438,7 @@ class StratumServer:
                 "accepted": conn.accepted,
                 "accepted_difficulty": conn.accepted_difficulty,
                 "invalid_streak": conn.invalid_streak,
+                "curtailed": bool(sw and sw.curtailed),
                 "connected_at": conn.connected_at,
                 "last_activity": conn.last_activity,
             })

@@ -263,6 +263,20 @@ async def test_fleet_with_two_processes_commands_from_one(
                 return all(m["asleep"] and m["curtailed"] for m in b["miners"])
 
             await _until("rack001 asleep", rack1_asleep, 20, log)
+            # Their Stratum sessions, on either worker, are marked curtailed (vardiff keeps
+            # their difficulty, the idle timeout spares them): worker 1 reads worker 0's file.
+            _, b = await _get(http, w0 + "/api/v1/miners?rack=rack001")
+            rack1_workers = {m["worker"] for m in b["miners"]}
+
+            async def sessions_curtailed() -> bool:
+                seen = []
+                for w in (w0, w1):
+                    _, s = await _get(http, w + "/api/v1/workers")
+                    seen += [x["curtailed"] for x in s["workers"] if x["worker"] in rack1_workers]
+                return len(seen) == len(rack1_workers) and all(seen)
+
+            await _until("rack001 sessions curtailed on both workers", sessions_curtailed, 20,
+                         log)
             async with http.post(w0 + "/api/v1/racks/rack001/restore", json={}) as resp:
                 assert resp.status == 200
                 restored = await resp.json()
