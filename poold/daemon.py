@@ -525,7 +525,7 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
     elif cfg.fleet is not None and worker is not None:
         from poold.work.engine import TeeShareSink
 
-        relay_out = ShareRelaySender(relay_path(cfg))
+        relay_out = ShareRelaySender(relay_path(cfg), dropped=metrics.share_relay_dropped)
         share_sink = TeeShareSink(ledger, relay_out)
 
     async def planner(template: Template) -> Sequence[tuple[bytes, int]]:

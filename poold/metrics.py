@@ -152,6 +152,9 @@ class Metrics:
         self.controller_command_seconds = Histogram(
             "poold_controller_command_seconds", "Firmware command latency including read-back",
             ["driver"], buckets=_SLOW, registry=r)
+        self.share_relay_dropped = Counter(
+            "poold_share_relay_dropped", "Share sums a --processes worker could not send to "
+            "worker 0's fleet controller (it was restarting)", registry=r)
         self.grid_signal_age = Gauge(
             "poold_grid_signal_age_seconds", "Seconds since the last grid signal heartbeat",
             registry=r)

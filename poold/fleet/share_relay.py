@@ -41,6 +41,10 @@ class _Share(Protocol):
     def difficulty(self) -> float: ...
 
 
+class _Counter(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RelayedShares:
     """One worker's accepted difficulty over one interval of another process."""
@@ -83,8 +87,10 @@ def decode(datagram: bytes) -> list[RelayedShares]:
 class ShareRelaySender:
     """In workers 1..N-1: a share sink that forwards accepted difficulty to worker 0."""
 
-    def __init__(self, path: Path, *, interval_s: float = 1.0) -> None:
+    def __init__(self, path: Path, *, interval_s: float = 1.0,
+                 dropped: _Counter | None = None) -> None:
         self.path = str(path)
+        self._dropped_metric = dropped
         self.interval_s = interval_s
         self._sums: dict[str, float] = {}
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -104,6 +110,8 @@ class ShareRelaySender:
                 self._sock.sendto(datagram, self.path)
             except OSError as exc:  # worker 0 not bound yet or restarting; its buffer full
                 self.dropped += 1
+                if self._dropped_metric is not None:
+                    self._dropped_metric.inc()
                 if not self._failing:
                     log.warning("share relay to worker 0 (%s) failing: %s; the fleet controller "
                                 "misses this worker's shares meanwhile", self.path, exc)

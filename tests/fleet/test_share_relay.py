@@ -10,6 +10,7 @@ import socket
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from poold.fleet.share_relay import (
     MAX_DATAGRAM,
@@ -19,6 +20,7 @@ from poold.fleet.share_relay import (
     decode,
     encode,
 )
+from poold.metrics import Metrics
 
 
 def test_encode_decode_round_trip_and_split() -> None:
@@ -53,11 +55,13 @@ class _Share:
 async def test_sums_reach_worker_zero_and_survive_its_restart(tmp_path: Path) -> None:
     path = tmp_path / "fleet-shares.sock"
     got: list[RelayedShares] = []
-    sender = ShareRelaySender(path, interval_s=0.05)
+    metrics = Metrics(CollectorRegistry())
+    sender = ShareRelaySender(path, interval_s=0.05, dropped=metrics.share_relay_dropped)
     # Worker 0 not up yet: the sums are dropped and counted, nothing blocks or raises.
     sender.record_share(_Share("a.rig1", 0.5))
     sender.flush()
     assert sender.dropped == 1 and sender.sent == 0
+    assert metrics.registry.get_sample_value("poold_share_relay_dropped_total") == 1.0
 
     receiver = ShareRelayReceiver(path, got.append)
     await receiver.start()
