@@ -7,10 +7,12 @@ worker name and, every `interval_s`, sends the sums as datagrams to a unix socke
 binds in the instance's state directory. Worker 0 feeds them to its share-rate estimator as if
 the shares had arrived on its own connections.
 
-A datagram is JSON `{"d": {"<worker>": <difficulty>, ...}}`, at most `MAX_DATAGRAM` bytes (a
-larger batch goes out in several). Datagrams on a local socket are not lost in transit; when
-worker 0 is down (restarting after a crash) the sums of those seconds are dropped, which costs
-the controller's estimate (a 600 s window) at most that slice. Sending never blocks the loop.
+A datagram is JSON `{"d": {"<worker>": [<difficulty>, <shares>], ...}}`, at most `MAX_DATAGRAM`
+bytes (a larger batch goes out in several). Worker 0 records each sum as that many shares of the
+mean difficulty: the controller's confidence in a rate depends on the number of shares.
+Datagrams on a local socket are not lost in transit; when worker 0 is down (restarting after a
+crash) the sums of those seconds are dropped, which costs the controller's estimate (a 600 s
+window) at most that slice. Sending never blocks the loop.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from typing import Any, Protocol
 log = logging.getLogger(__name__)
 
 MAX_DATAGRAM = 32 * 1024
+# Shares one sum stands for, at most, on the receiving side (beyond a thousand the rate's
+# confidence bound hardly moves; a bound keeps a bad datagram from costing much).
+MAX_EXPAND = 1000
 SOCKET_NAME = "fleet-shares.sock"
 
 
@@ -47,23 +52,25 @@ class _Counter(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class RelayedShares:
-    """One worker's accepted difficulty over one interval of another process."""
+    """One worker's accepted difficulty (`shares` of them) over one interval of another
+    process."""
 
     worker: str
     difficulty: float
+    shares: int = 1
 
 
-def encode(sums: dict[str, float]) -> list[bytes]:
-    """The sums as datagrams of at most MAX_DATAGRAM bytes each."""
+def encode(sums: dict[str, tuple[float, int]]) -> list[bytes]:
+    """The (difficulty, shares) sums as datagrams of at most MAX_DATAGRAM bytes each."""
     out: list[bytes] = []
-    chunk: dict[str, float] = {}
+    chunk: dict[str, list[float | int]] = {}
     size = 0
-    for worker, difficulty in sums.items():
-        item = len(json.dumps(worker)) + 32
+    for worker, (difficulty, shares) in sums.items():
+        item = len(json.dumps(worker)) + 48
         if chunk and size + item > MAX_DATAGRAM - 16:
             out.append(json.dumps({"d": chunk}).encode())
             chunk, size = {}, 0
-        chunk[worker] = difficulty
+        chunk[worker] = [difficulty, shares]
         size += item
     if chunk:
         out.append(json.dumps({"d": chunk}).encode())
@@ -77,10 +84,15 @@ def decode(datagram: bytes) -> list[RelayedShares]:
     if not isinstance(sums, dict):
         raise ValueError("not a share relay datagram")
     out = []
-    for worker, difficulty in sums.items():
+    for worker, pair in sums.items():
+        if not (isinstance(pair, list) and len(pair) == 2):
+            raise ValueError(f"bad sum for {worker!r}: {pair!r}")
+        difficulty, shares = pair
         if not isinstance(difficulty, int | float) or not 0 < difficulty < math.inf:
             raise ValueError(f"bad difficulty for {worker!r}: {difficulty!r}")
-        out.append(RelayedShares(str(worker), float(difficulty)))
+        if not isinstance(shares, int) or isinstance(shares, bool) or shares < 1:
+            raise ValueError(f"bad share count for {worker!r}: {shares!r}")
+        out.append(RelayedShares(str(worker), float(difficulty), shares))
     return out
 
 
@@ -92,7 +104,7 @@ class ShareRelaySender:
         self.path = str(path)
         self._dropped_metric = dropped
         self.interval_s = interval_s
-        self._sums: dict[str, float] = {}
+        self._sums: dict[str, tuple[float, int]] = {}
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sock.setblocking(False)
         self.sent = 0
@@ -101,7 +113,8 @@ class ShareRelaySender:
 
     def record_share(self, share: _Share) -> None:
         if share.worker:
-            self._sums[share.worker] = self._sums.get(share.worker, 0.0) + share.difficulty
+            difficulty, shares = self._sums.get(share.worker, (0.0, 0))
+            self._sums[share.worker] = (difficulty + share.difficulty, shares + 1)
 
     def flush(self) -> None:
         sums, self._sums = self._sums, {}
@@ -145,12 +158,16 @@ class _Protocol(asyncio.DatagramProtocol):
             if self.bad == 1 or self.bad % 1000 == 0:
                 log.warning("share relay: %d bad datagram(s), latest: %s", self.bad, exc)
             return
-        for shares in batch:
-            self.on_shares(shares)
+        for relayed in batch:
+            n = min(relayed.shares, MAX_EXPAND)
+            each = RelayedShares(relayed.worker, relayed.difficulty / n)
+            for _ in range(n):
+                self.on_shares(each)
 
 
 class ShareRelayReceiver:
-    """In worker 0: binds the relay socket and hands every forwarded sum to `on_shares`."""
+    """In worker 0: binds the relay socket and hands every forwarded share (a sum of n shares
+    as n of its mean difficulty) to `on_shares`."""
 
     def __init__(self, path: Path, on_shares: Callable[[RelayedShares], None]) -> None:
         self.path = path

@@ -24,16 +24,18 @@ from poold.metrics import Metrics
 
 
 def test_encode_decode_round_trip_and_split() -> None:
-    sums = {f"bc1qaccount{i:04d}.rig{i}": 1e-6 * (i + 1) for i in range(3000)}
+    sums = {f"bc1qaccount{i:04d}.rig{i}": (1e-6 * (i + 1), i % 7 + 1) for i in range(3000)}
     datagrams = encode(sums)
     assert len(datagrams) > 1 and all(len(d) <= MAX_DATAGRAM for d in datagrams)
-    got = {s.worker: s.difficulty for d in datagrams for s in decode(d)}
+    got = {s.worker: (s.difficulty, s.shares) for d in datagrams for s in decode(d)}
     assert got == sums
 
 
-@pytest.mark.parametrize("bad", [b"", b"nope", b"[]", b'{"d": 5}', b'{"d": {"w": -1}}',
-                                 b'{"d": {"w": "1"}}', b'{"d": {"w": NaN}}',
-                                 b'{"d": {"w": Infinity}}'])
+@pytest.mark.parametrize("bad", [b"", b"nope", b"[]", b'{"d": 5}', b'{"d": {"w": 1}}',
+                                 b'{"d": {"w": [-1, 1]}}', b'{"d": {"w": ["1", 1]}}',
+                                 b'{"d": {"w": [NaN, 1]}}', b'{"d": {"w": [Infinity, 1]}}',
+                                 b'{"d": {"w": [1, 0]}}', b'{"d": {"w": [1, 1.5]}}',
+                                 b'{"d": {"w": [1, true]}}', b'{"d": {"w": [1]}}'])
 def test_decode_refuses_garbage(bad: bytes) -> None:
     with pytest.raises(ValueError):
         decode(bad)
@@ -71,8 +73,11 @@ async def test_sums_reach_worker_zero_and_survive_its_restart(tmp_path: Path) ->
             sender.record_share(_Share("a.rig1", 0.25))
         sender.record_share(_Share("b.rig2", 2.0))
         sender.record_share(_Share("", 9.0))  # an unauthorized session's share: no worker
-        await _until(lambda: len(got) >= 2)
-        assert {(s.worker, s.difficulty) for s in got} == {("a.rig1", 0.75), ("b.rig2", 2.0)}
+        await _until(lambda: len(got) >= 4)
+        # Each share counted (the controller's confidence depends on how many), with the mean
+        # difficulty of its interval.
+        assert sorted((s.worker, s.difficulty) for s in got) == [
+            ("a.rig1", 0.25), ("a.rig1", 0.25), ("a.rig1", 0.25), ("b.rig2", 2.0)]
 
         # Worker 0 killed (its socket file stays), then started again over it.
         await receiver.stop()
@@ -88,8 +93,8 @@ async def test_sums_reach_worker_zero_and_survive_its_restart(tmp_path: Path) ->
         transport, _ = await loop.create_datagram_endpoint(
             asyncio.DatagramProtocol, remote_addr=str(path), family=socket.AF_UNIX)
         transport.sendto(b"not json")
-        transport.sendto(json.dumps({"d": {"c.rig3": 4.0}}).encode())
-        await _until(lambda: RelayedShares("c.rig3", 4.0) in got)
+        transport.sendto(json.dumps({"d": {"c.rig3": [4.0, 2]}}).encode())
+        await _until(lambda: got.count(RelayedShares("c.rig3", 2.0)) == 2)
         transport.close()
     finally:
         task.cancel()
