@@ -37,6 +37,8 @@ from poold.bitcoin.block import parse_block
 from poold.bitcoin.byteorder import hash_from_hex
 from poold.sim.miner import MinerEvent, StratumMiner
 
+FLEET_CPU_MINER_HS = 100_000.0
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--miners", type=int, default=3, help="CPU miners to run (default 3)")
@@ -58,7 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--hashrate",
         type=float,
         default=0.0,
-        help="cap each CPU miner at this many H/s (default: as fast as the CPU allows)",
+        help="cap each CPU miner at this many H/s (default: as fast as the CPU allows; with "
+        "--fleet 100000, so the emulated site in the same process keeps its CPU)",
     )
     parser.add_argument("--fleet", action="store_true",
                         help="also run a simulated ASIC site (2 racks x 10 emulated miners) "
@@ -331,13 +334,17 @@ async def _mine(
             pending.add(task)
             task.add_done_callback(done)
 
+    # CPU miners hash on this event loop. Beside the emulated fleet (firmware servers and
+    # their Stratum miners, also here) they are paced: unpaced, they delayed the emulators'
+    # telemetry on a busy machine until the controller counted it stale at the worst case.
+    hashrate = args.hashrate or (FLEET_CPU_MINER_HS if args.fleet else 0.0)
     for i in range(args.miners):
         address = p2wpkh_address(os.urandom(20), Network.REGTEST)
         name = f"cpu-miner-{i + 1}"
         payouts[address_to_script(address, Network.REGTEST)] = f"{name} ({address})"
         miners.append(
             StratumMiner(
-                "127.0.0.1", port, f"{address}.{name}", "x", args.hashrate,
+                "127.0.0.1", port, f"{address}.{name}", "x", hashrate,
                 name=name, suggest_difficulty=args.difficulty, on_event=on_event,
             )
         )  # fmt: skip
