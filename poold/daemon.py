@@ -555,7 +555,12 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
                 break
             await asyncio.sleep(0.05)
         if relay_in is not None:
-            await relay_in.start()
+            try:
+                await relay_in.start()
+            except OSError as exc:  # e.g. a state_dir path too long for a unix socket name
+                log.error("share relay unavailable (%s): the fleet controller sees only "
+                          "worker 0's shares", exc)
+                relay_in = None
         await server.start(listen_sockets().get("stratum"))
         backend = DaemonBackend(pool, ledger, fleet,
                                 fleet_elsewhere=cfg.fleet is not None and fleet is None,
@@ -587,7 +592,7 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
                 fleet_task = tg.create_task(
                     _run_fleet(fleet, backend, ledger=ledger, server=server,
                                server_clock=server.clock,
-                               curtailed_file=curtailed_path(cfg) if relay_in is not None
+                               curtailed_file=curtailed_path(cfg) if worker is not None
                                else None),
                     name="fleet")
                 log.info("fleet controller running: %d miners in %d racks",
