@@ -274,11 +274,15 @@ async def demo(args: argparse.Namespace) -> int:
             api_url = f"http://{api[0]}:{api[1]}"
             say(f"admin API: {api_url} (Prometheus: {api_url}/metrics)")
             pool_log = _open_log(args.pool_log) if args.pool_log is not None else None
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "poold", "--log-level",
-                "ERROR" if pool_log is None else "INFO", "run", "-c", str(cfg),
-                env=env, stdout=pool_log, stderr=asyncio.subprocess.STDOUT if pool_log else None,
-            )  # fmt: skip
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "poold", "--log-level",
+                    "ERROR" if pool_log is None else "INFO", "run", "-c", str(cfg), env=env,
+                    stdout=pool_log, stderr=asyncio.subprocess.STDOUT if pool_log else None,
+                )  # fmt: skip
+            finally:
+                if pool_log is not None:  # the child has its own copy of the descriptor
+                    pool_log.close()
             try:
                 await wait_listening("127.0.0.1", port, proc)
                 say(f"pool up: `poold run` (pid {proc.pid}) on stratum+tcp://127.0.0.1:{port}")
@@ -298,8 +302,6 @@ async def demo(args: argparse.Namespace) -> int:
                         proc.kill()
                         await proc.wait()
                 say("pool stopped")
-                if pool_log is not None:
-                    pool_log.close()
                 if fleet is not None:  # after the pool: its controller left the safe caps
                     await fleet.close()
 

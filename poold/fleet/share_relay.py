@@ -105,8 +105,9 @@ class ShareRelaySender:
         self._dropped_metric = dropped
         self.interval_s = interval_s
         self._sums: dict[str, tuple[float, int]] = {}
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.setblocking(False)
+        # Opened by the first flush, closed when `run` ends: a daemon that fails before it
+        # starts the relay leaves no socket behind.
+        self._sock: socket.socket | None = None
         self.sent = 0
         self.dropped = 0
         self._failing = False
@@ -118,6 +119,11 @@ class ShareRelaySender:
 
     def flush(self) -> None:
         sums, self._sums = self._sums, {}
+        if not sums:
+            return
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sock.setblocking(False)
         for datagram in encode(sums):
             try:
                 self._sock.sendto(datagram, self.path)
@@ -142,7 +148,9 @@ class ShareRelaySender:
                 self.flush()
         finally:
             self.flush()
-            self._sock.close()
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
 
 
 class _Protocol(asyncio.DatagramProtocol):
