@@ -78,7 +78,11 @@ class Capabilities:
     levels: tuple[Level, ...] = ()  # ascending watts; PRESETS/MODES/ONOFF
     can_sleep: bool = True
     sleep_w: float = 30.0
-    settle_s: float = 10.0  # time for power to reach a new setting (confirm window)
+    # The longest the firmware documents (or is measured) to take to reach a new setting;
+    # the controller judges "settled" from telemetry converging, bounded by these maxima.
+    settle_s: float = 10.0  # a new watt target or level
+    sleep_settle_s: float = 5.0  # asleep (power at `sleep_w`)
+    wake_settle_s: float = 60.0  # awake again and hashing at the asked level
     reboots_on_change: bool = False
     read_only: bool = False
 
