@@ -25,10 +25,11 @@ from hypothesis import strategies as st
 
 from poold.bitcoin import sharecore
 from poold.bitcoin.sharecore import PureJobCore, ShareFormatError
+from tests.ci import missing
 
 try:
     from poold import _sharecore as native
-except ImportError:  # the pure-only install; native cases skip with the reason below
+except ImportError:  # the pure-only install: native cases fail under CI, skip elsewhere
     native = None
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,7 +59,7 @@ def core(request: pytest.FixtureRequest) -> Iterator[Core]:
         yield Core(name, PureJobCore)
         return
     if native is None:
-        pytest.skip("native extension not built (poold._sharecore missing)")
+        missing("native extension not built (poold._sharecore missing)")
     impl = name.removeprefix("native-")
     if impl == "shani" and not native.shani_available():
         pytest.skip("this CPU has no SHA extensions")
@@ -467,7 +468,7 @@ def test_pool_side_arguments_are_validated(core: Core) -> None:
 
 def test_native_limit_matches_pure() -> None:
     if native is None:
-        pytest.skip("native extension not built")
+        missing("native extension not built (poold._sharecore missing)")
     assert native.MAX_EXTRANONCE2_SIZE == sharecore.MAX_EXTRANONCE2_SIZE
 
 
@@ -666,7 +667,7 @@ def test_large_coinbase(core: Core) -> None:
 @pytest.mark.parametrize("impl", ["shani", "portable"])
 def test_native_sha256_matches_hashlib(impl: str) -> None:
     if native is None:
-        pytest.skip("native extension not built")
+        missing("native extension not built (poold._sharecore missing)")
     if impl == "shani" and not native.shani_available():
         pytest.skip("this CPU has no SHA extensions")
     before = native.impl()
@@ -689,7 +690,7 @@ def test_native_sha256_matches_hashlib(impl: str) -> None:
 
 def test_set_impl_rejects_unknown_names() -> None:
     if native is None:
-        pytest.skip("native extension not built")
+        missing("native extension not built (poold._sharecore missing)")
     before = native.impl()
     with pytest.raises(ValueError):
         native.set_impl("avx512")
@@ -698,7 +699,7 @@ def test_set_impl_rejects_unknown_names() -> None:
 
 def test_native_session_is_made_by_the_job() -> None:
     if native is None:
-        pytest.skip("native extension not built")
+        missing("native extension not built (poold._sharecore missing)")
     with pytest.raises(TypeError):
         native.SessionCore()
 
@@ -730,7 +731,7 @@ def run_selector(env: dict[str, str], prelude: str = "") -> tuple[str, str]:
 
 def test_selector_default_prefers_native() -> None:
     if native is None:
-        pytest.skip("native extension not built")
+        missing("native extension not built (poold._sharecore missing)")
     out, err = run_selector({})
     expected = "native-shani" if native.shani_available() else "native-portable"
     assert out == f"{expected} poold._sharecore"
@@ -745,7 +746,7 @@ def test_selector_env_forces_pure() -> None:
 
 def test_selector_env_forces_portable_c() -> None:
     if native is None:
-        pytest.skip("native extension not built")
+        missing("native extension not built (poold._sharecore missing)")
     out, _ = run_selector({"POOLD_SHARECORE_PORTABLE": "1"})
     assert out == "native-portable poold._sharecore"
 

@@ -4,15 +4,12 @@
 `poold run` subprocess with a generated regtest config (solo payout, tiny difficulties so CPU
 miners find shares fast). `StratumClient` is a raw line-level client for tests that need to
 send exact messages; `poold.sim.miner.StratumMiner` is the full miner.
-
-Skipped until the pool exists (`poold.daemon`, `poold.devnet`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import json
 import os
 from collections.abc import AsyncIterator
@@ -30,13 +27,6 @@ START_DIFFICULTY = 1e-5
 MIN_DIFFICULTY = 1e-8
 MAX_DIFFICULTY = 1e15
 POOL_MASK = 0x1FFFE000
-
-
-def _require(module: str) -> None:
-    try:
-        importlib.import_module(module)
-    except ImportError as exc:
-        pytest.skip(f"{module} not available yet: {exc}")
 
 
 def new_address() -> str:
@@ -109,8 +99,6 @@ async def run_pool(
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def pool(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Pool]:
-    _require("poold.daemon")
-    _require("poold.devnet")
     from poold.devnet import Devnet
 
     async with Devnet() as dn:

@@ -70,7 +70,6 @@ async def mine_for(seconds: float, miners: list[StratumMiner]) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 async def test_kill_9_of_poold_run_under_share_load(ledger_url: str, tmp_path: Path) -> None:
-    pytest.importorskip("poold.daemon")
     from poold.devnet import Devnet
     from poold.sim.miner import MinerEvent, StratumMiner
 
@@ -123,7 +122,6 @@ async def test_kill_9_of_poold_run_under_share_load(ledger_url: str, tmp_path: P
 async def test_poold_run_with_the_database_down_keeps_serving(tmp_path: Path) -> None:
     """The ledger database is unreachable for a whole `poold run`: miners are still served,
     found blocks go to the journal; the next start (database back) replays them."""
-    pytest.importorskip("poold.daemon")
     from poold.devnet import Devnet
     from poold.ledger.config import LedgerConfig
     from poold.sim.miner import StratumMiner

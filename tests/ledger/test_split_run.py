@@ -22,7 +22,6 @@ from tests.poold_process import free_port, log_tail, poold_run
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 async def test_poold_run_split_payout(ledger_url: str, tmp_path: Path) -> None:
-    pytest.importorskip("poold.daemon")
     from poold.devnet import Devnet
     from poold.node.rpc import RpcClient
     from poold.sim.miner import StratumMiner

@@ -53,7 +53,6 @@ async def shares_by_instance(url: str) -> dict[int, int]:
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 async def test_two_poold_instances_share_one_ledger(ledger_url: str, tmp_path: Path) -> None:
-    pytest.importorskip("poold.daemon")
     from poold.devnet import Devnet
     from poold.sim.miner import StratumMiner
 
