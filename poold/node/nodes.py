@@ -3,7 +3,10 @@
 Responsibilities:
 - health: every node passes the startup check (`RpcClient.check` + a template that parses) before
   it is used; a node that fails a call is marked down and re-checked in the background with capped
-  backoff, and comes back by itself;
+  backoff (at most `health_backoff_cap_s`, 0.25 s by default, so a returning node is seen within a
+  second), and comes back by itself. Any sign of life from a down node (a ZMQ message or
+  handshake, any RPC answer, a `submitblock` it answered) re-checks it at once: fresh work follows
+  the node's return without waiting for the next probe;
 - tip tracking: ZMQ `hashblock` from every node that publishes it is a hint; a sequence gap, a
   disconnect, a silence, or no ZMQ at all switches that node to polling `getbestblockhash`
   (`poll_interval_s`, 250 ms default). The RPC answer is always the truth;
@@ -26,6 +29,7 @@ tip while the node it lags behind is alive.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
@@ -34,8 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from poold.bitcoin.byteorder import hash_from_hex
+from poold.bitcoin.byteorder import hash_from_hex, hash_to_hex
+from poold.bitcoin.encoding import sha256d
 from poold.node.rpc import (
+    RPC_IN_WARMUP,
     Backoff,
     NodeCheckError,
     NodeInfo,
@@ -146,6 +152,8 @@ class _Node:
         self.listener: HashblockListener | None = None
         self.down = asyncio.Event()  # set while the node needs re-checking
         self.wake = asyncio.Event()  # wakes the poller early (gap, disconnect)
+        self.alive = asyncio.Event()  # a sign of life while down: re-check now
+        self.answered = asyncio.Event()  # it answered since it was marked down: resubmit now
         self.silent = False  # ZMQ has been quiet for longer than zmq_silence_s
 
 
@@ -162,7 +170,7 @@ class NodeSet:
         zmq_silence_s: float = 900.0,
         safety_poll_s: float = 5.0,
         submit_deadline_s: float = 30.0,
-        health_backoff_cap_s: float = 10.0,
+        health_backoff_cap_s: float = 0.25,
         zmq_context: zmq.asyncio.Context | None = None,
     ) -> None:
         if not nodes:
@@ -253,7 +261,9 @@ class NodeSet:
                 cookie_file=spec.rpc_cookie_file, timeout_s=spec.timeout_s, metrics=self._metrics,
             )
             await client.start()
-            self._nodes.append(_Node(spec, client))
+            node = _Node(spec, client)
+            client.on_answer = functools.partial(self._sign_of_life, node)
+            self._nodes.append(node)
         results = await asyncio.gather(
             *(self._check(n) for n in self._nodes), return_exceptions=True
         )
@@ -280,6 +290,7 @@ class NodeSet:
                 node.listener = HashblockListener(
                     node.name, node.spec.zmq_hashblock, self._zmq_callback(node),
                     on_disconnect=node.wake.set, context=self._zmq_context,
+                    on_connect=functools.partial(self._sign_of_life, node),
                 )
                 self._spawn(node.listener.run(), f"zmq-{node.name}")
         self._spawn(self._refresh_loop(), "template-refresh")
@@ -322,9 +333,10 @@ class NodeSet:
         failures are retried with backoff until some node accepts or `submit_deadline_s` passes.
         """
         block_hex = block.hex()
+        hash_hex = hash_to_hex(sha256d(block[:80]))
         accepted = asyncio.Event()
         results = await asyncio.gather(
-            *(self._submit_one(n, block_hex, accepted) for n in self._nodes),
+            *(self._submit_one(n, block_hex, hash_hex, accepted) for n in self._nodes),
             return_exceptions=True,
         )
         out: dict[str, str | None] = {}
@@ -372,6 +384,7 @@ class NodeSet:
         else:
             self._throttle.warning(f"down-{node.name}", "node %s still down: %s", node.name, error)
         node.up = False
+        node.answered.clear()
         node.down.set()
         if self._metrics is not None:
             self._metrics.node_up.labels(node=node.name).set(0)
@@ -383,18 +396,33 @@ class NodeSet:
     async def _failover(self) -> None:
         await self.refresh()
 
+    def _sign_of_life(self, node: _Node) -> None:
+        """The node answered something (RPC reply, ZMQ): if it is held down, re-check it now."""
+        if not node.up:
+            node.alive.set()
+            node.answered.set()
+
     async def _health_loop(self, node: _Node) -> None:
-        backoff = Backoff(initial_s=0.1, cap_s=self.health_backoff_cap_s)
+        backoff = Backoff(initial_s=0.05, cap_s=self.health_backoff_cap_s)
         while True:
             await node.down.wait()
-            await asyncio.sleep(backoff.next_delay())
+            if not node.alive.is_set():
+                try:
+                    await asyncio.wait_for(node.alive.wait(), backoff.next_delay())
+                except TimeoutError:
+                    pass
+            # Answers to the check itself are not news: only those from elsewhere wake the next.
+            node.alive.clear()
             try:
                 template = await self._check(node)
             except (NodeUnavailable, RpcError, TemplateError, NodeCheckError):
+                node.alive.clear()
                 continue  # logged (throttled) by _mark_down
             except Exception:
+                node.alive.clear()
                 log.exception("node %s: unexpected failure of the health check", node.name)
                 continue
+            node.alive.clear()
             backoff.reset()
             # It may have missed tips while down, or be the preferred node again.
             self._publish(template, next(self._seq))
@@ -427,6 +455,7 @@ class NodeSet:
         return on_hint
 
     def _on_zmq(self, node: _Node, tip_hex: str, gap: bool) -> None:
+        self._sign_of_life(node)
         if gap:
             if self._metrics is not None:
                 self._metrics.zmq_gaps.labels(node=node.name).inc()
@@ -608,13 +637,21 @@ class NodeSet:
 
     # -- blocks ---------------------------------------------------------------------------------
 
-    async def _submit_one(self, node: _Node, block_hex: str, accepted: asyncio.Event) -> str | None:
+    async def _submit_one(
+        self, node: _Node, block_hex: str, hash_hex: str, accepted: asyncio.Event
+    ) -> str | None:
         loop = asyncio.get_running_loop()
         end = loop.time() + self.submit_deadline_s
         backoff = Backoff(initial_s=0.05, cap_s=2.0)
         while True:
             try:
-                result = await node.client.submitblock(block_hex)
+                try:
+                    result = await node.client.submitblock(block_hex)
+                except RpcError as e:
+                    if e.code != RPC_IN_WARMUP:
+                        raise
+                    # A restarting bitcoind answers everything with "warming up": transient.
+                    raise NodeUnavailable(f"node {node.name}: warming up ({e.message})") from None
             except RpcError as e:
                 self._count_submit(node, "rejected")
                 log.error("submitblock to %s: RPC error %d %s", node.name, e.code, e.message)
@@ -628,16 +665,18 @@ class NodeSet:
                     return f"error: {e}"
                 log.warning("submitblock to %s failed (%s); retrying in %.2f s",
                             node.name, e, delay)
-                try:
-                    await asyncio.wait_for(accepted.wait(), delay)
-                except TimeoutError:
-                    pass
-                # Another node accepted meanwhile: one last attempt, then give up.
+                # Retry early when another node accepted (one last attempt, then give up) or
+                # when this node answers anything again: a block found while it was away must
+                # reach it before its miners' next blocks do.
+                await _first_of((accepted, node.answered), delay)
                 continue
             if result is None:
                 accepted.set()
                 self._count_submit(node, "accepted")
                 log.info("submitblock to %s: accepted", node.name)
+                # Our block is that node's tip now: fresh work on it without waiting for ZMQ
+                # (which may still be reconnecting after the node's restart) or the poller.
+                self._on_tip(node, hash_hex)
             else:
                 # BIP22: "duplicate" = the node has it already; "inconclusive" = valid but not on
                 # its best chain (a competing block won the height). Neither is a refusal.
@@ -662,6 +701,18 @@ class NodeSet:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("node task %s died", task.get_name(), exc_info=task.exception())
+
+
+async def _first_of(events: Sequence[asyncio.Event], timeout_s: float) -> None:
+    """Return when any of `events` is set, or after `timeout_s`."""
+    if any(e.is_set() for e in events):
+        return
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 def _consume_exception(task: asyncio.Task[Any]) -> None:

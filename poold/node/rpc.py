@@ -22,7 +22,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -175,6 +175,9 @@ class RpcClient:
         self._metrics = metrics
         self._session: aiohttp.ClientSession | None = None
         self._ids = itertools.count(1)
+        # Called whenever the node answered at all (any HTTP reply, a JSON-RPC error included):
+        # the node set uses it as a sign of life to re-check a node it holds down at once.
+        self.on_answer: Callable[[], None] | None = None
 
     @property
     def _uses_cookie(self) -> bool:
@@ -248,6 +251,8 @@ class RpcClient:
                 self._metrics.rpc_latency.labels(node=self.name, method=method).observe(
                     time.perf_counter() - started
                 )
+        if self.on_answer is not None:
+            self.on_answer()
         if status in (401, 403):
             raise NodeAuthError(
                 f"node {self.name}: {method}: authentication failed (HTTP {status})"

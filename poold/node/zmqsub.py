@@ -41,10 +41,12 @@ class HashblockListener:
         on_hint: HintCallback,
         *,
         on_disconnect: Callable[[], None] | None = None,
+        on_connect: Callable[[], None] | None = None,
         context: zmq.asyncio.Context | None = None,
     ) -> None:
         self.node = node
         self._on_disconnect = on_disconnect
+        self._on_connect = on_connect
         self.url = url
         self._on_hint = on_hint
         self._context = context
@@ -85,7 +87,9 @@ class HashblockListener:
             sock = ctx.socket(zmq.SUB)
             # Fast reconnects after a node restart; heartbeats detect a silently dead peer.
             sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+            # A restarted node is seen again within half a second (its return is a sign of life
+            # the node set acts on at once); a reconnect attempt costs one refused connect.
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
             sock.setsockopt(zmq.HEARTBEAT_IVL, 5000)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15000)
             sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
@@ -177,6 +181,8 @@ class HashblockListener:
                 self.connected = True
                 self.last_activity = time.monotonic()
                 log.info("zmq %s: subscribed to hashblock at %s", self.node, self.url)
+                if self._on_connect is not None:
+                    self._on_connect()
             elif kind == zmq.EVENT_DISCONNECTED:
                 self.connected = False
                 log.warning("zmq %s: disconnected from %s; polling until it is back",
