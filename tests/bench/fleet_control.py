@@ -199,7 +199,7 @@ async def scenario(racks: int, per_rack: int, seed: int) -> dict[str, float]:
             samples += 1
     # Controller CPU per cycle, without the GC pauses that fell inside it (reported apart:
     # they are process-wide and mostly the simulation's objects).
-    spans = ctl.cycle_spans[n_cycles_before:]
+    spans = list(ctl.cycle_spans)[n_cycles_before:]
     cycles = []
     for c0, c1 in spans:
         inside = sum(min(c1, g1) - max(c0, g0) for g0, g1 in gc_spans if g0 < c1 and g1 > c0)
