@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import os
 import secrets
 import signal
@@ -27,7 +26,8 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -44,8 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--miners", type=int, default=3, help="CPU miners to run (default 3)")
     parser.add_argument(
         "--blocks", type=int, default=0,
-        help="stop after this many blocks (with --fleet: and once the rack cut is met; "
-        "default: run until ^C)",
+        help="stop once at least this many found blocks are on the devnet's chain (with --fleet "
+        "not before the rack cut is met, so usually more; the last line says how many); "
+        "default: run until ^C. If the pool or the devnet dies, the demo stops at once with "
+        "exit code 1",
     )
     parser.add_argument(
         "--duration", type=float, default=0.0, help="stop after this many seconds (default: none)"
@@ -182,10 +184,70 @@ listen = "{api_host}:{api_port}"
     return cfg
 
 
-async def wait_listening(host: str, port: int, proc: asyncio.subprocess.Process) -> None:
+class PoolProcess:
+    """The demo's `poold run` child. Without `--pool-log` its output is echoed to the terminal
+    (it logs at ERROR) and the last lines are kept; with it, they are read back from that file.
+    Either way the demo can say why the pool died."""
+
+    TAIL = 15
+
+    def __init__(self, proc: asyncio.subprocess.Process, log_path: Path | None) -> None:
+        self.proc = proc
+        self.log_path = log_path
+        self.lines: deque[str] = deque(maxlen=self.TAIL)
+        self._reader: asyncio.Task[None] | None = None
+        if proc.stdout is not None:
+            self._reader = asyncio.create_task(self._echo(proc.stdout), name="pool-output")
+
+    async def _echo(self, stream: asyncio.StreamReader) -> None:
+        while line := await stream.readline():
+            text = line.decode(errors="replace").rstrip()
+            self.lines.append(text)
+            print(f"  pool| {text}", file=sys.stderr, flush=True)
+
+    def failure(self) -> str | None:
+        if self.proc.returncode is None:
+            return None
+        return (f"the pool (`poold run`, pid {self.proc.pid}) exited with code "
+                f"{self.proc.returncode}")
+
+    async def last_lines(self) -> list[str]:
+        if self._reader is not None:  # the rest of the dead child's output
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._reader), 1.0)
+            return list(self.lines)
+        if self.log_path is None:
+            return []
+        return await asyncio.to_thread(_tail, self.log_path, self.TAIL)
+
+    async def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL after `grace_s` (short when the demo already failed)."""
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), grace_s)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._reader is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._reader), 1.0)
+            self._reader.cancel()
+
+
+def _tail(path: Path, n: int) -> list[str]:
+    with path.open("rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 16384))
+        return [ln.decode(errors="replace") for ln in f.read().splitlines()[-n:]]
+
+
+async def wait_listening(host: str, port: int, pool: PoolProcess, devnet: Any) -> str | None:
+    """None once the pool accepts connections on host:port; else why it never will."""
     for _ in range(300):
-        if proc.returncode is not None:
-            raise RuntimeError(f"poold run exited with code {proc.returncode}")
+        failure = pool.failure() or devnet.failure
+        if failure:
+            return str(failure)
         try:
             _, writer = await asyncio.open_connection(host, port)
         except OSError:
@@ -194,8 +256,8 @@ async def wait_listening(host: str, port: int, proc: asyncio.subprocess.Process)
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
-        return
-    raise TimeoutError(f"poold did not listen on {host}:{port} within 30 s")
+        return None
+    return f"poold did not listen on {host}:{port} within 30 s"
 
 
 def _bip34_height(script_sig: bytes) -> int:
@@ -235,13 +297,18 @@ async def _verify_block(
     return True
 
 
+@dataclass
+class Outcome:
+    """How the demo ended: the exit code and the final line, printed after everything stopped."""
+
+    code: int
+    line: str
+    pool_died: bool = False
+
+
 async def demo(args: argparse.Namespace) -> int:
-    try:
-        importlib.import_module("poold.daemon")
-        devnet_mod = importlib.import_module("poold.devnet")
-    except ImportError:
-        print("poold demo: coming with the Stratum server (poold.daemon is not there yet)")
-        return 0
+    from poold.devnet import Devnet
+
     narrator = Narrator()
     say = narrator.say
     stop = asyncio.Event()
@@ -250,8 +317,9 @@ async def demo(args: argparse.Namespace) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
 
+    outcome = Outcome(1, "FAILED: the demo did not start")
     with tempfile.TemporaryDirectory(prefix="poold-demo-") as tmp:
-        async with devnet_mod.Devnet() as dn:
+        async with Devnet() as dn:
             await dn.generate(1)
             say(f"devnet up: regtest at height {dn.height}, RPC {dn.rpc_url}, ZMQ {dn.zmq_url}")
             port = _free_port()
@@ -275,35 +343,44 @@ async def demo(args: argparse.Namespace) -> int:
             say(f"admin API: {api_url} (Prometheus: {api_url}/metrics)")
             pool_log = _open_log(args.pool_log) if args.pool_log is not None else None
             try:
+                # -P and cwd: a `poold/` folder in the directory the demo was started from
+                # must not shadow the installed package in the child.
                 proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "poold", "--log-level",
+                    sys.executable, "-P", "-m", "poold", "--log-level",
                     "ERROR" if pool_log is None else "INFO", "run", "-c", str(cfg), env=env,
-                    stdout=pool_log, stderr=asyncio.subprocess.STDOUT if pool_log else None,
+                    cwd=tmp, stdout=pool_log or asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
                 )  # fmt: skip
             finally:
                 if pool_log is not None:  # the child has its own copy of the descriptor
                     pool_log.close()
+            pool = PoolProcess(proc, args.pool_log)
             try:
-                await wait_listening("127.0.0.1", port, proc)
-                say(f"pool up: `poold run` (pid {proc.pid}) on stratum+tcp://127.0.0.1:{port}")
-                say(
-                    f"regtest's network difficulty is about 4.7e-10, so nearly every share at "
-                    f"difficulty {args.difficulty:g} is also a block"
-                )
-                extras = {"api_url": api_url, "api_token": token, "fleet": fleet,
-                          "fleet_cut_at_s": args.fleet_cut_at, "fleet_difficulty": 3e-6}
-                return await _mine(args, dn, port, cfg, narrator, stop, extras)
+                failure = await wait_listening("127.0.0.1", port, pool, dn)
+                if failure is not None:
+                    outcome = Outcome(1, f"FAILED: {failure}", pool.failure() is not None)
+                else:
+                    say(f"pool up: `poold run` (pid {proc.pid}) on "
+                        f"stratum+tcp://127.0.0.1:{port}")
+                    say(f"regtest's network difficulty is about 4.7e-10, so nearly every share "
+                        f"at difficulty {args.difficulty:g} is also a block")
+                    extras = {"api_url": api_url, "api_token": token, "fleet": fleet,
+                              "fleet_cut_at_s": args.fleet_cut_at, "fleet_difficulty": 3e-6}
+                    outcome = await _mine(args, dn, port, cfg, narrator, stop, extras,
+                                          watch=lambda: pool.failure() or dn.failure)
+                    outcome.pool_died = pool.failure() is not None
             finally:
-                if proc.returncode is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        await asyncio.wait_for(proc.wait(), 15)
-                    except TimeoutError:
-                        proc.kill()
-                        await proc.wait()
-                say("pool stopped")
+                if outcome.pool_died:
+                    lines = await pool.last_lines()
+                    say("the pool's last output lines:" if lines else
+                        "the pool wrote nothing (see --pool-log)")
+                    for text in lines:
+                        print(f"  | {text}", flush=True)
+                await pool.stop(15.0 if outcome.code == 0 else 1.0)
                 if fleet is not None:  # after the pool: its controller left the safe caps
                     await fleet.close()
+    say(outcome.line)
+    return outcome.code
 
 
 async def _mine(
@@ -314,7 +391,10 @@ async def _mine(
     narrator: Narrator,
     stop: asyncio.Event,
     extras: dict[str, Any] | None = None,
-) -> int:
+    watch: Callable[[], str | None] = lambda: None,
+) -> Outcome:
+    """Run the miners until `--blocks`/`--duration`/^C, or until `watch()` names a failure
+    (the pool or the devnet died: checked every 0.2 s, so the demo stops within 2 s)."""
     say = narrator.say
     payouts: dict[bytes, str] = {}
     miners: list[StratumMiner] = []
@@ -354,54 +434,69 @@ async def _mine(
     ctx = DemoContext(dn, "127.0.0.1", port, cfg, stop, say, miners, **(extras or {}))
     tasks = [asyncio.create_task(m.run(), name=m.name) for m in miners]
     if args.fleet:
-        tasks.append(asyncio.create_task(_fleet(ctx)))
+        tasks.append(asyncio.create_task(_fleet(ctx), name="fleet"))
     started = time.monotonic()
     waiting_for_fleet = False
+    outcome: Outcome | None = None
     try:
-        while not stop.is_set():
-            if args.blocks and sum(verified) >= args.blocks:
+        while outcome is None:
+            blocks = sum(verified)
+            failure = watch()
+            if failure:
+                outcome = Outcome(1, f"FAILED: {failure}; {blocks} block(s) found before")
+            elif stop.is_set():
+                outcome = Outcome(0 if not args.blocks or blocks >= args.blocks else 1,
+                                  f"stopped: {blocks} block(s) found and accepted")
+            elif args.blocks and blocks >= args.blocks:
                 if not args.fleet or ctx.fleet_done.is_set():
-                    say(f"{args.blocks} block(s) found and accepted: done")
-                    break
-                if not waiting_for_fleet:
+                    extra = "; the fleet's rack cut was met" if args.fleet else ""
+                    outcome = Outcome(0, f"done: {blocks} block(s) found and accepted "
+                                         f"(--blocks {args.blocks}{extra})")
+                elif not waiting_for_fleet:
                     waiting_for_fleet = True
-                    say(f"{args.blocks} block(s) found and accepted; going on until the fleet's "
+                    say(f"{blocks} block(s) found and accepted; going on until the fleet's "
                         f"rack caps are cut (at {ctx.fleet_cut_at_s:g} s) and met")
-            if args.duration and time.monotonic() - started >= args.duration:
-                say(f"{args.duration:g} s elapsed: done")
-                break
-            if any(t.done() and t.exception() is not None for t in tasks):
+            elif args.duration and time.monotonic() - started >= args.duration:
+                outcome = Outcome(0 if not args.blocks else 1,
+                                  f"{'done' if not args.blocks else 'FAILED'}: "
+                                  f"{args.duration:g} s elapsed, {blocks} block(s) found and "
+                                  f"accepted" + (f" of --blocks {args.blocks}"
+                                                 if args.blocks else ""))
+            else:
                 for t in tasks:
-                    if t.done() and t.exception() is not None:
+                    if t.done() and not t.cancelled() and t.exception() is not None:
                         say(f"{t.get_name()} failed: {t.exception()!r}")
-                return 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.2)
+                        outcome = Outcome(1, f"FAILED: {t.get_name()} failed")
+                        break
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 0.2)
     finally:
         stop.set()
         for m in miners:
             m.stop()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        failed = outcome is None or outcome.code != 0
+        if failed:  # a dead pool or devnet will not answer: do not wait long for them
+            for task in [*tasks[len(miners):], *pending]:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=1.0)
+            for task in tasks:
+                task.cancel()
+        await asyncio.gather(*tasks, *pending, return_exceptions=True)
     acc = sum(m.accepted for m in miners)
     rej = sum(m.rejected for m in miners)
     rate = sum(m.stats.hashes for m in miners) / max(time.monotonic() - started, 1e-9)
+    tip = "?" if dn.failure else dn.height
     say(
         f"summary: {acc} shares accepted, {rej} rejected, {sum(verified)} blocks on the devnet "
-        f"(tip height {dn.height}); the CPU miners hashed {rate / 1e3:.0f} kH/s in total"
+        f"(tip height {tip}); the CPU miners hashed {rate / 1e3:.0f} kH/s in total"
     )
-    return 0 if not args.blocks or sum(verified) >= args.blocks else 1
+    return outcome
 
 
 async def _fleet(ctx: DemoContext) -> None:
-    try:
-        mod = importlib.import_module("poold.sim.fleet_demo")
-    except ImportError:
-        ctx.say("fleet: poold.sim.fleet_demo is not there yet; running CPU miners only")
-        ctx.fleet_done.set()
-        return
-    attach: Callable[[DemoContext], Awaitable[None]] = mod.attach
+    from poold.sim.fleet_demo import attach
+
     await attach(ctx)
 
 

@@ -65,6 +65,11 @@ class KernelProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
 
+    @property
+    def failure(self) -> str | None:
+        """Why the child can no longer answer (it exited or answered garbage), else None."""
+        return self._dead
+
     async def start(self, netdir: Path) -> None:
         """Start the child and open the chainstate in `netdir` (KernelError if it cannot)."""
         if self._proc is not None:
@@ -72,7 +77,8 @@ class KernelProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH")) if p)
         self._proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "poold.devnet.kernel_process",
+            # -P: a `poold/` folder in the current directory must not shadow the package
+            sys.executable, "-P", "-m", "poold.devnet.kernel_process",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
         )  # fmt: skip
         self._reader = asyncio.create_task(self._read_answers(), name="devnet-kernel-reader")

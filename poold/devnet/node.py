@@ -194,6 +194,11 @@ class Devnet:
         return self._kernel.pid if self._kernel is not None else None
 
     @property
+    def failure(self) -> str | None:
+        """Why the devnet's kernel process can no longer answer (None while it can)."""
+        return self._kernel.failure if self._kernel is not None else None
+
+    @property
     def view(self) -> ChainView:
         if self.chain is None:
             raise RuntimeError("devnet is not running")

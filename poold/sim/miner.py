@@ -401,6 +401,9 @@ class StratumMiner:
             for fut in self._waiters.values():
                 if not fut.done():
                     fut.set_exception(ConnectionResetError("connection closed"))
+                    # marked as retrieved: a reply nobody awaits any more (the handshake gave
+                    # up at its first lost reply) is no error for asyncio to log at exit
+                    fut.exception()
             self._waiters.clear()
             self._submits.clear()
 
