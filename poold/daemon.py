@@ -508,7 +508,9 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
     notifier = Notifier()
     metrics = Metrics()
     metrics.native_core.info({"core": sharecore.CORE})
-    ledger = Ledger(LedgerConfig.from_config(cfg), metrics=metrics)
+    # Each worker process writes its own share chain (poold.ledger.chain).
+    ledger = Ledger(dataclasses.replace(LedgerConfig.from_config(cfg), writer=worker or 0),
+                    metrics=metrics)
     nodes = NodeSet.from_config(cfg, metrics)
     fleet: FleetRuntime | None = None
     share_sink: ShareSink = ledger

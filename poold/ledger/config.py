@@ -26,6 +26,9 @@ class LedgerConfig:
     url: str = field(default="", repr=False)  # may carry a password
     state_dir: str = "/var/lib/poold"
     instance_id: int = 1
+    # The worker process index of `--processes` (0 if one): each writer has its own share
+    # chain, `shares:<instance_id>:<writer>` (poold.ledger.chain).
+    writer: int = 0
     payout: str = "solo"
     network: str = "main"  # poold.bitcoin.address.Network value, for addresses in the audit
     # Share batches are committed at least this often: a kill -9 loses at most this window.
@@ -50,7 +53,8 @@ class LedgerConfig:
     # payout = split: bytes of payout outputs (fee output included) one coinbase may carry.
     # ASIC firmware caps the coinbase (730 bytes: DATUM's generic Antminer class, the default of
     # poold.bitcoin.coinbase); the rest of a coinbase (a scriptSig of up to 100 bytes, the
-    # witness commitment output, the fixed fields) takes up to 200: 730 - 200 = 530.
+    # witness commitment output, the fixed fields) takes up to 200: 730 - 200 = 530. The
+    # ledger's chain commitment (an OP_RETURN output of 47 bytes, docs/AUDIT.md) is part of it.
     split_max_output_bytes: int = 530
     # Shares older than this are rolled up per (worker, account, hour) and deleted; 0 keeps
     # every share. It must cover the PPLNS window and the 100 blocks until maturity: at least
@@ -107,9 +111,10 @@ class LedgerConfig:
             raise ConfigError("ledger.dust_sat", "must be >= 1", src)
         if self.max_outputs < 1:
             raise ConfigError("ledger.max_outputs", "must be >= 1", src)
-        if self.split_max_output_bytes < 2 * 43:
+        if self.split_max_output_bytes < 2 * 43 + 47:
             raise ConfigError("ledger.split_max_output_bytes",
-                              "must leave room for a payout and the fee output (>= 86)", src)
+                              "must leave room for a payout, the fee output and the chain "
+                              "commitment (>= 133)", src)
         if self.tariff_per_kwh < 0:
             raise ConfigError("ledger.tariff_per_kwh", "must be >= 0", src)
         if self.share_retention_s and self.share_retention_s < MIN_RETENTION_S:

@@ -31,8 +31,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
@@ -40,7 +42,7 @@ from poold.bitcoin.address import Network, script_to_address
 from poold.bitcoin.encoding import ByteReader
 from poold.bitcoin.target import bits_to_target, target_to_difficulty
 from poold.bitcoin.tx import Tx
-from poold.ledger import audit, journal, payouts
+from poold.ledger import audit, chain, journal, payouts
 from poold.ledger.config import LedgerConfig
 from poold.ledger.energy import EnergyMeter, EnergyReport, PowerSample, report
 from poold.ledger.planner import PayoutPlanner, payout_key
@@ -120,7 +122,18 @@ class Ledger:
         self._journal = journal.Journal(config.journal_path, clock)
         self._submit_lock = asyncio.Lock()
         self._critical: set[asyncio.Future[None]] = set()
-        self._planner = PayoutPlanner(config, self.store, clock)
+        # The split coinbase's chain commitment comes out of the payout outputs' byte budget.
+        self._planner = PayoutPlanner(dataclasses.replace(
+            config, split_max_output_bytes=config.split_max_output_bytes
+            - chain.COMMITMENT_OUTPUT_BYTES), self.store, clock)
+        self.chain = chain.share_chain(config.instance_id, config.writer)
+        self._head: chain.Link | None = None  # the last link of this writer's share chain
+        self._head_known = False
+        self._unsure: tuple[chain.Link, int] | None = None  # a link whose commit failed
+        # Heads committed by recent split coinbases, and the windows of recent split plans.
+        self._recent_heads: OrderedDict[bytes, chain.Link] = OrderedDict()
+        self._plan_windows: OrderedDict[tuple[tuple[bytes, int], ...], dict[str, Any]] = (
+            OrderedDict())
         self._lost_since_log = 0
         self._last_lost_log = 0.0
         self.lost_shares = 0
@@ -332,6 +345,14 @@ class Ledger:
         # still gets back to its other duties (lag gauge, split refresh) between rounds.
         left = len(self._buffer)
         while self._buffer and left > 0:
+            if not self._head_known:
+                try:
+                    left -= await self._reload_head()
+                except (StoreUnavailable, TimeoutError) as exc:
+                    log.debug("ledger: chain head not readable: %s", exc)
+                    self._healthy = False
+                    return False
+                continue
             if len(self._buffer) <= self.config.batch_max_shares:
                 batch, self._buffer = self._buffer, []
             else:
@@ -340,15 +361,21 @@ class Ledger:
             started = time.perf_counter()
             self._inflight_oldest = batch[0].time
             try:
-                await self.store.insert_shares(batch)
+                # Hashed here, once per batch (poold.ledger.chain), never on the share path.
+                link = chain.share_link(self.chain, self._head, batch, self._clock())
+                self._unsure = (link, len(batch))
+                await self.store.insert_shares(batch, link)
+                self._head, self._unsure = link, None
             except asyncio.CancelledError:
                 # Cancelled mid-write (stop() past its grace period): not known to be committed,
-                # so keep it; a retry may at worst store it twice, never lose it.
+                # so keep it; the retry re-reads the chain head and drops it if it did commit.
                 self._inflight_oldest = None
+                self._head_known = False
                 self._requeue(batch)
                 raise
             except (StoreUnavailable, TimeoutError) as exc:
                 self._inflight_oldest = None
+                self._head_known = False
                 self._requeue(batch)
                 if self._healthy:
                     log.error("ledger: share batch of %d not committed (%s); buffering "
@@ -363,6 +390,24 @@ class Ledger:
             self.metrics.ledger_committed_shares.inc(len(batch))
         self._healthy = True
         return True
+
+    async def _reload_head(self) -> int:
+        """Read this writer's chain head (at start, and after a failed or cancelled commit).
+        If the failed batch's link is the stored head, that batch did commit: its shares,
+        requeued at the front of the buffer, are dropped rather than stored twice. Returns
+        how many were dropped."""
+        self._head = await self.store.chain_head(self.chain)
+        self._head_known = True
+        unsure, self._unsure = self._unsure, None
+        if unsure is None or self._head is None or self._head.hash != unsure[0].hash:
+            return 0
+        n = min(unsure[1], len(self._buffer))
+        del self._buffer[:n]
+        log.warning("ledger: a share batch of %d reported failed had committed; not storing "
+                    "it twice", n)
+        self.committed_shares += n
+        self.metrics.ledger_committed_shares.inc(n)
+        return n
 
     def _requeue(self, batch: list[AcceptedShare]) -> None:
         self._buffer[:0] = batch
@@ -416,6 +461,7 @@ class Ledger:
         block, note = self._with_block_coinbase(block)
         outputs = self._output_rows(block)
         deltas = self._planner.take_plan(block.coinbase_outputs)
+        commitment = self._commitment(block)
         credits = [Credit(block.hash_hex, a, d, "split", block.time) for a, d in deltas]
         event = BlockEvent(block.hash_hex, now, "recorded",
                            f"height {block.height} found by {block.worker} on instance "
@@ -425,7 +471,8 @@ class Ledger:
         if self._store_open and self._healthy:
             try:
                 new = await asyncio.wait_for(
-                    self.store.insert_block(block, netdiff, outputs, event, credits),
+                    self.store.insert_block(block, netdiff, outputs, event, credits,
+                                            commitment),
                     self.config.block_write_timeout_s)
                 if new:
                     self._planner.apply_split_deltas(deltas)
@@ -439,6 +486,31 @@ class Ledger:
         self._planner.apply_split_deltas(deltas)
         log.critical("block %s at height %d written to the journal %s (store unavailable)",
                      block.hash_hex, block.height, self.config.journal_path)
+
+    def _commitment(self, block: FoundBlock) -> tuple[str | None, str, str | None]:
+        """What a found block commits to (schema v5, docs/AUDIT.md): the chain head (split:
+        the one in its coinbase; else this writer's head as of its last flush), the payout
+        settings in force, and for split the window its coinbase was planned from."""
+        c = self.config
+        head: str | None = self._head.head if self._head is not None else None
+        window = None
+        if c.payout == "split":
+            committed = chain.committed_head(block.coinbase_outputs)
+            link = self._recent_heads.get(committed) if committed is not None else None
+            if committed == chain.GENESIS:
+                head = f"{self.chain}:0:{chain.GENESIS.hex()}"
+            elif committed is None or link is None:
+                head = None if committed is None else f"{self.chain}:?:{committed.hex()}"
+            else:
+                head = link.head
+            plan = self._plan_windows.pop(payout_key(block.coinbase_outputs), None)
+            window = None if plan is None else json.dumps(plan, sort_keys=True)
+        settings = {"payout": c.payout, "pplns_window_factor": c.pplns_window_factor,
+                    "fee_ppm": payouts.fee_ppm(c.fee_percent), "dust_sat": c.dust_sat,
+                    "max_outputs": c.max_outputs,
+                    "split_max_output_bytes": c.split_max_output_bytes,
+                    "fee_address": c.fee_address or None}
+        return head, json.dumps(settings, sort_keys=True), window
 
     def _output_rows(self, block: FoundBlock) -> list[BlockOutput]:
         """The audit rows of a block's coinbase outputs, with addresses where known."""
@@ -542,8 +614,25 @@ class Ledger:
 
     async def coinbase_outputs(self, reward: int, network_difficulty: float,
                                finder_account: str = "") -> tuple[tuple[bytes, int], ...]:
-        """The (script_pubkey, value) outputs for the next coinbase (see PayoutPlanner)."""
-        return await self._planner.coinbase_outputs(reward, network_difficulty, finder_account)
+        """The (script_pubkey, value) outputs for the next coinbase (see PayoutPlanner); in
+        split mode followed by the chain commitment (docs/AUDIT.md)."""
+        outputs = await self._planner.coinbase_outputs(reward, network_difficulty,
+                                                       finder_account)
+        return self._committed(outputs) if self.config.payout == "split" else outputs
+
+    def _committed(self, outputs: tuple[tuple[bytes, int], ...]) -> tuple[tuple[bytes, int], ...]:
+        """Split outputs plus the OP_RETURN committing this writer's chain head as of its last
+        flush (job building is synchronous: no read here); the plan's window is kept for the
+        block's record."""
+        head = self._head.hash if self._head is not None else chain.GENESIS
+        if self._head is not None:
+            self._recent_heads[head] = self._head
+            while len(self._recent_heads) > 64:
+                self._recent_heads.popitem(last=False)
+        self._plan_windows[payout_key(outputs)] = self._planner.split_window()
+        while len(self._plan_windows) > 64:
+            self._plan_windows.popitem(last=False)
+        return (*outputs, (chain.commitment_script(head), 0))
 
     async def refresh_split(self, network_difficulty: float | None = None) -> None:
         """Re-read the window and balances `split_outputs` plans from (see PayoutPlanner)."""
@@ -551,8 +640,9 @@ class Ledger:
 
     def split_outputs(self, reward: int,
                       network_difficulty: float) -> tuple[tuple[bytes, int], ...]:
-        """Split coinbase outputs from the cached window, without I/O (see PayoutPlanner)."""
-        return self._planner.split_outputs(reward, network_difficulty)
+        """Split coinbase outputs from the cached window, without I/O (see PayoutPlanner),
+        and the chain commitment."""
+        return self._committed(self._planner.split_outputs(reward, network_difficulty))
 
     async def split_balances(self) -> dict[str, int]:
         return await self.store.balances(["split"])

@@ -18,6 +18,7 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from poold.bitcoin.address import Network, address_to_script
 from poold.ledger import payouts
@@ -72,6 +73,7 @@ class PayoutPlanner:
         self._split_balances: dict[str, int] = {}
         self._split_refreshed = 0.0
         self._split_task: asyncio.Future[None] | None = None
+        self._split_window = (0.0, 0.0)  # (end time, network difficulty) of the cached window
 
     @property
     def refresh_due(self) -> bool:
@@ -219,7 +221,9 @@ class PayoutPlanner:
         if network_difficulty is not None:
             self._split_netdiff = network_difficulty
         if self._split_netdiff > 0:
-            self._split_weights = await self.window_weights(self._split_netdiff)
+            until = self._clock()
+            self._split_weights = await self.window_weights(self._split_netdiff, until)
+            self._split_window = (until, self._split_netdiff)
         self._split_balances = await self.store.balances(["split"])
         self._split_refreshed = time.monotonic()
 
@@ -262,3 +266,11 @@ class PayoutPlanner:
         for account, delta in deltas:
             balances[account] = balances.get(account, 0) + delta
         self._split_balances = {a: v for a, v in balances.items() if v}
+
+    def split_window(self) -> dict[str, Any]:
+        """The cached window split plans are made from, as a block's record keeps it (the
+        audit export publishes it, docs/AUDIT.md): end time, the network difficulty it was
+        sized by, and the accepted difficulty per account."""
+        until, netdiff = self._split_window
+        return {"end": until, "network_difficulty": netdiff,
+                "weights": dict(sorted(self._split_weights.items()))}

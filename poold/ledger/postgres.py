@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from poold.ledger import schema
+from poold.ledger import chain, schema
 from poold.ledger.records import (
     AcceptedShare,
     BlockEvent,
@@ -34,6 +34,8 @@ from poold.ledger.records import (
 )
 from poold.ledger.store import (
     SHARE_ROW,
+    ChainConflict,
+    Commitment,
     StoreUnavailable,
     assemble_blocks,
     bucket_rows,
@@ -45,7 +47,9 @@ T = TypeVar("T")
 # Arbitrary constant key of the advisory lock that serializes migrations across instances.
 _MIGRATION_LOCK = 0x706F6F6C64  # "poold"
 _PRUNE_LOCK = _MIGRATION_LOCK + 1
+_CREDITS_CHAIN_LOCK = _MIGRATION_LOCK + 2  # one credits link at a time (its head read first)
 _SHARE_COLUMNS = ("instance_id", "worker", "account", "difficulty", "job_id", "height", "time")
+_LINKED_COLUMNS = (*_SHARE_COLUMNS, "link")
 # schema.UPSERT_BUCKET for a whole batch in one statement: one Bind/Execute instead of one per
 # (account, bucket), the same rows in the same (sorted) lock order.
 _UPSERT_BUCKETS = (
@@ -136,14 +140,57 @@ class PostgresStore:
 
     # -- shares
 
-    async def insert_shares(self, shares: Sequence[AcceptedShare]) -> None:
+    async def insert_shares(self, shares: Sequence[AcceptedShare],
+                            link: chain.Link | None = None) -> None:
         records = list(map(SHARE_ROW, shares))
         rows = bucket_rows(shares)
         buckets = [[r[i] for r in rows] for i in range(4)]  # one array per column
 
         async def body(conn: Any) -> None:
-            await conn.copy_records_to_table("shares", records=records, columns=_SHARE_COLUMNS)
+            if link is None:
+                await conn.copy_records_to_table("shares", records=records,
+                                                 columns=_SHARE_COLUMNS)
+            else:
+                link_id = await self._link(conn, link)
+                if link_id is None:
+                    return  # this very batch was committed before (a retry)
+                tail = (link_id,)
+                await conn.copy_records_to_table(
+                    "shares", records=[r + tail for r in records], columns=_LINKED_COLUMNS)
             await conn.execute(_UPSERT_BUCKETS, *buckets)
+
+        await self._tx(body)
+
+    @staticmethod
+    async def _link(conn: Any, link: chain.Link) -> int | None:
+        """Insert a chain link; its id, or None if this very link is stored already."""
+        link_id = await conn.fetchval(
+            _q(schema.INSERT_LINK) + " RETURNING id", link.chain, link.seq, link.n,
+            link.prev_hash, link.hash, link.time, link.t_first, link.t_last)
+        if link_id is not None:
+            return int(link_id)
+        stored = await conn.fetchval(_q(schema.LINK_HASH), link.chain, link.seq)
+        if stored is not None and bytes(stored) == link.hash:
+            return None
+        raise ChainConflict(f"chain {link.chain} link {link.seq} is taken by another writer")
+
+    async def chain_head(self, name: str) -> chain.Link | None:
+        async def q(conn: Any) -> chain.Link | None:
+            r = await conn.fetchrow(_q(schema.CHAIN_HEAD), name)
+            return None if r is None else chain.Link(
+                name, int(r[0]), int(r[1]), bytes(r[2]), bytes(r[3]), float(r[4]), r[5], r[6])
+
+        return await self._with(q)
+
+    async def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        async def q(conn: Any) -> list[tuple[Any, ...]]:
+            return [tuple(r) for r in await conn.fetch(_q(sql), *params)]
+
+        return await self._with(q)
+
+    async def refresh_confirmations(self, tip_height: int) -> None:
+        async def body(conn: Any) -> None:
+            await conn.execute(_q(schema.MATURED_CONFIRMATIONS), tip_height, tip_height)
 
         await self._tx(body)
 
@@ -214,7 +261,8 @@ class PostgresStore:
 
     async def insert_block(self, block: FoundBlock, network_difficulty: float,
                            outputs: Sequence[BlockOutput], event: BlockEvent,
-                           credits: Sequence[Credit] = ()) -> bool:
+                           credits: Sequence[Credit] = (),
+                           commitment: Commitment | None = None) -> bool:
         async def body(conn: Any) -> bool:
             status = await conn.execute(
                 _q(schema.INSERT_BLOCK), block.hash_hex, block.height, block.prevhash_hex,
@@ -227,6 +275,8 @@ class PostgresStore:
                 (block.hash_hex, o.n, o.script_hex, o.address, o.value) for o in outputs])
             await self._events(conn, [event])
             await self._credits(conn, credits)
+            if commitment is not None:
+                await conn.execute(_q(schema.SET_COMMITMENT), *commitment, block.hash_hex)
             return True
 
         return await self._tx(body)
@@ -268,9 +318,25 @@ class PostgresStore:
 
     @staticmethod
     async def _credits(conn: Any, credits: Sequence[Credit]) -> None:
-        if credits:
-            await conn.executemany(_q(schema.INSERT_CREDIT), [
-                (c.block_hash_hex, c.account, c.amount, c.kind, c.time) for c in credits])
+        """Credits not stored yet, as one link of the credits chain (in the caller's
+        transaction, under a lock: the head read here is the head this link follows)."""
+        if not credits:
+            return
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _CREDITS_CHAIN_LOCK)
+        rows = []
+        for c in credits:
+            if await conn.fetchval(_q(schema.CREDIT_EXISTS), c.block_hash_hex, c.account,
+                                   c.kind) is None:
+                rows.append((c.block_hash_hex, c.account, c.amount, c.kind, c.time))
+        if not rows:
+            return
+        r = await conn.fetchrow(_q(schema.CHAIN_HEAD), chain.CREDITS_CHAIN)
+        prev = None if r is None else chain.Link(chain.CREDITS_CHAIN, int(r[0]), 0, b"",
+                                                 bytes(r[3]), 0.0)
+        link = chain.next_link(chain.CREDITS_CHAIN, prev, chain.encode_credit_rows(rows),
+                               len(rows), max(x[4] for x in rows))
+        link_id = await PostgresStore._link(conn, link)
+        await conn.executemany(_q(schema.INSERT_CREDIT_LINKED), [(*x, link_id) for x in rows])
 
     async def add_events(self, events: Sequence[BlockEvent]) -> None:
         await self._tx(lambda conn: self._events(conn, events))

@@ -17,12 +17,13 @@ Dialect = Literal["sqlite", "postgres"]
 _TYPES: dict[Dialect, dict[str, str]] = {
     # A plain rowid key (no AUTOINCREMENT bookkeeping): ids still grow since rows are never
     # deleted, and share inserts are the hot path.
-    "sqlite": {"id": "INTEGER PRIMARY KEY", "float": "REAL", "big": "INTEGER",
+    "sqlite": {"id": "INTEGER PRIMARY KEY", "float": "REAL", "big": "INTEGER", "bytes": "BLOB",
                "hour": "(CAST(time / 3600 AS INTEGER) * 3600)",
                "bucket": "(CAST(time / 10 AS INTEGER) * 10)",
                # A rowid table has no separate key index to drop.
                "drop_shares_pk": "SELECT 1"},
     "postgres": {"id": "BIGSERIAL PRIMARY KEY", "float": "DOUBLE PRECISION", "big": "BIGINT",
+                 "bytes": "BYTEA",
                  "hour": "(floor(time / 3600) * 3600)",
                  "bucket": "(floor(time / 10) * 10)",
                  "drop_shares_pk": "ALTER TABLE shares DROP CONSTRAINT IF EXISTS shares_pkey"},
@@ -141,6 +142,33 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # (tests/bench/ledger.py). SQLite's key is the rowid itself: nothing to drop.
         "{drop_shares_pk}",
     ),
+    (
+        # v5: the tamper-evident hash chain (poold.ledger.chain, docs/AUDIT.md). A link is one
+        # committed batch of one writer's shares (chain "shares:<instance>:<writer>") or one
+        # set of credits ("credits"); it carries the hash of the previous link of its chain and
+        # of its own rows. Shares and credits name their link; rows from before v5 have none.
+        # t_first/t_last bound a share link's share times: its rows are found through the
+        # (time, id) index, so share inserts pay for no further index.
+        """CREATE TABLE chain_links (
+            id {id},
+            chain TEXT NOT NULL,
+            seq {big} NOT NULL,
+            n {big} NOT NULL,
+            prev_hash {bytes} NOT NULL,
+            hash {bytes} NOT NULL,
+            time {float} NOT NULL,
+            t_first {float},
+            t_last {float},
+            UNIQUE (chain, seq))""",
+        "ALTER TABLE shares ADD COLUMN link {big}",
+        "ALTER TABLE credits ADD COLUMN link {big}",
+        # What a found block commits to, and what its payout was computed from: the chain head
+        # ("<chain>:<seq>:<hash hex>") as of the finder's last flush, the payout settings in
+        # force and (split) the PPLNS window the coinbase was planned from, as JSON.
+        "ALTER TABLE blocks ADD COLUMN chain_head TEXT",
+        "ALTER TABLE blocks ADD COLUMN settings TEXT",
+        "ALTER TABLE blocks ADD COLUMN payout_window TEXT",
+    ),
 )
 
 BUCKET_S = 10.0  # must match the {bucket} expression above
@@ -241,3 +269,22 @@ CREDITS_FOR = "SELECT account, amount FROM credits WHERE block_hash_hex = ? AND 
 PAID = "SELECT account, SUM(amount) FROM payments GROUP BY account"
 ENERGY_BETWEEN = ("SELECT worker, rack, t_start, t_end, joules FROM energy"
                   " WHERE t_start >= ? AND t_start < ? ORDER BY t_start, id")
+
+# -- The hash chain (v5; poold.ledger.chain, docs/AUDIT.md).
+
+INSERT_LINK = ("INSERT INTO chain_links (chain, seq, n, prev_hash, hash, time, t_first, t_last)"
+               " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (chain, seq) DO NOTHING")
+LINK_HASH = "SELECT hash FROM chain_links WHERE chain = ? AND seq = ?"
+CHAIN_HEAD = ("SELECT seq, n, prev_hash, hash, time, t_first, t_last FROM chain_links"
+              " WHERE chain = ? ORDER BY seq DESC LIMIT 1")
+INSERT_SHARE_LINKED = ("INSERT INTO shares (instance_id, worker, account, difficulty, job_id,"
+                       " height, time, link) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+CREDIT_EXISTS = ("SELECT 1 FROM credits WHERE block_hash_hex = ? AND account = ? AND kind = ?")
+INSERT_CREDIT_LINKED = (
+    "INSERT INTO credits (block_hash_hex, account, amount, kind, time, link)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (block_hash_hex, account, kind) DO NOTHING")
+SET_COMMITMENT = ("UPDATE blocks SET chain_head = ?, settings = ?, payout_window = ?"
+                  " WHERE hash_hex = ?")
+# Matured blocks are no longer polled one by one: their confirmations follow the tip.
+MATURED_CONFIRMATIONS = ("UPDATE blocks SET confirmations = ? - height + 1"
+                         " WHERE status = 'matured' AND confirmations < ? - height + 1")

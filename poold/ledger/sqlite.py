@@ -23,9 +23,9 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from poold.ledger import schema
+from poold.ledger import chain, schema
 from poold.ledger.records import (
     AcceptedShare,
     BlockEvent,
@@ -38,7 +38,14 @@ from poold.ledger.records import (
     ShareRow,
     SubmitResult,
 )
-from poold.ledger.store import SHARE_ROW, StoreUnavailable, assemble_blocks, bucket_rows
+from poold.ledger.store import (
+    SHARE_ROW,
+    ChainConflict,
+    Commitment,
+    StoreUnavailable,
+    assemble_blocks,
+    bucket_rows,
+)
 
 T = TypeVar("T")
 log = logging.getLogger("poold.ledger.sqlite")
@@ -49,6 +56,7 @@ def _q(sql: str) -> str:
 
 
 _INSERT_SHARE = _q(schema.INSERT_SHARE)
+_INSERT_SHARE_LINKED = _q(schema.INSERT_SHARE_LINKED)
 _UPSERT_BUCKET = _q(schema.UPSERT_BUCKET)
 
 
@@ -210,12 +218,53 @@ class SqliteStore:
 
     # -- shares
 
-    async def insert_shares(self, shares: Sequence[AcceptedShare]) -> None:
+    async def insert_shares(self, shares: Sequence[AcceptedShare],
+                            link: chain.Link | None = None) -> None:
         def body(conn: sqlite3.Connection) -> None:
-            conn.executemany(_INSERT_SHARE, map(SHARE_ROW, shares))
+            if link is None:
+                conn.executemany(_INSERT_SHARE, map(SHARE_ROW, shares))
+            else:
+                link_id = self._link(conn, link)
+                if link_id is None:
+                    return  # this very batch was committed before (a retry)
+                # The link id as a literal: one statement per batch, rows as they come.
+                conn.executemany(_INSERT_SHARE_LINKED.replace("?)", f"{int(link_id)})"),
+                                 map(SHARE_ROW, shares))
             conn.executemany(_UPSERT_BUCKET, bucket_rows(shares))
 
         await self._call(lambda conn: self._tx(conn, body))
+
+    @staticmethod
+    def _link(conn: sqlite3.Connection, link: chain.Link) -> int | None:
+        """Insert a chain link; its id, or None if this very link is stored already."""
+        cur = conn.execute(_q(schema.INSERT_LINK), (
+            link.chain, link.seq, link.n, link.prev_hash, link.hash, link.time, link.t_first,
+            link.t_last))
+        if cur.rowcount == 1:
+            return int(cur.lastrowid or 0)
+        row = conn.execute(_q(schema.LINK_HASH), (link.chain, link.seq)).fetchone()
+        if row is not None and bytes(row[0]) == link.hash:
+            return None
+        raise ChainConflict(f"chain {link.chain} link {link.seq} is taken by another writer")
+
+    async def chain_head(self, name: str) -> chain.Link | None:
+        def q(conn: sqlite3.Connection) -> chain.Link | None:
+            row = conn.execute(_q(schema.CHAIN_HEAD), (name,)).fetchone()
+            return None if row is None else chain.Link(
+                name, int(row[0]), int(row[1]), bytes(row[2]), bytes(row[3]), float(row[4]),
+                row[5], row[6])
+
+        return await self._call(q)
+
+    async def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        def q(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return [tuple(r) for r in conn.execute(_q(sql), params)]
+
+        return await self._call(q)
+
+    async def refresh_confirmations(self, tip_height: int) -> None:
+        await self._call(lambda conn: self._tx(conn, lambda c: c.execute(
+            _q(schema.MATURED_CONFIRMATIONS), (tip_height, tip_height))))
 
     async def buckets_page(self, before: float,
                            limit: int) -> list[tuple[float, str, float]]:
@@ -278,7 +327,8 @@ class SqliteStore:
 
     async def insert_block(self, block: FoundBlock, network_difficulty: float,
                            outputs: Sequence[BlockOutput], event: BlockEvent,
-                           credits: Sequence[Credit] = ()) -> bool:
+                           credits: Sequence[Credit] = (),
+                           commitment: Commitment | None = None) -> bool:
         def body(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(_q(schema.INSERT_BLOCK), (
                 block.hash_hex, block.height, block.prevhash_hex, block.worker, block.account,
@@ -290,6 +340,8 @@ class SqliteStore:
                 (block.hash_hex, o.n, o.script_hex, o.address, o.value) for o in outputs])
             self._events(conn, [event])
             self._credits(conn, credits)
+            if commitment is not None:
+                conn.execute(_q(schema.SET_COMMITMENT), (*commitment, block.hash_hex))
             return True
 
         return await self._call(lambda conn: self._tx(conn, body, durable=True))
@@ -330,8 +382,20 @@ class SqliteStore:
 
     @staticmethod
     def _credits(conn: sqlite3.Connection, credits: Sequence[Credit]) -> None:
-        conn.executemany(_q(schema.INSERT_CREDIT), [
-            (c.block_hash_hex, c.account, c.amount, c.kind, c.time) for c in credits])
+        """Credits not stored yet, as one link of the credits chain (BEGIN IMMEDIATE holds
+        the write lock: the head read here is the head this link follows)."""
+        rows = [(c.block_hash_hex, c.account, c.amount, c.kind, c.time) for c in credits
+                if conn.execute(_q(schema.CREDIT_EXISTS),
+                                (c.block_hash_hex, c.account, c.kind)).fetchone() is None]
+        if not rows:
+            return
+        row = conn.execute(_q(schema.CHAIN_HEAD), (chain.CREDITS_CHAIN,)).fetchone()
+        prev = None if row is None else chain.Link(
+            chain.CREDITS_CHAIN, int(row[0]), 0, b"", bytes(row[3]), 0.0)
+        link = chain.next_link(chain.CREDITS_CHAIN, prev, chain.encode_credit_rows(rows),
+                               len(rows), max(r[4] for r in rows))
+        link_id = SqliteStore._link(conn, link)
+        conn.executemany(_q(schema.INSERT_CREDIT_LINKED), [(*r, link_id) for r in rows])
 
     async def add_events(self, events: Sequence[BlockEvent]) -> None:
         await self._call(lambda conn: self._tx(conn, lambda c: self._events(c, events)))

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from poold.errors import ConfigError
 from poold.ledger import schema
+from poold.ledger.chain import Link
 from poold.ledger.records import (
     AcceptedShare,
     BlockEvent,
@@ -62,6 +63,16 @@ class StoreUnavailable(Exception):
     """The store could not be reached or refused a write (the caller buffers or journals)."""
 
 
+class ChainConflict(StoreUnavailable):
+    """A share link's (chain, seq) is taken by a different link: another writer shares this
+    chain name, or the head the caller hashed from is stale. The caller re-reads the head
+    (`chain_head`) and hashes the batch again."""
+
+
+# What a found block commits to (schema v5): chain head, settings JSON, payout window JSON.
+Commitment = tuple[str | None, str | None, str | None]
+
+
 class LedgerStore(Protocol):
     """Storage of shares, blocks and their audit trail, credits, payments and energy."""
 
@@ -78,14 +89,34 @@ class LedgerStore(Protocol):
 
     async def schema_version(self) -> int: ...
 
-    async def insert_shares(self, shares: Sequence[AcceptedShare]) -> None:
-        """Commit a batch of shares and their bucket sums in one transaction (all or nothing)."""
+    async def insert_shares(self, shares: Sequence[AcceptedShare],
+                            link: Link | None = None) -> None:
+        """Commit a batch of shares and their bucket sums in one transaction (all or nothing).
+
+        With `link` (poold.ledger.chain) the batch is that chain link: if the link is already
+        stored with the same hash (a retry of a batch that did commit) nothing is written;
+        if its (chain, seq) holds another hash, ChainConflict."""
+        ...
+
+    async def chain_head(self, chain: str) -> Link | None:
+        """The last link of a chain (None if it has none yet)."""
+        ...
+
+    async def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """A read-only statement in the common dialect (poold.ledger.schema.render), for the
+        audit (`poold ledger verify`, exports)."""
+        ...
+
+    async def refresh_confirmations(self, tip_height: int) -> None:
+        """Set the confirmations of matured blocks from the node's tip height."""
         ...
 
     async def insert_block(self, block: FoundBlock, network_difficulty: float,
                            outputs: Sequence[BlockOutput], event: BlockEvent,
-                           credits: Sequence[Credit] = ()) -> bool:
-        """Durably commit a found block with its outputs, first event and split credits.
+                           credits: Sequence[Credit] = (),
+                           commitment: Commitment | None = None) -> bool:
+        """Durably commit a found block with its outputs, first event, split credits and
+        (schema v5) what it commits to.
 
         Returns False (and writes nothing) if the block was already recorded.
         """

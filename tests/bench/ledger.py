@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from poold.ledger.chain import share_link
 from poold.ledger.config import LedgerConfig
 from poold.ledger.ledger import Ledger
 from poold.ledger.records import AcceptedShare
@@ -65,14 +66,18 @@ def p99(xs: Sequence[float]) -> float:
 async def store_throughput(store: LedgerStore, batch: int, seconds: float) -> tuple[float, float]:
     """Back-to-back commits of `batch` shares for `seconds` of commit time: (shares/s, p99
     commit ms). Share times increase from batch to batch as in a live pool (the (time, id)
-    index is then append-only); building the batches is not timed."""
+    index is then append-only); building the batches is not timed, hashing them into their
+    chain link (poold.ledger.chain) is."""
     lat: list[float] = []
     total = 0
     t0 = time.time()
+    head = None
     while sum(lat) < seconds:
         shares = make_shares(batch, t0 + len(lat))
         t = time.perf_counter()
-        await store.insert_shares(shares)
+        # As the flusher does: hash the batch into its chain link, then commit both.
+        head = share_link("shares:1:0", head, shares, t0)
+        await store.insert_shares(shares, head)
         lat.append(time.perf_counter() - t)
         total += batch
     return total / sum(lat), p99(lat) * 1000
@@ -145,9 +150,9 @@ class TimedStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def insert_shares(self, shares: Sequence[AcceptedShare]) -> None:
+    async def insert_shares(self, shares: Sequence[AcceptedShare], *a: Any) -> None:
         t = time.perf_counter()
-        await self.inner.insert_shares(shares)
+        await self.inner.insert_shares(shares, *a)
         self.commits.append(time.perf_counter() - t)
         self.sizes.append(len(shares))
 

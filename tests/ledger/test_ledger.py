@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from poold.bitcoin.address import Network, address_to_script, p2wpkh_address
 from poold.errors import ConfigError
+from poold.ledger.chain import commitment_script
 from poold.ledger.config import LedgerConfig
 from poold.ledger.ledger import Ledger
 from poold.ledger.records import AcceptedShare, BlockStatus, FoundBlock
@@ -38,11 +39,11 @@ class Flaky:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def insert_shares(self, shares: Sequence[AcceptedShare]) -> None:
+    async def insert_shares(self, shares: Sequence[AcceptedShare], *a: Any) -> None:
         await self.stall.wait()
         if self.down:
             raise StoreUnavailable("test: down")
-        await self.inner.insert_shares(shares)
+        await self.inner.insert_shares(shares, *a)
 
     async def insert_block(self, *a: Any) -> bool:
         if self.down:  # a dead server: the write hangs
@@ -251,9 +252,13 @@ async def test_split_plan_updates_balances_when_its_block_is_found(ledger_url: s
         assert weights == {a: 60.0, b_: 30.0, c: 0.5}
         outputs = await ledger.coinbase_outputs(100_000, 90.5)
         net = Network.REGTEST
-        assert outputs[-1] == (address_to_script(fee_addr, net), 1000)
+        # Last, the commitment of the writer's chain head as of its last flush (a zero OP_RETURN).
+        head = await ledger.store.chain_head(ledger.chain)
+        assert head is not None
+        assert outputs[-1] == (commitment_script(head.hash), 0)
+        assert outputs[-2] == (address_to_script(fee_addr, net), 1000)
         assert sum(v for _, v in outputs) == 100_000
-        paid = {s: v for s, v in outputs[:-1]}
+        paid = {s: v for s, v in outputs[:-2]}
         assert set(paid) == {address_to_script(a, net), address_to_script(b_, net)}
         witness = (bytes.fromhex("6a24aa21a9ed") + bytes(32), 0)
         found = block(5, outputs=(*outputs, witness))

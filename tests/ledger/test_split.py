@@ -18,6 +18,7 @@ from poold.bitcoin.merkle import merkle_root
 from poold.bitcoin.target import bits_to_target, target_to_difficulty
 from poold.bitcoin.tx import TxOut
 from poold.ledger import audit
+from poold.ledger.chain import commitment_script
 from poold.ledger.config import LedgerConfig
 from poold.ledger.ledger import Ledger
 from poold.ledger.records import FoundBlock
@@ -56,10 +57,12 @@ async def test_split_coinbase_accepted_by_the_devnet(devnet: Any, tmp_path: Path
         outputs = [TxOut(v, s) for s, v in planned]
         net = Network.REGTEST
         fee = template.coinbase_value * 15_000 // 1_000_000
+        head = await ledger.store.chain_head(ledger.chain)
+        assert head is not None
         assert [o.script_pubkey for o in outputs] == [
             address_to_script(addr(n), net) for n in (1, 2, 3)] + [address_to_script(
-                addr(200), net)]
-        assert outputs[-1].value == fee
+                addr(200), net), commitment_script(head.hash)]
+        assert outputs[-2].value == fee and outputs[-1].value == 0
         assert sum(o.value for o in outputs) == template.coinbase_value
 
         parts = build_coinbase(template.height, outputs, tag=b"/poold-split/",

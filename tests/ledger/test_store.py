@@ -146,9 +146,16 @@ async def test_sqlite_unusable_path_is_store_unavailable(tmp_path: Path) -> None
         await store.open()
 
 
+# What v5 (the hash chain) added, undone.
+UNDO_V5 = ["DROP TABLE chain_links", "ALTER TABLE shares DROP COLUMN link",
+           "ALTER TABLE credits DROP COLUMN link", "ALTER TABLE blocks DROP COLUMN chain_head",
+           "ALTER TABLE blocks DROP COLUMN settings",
+           "ALTER TABLE blocks DROP COLUMN payout_window"]
+
+
 async def downgrade_to_v1(url: str) -> None:
     """Make an opened ledger look like one written by a poold with schema v1."""
-    stmts = ["DROP TABLE share_rollups", "DROP TABLE share_buckets",
+    stmts = ["DROP TABLE share_rollups", "DROP TABLE share_buckets", *UNDO_V5,
              "DELETE FROM schema_version WHERE version >= 2"]
     if url.startswith("sqlite:///"):
         import sqlite3
@@ -177,7 +184,7 @@ async def test_migration_from_v1_keeps_data(ledger_url: str) -> None:
     await downgrade_to_v1(ledger_url)
     store = await opened(ledger_url)
     try:
-        assert await store.schema_version() == schema.SCHEMA_VERSION == 4
+        assert await store.schema_version() == schema.SCHEMA_VERSION
         assert await store.share_count() == 5
         # v3 backfilled the buckets from the shares already there.
         assert await store.buckets_page(2000.0, 10) == [(1000.0, "acct", 5.0)]
@@ -198,7 +205,9 @@ async def test_v4_postgres_shares_keep_only_the_time_index(pg_url: str) -> None:
     try:
         # Make it a v3 ledger again: the key as v1 created it, version 4 not applied.
         await pg.execute("ALTER TABLE shares ADD PRIMARY KEY (id)")
-        await pg.execute("DELETE FROM schema_version WHERE version = 4")
+        for stmt in UNDO_V5:
+            await pg.execute(stmt)
+        await pg.execute("DELETE FROM schema_version WHERE version >= 4")
         store = await opened(pg_url)
         indexes = {r[0] for r in await pg.fetch(
             "SELECT indexname FROM pg_indexes WHERE tablename = 'shares'"
@@ -207,7 +216,7 @@ async def test_v4_postgres_shares_keep_only_the_time_index(pg_url: str) -> None:
         await pg.close()
     try:
         assert indexes == {"shares_time"}
-        assert await store.schema_version() == 4
+        assert await store.schema_version() == schema.SCHEMA_VERSION
         await store.insert_shares([share(i, t=1003.0) for i in range(6, 8)])
         rows = await store.shares_page(2000.0, None, 100)
         assert [(r.time, r.id) for r in rows] == sorted(((r.time, r.id) for r in rows),
