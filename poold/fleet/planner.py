@@ -31,6 +31,16 @@ DAY_S = 86400.0
 TIMING_SAMPLES = 4096  # per-call CPU samples kept (bounded: a day of ticks would be 86,400)
 
 
+def allowed_levels(m: MinerState) -> tuple[float, ...]:
+    """The watts of the miner's levels at or below its inventory `max_w` (the lowest level
+    alone when every level is above it)."""
+    caps = m.caps
+    if caps is None or not caps.levels:
+        return ()
+    watts = tuple(lv.watts for lv in caps.levels)
+    return tuple(w for w in watts if w <= m.spec.max_w + 1e-6) or watts[:1]
+
+
 class Planner:
     def __init__(self, cfg: FleetConfig, clock: Clock, budgets: Budgets, proj: Projection,
                  miners: Mapping[str, MinerState]) -> None:
@@ -74,19 +84,29 @@ class Planner:
             m.sleeps.popleft()
         return len(m.sleeps) < self.cfg.daily_cycle_budget
 
+    def controllable(self, m: MinerState, now: float) -> bool:
+        caps, h = m.caps, m.health
+        return not (caps is None or caps.read_only or h.faulty or h.not_following
+                    or h.stale(now, self.cfg.stale_after_s))
+
+    def thermal_sleep(self, m: MinerState, now: float) -> bool:
+        """Too hot to run at all: it must be put to sleep (a fixed input, but a command)."""
+        tc = m.health.thermal_cap_w
+        return tc is not None and tc <= 0 and self.controllable(m, now)
+
     def input(self, m: MinerState, now: float) -> MinerInput:
         curve = m.learner.curve()
         h = m.health
         asleep = m.commanded.sleep if m.commanded is not None else bool(
             h.telemetry is not None and h.telemetry.sleeping)
         caps = m.caps
-        uncontrollable = (caps is None or caps.read_only or h.faulty or h.not_following
-                          or h.stale(now, self.cfg.stale_after_s))
-        if uncontrollable or caps is None:
+        if not self.controllable(m, now) or caps is None:
             return MinerInput(m.spec.id, curve, Actuator.ONOFF, m.spec.min_w, m.spec.max_w,
                               levels=(m.spec.max_w,), asleep=asleep,
                               fixed_w=self.proj.miner_w(m, now))
-        levels = tuple(lv.watts for lv in caps.levels)
+        # Never above the inventory's max_w (nameplate unless the operator set more), whatever
+        # the firmware offers: a profile above nameplate can trip a breaker or void a warranty.
+        levels = allowed_levels(m)
         max_w = min(caps.max_w, m.spec.max_w)
         min_w = max(caps.min_w, min(m.spec.min_w, max_w)) if caps.actuator is Actuator.WATTS \
             else caps.min_w
@@ -116,7 +136,9 @@ class Planner:
             return Desired(watts=a.watts)
         if caps.actuator is Actuator.ONOFF or not caps.levels:
             return Desired(sleep=False)
-        name = min(caps.levels, key=lambda lv: abs(lv.watts - a.watts)).name
+        allowed = [lv for lv in caps.levels if lv.watts <= m.spec.max_w + 1e-6] \
+            or [caps.levels[0]]
+        name = min(allowed, key=lambda lv: abs(lv.watts - a.watts)).name
         return Desired(level=name)
 
     # -- budgets and plans ----------------------------------------------------------------------
@@ -190,7 +212,7 @@ class Planner:
             ms = topo.rack_miners[rid]
             plan = allocate([self.input(m, now) for m in ms], self.rack_budget[rid])
             for m, a in zip(ms, plan.allocations, strict=True):
-                m.plan = None if a.fixed else a
+                m.plan = None if a.fixed and not self.thermal_sleep(m, now) else a
                 m.plan_desired = None if m.plan is None else self.desired_of(m, m.plan)
                 if m.plan_desired is not None and m.plan_desired != m.commanded:
                     self.pending.add(m.spec.id)
