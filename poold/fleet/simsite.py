@@ -127,7 +127,9 @@ class SimSite:
     async def create(cls, table: Mapping[str, Any], clock: Clock, *, tcp: bool,
                      rng: random.Random | None = None, metrics: Metrics | None = None,
                      password: str = "sim-secret", driver_timeout_s: float = 5.0,
-                     **controller_kw: Any) -> SimSite:
+                     minimal_firmware: bool = False, **controller_kw: Any) -> SimSite:
+        """`minimal_firmware`: the emulated firmware serves only its documented minimum
+        (see poold.sim.firmware_rest / firmware_tcp), as real firmware may."""
         from poold.sim.firmware_rest import BraiinsRestServer
         from poold.sim.firmware_tcp import server_for
 
@@ -146,20 +148,21 @@ class SimSite:
                 continue
             srv: _Server
             if m.driver == "braiins":
-                srv = await BraiinsRestServer(a).start()
+                srv = await BraiinsRestServer(a, minimal=minimal_firmware).start()
                 drivers[m.id] = BraiinsDriver("127.0.0.1", srv.port, username=a.username,
                                               password=Secret(password),
-                                              timeout_s=driver_timeout_s,
+                                              timeout_s=driver_timeout_s, max_w=m.max_w,
                                               settle_s=a.spec.settle_s, sleep_w=a.spec.sleep_w)
             else:
-                srv = await server_for(a).start()
+                srv = await server_for(a, minimal=minimal_firmware).start()
                 if m.driver == "luxos":
                     drivers[m.id] = LuxosDriver("127.0.0.1", srv.port, timeout_s=driver_timeout_s,
-                                                settle_s=a.spec.settle_s, sleep_w=a.spec.sleep_w)
+                                                max_w=m.max_w, settle_s=a.spec.settle_s,
+                                                sleep_w=a.spec.sleep_w)
                 elif m.driver == "whatsminer":
                     drivers[m.id] = WhatsminerDriver(
                         "127.0.0.1", srv.port, password=Secret(password), min_w=a.spec.min_w,
-                        max_w=a.spec.max_w, timeout_s=driver_timeout_s,
+                        max_w=min(a.spec.max_w, m.max_w), timeout_s=driver_timeout_s,
                         settle_s=a.spec.settle_s, sleep_w=a.spec.sleep_w, wall_clock=clock.wall)
                 else:
                     drivers[m.id] = CgminerDriver("127.0.0.1", srv.port,
@@ -170,10 +173,10 @@ class SimSite:
         return cls(cfg, clock, asics, drivers, controller, servers)
 
     async def close(self) -> None:
+        for d in self.drivers.values():  # first: a driver may give settings back (LuxOS ATM)
+            await d.close()
         for s in self.servers:
             await s.stop()
-        for d in self.drivers.values():
-            await d.close()
 
     @classmethod
     @contextlib.asynccontextmanager

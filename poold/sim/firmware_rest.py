@@ -1,10 +1,19 @@
-"""Emulated Braiins OS public REST API (≥25.07) for a `SimAsic` (fleet.md §3.3).
+"""Emulated Braiins OS public REST API (≥25.07) for a `SimAsic`.
 
-Endpoints: ``POST /api/v1/auth/login`` → ``{"token", "timeout_s"}`` (the token goes back raw
-in ``Authorization``); ``GET /api/v1/miner/details``, ``GET /api/v1/miner/stats``,
-``GET /api/v1/cooling/state``, ``GET /api/v1/configuration/constraints``,
-``GET|PUT /api/v1/performance/power-target`` (``{"watt": W}``, applied on the fly),
-``PUT /api/v1/actions/pause|resume|reboot|restart``, ``PUT /api/v1/pools``.
+Endpoints (https://developer.braiins-os.com/latest/openapi.json, API 1.7):
+``POST /api/v1/auth/login`` → ``{"token", "timeout_s"}`` (the token goes back raw in
+``Authorization``); ``GET /api/v1/miner/details``, ``GET /api/v1/miner/stats``,
+``GET /api/v1/configuration/constraints``, ``GET /api/v1/performance/tuner-state`` and
+``GET /api/v1/performance/mode`` (the current power target), ``PUT
+/api/v1/performance/power-target`` (``{"watt": W}``, applied on the fly), ``PUT
+/api/v1/actions/pause|resume|restart`` (a bare boolean) and ``reboot`` (204), ``PUT
+/api/v1/pools``.
+
+Two shapes. ``minimal=True`` serves exactly the documented minimum: ``miner/details`` with its
+required fields only and ``status`` as the documented int32 ``MinerStatus`` (2 normal, 3
+paused), and no ``cooling/state`` nor ``GET performance/power-target`` (HTTP 404). The default
+full shape adds those, with enumerations as names (``MINER_STATUS_NORMAL``), as the gRPC JSON
+mapping and older firmware print them.
 The asic's faults apply to every request: timeout (no answer), malformed (truncated body).
 """
 
@@ -21,13 +30,18 @@ from aiohttp import web
 from poold.sim.asic import SimAsic
 
 TOKEN_TIMEOUT_S = 3600
+# MinerStatus (https://github.com/braiins/bos-plus-api/blob/master/proto/bos/v1/miner.proto)
+MINER_STATUS_NORMAL = 2
+MINER_STATUS_PAUSED = 3
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class BraiinsRestServer:
-    def __init__(self, asic: SimAsic, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, asic: SimAsic, host: str = "127.0.0.1", port: int = 0, *,
+                 minimal: bool = False) -> None:
         self.asic = asic
+        self.minimal = minimal
         self.host = host
         self._port = port
         self._tokens: dict[str, float] = {}
@@ -47,9 +61,12 @@ class BraiinsRestServer:
         r.add_post("/api/v1/auth/login", self._login)
         r.add_get("/api/v1/miner/details", self._auth(self._details))
         r.add_get("/api/v1/miner/stats", self._auth(self._stats))
-        r.add_get("/api/v1/cooling/state", self._auth(self._cooling))
         r.add_get("/api/v1/configuration/constraints", self._auth(self._constraints))
-        r.add_get("/api/v1/performance/power-target", self._auth(self._get_target))
+        r.add_get("/api/v1/performance/tuner-state", self._auth(self._tuner_state))
+        r.add_get("/api/v1/performance/mode", self._auth(self._mode))
+        if not self.minimal:
+            r.add_get("/api/v1/cooling/state", self._auth(self._cooling))
+            r.add_get("/api/v1/performance/power-target", self._auth(self._get_target))
         r.add_put("/api/v1/performance/power-target", self._auth(self._put_target))
         r.add_put("/api/v1/actions/{action}", self._auth(self._action))
         r.add_put("/api/v1/pools", self._auth(self._pools))
@@ -108,18 +125,32 @@ class BraiinsRestServer:
 
     async def _details(self, request: web.Request) -> web.StreamResponse:
         a = self.asic
-        status = "MINER_STATUS_PAUSED" if a.reported_sleep() else "MINER_STATUS_NORMAL"
-        return web.json_response(
-            {
-                "uid": a.miner_id,
-                "hostname": a.miner_id,
-                "miner_identity": {"brand": "Antminer", "model": a.spec.model},
-                "bos_version": {"current": "26.05-sim"},
-                "status": status,
-                "bosminer_uptime_s": int(a.uptime_s()),
-                "system_uptime_s": int(a.uptime_s()),
+        paused = a.reported_sleep()
+        uptime = int(a.uptime_s())
+        body: dict[str, Any] = {
+            "uid": a.miner_id,
+            "platform": 6,
+            "bos_mode": 4,
+            "hostname": a.miner_id,
+            "mac_address": "02:00:00:00:00:01",
+            "system_uptime": uptime,
+            "bosminer_uptime_s": 0 if a.rebooting else uptime,
+            "system_uptime_s": uptime,
+            "status": MINER_STATUS_PAUSED if paused else MINER_STATUS_NORMAL,
+            "kernel_version": "5.10.0-sim",
+            "control_board_soc_family": 1,
+        }
+        if not self.minimal:
+            body |= {
+                "status": "MINER_STATUS_PAUSED" if paused else "MINER_STATUS_NORMAL",
+                "miner_identity": {"brand": "MINER_BRAND_ANTMINER", "name": a.spec.model,
+                                   "miner_model": a.spec.model},
+                "bos_version": {"current": "26.05-sim", "major": "26.05", "bos_plus": True},
+                "detailed_status": {"status": (
+                    {"stopped": {"reason": {"user_pause": {}}}} if paused
+                    else {"running": {"reason": {"normal": {}}}})},
             }
-        )
+        return web.json_response(body)
 
     async def _stats(self, request: web.Request) -> web.StreamResponse:
         a = self.asic
@@ -167,6 +198,22 @@ class BraiinsRestServer:
     async def _get_target(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"watt": round(self.asic.reported_target_w())})
 
+    async def _tuner_state(self, request: web.Request) -> web.StreamResponse:
+        watt = round(self.asic.reported_target_w())
+        body: dict[str, Any] = {
+            "overall_tuner_state": 2,  # TUNER_STATE_STABLE
+            "mode_state": {"powertargetmodestate": {"current_target": {"watt": watt}}},
+        }
+        if not self.minimal:
+            body["mode_state"]["powertargetmodestate"]["profile"] = {
+                "target": {"watt": watt}, "estimated_power_consumption": {"watt": watt}}
+        return web.json_response(body)
+
+    async def _mode(self, request: web.Request) -> web.StreamResponse:
+        watt = round(self.asic.reported_target_w())
+        return web.json_response(
+            {"tunermode": {"target": {"powertarget": {"power_target": {"watt": watt}}}}})
+
     async def _put_target(self, request: web.Request) -> web.StreamResponse:
         try:
             body: Any = await request.json()
@@ -184,22 +231,24 @@ class BraiinsRestServer:
         return web.json_response({"watt": round(self.asic.reported_target_w())})
 
     async def _action(self, request: web.Request) -> web.StreamResponse:
+        # Each answers a bare boolean ("was already so"); reboot answers 204 (the OpenAPI).
         a = self.asic
         action = request.match_info["action"]
         if action == "pause":
             already = a.reported_sleep()
             if not already:
                 a.set_sleep(True)
-            return web.json_response({"already_paused": already})
+            return web.json_response(already)
         if action == "resume":
             already = not a.reported_sleep()
             if not already:
                 a.set_sleep(False)
-            return web.json_response({"already_mining": already})
-        if action in ("reboot", "restart"):
-            if action == "reboot":
-                a.reboot()
-            return web.json_response({})
+            return web.json_response(already)
+        if action == "restart":
+            return web.json_response(True)
+        if action == "reboot":
+            a.reboot()
+            return web.Response(status=204)
         raise web.HTTPNotFound()
 
     async def _pools(self, request: web.Request) -> web.StreamResponse:

@@ -12,6 +12,11 @@
 
 Every server honours the asic's `Faults`: timeout (never answers), malformed (a truncated reply).
 Bound to 127.0.0.1 on an ephemeral port unless told otherwise.
+
+``minimal=True`` serves only what the vendors document as the minimum a client can rely on:
+no LuxOS ``config`` (it answers code 14 "Invalid command", as firmware without the command
+does), a cgminer ``stats`` without temperature and fan fields, and a Whatsminer summary with
+power, hashrate, power limit and mining status only.
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ SESSION_IDLE_S = 60.0
 class _TcpServer:
     """Accept loop and fault handling shared by the emulated TCP APIs."""
 
-    def __init__(self, asic: SimAsic, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, asic: SimAsic, host: str = "127.0.0.1", port: int = 0, *,
+                 minimal: bool = False) -> None:
         self.asic = asic
+        self.minimal = minimal
         self.host = host
         self._port = port
         self._server: asyncio.Server | None = None
@@ -135,6 +142,13 @@ class CgminerServer(_TcpServer):
                 ],
                 "id": 1,
             }
+        if cmd == "stats" and self.minimal:
+            return {
+                "STATUS": _status(70, "CGMiner stats"),
+                "STATS": [{"CGMiner": "4.11.1", "Miner": "sim", "Type": a.spec.model},
+                          {"STATS": 0, "ID": "sim0", "Elapsed": int(a.uptime_s())}],
+                "id": 1,
+            }
         if cmd == "stats":
             t = a.temp_c()
             return {
@@ -175,8 +189,9 @@ class LuxosServer(CgminerServer):
 
     firmware = "LUXminer 2025.1"
 
-    def __init__(self, asic: SimAsic, host: str = "127.0.0.1", port: int = 0) -> None:
-        super().__init__(asic, host, port)
+    def __init__(self, asic: SimAsic, host: str = "127.0.0.1", port: int = 0, *,
+                 minimal: bool = False) -> None:
+        super().__init__(asic, host, port, minimal=minimal)
         self.session_id = ""
         self._session_used = 0.0
         self.atm_enabled = True
@@ -245,6 +260,8 @@ class LuxosServer(CgminerServer):
                 ],
                 "id": 1,
             }
+        if cmd == "config" and self.minimal:
+            return {"STATUS": _status(14, "Invalid command", "E"), "id": 1}
         if cmd == "config":
             lvl = a.reported_level()
             return {
@@ -319,8 +336,9 @@ class WhatsminerV3Server(_TcpServer):
 
     MAX_FRAME = 1 << 16
 
-    def __init__(self, asic: SimAsic, host: str = "127.0.0.1", port: int = 0) -> None:
-        super().__init__(asic, host, port)
+    def __init__(self, asic: SimAsic, host: str = "127.0.0.1", port: int = 0, *,
+                 minimal: bool = False) -> None:
+        super().__init__(asic, host, port, minimal=minimal)
         self.salt = secrets.token_hex(4)
 
     async def serve_connection(
@@ -369,25 +387,22 @@ class WhatsminerV3Server(_TcpServer):
                 },
             }
         if cmd == "get.miner.status.summary":
-            t = a.temp_c()
-            return {
-                "code": 0,
-                "when": when,
-                "desc": cmd,
-                "msg": {
-                    "summary": {
-                        "elapsed": int(a.uptime_s()),
-                        "hash-realtime": round(a.hashrate_ths(), 3),
-                        "power-realtime": round(a.reported_power_w(), 1),
-                        "power-limit": int(a.reported_target_w()),
-                        "board-temperature": [round(t, 1)] * 3,
-                        "chip-temp-max": round(t + 10, 1),
-                        "fan-speed-in": 4000,
-                        "fan-speed-out": 4000,
-                        "mining-status": "stop" if a.reported_sleep() else "running",
-                    }
-                },
+            summary: dict[str, Any] = {
+                "hash-realtime": round(a.hashrate_ths(), 3),
+                "power-realtime": round(a.reported_power_w(), 1),
+                "power-limit": int(a.reported_target_w()),
+                "mining-status": "stop" if a.reported_sleep() else "running",
             }
+            if not self.minimal:
+                t = a.temp_c()
+                summary |= {
+                    "elapsed": int(a.uptime_s()),
+                    "board-temperature": [round(t, 1)] * 3,
+                    "chip-temp-max": round(t + 10, 1),
+                    "fan-speed-in": 4000,
+                    "fan-speed-out": 4000,
+                }
+            return {"code": 0, "when": when, "desc": cmd, "msg": {"summary": summary}}
         if cmd == "get.miner.setting":
             return {
                 "code": 0,
@@ -432,15 +447,17 @@ class WhatsminerV3Server(_TcpServer):
         return self._err(-1, "invalid command", cmd)
 
 
-def server_for(asic: SimAsic, host: str = "127.0.0.1", port: int = 0) -> _TcpServer:
-    """The TCP server matching the asic's firmware (braiins is HTTP: see firmware_rest)."""
+def server_for(asic: SimAsic, host: str = "127.0.0.1", port: int = 0, *,
+               minimal: bool = False) -> _TcpServer:
+    """The TCP server matching the asic's firmware (braiins is HTTP: see firmware_rest);
+    `minimal` serves the documented minimum only (module docstring)."""
     fw = asic.spec.firmware
     if fw == "luxos":
-        return LuxosServer(asic, host, port)
+        return LuxosServer(asic, host, port, minimal=minimal)
     if fw == "whatsminer":
-        return WhatsminerV3Server(asic, host, port)
+        return WhatsminerV3Server(asic, host, port, minimal=minimal)
     if fw == "cgminer":
-        return CgminerServer(asic, host, port)
+        return CgminerServer(asic, host, port, minimal=minimal)
     raise ValueError(f"no TCP server for firmware {fw!r}")
 
 

@@ -55,8 +55,10 @@ class FleetDemo:
 
     @classmethod
     async def start(cls, *, worker_prefix: str, racks: int = 2, per_rack: int = 10,
-                    seed: int = 1, hash_scale: float = 2e-11) -> FleetDemo:
-        """Start the emulators; Stratum workers are `worker_prefix` + "." + miner id."""
+                    seed: int = 1, hash_scale: float = 2e-11,
+                    minimal_firmware: bool = False) -> FleetDemo:
+        """Start the emulators; Stratum workers are `worker_prefix` + "." + miner id.
+        `minimal_firmware`: the firmware serves only its documented minimum."""
         from poold.sim.firmware_rest import BraiinsRestServer
         from poold.sim.firmware_tcp import server_for
 
@@ -77,8 +79,9 @@ class FleetDemo:
                                        tau_t_s=20.0)
             a = SimAsic(spec, clock, miner_id=m["id"], unit_factor=rng.uniform(0.96, 1.04),
                         password=PASSWORD)
-            srv = await (BraiinsRestServer(a).start() if m["driver"] == "braiins"
-                         else server_for(a).start())
+            srv = await (BraiinsRestServer(a, minimal=minimal_firmware).start()
+                         if m["driver"] == "braiins"
+                         else server_for(a, minimal=minimal_firmware).start())
             servers.append(srv)
             asics[m["id"]] = a
             m["host"] = f"127.0.0.1:{srv.port}"

@@ -16,17 +16,18 @@ DEFAULT_PORTS = {"braiins": 80, "luxos": 4028, "whatsminer": 4433, "cgminer": 40
 
 def make_driver(spec: MinerSpec, username: str, password: Secret, *,
                 timeout_s: float = 10.0) -> MinerDriver:
-    """The driver for one miner (ports default per firmware, fleet.md §3)."""
+    """The driver for one miner (ports default per firmware). Every driver gets the miner's
+    `max_w` (inventory; nameplate unless set) and never offers a target or level above it."""
     port = spec.port or DEFAULT_PORTS.get(spec.driver, 0)
     if spec.driver == "braiins":
         from poold.fleet.drivers.braiins import BraiinsDriver
 
         return BraiinsDriver(spec.host, port, username=username or "root", password=password,
-                             timeout_s=timeout_s)
+                             timeout_s=timeout_s, max_w=spec.max_w)
     if spec.driver == "luxos":
         from poold.fleet.drivers.luxos import LuxosDriver
 
-        return LuxosDriver(spec.host, port, timeout_s=timeout_s)
+        return LuxosDriver(spec.host, port, timeout_s=timeout_s, max_w=spec.max_w)
     if spec.driver == "whatsminer":
         from poold.fleet.drivers.whatsminer import WhatsminerDriver
 
@@ -35,11 +36,13 @@ def make_driver(spec: MinerSpec, username: str, password: Secret, *,
     if spec.driver == "cgminer":
         from poold.fleet.drivers.cgminer import CgminerDriver
 
+        # Read-only: it draws its nameplate whatever max_w says, and is counted so.
         return CgminerDriver(spec.host, port, nameplate_w=spec.nameplate_w, timeout_s=timeout_s)
     if spec.driver == "pyasic":
         from poold.fleet.drivers.pyasic_adapter import PyasicDriver
 
-        return PyasicDriver(spec.host, nameplate_w=spec.nameplate_w, timeout_s=timeout_s)
+        return PyasicDriver(spec.host, nameplate_w=spec.nameplate_w, max_w=spec.max_w,
+                            timeout_s=timeout_s)
     raise ConfigError(f"fleet.miners.{spec.id}.driver",
                       f"no production driver for {spec.driver!r} (sim is for tests)")
 

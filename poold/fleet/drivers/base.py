@@ -146,7 +146,7 @@ async def with_timeout(seconds: float, what: str, fn: Callable[[], Awaitable[T]]
         async with asyncio.timeout(seconds):
             return await fn()
     except TimeoutError:
-        raise DriverTimeout(f"{what}: no answer within {seconds:g} s") from None
+        raise DriverTimeout(f"{what}: timed out after {seconds:g} s") from None
     except (ConnectionError, OSError) as exc:
         raise DriverError(f"{what}: {exc.__class__.__name__}: {exc}") from None
 
@@ -160,6 +160,13 @@ def loads_lenient(raw: bytes, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"{what}: malformed reply ({exc.msg} at {exc.pos})") from None
+
+
+def levels_within(levels: tuple[Level, ...], max_w: float) -> tuple[Level, ...]:
+    """The levels (ascending watts) a miner may be offered under its `max_w`: those at or below
+    it, or the lowest alone when none is (the least the firmware can do is still allowed)."""
+    fit = tuple(lv for lv in levels if lv.watts <= max_w + 1e-6)
+    return fit or levels[:1]
 
 
 def pick_level(levels: tuple[Level, ...], watts: float) -> Level:

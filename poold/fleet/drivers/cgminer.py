@@ -1,9 +1,14 @@
-"""Read-only cgminer/bmminer RPC telemetry driver (TCP 4028; fleet.md §3.1).
+"""Read-only cgminer/bmminer RPC telemetry driver (TCP 4028).
 
-One JSON request per connection (`{"command": ..., "parameter": ...}`); the server closes after
-its reply, which may end in a NUL byte. A STATUS of "E"/"F" is an error. Stock firmware
-refuses writes (code 45), so this driver declares itself read-only: the controller counts such
-miners at their measured (or nameplate) power and never commands them.
+Protocol: https://github.com/ckolivas/cgminer/blob/master/API-README. One JSON request per
+connection (`{"command": ..., "parameter": ...}`); the server closes after its reply, which may
+end in a NUL byte. A STATUS of "E"/"F" is an error (`CgminerStatusError`, with its code).
+Stock firmware refuses writes (code 45), so this driver declares itself read-only: the
+controller counts such miners at their measured (or nameplate) power and never commands them.
+
+A reading needs only ``summary`` (``Elapsed``, ``GHS 5s``/``GHS av`` or ``MHS 5s``/``MHS av``);
+``stats`` (temperatures, fans, chip counts: model-specific fields) is optional and its failure
+is noted in ``Telemetry.errors``.
 """
 
 
@@ -29,6 +34,23 @@ from poold.fleet.drivers.base import (
 from poold.fleet.policy import Actuator
 
 MAX_REPLY = 1 << 20
+# cgminer STATUS codes (https://github.com/ckolivas/cgminer/blob/master/API-README and api.c):
+INVALID_COMMAND = 14  # "Invalid command": the firmware has no such command
+ACCESS_DENIED = 45  # "Access denied to '<cmd>' command": privileged, not allowed from here
+
+
+class CgminerStatusError(DriverError):
+    """The firmware answered STATUS "E" or "F" with `code` and `msg`."""
+
+    def __init__(self, message: str, code: object, msg: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.msg = msg
+
+    @property
+    def absent(self) -> bool:
+        """The command does not exist on this firmware (asking again is pointless)."""
+        return self.code == INVALID_COMMAND and "invalid command" in self.msg.lower()
 
 
 async def cgminer_request(host: str, port: int, command: str, parameter: str | None = None,
@@ -65,7 +87,10 @@ async def cgminer_request(host: str, port: int, command: str, parameter: str | N
     if isinstance(status, list) and status and isinstance(status[0], dict):
         st = status[0]
         if st.get("STATUS") in ("E", "F"):
-            raise DriverError(f"{host}:{port} {command}: code {st.get('Code')} {st.get('Msg')}")
+            msg = str(st.get("Msg") or "")
+            raise CgminerStatusError(
+                f"{host}:{port} {command}: STATUS {st.get('STATUS')} code {st.get('Code')} "
+                f"{msg}", st.get("Code"), msg)
     return reply
 
 
@@ -76,6 +101,29 @@ def section(reply: dict[str, Any], name: str, what: str) -> dict[str, Any]:
         raise ProtocolError(f"{what}: no {name} section")
     first: dict[str, Any] = sec[0]
     return first
+
+
+def number(v: Any) -> float | None:
+    """A JSON number or a numeric string (bmminer prints "GHS 5s" as a string), else None."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int | float):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    return None
+
+
+def summary_ths(summ: dict[str, Any]) -> float | None:
+    """TH/s from a SUMMARY entry: GHS 5s, GHS av, MHS 5s or MHS av, the first present."""
+    for key, scale in (("GHS 5s", 1e-3), ("GHS av", 1e-3), ("MHS 5s", 1e-6), ("MHS av", 1e-6)):
+        v = number(summ.get(key))
+        if v is not None:
+            return v * scale
+    return None
 
 
 def num(d: dict[str, Any], key: str, what: str) -> float:
@@ -95,6 +143,7 @@ class CgminerDriver:
         self.host, self.port = host, port
         self.nameplate_w = nameplate_w
         self.timeout_s = timeout_s
+        self._no_stats = False  # the firmware has no `stats` command: stop asking
 
     def __repr__(self) -> str:
         return f"CgminerDriver({self.host}:{self.port})"
@@ -105,9 +154,20 @@ class CgminerDriver:
 
     async def read(self) -> Telemetry:
         what = f"{self.host}:{self.port}"
+        errors: list[str] = []
         summ = section(await cgminer_request(self.host, self.port, "summary",
-                                             timeout_s=self.timeout_s), "SUMMARY", what)
-        stats = await cgminer_request(self.host, self.port, "stats", timeout_s=self.timeout_s)
+                                             timeout_s=self.timeout_s), "SUMMARY",
+                       f"{what} summary")
+        stats: dict[str, Any] = {}
+        if not self._no_stats:
+            try:
+                stats = await cgminer_request(self.host, self.port, "stats",
+                                              timeout_s=self.timeout_s)
+            except CgminerStatusError as exc:
+                self._no_stats = exc.absent
+                errors.append(f"stats: code {exc.code} {exc.msg}")
+            except DriverError as exc:
+                errors.append(f"stats: {exc}")
         temps: list[float] = []
         fans: list[int] = []
         chips = 0
@@ -125,12 +185,14 @@ class CgminerDriver:
                     fans.append(int(v))
                 elif k.startswith("chain_acn"):
                     chips += 1 if v > 0 else 0
-        ghs = summ.get("GHS 5s", summ.get("GHS av"))
-        hashrate = float(ghs) / 1000.0 if isinstance(ghs, int | float) else None
+        ths = summary_ths(summ)
+        if ths is None:
+            raise ProtocolError(f"{what} summary: no GHS 5s, GHS av, MHS 5s or MHS av")
         return Telemetry(
-            time=time.monotonic(), power_w=None, hashrate_ths=hashrate,
-            temps_c=tuple(temps), fans_rpm=tuple(fans), boards_alive=chips,
-            uptime_s=num(summ, "Elapsed", what), model=model, firmware="cgminer",
+            time=time.monotonic(), power_w=None, hashrate_ths=ths,
+            temps_c=tuple(temps), fans_rpm=tuple(fans), boards_alive=chips if stats else None,
+            uptime_s=number(summ.get("Elapsed")), model=model,
+            errors=tuple(errors), firmware="cgminer",
         )
 
     async def apply(self, desired: Desired) -> Telemetry:

@@ -36,11 +36,15 @@ def available() -> bool:
 class PyasicDriver:
     kind = "pyasic"
 
-    def __init__(self, host: str, *, nameplate_w: float, timeout_s: float = 15.0) -> None:
+    def __init__(self, host: str, *, nameplate_w: float, max_w: float | None = None,
+                 timeout_s: float = 15.0) -> None:
         if pyasic is None:
             raise UnsupportedError("pyasic is not installed (pip install 'poold[pyasic]')")
         self.host = host
+        # On/off only: awake it draws its nameplate whatever max_w says, so that is what it
+        # declares (an operator max_w below nameplate leaves the controller sleep alone).
         self.nameplate_w = nameplate_w
+        self.max_w = max_w
         self.timeout_s = timeout_s
         self._miner: Any = None
 
@@ -57,9 +61,11 @@ class PyasicDriver:
 
     async def capabilities(self) -> Capabilities:
         m = await self._get()
+        # pyasic's stop/resume map to each backend's own sleep, whose timing no backend
+        # documents: a generic budget of 10 s to sleep and a board restart (60 s) to wake.
         return Capabilities(actuator=Actuator.ONOFF, min_w=self.nameplate_w,
                             max_w=self.nameplate_w, can_sleep=bool(m.supports_shutdown),
-                            settle_s=30.0)
+                            settle_s=30.0, sleep_settle_s=10.0, wake_settle_s=60.0)
 
     async def read(self) -> Telemetry:
         m = await self._get()

@@ -1,7 +1,14 @@
-"""Whatsminer API v3 driver (TCP 4433, 4-byte little-endian length + JSON; fleet.md §3.6).
+"""Whatsminer API v3 driver (TCP 4433, 4-byte little-endian length + JSON).
 
-Reads: ``get.miner.status.summary`` (power-realtime, hash-realtime, power-limit, temperatures,
-mining status). Writes carry ``ts``, ``account: "super"`` and
+Protocol: MicroBT's "WhatsMiner API V3" document, as implemented by pyasic
+(https://github.com/UpstreamData/pyasic/blob/master/pyasic/rpc/btminer.py, BTMinerV3RPCAPI).
+
+A reading needs only ``get.miner.status.summary``: ``power-realtime`` (W), ``hash-realtime``
+(TH/s) and ``power-limit`` (W); ``mining-status`` ("running"/"stop", also accepted as 1/0) is
+used when present, else sleep is inferred (no hashrate at sleep-level watts). Temperatures,
+fans and uptime are optional. An error reply (``code`` ≠ 0) names the command, code and msg.
+
+Writes carry ``ts``, ``account: "super"`` and
 ``token = base64(sha256(cmd + password + salt + ts))[:8]`` with the salt from
 ``get.device.info`` (param "salt"); success is ``"msg": "ok"``. Power is
 ``set.miner.power_limit`` (watts, on the fly in v3 — unlike v2's ``adjust_power_limit``, which
@@ -33,9 +40,34 @@ from poold.fleet.drivers.base import (
     verify_watts_and_sleep,
     with_timeout,
 )
+from poold.fleet.drivers.cgminer import number
 from poold.fleet.policy import Actuator
 
 MAX_FRAME = 1 << 20
+
+# Settle maxima. Whatsminer documents no settle time for v3 ``set.miner.power_limit`` (applied
+# on the fly, unlike v2's ``adjust_power_limit``, which reboots:
+# https://www.buywhatsminer.com/download/whatsminer-api-v2-0-5/); budgeted like Braiins' tuner
+# (30 s). ``set.miner.service stop`` turns the hashboards off (v2 ``power_off``: "stops mining
+# and turns off the power output of the power board", same page): 5 s; ``start`` restarts
+# the mining service and its boards: 60 s.
+SETTLE_S = 30.0
+SLEEP_SETTLE_S = 5.0
+WAKE_SETTLE_S = 60.0
+_SLEEP_POWER_FACTOR = 3.0
+
+
+def _mining_stopped(v: Any) -> bool | None:
+    """``mining-status``: "stop"/"stopped" (or 0) → True, "running" (or 1) → False."""
+    if isinstance(v, str):
+        st = v.strip().lower()
+        if st in ("stop", "stopped", "stopping", "0"):
+            return True
+        if st in ("running", "run", "start", "started", "1"):
+            return False
+    if isinstance(v, int) and not isinstance(v, bool) and v in (0, 1):
+        return v == 0
+    return None
 
 
 class WhatsminerDriver:
@@ -43,13 +75,18 @@ class WhatsminerDriver:
 
     def __init__(self, host: str, port: int = 4433, *, password: Secret | None = None,
                  min_w: float = 1200.0, max_w: float = 3600.0, timeout_s: float = 10.0,
-                 settle_s: float = 20.0, sleep_w: float = 60.0,
+                 settle_s: float | None = None, sleep_settle_s: float | None = None,
+                 wake_settle_s: float | None = None, sleep_w: float = 60.0,
                  wall_clock: Any = time.time) -> None:
         self.host, self.port = host, port
         self._password = password or Secret("")
-        self.min_w, self.max_w = min_w, max_w
+        # max_w: the operator's ceiling (inventory max_w, default nameplate); targets are
+        # clamped to it, never above.
+        self.min_w, self.max_w = min(min_w, max_w), max_w
         self.timeout_s = timeout_s
-        self.settle_s = settle_s
+        self.settle_s = SETTLE_S if settle_s is None else settle_s
+        self.sleep_settle_s = SLEEP_SETTLE_S if sleep_settle_s is None else sleep_settle_s
+        self.wake_settle_s = WAKE_SETTLE_S if wake_settle_s is None else wake_settle_s
         self.sleep_w = sleep_w
         self._wall = wall_clock
 
@@ -80,14 +117,14 @@ class WhatsminerDriver:
         try:
             reply = json.loads(raw)
         except ValueError as exc:
-            raise ProtocolError(f"{what}: malformed JSON") from exc
+            raise ProtocolError(f"{what}: malformed JSON ({exc})") from exc
         if not isinstance(reply, dict):
             raise ProtocolError(f"{what}: reply is not an object")
         code = reply.get("code")
         if code != 0:
             if reply.get("msg") == "invalid token":
                 raise AuthError(f"{what}: token refused")
-            raise DriverError(f"{what}: code {code} {reply.get('msg')}")
+            raise DriverError(f"{what}: error code {code} {reply.get('msg')!r}")
         return reply
 
     async def _write(self, cmd: str, param: Any) -> None:
@@ -106,25 +143,32 @@ class WhatsminerDriver:
 
     async def capabilities(self) -> Capabilities:
         return Capabilities(actuator=Actuator.WATTS, min_w=self.min_w, max_w=self.max_w,
-                            step_w=1.0, sleep_w=self.sleep_w, settle_s=self.settle_s)
+                            step_w=1.0, sleep_w=self.sleep_w, settle_s=self.settle_s,
+                            sleep_settle_s=self.sleep_settle_s,
+                            wake_settle_s=self.wake_settle_s)
 
     async def read(self) -> Telemetry:
+        what = f"{self!r} get.miner.status.summary"
         reply = await self._send({"cmd": "get.miner.status.summary"})
         s = reply.get("msg", {}).get("summary") if isinstance(reply.get("msg"), dict) else None
         if not isinstance(s, dict):
-            raise ProtocolError(f"{self!r}: no summary")
-        p, h, lim = s.get("power-realtime"), s.get("hash-realtime"), s.get("power-limit")
-        if not isinstance(p, int | float) or not isinstance(h, int | float):
-            raise ProtocolError(f"{self!r}: summary lacks power/hashrate")
-        temps = tuple(float(t) for t in s.get("board-temperature", [])
-                      if isinstance(t, int | float))
+            raise ProtocolError(f"{what}: reply has no msg.summary object")
+        p, h = number(s.get("power-realtime")), number(s.get("hash-realtime"))
+        if p is None or h is None:
+            raise ProtocolError(f"{what}: power-realtime {s.get('power-realtime')!r} / "
+                                f"hash-realtime {s.get('hash-realtime')!r} not numbers")
+        lim = number(s.get("power-limit"))
+        stopped = _mining_stopped(s.get("mining-status"))
+        if stopped is None:
+            stopped = h <= 0 and p <= self.sleep_w * _SLEEP_POWER_FACTOR
+        temps = s.get("board-temperature")
         return Telemetry(
-            time=time.monotonic(), power_w=float(p), hashrate_ths=float(h),
-            target_w=float(lim) if isinstance(lim, int | float) else None,
-            sleeping=s.get("mining-status") == "stop", temps_c=temps,
+            time=time.monotonic(), power_w=p, hashrate_ths=h, target_w=lim, sleeping=stopped,
+            temps_c=tuple(float(t) for t in (temps if isinstance(temps, list) else [])
+                          if number(t) is not None),
             fans_rpm=tuple(int(s[k]) for k in ("fan-speed-in", "fan-speed-out")
                            if isinstance(s.get(k), int)),
-            uptime_s=s.get("elapsed"), firmware="whatsminer-v3",
+            uptime_s=number(s.get("elapsed")), firmware="whatsminer-v3",
         )
 
     async def apply(self, desired: Desired) -> Telemetry:

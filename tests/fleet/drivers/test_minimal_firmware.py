@@ -1,0 +1,86 @@
+"""Every driver reads and commands every miner of a site whose emulated firmware serves only
+the documented minimum (no Braiins cooling/state, no LuxOS config, enums as numbers), over
+real TCP: the drivers are never blind on firmware that answers exactly as documented."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+
+import aiohttp
+import pytest
+
+from poold.fleet.clock import LoopClock
+from poold.fleet.drivers.base import Desired
+from poold.fleet.drivers.cgminer import CgminerStatusError, cgminer_request
+from poold.fleet.policy import Actuator
+from poold.fleet.simsite import SimSite, build_table
+from poold.sim.asic import AsicSpec, SimAsic, default_presets
+from poold.sim.firmware_rest import BraiinsRestServer
+from poold.sim.firmware_tcp import LuxosServer
+
+KINDS = [["braiins", "luxos", "whatsminer", "cgminer", "braiins"],
+         ["luxos", "luxos", "whatsminer", "braiins", "cgminer"]]
+
+
+async def test_minimal_servers_lack_the_optional_calls() -> None:
+    clock = LoopClock()
+    asic = SimAsic(AsicSpec(firmware="braiins"), clock, password="pw")
+    srv = await BraiinsRestServer(asic, minimal=True).start()
+    lux = await LuxosServer(SimAsic(AsicSpec(firmware="luxos", actuator=Actuator.PRESETS,
+                                             presets=default_presets(3010)), clock),
+                            minimal=True).start()
+    try:
+        base = f"http://127.0.0.1:{srv.port}/api/v1"
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{base}/auth/login",
+                                 json={"username": "root", "password": "pw"}) as r:
+                token = (await r.json())["token"]
+            h = {"Authorization": token}
+            async with http.get(f"{base}/cooling/state", headers=h) as r:
+                assert r.status == 404
+            async with http.get(f"{base}/miner/details", headers=h) as r:
+                assert (await r.json())["status"] == 2  # MINER_STATUS_NORMAL as a number
+        with pytest.raises(CgminerStatusError, match="code 14 Invalid command"):
+            await cgminer_request("127.0.0.1", lux.port, "config")
+    finally:
+        await srv.stop()
+        await lux.stop()
+
+
+async def test_drivers_read_and_command_every_minimal_miner_over_tcp() -> None:
+    table = build_table(KINDS)
+    site = await SimSite.create(table, LoopClock(), tcp=True, rng=random.Random(3),
+                                minimal_firmware=True, driver_timeout_s=2.0)
+    try:
+        for a in site.asics.values():  # settle in tens of milliseconds
+            a.spec = dataclasses.replace(a.spec, cmd_delay_s=0.02, tau_down_s=0.02,
+                                         tau_up_s=0.02)
+        readings = await asyncio.gather(*(d.read() for d in site.drivers.values()))
+        assert len(readings) == len(site.asics) == 10
+        for (mid, d), t in zip(site.drivers.items(), readings, strict=True):
+            assert t.hashrate_ths and t.hashrate_ths > 50, mid
+            assert not t.sleeping, mid
+            if d.kind != "cgminer":
+                assert t.power_w is not None and t.power_w > 1000, mid
+            if d.kind in ("braiins", "whatsminer"):
+                assert t.target_w is not None, mid  # tuner-state / power-limit
+        for mid, d in site.drivers.items():
+            if d.kind == "cgminer":
+                continue
+            caps = await d.capabilities()
+            if caps.actuator is Actuator.WATTS:
+                t = await d.apply(Desired(watts=caps.min_w + 0.5 * (caps.max_w - caps.min_w)))
+                assert t.target_w == round(caps.min_w + 0.5 * (caps.max_w - caps.min_w)), mid
+            else:
+                t = await d.apply(Desired(level=caps.levels[2].name))
+                assert t.level == caps.levels[2].name, mid
+            t = await d.apply(Desired(sleep=True))
+            assert t.sleeping, mid
+            await asyncio.sleep(0.2)
+            assert (await d.read()).sleeping, mid  # sleep is seen without config/names
+            t = await d.apply(Desired(watts=caps.max_w))
+            assert not t.sleeping, mid
+    finally:
+        await site.close()
