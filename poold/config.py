@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from poold.accounts import AccountsError, check_accounts, parse_accounts_text
 from poold.bitcoin.address import AddressError, Network, address_to_script
 from poold.errors import ConfigError
 
@@ -166,6 +167,10 @@ OPTIONS: tuple[Option, ...] = (
     _O("pool", "fee_address", _str, "", "pplns/split: the address of the pool fee output"),
     _O("pool", "fee_percent", _float, 0.0, "pplns/split: pool fee in percent of the reward",
        minimum=0.0, maximum=100.0),
+    _O("pool", "accounts_file", _str, "", "pplns/split: file of NAME ADDRESS lines mapping "
+       "login names to payout addresses (beside the [accounts] table; logins that are neither "
+       "an address nor a mapped name are refused)", reloadable=True,
+       example='""'),
     _O("nodes", "name", _str, "", "label of this node in logs and metrics (default node<i>)"),
     _O("nodes", "rpc_url", _str, "http://127.0.0.1:8332", "bitcoind JSON-RPC URL"),
     _O("nodes", "rpc_user", _str, "", "RPC user (or use rpc_cookie_file)"),
@@ -269,6 +274,7 @@ class PoolConfig:
     reserve_address: str
     fee_address: str
     fee_percent: float
+    accounts_file: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +363,8 @@ class Config:
     metrics: MetricsConfig
     log: LogConfig
     fleet: Any = None  # poold.fleet.inventory.FleetConfig when a [fleet] table is present
+    # pplns/split: login name -> payout address, from [accounts] and pool.accounts_file
+    accounts: tuple[tuple[str, str], ...] = ()
 
     @property
     def ledger_url(self) -> str:
@@ -447,9 +455,9 @@ def config_from_dict(
     """Build the frozen Config from an already parsed TOML document."""
     env = {} if env is None else env
     for top in data:
-        if top not in SECTIONS and top != "fleet":
-            raise ConfigError(top, f"unknown section (known: {', '.join((*SECTIONS, 'fleet'))})",
-                              source)
+        if top not in SECTIONS and top not in ("fleet", "accounts"):
+            known = ", ".join((*SECTIONS, "fleet", "accounts"))
+            raise ConfigError(top, f"unknown section (known: {known})", source)
     sections: dict[str, Any] = {}
     for name, cls in _SECTION_TYPES.items():
         table = data.get(name, {})
@@ -471,9 +479,40 @@ def config_from_dict(
         from poold.fleet.inventory import parse_fleet
 
         fleet = parse_fleet(data["fleet"], source)
-    cfg = Config(source=source, nodes=tuple(nodes), fleet=fleet, **sections)
+    accounts = _accounts(data.get("accounts", {}), sections["pool"], source)
+    cfg = Config(source=source, nodes=tuple(nodes), fleet=fleet, accounts=accounts, **sections)
     _cross_checks(cfg)
     return cfg
+
+
+def _accounts(table: object, pool: PoolConfig, source: str) -> tuple[tuple[str, str], ...]:
+    """The `[accounts]` table and `pool.accounts_file`, checked for the pool's network."""
+    if not isinstance(table, dict):
+        raise ConfigError("accounts", "must be a table of NAME = \"ADDRESS\"", source)
+    for name, address in table.items():
+        if not isinstance(address, str):
+            raise ConfigError(f"accounts.{name}", "must be an address string", source)
+    try:
+        names = check_accounts(table.items(), pool.network)
+    except AccountsError as exc:
+        raise ConfigError("accounts", str(exc), source) from None
+    if pool.accounts_file:
+        try:
+            text = Path(pool.accounts_file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError("pool.accounts_file", f"cannot read {pool.accounts_file}: "
+                              f"{exc.strerror or exc}", source) from None
+        try:
+            from_file = check_accounts(parse_accounts_text(text), pool.network,
+                                       f"{pool.accounts_file}: ")
+        except AccountsError as exc:
+            raise ConfigError("pool.accounts_file", str(exc), source) from None
+        for name, address in from_file.items():
+            if names.get(name, address) != address:
+                raise ConfigError("pool.accounts_file", f"{name!r} maps to {address} there "
+                                  f"but to {names[name]} in [accounts]", source)
+            names[name] = address
+    return tuple(sorted(names.items()))
 
 
 def _cross_checks(cfg: Config) -> None:
@@ -514,8 +553,11 @@ def _cross_checks(cfg: Config) -> None:
                 address_to_script(addr, p.network)
             except AddressError as exc:
                 raise ConfigError(key, str(exc), src) from None
-    if p.payout in ("pplns", "split") and p.fee_percent > 0 and not p.fee_address:
-        raise ConfigError("pool.fee_address", "required when pool.fee_percent > 0", src)
+    if p.payout in ("pplns", "split") and not p.fee_address:
+        why = ("the pool wallet every coinbase pays" if p.payout == "pplns" else
+               "the fee output, and the whole coinbase whenever no split can be planned")
+        raise ConfigError("pool.fee_address", f"required when pool.payout = \"{p.payout}\" "
+                          f"({why})", src)
     if cfg.ledger.url and not cfg.ledger.url.startswith(
         ("sqlite:///", "postgresql://", "postgres://")
     ):
@@ -550,6 +592,8 @@ def reload_diff(old: Config, new: Config) -> tuple[list[str], list[str]]:
         ignored.append("nodes")
     if old.fleet != new.fleet:
         applied.append("fleet")
+    if old.accounts != new.accounts:
+        applied.append("accounts")
     return applied, ignored
 
 
@@ -585,6 +629,9 @@ def render_example() -> str:
             flags += " [secret]" if opt.secret else ""
             lines.append(f"# {opt.help}{flags}")
             lines.append(f"{opt.key} = {_toml_literal(opt)}")
+    lines.append("")
+    lines.append("# [accounts]: pplns/split login names and their payout addresses, one per")
+    lines.append("# line: bob = \"bc1q...\" (see also pool.accounts_file).")
     lines.append("")
     lines.append("# [fleet]: racks, miners and power caps; see the README section \"Fleet\".")
     lines.append("")

@@ -26,18 +26,22 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
+from poold.accounts import AccountBook
 from poold.bitcoin.address import address_to_script
 from poold.bitcoin.target import target_to_difficulty
+from poold.coinbase_planning import CoinbasePlanning, Planner
 from poold.errors import ConfigError
+from poold.stratum.auth import Authorizer
 
 if TYPE_CHECKING:
     from poold.config import Config
     from poold.fleet.runtime import FleetRuntime
+    from poold.ledger.ledger import Ledger
     from poold.metrics import Metrics
     from poold.node.nodes import NodeSet
     from poold.node.templates import Template
@@ -45,7 +49,7 @@ if TYPE_CHECKING:
     from poold.work.blocks import BlockSink
     from poold.work.difficulty import DifficultyPolicy
     from poold.work.engine import ShareSink
-    from poold.work.jobs import PayoutPolicy, PlannedPayout
+    from poold.work.jobs import PayoutPolicy
 
 log = logging.getLogger("poold.daemon")
 
@@ -117,6 +121,7 @@ class Pool:
 
     server: StratumServer
     nodes: NodeSet
+    planning: CoinbasePlanning | None = None  # payout = split
 
 
 def build_pool(
@@ -128,7 +133,7 @@ def build_pool(
     block_sink: BlockSink | None = None,
     clock: Any = time.time,
     difficulty: DifficultyPolicy | None = None,
-    planner: PayoutPlanner | None = None,
+    planner: Planner | None = None,
     worker: int | None = None,
     **server_overrides: Any,
 ) -> Pool:
@@ -141,7 +146,6 @@ def build_pool(
     from poold.bitcoin.coinbase import CoinbaseError, build_coinbase
     from poold.bitcoin.tx import TxOut
     from poold.node.rpc import NodeUnavailable, RpcError
-    from poold.stratum.auth import Authorizer
     from poold.stratum.server import ServerSettings, StratumServer
     from poold.stratum.session import SessionContext, SessionSettings
     from poold.work.blocks import BlockSubmitter, LogBlockSink
@@ -177,7 +181,7 @@ def build_pool(
     ctx = SessionContext(
         engine,
         ExtranonceAllocator(cfg.pool.instance_id, size=4, worker=worker),
-        Authorizer(cfg.pool.network, solo=cfg.pool.payout == "solo"),
+        authorizer(cfg),
         SessionSettings(
             version_mask=s.version_mask,
             accept_unnegotiated_version_bits=s.accept_unnegotiated_version_bits,
@@ -210,43 +214,25 @@ def build_pool(
         blocks=blocks,
         clock=clock,
     )
+    planning: CoinbasePlanning | None = None
     if planner is not None and isinstance(book.payouts, PlannedPayout):
-        nodes.subscribe(_planned(server, book.payouts, planner))
+        # split: the fee address takes the whole coinbase whenever no plan can be made
+        planning = CoinbasePlanning(server, book.payouts, planner,
+                                    address_to_script(cfg.pool.fee_address, cfg.pool.network),
+                                    metrics=metrics)
+        nodes.subscribe(planning.on_template)
     else:
         nodes.subscribe(server.on_template)
-    return Pool(server, nodes)
+    return Pool(server, nodes, planning)
 
 
-PayoutPlanner: TypeAlias = "Callable[[Template], Awaitable[Sequence[tuple[bytes, int]]]]"
-
-
-def _planned(
-    server: StratumServer, payouts: PlannedPayout, planner: PayoutPlanner
-) -> Callable[[Template, bool], None]:
-    """A NodeSet callback that asks the ledger for the coinbase outputs of each template before
-    fanning it out; answers that arrive after a newer template's are dropped."""
-    latest = [0]
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def plan(template: Template, new_tip: bool, seq: int) -> None:
-        try:
-            outputs = await planner(template)
-        except Exception:
-            log.exception("payout plan for height %d failed; keeping the previous work",
-                          template.height)
-            return
-        if seq != latest[0]:
-            return
-        payouts.plan(template, outputs)
-        server.on_template(template, new_tip)
-
-    def on_template(template: Template, new_tip: bool) -> None:
-        latest[0] += 1
-        task = asyncio.get_running_loop().create_task(plan(template, new_tip, latest[0]))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    return on_template
+def authorizer(cfg: Config) -> Authorizer:
+    """Who may log in: solo checks addresses; pplns and split need a payable account (an
+    address, or a name mapped in [accounts] / pool.accounts_file); reserve takes any name."""
+    pooled = cfg.pool.payout in ("pplns", "split")
+    return Authorizer(cfg.pool.network, solo=cfg.pool.payout == "solo",
+                      accounts=AccountBook.of(cfg.pool.network, dict(cfg.accounts))
+                      if pooled else None)
 
 
 def _jsonable(value: Any) -> Any:
@@ -290,6 +276,8 @@ class DaemonBackend:
             and time.time() - latest.received_at < TEMPLATE_STALE_FACTOR * self.refresh_s,
             "stratum": bool(server.addresses) and not server.closing,
         }
+        if self.pool_.planning is not None:
+            checks["payout_plan"] = self.pool_.planning.healthy
         if self.ledger is not None:
             checks["ledger"] = bool(self.ledger.writable)
         if self.fleet is not None:
@@ -418,7 +406,7 @@ class NodeReader:
 
 
 def apply_reload(pool: Pool, old: Config, new: Config,
-                 fleet: FleetRuntime | None = None) -> list[str]:
+                 fleet: FleetRuntime | None = None, ledger: Ledger | None = None) -> list[str]:
     """Apply the reloadable keys of `new` (SIGHUP); the keys that changed but need a restart
     are logged and kept at their old values. Returns the applied keys (fleet changes one
     entry each, as "fleet.<key>: old -> new")."""
@@ -446,6 +434,11 @@ def apply_reload(pool: Pool, old: Config, new: Config,
                                                    idle_timeout_s=s.idle_timeout_s)
     if "log.level" in applied:
         logging.getLogger().setLevel(new.log.level)
+    if "accounts" in applied:
+        pool.server.ctx.authorizer = authorizer(new)
+        if ledger is not None:
+            ledger.set_accounts(new.accounts)
+        log.info("accounts: %d name(s) mapped to payout addresses", len(new.accounts))
     if "fleet" in applied:
         applied.remove("fleet")
         if fleet is None:
@@ -465,18 +458,18 @@ def apply_reload(pool: Pool, old: Config, new: Config,
 
 
 async def _reload_loop(pool: Pool, cfg: Config, hup: asyncio.Event,
-                       fleet: FleetRuntime | None = None) -> None:
+                       fleet: FleetRuntime | None = None, ledger: Ledger | None = None) -> None:
     from poold.config import load_config
 
     while True:
         await hup.wait()
         hup.clear()
         try:
-            new = load_config(cfg.source)
+            new = await asyncio.to_thread(load_config, cfg.source)  # reads files: off the loop
         except ConfigError as exc:
             log.error("config reload refused, keeping the running config: %s", exc)
             continue
-        apply_reload(pool, cfg, new, fleet)
+        apply_reload(pool, cfg, new, fleet, ledger)
         cfg = new
 
 
@@ -583,7 +576,8 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
                 ledger.reconcile_forever(NodeReader(nodes)) if owns_singletons(worker)
                 else asyncio.sleep(0),
                 name="ledger-reconcile")
-            reloader = tg.create_task(_reload_loop(pool, cfg, hup, fleet), name="config-reload")
+            reloader = tg.create_task(_reload_loop(pool, cfg, hup, fleet, ledger),
+                                      name="config-reload")
             relay = tg.create_task(relay_out.run() if relay_out is not None
                                    else asyncio.sleep(0), name="share-relay")
             follower = tg.create_task(
@@ -624,6 +618,8 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
         if api is not None:
             await api.stop()
         await nodes.stop()
+        if pool.planning is not None:
+            await pool.planning.aclose()
         await ledger.stop()
         notifier.close()
         log.info("poold stopped")

@@ -108,6 +108,10 @@ class Metrics:
         self.template_age = Gauge(
             "poold_template_age_seconds", "Age of the template behind the current job",
             registry=r)
+        self.payout_plan_fallbacks = Counter(
+            "poold_payout_plan_fallbacks",
+            "payout = split: templates sent with the whole coinbase to the fee address because "
+            "no split could be planned (reason: error, timeout)", ["reason"], registry=r)
         self.tip_height = Gauge("poold_tip_height", "Height of the best known block", registry=r)
 
         # -- Nodes

@@ -156,3 +156,37 @@ def test_ledger_tuning_reaches_the_ledger(tmp_path: Path) -> None:
     short = load_config(write(tmp_path, MINIMAL + "[ledger]\nshare_retention_s = 3600\n"), env={})
     with pytest.raises(ConfigError, match=r"ledger\.share_retention_s"):
         LedgerConfig.from_config(short)
+
+
+def test_accounts_map_names_to_addresses(tmp_path: Path) -> None:
+    from poold.bitcoin.address import p2wpkh_address
+
+    alice, bob, fee = (p2wpkh_address(bytes([i]) * 20, Network.REGTEST) for i in (1, 2, 3))
+    pooled = MINIMAL.replace('network = "regtest"',
+                             f'network = "regtest"\npayout = "split"\nfee_address = "{fee}"\n'
+                             f'accounts_file = "{tmp_path / "accounts.txt"}"')
+    (tmp_path / "accounts.txt").write_text(f"# name address\nbob {bob}\n\n")
+    cfg = load_config(write(tmp_path, pooled + f'\n[accounts]\nalice = "{alice}"\n'), env={})
+    assert dict(cfg.accounts) == {"alice": alice, "bob": bob}
+    # Errors name the key (and the line of the file).
+    mainnet = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, pooled + f'\n[accounts]\nalice = "{mainnet}"\n'), env={})
+    assert exc.value.key == "accounts" and "alice" in str(exc.value)
+    (tmp_path / "accounts.txt").write_text(f"bob {bob}\ncarol\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(write(tmp_path, pooled), env={})
+    assert exc.value.key == "pool.accounts_file" and "line 2" in str(exc.value)
+    # The fee address is the safe coinbase of split mode and the wallet of pplns: required.
+    for payout in ("split", "pplns"):
+        text = MINIMAL.replace('network = "regtest"',
+                               f'network = "regtest"\npayout = "{payout}"')
+        with pytest.raises(ConfigError) as exc:
+            load_config(write(tmp_path, text), env={})
+        assert exc.value.key == "pool.fee_address"
+    # A changed map is applied on SIGHUP.
+    (tmp_path / "accounts.txt").write_text(f"bob {bob}\n")
+    a = load_config(write(tmp_path, pooled), env={})
+    (tmp_path / "accounts.txt").write_text(f"bob {alice}\n")
+    b = load_config(write(tmp_path, pooled), env={})
+    assert "accounts" in reload_diff(a, b)[0]

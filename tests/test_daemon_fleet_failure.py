@@ -27,7 +27,8 @@ def pool() -> Any:
     server = SimpleNamespace(addresses=["127.0.0.1:3333"], closing=False,
                              ctx=SimpleNamespace(engine=SimpleNamespace(book=book)))
     return SimpleNamespace(server=server,
-                           nodes=SimpleNamespace(latest=None, healthy=lambda: True))
+                           nodes=SimpleNamespace(latest=None, healthy=lambda: True),
+                           planning=None)
 
 
 async def test_controller_failure_is_contained(caplog: Any) -> None:

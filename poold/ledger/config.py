@@ -60,6 +60,9 @@ class LedgerConfig:
     # every share. It must cover the PPLNS window and the 100 blocks until maturity: at least
     # two days is enforced (a small pool's window can span longer: size it to the pool).
     share_retention_s: float = 0.0
+    # pplns/split: login name -> payout address (poold.accounts); other accounts must be
+    # addresses themselves to be paid
+    accounts: tuple[tuple[str, str], ...] = ()
     source: str = ""
 
     @property
@@ -86,7 +89,8 @@ class LedgerConfig:
             block_write_timeout_s=cfg.ledger.block_write_timeout_s,
             split_refresh_s=cfg.ledger.split_refresh_s,
             split_max_output_bytes=cfg.ledger.split_max_output_bytes,
-            share_retention_s=cfg.ledger.share_retention_s, source=cfg.source)
+            share_retention_s=cfg.ledger.share_retention_s, accounts=cfg.accounts,
+            source=cfg.source)
         out.validate()
         return out
 

@@ -644,6 +644,10 @@ class Ledger:
         and the chain commitment."""
         return self._committed(self._planner.split_outputs(reward, network_difficulty))
 
+    def set_accounts(self, accounts: tuple[tuple[str, str], ...]) -> None:
+        """New login name -> payout address map (SIGHUP) for the payout plans."""
+        self._planner.set_accounts(accounts)
+
     async def split_balances(self) -> dict[str, int]:
         return await self.store.balances(["split"])
 

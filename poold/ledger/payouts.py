@@ -192,7 +192,8 @@ def pplns(reward: int, weights: Mapping[str, float], *, ppm: int = 0) -> PplnsCr
 def split(reward: int, weights: Mapping[str, float], balances: Mapping[str, int], *,
           ppm: int, dust: int, max_outputs: int,
           output_size: Callable[[str], int] | None = None,
-          max_bytes: int | None = None) -> CoinbasePlan:
+          max_bytes: int | None = None,
+          payable: Callable[[str], bool] | None = None) -> CoinbasePlan:
     """The split coinbase for one block (see the module docstring for the scheme).
 
     `balances` are the carried balances before this block and must sum to zero. Guarantees:
@@ -202,6 +203,11 @@ def split(reward: int, weights: Mapping[str, float], balances: Mapping[str, int]
     new balances sum to zero; for every account, old balance + pro-rata share = payout + new
     balance. When nobody mined, or reward - fee is below dust, the whole reward goes to the fee
     output and the balances are unchanged.
+
+    `payable` (default: every account) says which accounts may have an output: the others are
+    never paid and their entitlement is carried in full, so an account without a payout
+    address cannot stop the plan; if no account in the window is payable, the whole reward
+    goes to the fee output and the balances are unchanged.
     """
     _check_amount("reward", reward)
     if max_outputs < 1:
@@ -219,6 +225,10 @@ def split(reward: int, weights: Mapping[str, float], balances: Mapping[str, int]
     share = proportional(distributable, weights)
     entitled = {a: balances.get(a, 0) + share.get(a, 0) for a in set(balances) | set(share)}
     ranked = sorted(entitled, key=lambda a: (-entitled[a], a))
+    if payable is not None:
+        ranked = [a for a in ranked if payable(a)]
+        if not ranked:
+            return CoinbasePlan(reward=reward, payouts=(), fee=reward, balances=unchanged)
     paid = [a for a in ranked if entitled[a] >= dust][:max_outputs] or ranked[:1]
     if output_size is not None and max_bytes is not None:
         used = 0

@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from poold.accounts import AccountBook
 from poold.bitcoin.address import Network, address_to_script
 from poold.ledger import payouts
 from poold.ledger.config import LedgerConfig
@@ -32,6 +33,7 @@ log = logging.getLogger("poold.ledger")
 _PAGE = 10_000
 _PLAN_MEMORY = 64
 _SPLIT_PLAN_WAIT_S = 0.1  # longest a split coinbase plan waits for a fresh window read
+_UNPAYABLE_LOG_S = 600.0  # one WARNING per unpayable account per this many seconds
 
 Outputs = tuple[tuple[bytes, int], ...]
 
@@ -74,6 +76,29 @@ class PayoutPlanner:
         self._split_refreshed = 0.0
         self._split_task: asyncio.Future[None] | None = None
         self._split_window = (0.0, 0.0)  # (end time, network difficulty) of the cached window
+        self.accounts = AccountBook.of(Network(config.network), dict(config.accounts))
+        self._unpayable_logged: dict[str, float] = {}
+
+    def set_accounts(self, accounts: tuple[tuple[str, str], ...]) -> None:
+        """New account -> address map (SIGHUP); plans from now on use it."""
+        self.accounts = AccountBook.of(Network(self.config.network), dict(accounts))
+
+    def _script(self, account: str) -> bytes:
+        script = self.accounts.script_of(account)
+        if script is None:  # payouts.split never pays an account that is not payable
+            raise ValueError(f"account {account!r} has no payout address")
+        return script
+
+    def _payable(self, account: str) -> bool:
+        if self.accounts.address_of(account) is not None:
+            return True
+        now = time.monotonic()
+        if now - self._unpayable_logged.get(account, -math.inf) >= _UNPAYABLE_LOG_S:
+            self._unpayable_logged[account] = now
+            log.warning("split: account %r has no payout address (not a %s address and not in "
+                        "[accounts] or pool.accounts_file); its credit is carried until it has "
+                        "one", account, self.config.network)
+        return False
 
     @property
     def refresh_due(self) -> bool:
@@ -179,7 +204,8 @@ class PayoutPlanner:
             log.error("split: ledger unavailable (%s); this coinbase pays the pool address", exc)
             return payouts.reserve(reward, c.fee_address)
         return payouts.split(reward, weights, balances, ppm=payouts.fee_ppm(c.fee_percent),
-                             dust=c.dust_sat, max_outputs=c.max_outputs)
+                             dust=c.dust_sat, max_outputs=c.max_outputs,
+                             payable=self._payable)
 
     async def coinbase_outputs(self, reward: int, network_difficulty: float,
                                finder_account: str = "") -> Outputs:
@@ -203,8 +229,10 @@ class PayoutPlanner:
             except StoreUnavailable:
                 pass  # logged by _log_split_refresh; plan from the last window read
             return self.split_outputs(reward, network_difficulty)
-        network = Network(self.config.network)
         plan = await self.plan_coinbase(reward, network_difficulty, finder_account)
+        if self.config.payout == "split":
+            return plan.outputs(self._script, self._fee_script())
+        network = Network(self.config.network)
         return plan.outputs(lambda a: address_to_script(a, network), self._fee_script())
 
     def _fee_script(self) -> bytes | None:
@@ -238,15 +266,15 @@ class PayoutPlanner:
         c = self.config
         if network_difficulty != self._split_netdiff:
             self._split_netdiff = network_difficulty  # the next refresh reads this window
-        network = Network(c.network)
         fee_script = self._fee_script()
         fee_bytes = _output_bytes(fee_script) if fee_script is not None else 0
         plan = payouts.split(reward, self._split_weights, self._split_balances,
                              ppm=payouts.fee_ppm(c.fee_percent), dust=c.dust_sat,
                              max_outputs=c.max_outputs,
-                             output_size=lambda a: _output_bytes(address_to_script(a, network)),
-                             max_bytes=c.split_max_output_bytes - fee_bytes)
-        outputs = plan.outputs(lambda a: address_to_script(a, network), fee_script)
+                             output_size=lambda a: _output_bytes(self._script(a)),
+                             max_bytes=c.split_max_output_bytes - fee_bytes,
+                             payable=self._payable)
+        outputs = plan.outputs(self._script, fee_script)
         before, after = self._split_balances, dict(plan.balances)
         self._plans[payout_key(outputs)] = [
             (a, after.get(a, 0) - before.get(a, 0)) for a in sorted(set(before) | set(after))

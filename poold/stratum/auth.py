@@ -1,20 +1,23 @@
 """`mining.authorize` usernames: who the miner is and whom its blocks pay.
 
 Solo mode (`pool.payout = "solo"`): the username is the payout address, optionally followed by
-`.worker` (reference/pools.md §3.4). The address is checked locally for the configured network
-with `poold.bitcoin.address` — no node round trip per login — and an invalid one is refused with
-the reason (error 24). The account is the address. Other modes: the username is
-`account.worker`; the account is what the ledger credits, the coinbase pays the pool's script.
+`.worker`. The address is checked locally for the configured network with
+`poold.bitcoin.address` — no node round trip per login — and an invalid one is refused with the
+reason (error 24). The account is the address.
+
+Pooled modes (`pplns`, `split`): the username is `account.worker`, and the account must be
+payable: an address of the network, or a name mapped to one (`[accounts]`, `pool.accounts_file`;
+poold.accounts). Anything else is refused at authorize, so no login can leave the ledger with a
+credit that the split coinbase cannot pay. `reserve` mode pays one fixed address: the account is
+only a label.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from poold.accounts import ACCOUNT_NAME, NAME_RULE, AccountBook
 from poold.bitcoin.address import AddressError, Network, address_to_script
-
-_ACCOUNT = re.compile(r"^[A-Za-z0-9_\-:@+]{1,64}$")
 
 
 class AuthError(ValueError):
@@ -32,6 +35,8 @@ class Identity:
 class Authorizer:
     network: Network
     solo: bool
+    # pooled payouts (pplns, split): accounts must have an address; None = labels only (reserve)
+    accounts: AccountBook | None = field(default=None)
 
     def authorize(self, username: str) -> Identity:
         name, _, _worker = username.partition(".")
@@ -41,6 +46,9 @@ class Authorizer:
             except AddressError as exc:
                 raise AuthError(f"invalid payout address {name!r}: {exc}") from None
             return Identity(username, name, script)
-        if not _ACCOUNT.match(name):
-            raise AuthError(f"invalid account name {name!r} (letters, digits, _-:@+; max 64)")
+        if not ACCOUNT_NAME.match(name):
+            raise AuthError(f"invalid account name {name!r} ({NAME_RULE})")
+        if self.accounts is not None and self.accounts.address_of(name) is None:
+            raise AuthError(f"unknown account {name!r}: not a {self.network.value} address "
+                            "and not a name the pool maps to one (ask the operator)")
         return Identity(username, name, None)

@@ -52,10 +52,15 @@ def write_config(
     start_difficulty: float = START_DIFFICULTY, ledger_url: str = "", api_port: int | None = None,
 ) -> Path:
     """A regtest `poold run` config against `devnet`: tiny difficulties, a fee address when the
-    payout is not solo, a `[ledger]` table when `ledger_url` is given."""
+    payout is not solo, a `[ledger]` table when `ledger_url` is given; with pooled payouts the
+    test logins alice, bob and carol are mapped to fresh addresses in `[accounts]`."""
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / "poold.toml"
     fee = f'fee_address = "{new_address()}"\n' if payout != "solo" else ""
+    accounts = ""
+    if payout in ("pplns", "split"):
+        accounts = "[accounts]\n" + "".join(f'{name} = "{new_address()}"\n'
+                                             for name in ("alice", "bob", "carol")) + "\n"
     ledger = f'[ledger]\nurl = "{ledger_url}"\n\n' if ledger_url else ""
     cfg.write_text(
         f"""[pool]
@@ -78,7 +83,7 @@ share_interval_s = 10
 version_mask = "{POOL_MASK:08x}"
 {extra_stratum}
 
-{ledger}[api]
+{ledger}{accounts}[api]
 listen = "127.0.0.1:{api_port or free_port()}"
 """
     )

@@ -169,6 +169,26 @@ def test_split_hand_case_dust_and_max_outputs() -> None:
     assert "d" in {p.account for p in nxt.payouts}
 
 
+def test_split_carries_accounts_that_cannot_be_paid() -> None:
+    """An account without a payout address (a name recorded before it had to be mapped) is
+    never an output: its whole entitlement is carried and the others are paid ahead."""
+    weights = {"alice": 60.0, "bob": 40.0}
+    plan = payouts.split(100_000_000, weights, {}, ppm=0, dust=1_000, max_outputs=5,
+                         payable=lambda a: a != "bob")
+    assert [(p.account, p.amount) for p in plan.payouts] == [("alice", 100_000_000)]
+    assert dict(plan.balances) == {"bob": 40_000_000, "alice": -40_000_000}
+    # Once bob has an address, the carried balance is paid.
+    nxt = payouts.split(100_000_000, weights, dict(plan.balances), ppm=0, dust=1_000,
+                        max_outputs=5)
+    assert dict((p.account, p.amount) for p in nxt.payouts) == {
+        "alice": 20_000_000, "bob": 80_000_000}
+    # Nobody payable: the fee output takes the reward and balances stay as they were.
+    none = payouts.split(100_000_000, weights, dict(plan.balances), ppm=0, dust=1_000,
+                         max_outputs=5, payable=lambda a: False)
+    assert none.payouts == () and none.fee == 100_000_000
+    assert dict(none.balances) == dict(plan.balances)
+
+
 def test_split_nobody_mined_goes_to_fee_output() -> None:
     plan = payouts.split(50_000, {}, {}, ppm=0, dust=546, max_outputs=5)
     assert plan.payouts == () and plan.fee == 50_000

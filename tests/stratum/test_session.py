@@ -313,6 +313,32 @@ def test_pooled_mode_usernames_are_account_dot_worker() -> None:
             auth.authorize(bad)
 
 
+def test_pooled_payouts_refuse_accounts_without_an_address() -> None:
+    """pplns/split: a plain name that is neither an address nor mapped is refused (error 24),
+    so it can never leave the split coinbase a credit it cannot pay."""
+    from poold.accounts import AccountBook
+    from poold.bitcoin.address import Network
+    from poold.stratum.auth import AuthError, Authorizer
+
+    book = AccountBook.of(Network.REGTEST, {"alice": ADDRESS})
+    auth = Authorizer(Network.REGTEST, solo=False, accounts=book)
+    assert auth.authorize("alice.rig7").account == "alice"
+    assert auth.authorize(f"{ADDRESS}.rig").account == ADDRESS
+    with pytest.raises(AuthError, match="unknown account 'bob'"):
+        auth.authorize("bob.rig")
+    main_net = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"  # BIP173 example, not regtest
+    with pytest.raises(AuthError, match="unknown account"):
+        auth.authorize(main_net)
+    r = rig()
+    r.ctx.authorizer = auth
+    s = r.session()
+    out = send(s, r, req(1, "mining.subscribe", "cgminer/4.12"),
+               req(2, "mining.authorize", "bob.rig", "x"))
+    reply = next(m for m in out if m.get("id") == 2)
+    assert reply["result"] is None and reply["error"][0] == 24
+    assert "bob" in reply["error"][1]
+
+
 def roll(mask: str) -> dict[str, Any]:
     return req(1, "mining.configure", ["version-rolling"], {"version-rolling.mask": mask})
 
