@@ -24,7 +24,7 @@ from poold.ledger.records import BlockEvent, Credit
 from poold.ledger.store import open_store
 from poold.sim.miner import StratumError, StratumMiner
 from tests.ledger.helpers import block
-from tests.ledger.test_poold_run_crash import mine_for, write_config
+from tests.ledger.test_poold_run_crash import write_config
 from tests.poold_process import free_port, log_tail, poold_run
 
 NET = Network.REGTEST
@@ -101,7 +101,14 @@ async def test_plain_names_cannot_stall_split_payouts(ledger_url: str, tmp_path:
                                    suggest_difficulty=1e-6, reconnect=False),
                       StratumMiner("127.0.0.1", port, "carol.rig", name="carol",
                                    suggest_difficulty=1e-6, reconnect=False)]
-            await mine_for(6.0, miners)
+            tasks = [asyncio.create_task(m.run()) for m in miners]
+            for _ in range(600):  # until 5 blocks are on the chain (60 s at most)
+                if dn.height >= start_height + 5 and all(m.accepted for m in miners):
+                    break
+                await asyncio.sleep(0.1)
+            for m in miners:
+                m.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
             status, checks = await readiness(cfg_text)
             assert status == 200 and checks["payout_plan"] is True, (checks, log_tail(log))
             proc.send_signal(signal.SIGTERM)
