@@ -145,7 +145,7 @@ def build_pool(
     (poold.supervisor), which gives it its own extranonce1 range."""
     from poold.bitcoin.coinbase import CoinbaseError, build_coinbase
     from poold.bitcoin.tx import TxOut
-    from poold.node.rpc import NodeUnavailable, RpcError
+    from poold.node.reader import NodeReader
     from poold.stratum.server import ServerSettings, StratumServer
     from poold.stratum.session import SessionContext, SessionSettings
     from poold.work.blocks import BlockSubmitter, LogBlockSink
@@ -191,20 +191,10 @@ def build_pool(
         clock,
     )
 
-    async def header_lookup(hash_hex: str) -> dict[str, Any] | None:
-        for status in nodes.status():
-            try:
-                header: dict[str, Any] = await nodes.client(status.name).getblockheader(hash_hex)
-            except (RpcError, NodeUnavailable) as exc:
-                log.info("getblockheader %s on %s: %s", hash_hex, status.name, exc)
-                continue
-            return header
-        return None
-
     blocks = BlockSubmitter(
         nodes,
         block_sink if block_sink is not None else LogBlockSink(),
-        header_lookup=header_lookup,
+        header_lookup=NodeReader.of(nodes).header_if_known,
         metrics=metrics,
     )
     server = StratumServer(
@@ -369,42 +359,6 @@ class DaemonBackend:
         return {"worker": worker, "reconnected": n}
 
 
-class NodeReader:
-    """`poold.ledger.audit.NodeClient` over the NodeSet: the first node that answers."""
-
-    def __init__(self, nodes: NodeSet) -> None:
-        self.nodes = nodes
-
-    async def _call(self, method: str, *params: Any) -> Any:
-        from poold.node.rpc import NodeUnavailable
-
-        last: Exception | None = None
-        for status in self.nodes.status():
-            try:
-                return await self.nodes.client(status.name).call(method, *params)
-            except NodeUnavailable as exc:
-                last = exc
-        raise NodeUnavailable(f"no node answered {method}: {last}")
-
-    async def getblockhash(self, height: int) -> str:
-        result: str = await self._call("getblockhash", height)
-        return result
-
-    async def getblockheader(self, hash_hex: str) -> dict[str, Any] | None:
-        from poold.node.rpc import RpcError
-
-        try:
-            header: dict[str, Any] = await self._call("getblockheader", hash_hex, True)
-        except RpcError as exc:
-            if exc.code == -5:  # RPC_INVALID_ADDRESS_OR_KEY: block not found
-                return None
-            raise
-        return header
-
-    async def getblock(self, hash_hex: str, verbosity: int) -> Any:
-        return await self._call("getblock", hash_hex, verbosity)
-
-
 def apply_reload(pool: Pool, old: Config, new: Config,
                  fleet: FleetRuntime | None = None, ledger: Ledger | None = None) -> list[str]:
     """Apply the reloadable keys of `new` (SIGHUP); the keys that changed but need a restart
@@ -486,6 +440,7 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
     from poold.ledger import Ledger, LedgerConfig
     from poold.metrics import Metrics
     from poold.node.nodes import NodeSet
+    from poold.node.reader import NodeReader
     from poold.node.rpc import NodeCheckError, NodeUnavailable
     from poold.supervisor import curtailed_path, owns_singletons, relay_path
     from poold.systemd import Notifier, listen_sockets
@@ -573,7 +528,7 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
             sweeper = tg.create_task(server.run_sweeper(), name="stratum-sweeper")
             watchdog = tg.create_task(_watchdog(notifier), name="systemd-watchdog")
             reconcile = tg.create_task(
-                ledger.reconcile_forever(NodeReader(nodes)) if owns_singletons(worker)
+                ledger.reconcile_forever(NodeReader.of(nodes)) if owns_singletons(worker)
                 else asyncio.sleep(0),
                 name="ledger-reconcile")
             reloader = tg.create_task(_reload_loop(pool, cfg, hup, fleet, ledger),

@@ -49,35 +49,7 @@ class NodeClient(Protocol):
         ...
 
 
-class _Caller(Protocol):
-    async def call(self, method: str, *params: Any) -> Any: ...
-
-
-class RpcNodeClient:
-    """NodeClient over anything with `async call(method, *params)` (poold.node.rpc.RpcClient).
-
-    `not_found` tells whether an exception from `call` means "block not found" (RPC error -5).
-    """
-
-    def __init__(self, rpc: _Caller,
-                 not_found: Callable[[BaseException], bool] | None = None) -> None:
-        self._rpc = rpc
-        self._not_found = not_found or (lambda exc: getattr(exc, "code", None) == -5)
-
-    async def getblockhash(self, height: int) -> str:
-        return str(await self._rpc.call("getblockhash", height))
-
-    async def getblockheader(self, hash_hex: str) -> dict[str, Any] | None:
-        try:
-            result = await self._rpc.call("getblockheader", hash_hex, True)
-        except Exception as exc:
-            if self._not_found(exc):
-                return None
-            raise
-        return dict(result)
-
-    async def getblock(self, hash_hex: str, verbosity: int) -> Any:
-        return await self._rpc.call("getblock", hash_hex, verbosity)
+# The production NodeClient is poold.node.reader.NodeReader (the first node that answers).
 
 
 @dataclass(slots=True)

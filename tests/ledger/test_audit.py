@@ -206,6 +206,7 @@ def test_parse_since() -> None:
 
 @pytest.mark.slow
 async def test_devnet_reorg_orphans_and_restores_a_block(devnet: Any, tmp_path: Path) -> None:
+    from poold.node.reader import NodeReader
     from poold.node.rpc import RpcClient
 
     await devnet.generate(1)
@@ -216,7 +217,7 @@ async def test_devnet_reorg_orphans_and_restores_a_block(devnet: Any, tmp_path: 
     await ledger.start()
     rpc = RpcClient(devnet.rpc_url, user=devnet.rpc_user, password=devnet.rpc_password)
     await rpc.start()
-    node = audit.RpcNodeClient(rpc)
+    node = NodeReader([rpc])
     try:
         t = int((await rpc.call("getblockheader", base_hex))["time"]) + 1
         ours = mine(h + 1, base_hex, [(script(1), 5_000_000_000)], tag=b"/ours/", ntime=t)

@@ -17,7 +17,6 @@ from poold.bitcoin.header import BlockHeader
 from poold.bitcoin.merkle import merkle_root
 from poold.bitcoin.target import bits_to_target, target_to_difficulty
 from poold.bitcoin.tx import TxOut
-from poold.ledger import audit
 from poold.ledger.chain import commitment_script
 from poold.ledger.config import LedgerConfig
 from poold.ledger.ledger import Ledger
@@ -32,6 +31,7 @@ def addr(n: int) -> str:
 
 @pytest.mark.slow
 async def test_split_coinbase_accepted_by_the_devnet(devnet: Any, tmp_path: Path) -> None:
+    from poold.node.reader import NodeReader
     from poold.node.rpc import RpcClient
 
     await devnet.generate(1)
@@ -92,7 +92,7 @@ async def test_split_coinbase_accepted_by_the_devnet(devnet: Any, tmp_path: Path
         assert sum(balances.values()) == 0
         assert balances[addr(4)] > 0 and balances[addr(5)] > 0
         assert all(balances[addr(n)] < 0 for n in (1, 2, 3))
-        rep = await ledger.reconcile(audit.RpcNodeClient(rpc))
+        rep = await ledger.reconcile(NodeReader([rpc]))
         assert rep.ok and rep.changed == {header.hash_hex: ("submitted", "confirmed")}
     finally:
         await rpc.close()

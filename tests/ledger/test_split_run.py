@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from poold.bitcoin.address import Network, address_to_script, p2wpkh_address
-from poold.ledger import audit
 from poold.ledger.config import LedgerConfig
 from poold.ledger.ledger import Ledger
 from tests.ledger.test_poold_run_crash import mine_for, write_config
@@ -23,6 +22,7 @@ from tests.poold_process import free_port, log_tail, poold_run
 @pytest.mark.timeout(180)
 async def test_poold_run_split_payout(ledger_url: str, tmp_path: Path) -> None:
     from poold.devnet import Devnet
+    from poold.node.reader import NodeReader
     from poold.node.rpc import RpcClient
     from poold.sim.miner import StratumMiner
 
@@ -56,7 +56,7 @@ async def test_poold_run_split_payout(ledger_url: str, tmp_path: Path) -> None:
         rpc = RpcClient(dn.rpc_url, user=dn.rpc_user, password=dn.rpc_password)
         await rpc.start()
         try:
-            rep = await ledger.reconcile(audit.RpcNodeClient(rpc))
+            rep = await ledger.reconcile(NodeReader([rpc]))
             blocks = await ledger.blocks()
             balances = await ledger.split_balances()
         finally:
