@@ -14,12 +14,13 @@ expiry; on a 401 the driver logs in again once). A reading needs only the docume
 - ``GET performance/tuner-state``: ``mode_state.powertargetmodestate.current_target.watt``
   (``GET performance/mode`` when the firmware lacks tuner-state).
 
-Temperatures and fans (``GET cooling/state``) are optional: used when served, and a 404 or any
-failure there never fails the reading (it is noted in ``Telemetry.errors``; an endpoint the
-firmware does not have is not asked again). Power: ``PUT performance/power-target {"watt": W}``
-changes the target on the fly; sleep is ``PUT actions/pause`` / ``resume``; limits come from
-``GET configuration/constraints`` and are capped at the miner's configured ``max_w``. Each change
-is read back.
+Temperatures and fans (``GET cooling/state``: ``fans[].rpm``, ``highest_temperature``) are
+optional: used when served, and a 404 or any failure there never fails the reading (it is
+noted in ``Telemetry.errors``; an endpoint the firmware does not have is not asked again).
+
+Power: ``PUT performance/power-target {"watt": W}`` changes the target on the fly; sleep is
+``PUT actions/pause`` / ``resume``; limits come from ``GET configuration/constraints`` and are
+capped at the miner's configured ``max_w``. Each change is read back.
 """
 
 
@@ -267,9 +268,13 @@ class BraiinsDriver:
         ghs = next((g for g in (_number(_get(real, k, "gigahash_per_second")) for k in
                                 ("last_5s", "last_15s", "last_30s", "last_1m"))
                     if g is not None), None)
+        # Per-board temperatures when served, else the documented highest_temperature.
         temps = tuple(float(t) for t in (
             _number(_get(b, "board_temp", "degree_c")) for b in _get(cooling, "hashboards") or []
         ) if t is not None)
+        highest = _number(_get(cooling, "highest_temperature", "temperature", "degree_c"))
+        if not temps and highest is not None:
+            temps = (highest,)
         fans = tuple(int(f["rpm"]) for f in _get(cooling, "fans") or []
                      if _number(_get(f, "rpm")) is not None)
         uptime = _number(_get(details, "bosminer_uptime_s"))
