@@ -7,6 +7,9 @@ Each subcommand lives in the module that owns its area and exposes two functions
 
 Only the chosen subcommand's module is imported, so `poold --help` stays fast and a missing
 optional dependency of one area never breaks another.
+
+`--api` and `--token-file` (the admin API commands' connection) may also come before the
+subcommand. Output cut short by a closed pipe (`poold blocks | head`) ends quietly.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 
 from poold import __version__
@@ -38,10 +43,11 @@ COMMANDS: tuple[Command, ...] = (
     Command("status", "poold.client_cli", "pool and fleet status from the running daemon"),
     Command("workers", "poold.client_cli", "connected workers from the running daemon"),
     Command("blocks", "poold.client_cli", "found blocks and their audit state"),
-    Command("fleet", "poold.client_cli", "fleet: ls, cap RACK KW, curtail RACK, restore RACK"),
+    Command("fleet", "poold.client_cli",
+            "fleet: ls, cap RACK KW, curtail RACK, restore RACK, clear MINER"),
     Command("audit", "poold.client_cli", "audit export --format csv|json [--since ...]"),
     Command("ledger", "poold.ledger.cli",
-            "offline ledger reports from the database: export | payouts | energy"),
+            "the ledger database: export | payouts | energy | record-payment"),
 )
 
 
@@ -68,25 +74,23 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
         help="logging threshold (default INFO)",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # The admin API commands' connection, accepted here too (SUPPRESS: a value given after
+    # the subcommand is not overwritten by a default here, nor this one by the subcommand's).
+    parser.add_argument("--api", metavar="URL", default=argparse.SUPPRESS,
+                        help="admin API base URL for status, workers, blocks, fleet and audit "
+                        "(default: from the config file's [api] listen)")
+    parser.add_argument("--token-file", type=Path, metavar="FILE", default=argparse.SUPPRESS,
+                        help="file holding the admin API bearer token (default: "
+                        "$POOLD_API_TOKEN)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                help="what to do (`poold COMMAND --help` for its options)")
     chosen = _chosen(argv)
     for cmd in COMMANDS:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
         p.set_defaults(_module=cmd.module)
         if chosen is not None and chosen.name == cmd.name:
-            module = _import(cmd.module)
-            if module is not None:
-                module.add_arguments(p)
+            importlib.import_module(cmd.module).add_arguments(p)
     return parser
-
-
-def _import(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and exc.name.startswith("poold"):
-            return None
-        raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,9 +104,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module = _import(args._module)
-    if module is None:
-        print(f"poold {args.command}: not yet", file=sys.stderr)
-        return 3
-    code: int = module.run(args)
+    module: ModuleType = importlib.import_module(args._module)
+    try:
+        code: int = module.run(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`poold blocks | head`): no traceback, and none at exit when
+        # Python flushes stdout again (https://docs.python.org/3/library/signal.html#note-on-sigpipe).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 128 + 13  # as a process killed by SIGPIPE
     return code

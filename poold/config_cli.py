@@ -15,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("-c", "--config", type=Path, default=DEFAULT_PATH,
                             help=f"config file (default {DEFAULT_PATH})")
         return
-    sub = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    sub = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True,
+                                help="example")
     sub.add_parser("example", help="print a full commented example config")
 
 

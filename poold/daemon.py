@@ -62,8 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--processes", type=int, default=1, metavar="N",
                         help="run N worker processes on one Stratum port (0 = one per CPU "
                         "core; see poold.supervisor)")
-    # One worker of `--processes` (or of the poold@.service template unit).
-    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-index", type=int, default=None, metavar="I",
+                        help="run as worker I of a multi-process site (set by the supervisor "
+                        "of --processes N, or by the poold@.service template unit: one unit "
+                        "per index, all on one Stratum port and one ledger)")
 
 
 def run(args: argparse.Namespace) -> int:

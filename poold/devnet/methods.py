@@ -61,6 +61,7 @@ def method_table(dn: Devnet) -> Mapping[str, Method]:
         "generatetoaddress": Method(m.generatetoaddress, ("nblocks", "address", "maxtries"), 2),
         "sendrawtransaction": Method(m.sendrawtransaction, ("hexstring", "maxfeerate"), 1),
         "getrawmempool": Method(m.getrawmempool, ("verbose",)),
+        "getrawtransaction": Method(m.getrawtransaction, ("txid", "verbose", "blockhash"), 1),
         "getzmqnotifications": Method(m.getzmqnotifications),
     }
 
@@ -365,6 +366,57 @@ class _Methods:
                 for e in self.dn.mempool.entries()
             }
         return [hash_to_hex(e.txid) for e in self.dn.mempool.entries()]
+
+    async def getrawtransaction(self, txid: Any, verbose: Any = False,
+                                blockhash: Any = None) -> Any:
+        """As bitcoind with -txindex=1: the mempool, then the block `blockhash` or the whole
+        active chain (newest first; a devnet chain is short)."""
+        tid = _hash_param(txid, "parameter 1")
+        dn = self.dn
+        entry = dn.mempool.get(tid)
+        found: tuple[Tx, bytes | None] | None = None
+        if entry is not None and blockhash is None:
+            found = (entry.tx, None)
+        else:
+            if blockhash is not None:
+                block_hash = _hash_param(blockhash, "parameter 3")
+                if dn.view.height_of(block_hash) is None:
+                    raise RpcError(RPC_INVALID_ADDRESS_OR_KEY, "Block hash not found")
+                candidates = [block_hash]
+            else:
+                candidates = [dn.view.hash_at(h) for h in range(dn.height, 0, -1)]
+            for block_hash in candidates:
+                raw = await dn.read_block(block_hash)
+                if raw is None:
+                    continue
+                tx = next((t for t in parse_block(raw)[1] if t.txid == tid), None)
+                if tx is not None:
+                    found = (tx, block_hash)
+                    break
+        if found is None:
+            raise RpcError(RPC_INVALID_ADDRESS_OR_KEY,
+                           "No such mempool or blockchain transaction. Use gettransaction for "
+                           "wallet transactions.")
+        tx, in_block = found
+        if not verbose:
+            return tx.serialize().hex()
+        out: dict[str, Any] = {
+            "txid": tx.txid_hex, "hash": tx.wtxid_hex, "version": tx.version,
+            "size": len(tx.serialize()), "vsize": tx.vsize, "weight": tx.weight,
+            "locktime": tx.locktime,
+            "vout": [{"value": o.value / 100_000_000, "n": n,
+                      "scriptPubKey": {"hex": o.script_pubkey.hex()}}
+                     for n, o in enumerate(tx.outputs)],
+            "hex": tx.serialize().hex(),
+        }
+        if in_block is not None:
+            height = dn.view.height_of(in_block)
+            header = dn.view.header_at(height) if height is not None else None
+            out["blockhash"] = hash_to_hex(in_block)
+            out["confirmations"] = dn.height - height + 1 if height is not None else 0
+            if header is not None:
+                out["time"] = out["blocktime"] = header.ntime
+        return out
 
     # -- network ---------------------------------------------------------------------------
 

@@ -4,7 +4,9 @@
 - `payouts`: the PPLNS payout report, what each account was credited by matured blocks, what a
   wallet process recorded as paid, and what is owed (CSV or JSON);
 - `energy`: J per accepted difficulty (and J/TH) per worker and rack, kWh and cost per block
-  between --since and --until (JSON).
+  between --since and --until (JSON);
+- `record-payment --txid TXID`: read a payout transaction from bitcoind and record what it paid
+  to owed accounts (`poold.ledger.payments`).
 
 `add_arguments()` adds the options, `run()` reads the ledger named by the config file (or
 `--ledger-url`) and writes to stdout or `--output`.
@@ -17,18 +19,23 @@ import sys
 from pathlib import Path
 
 from poold.errors import ConfigError
-from poold.ledger import audit
+from poold.ledger import audit, payments
 from poold.ledger.store import StoreUnavailable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("export", "payouts", "energy"),
-                        help="export: the block audit log; payouts: who is owed what (PPLNS); "
-                        "energy: energy per accepted difficulty and per block")
-    parser.add_argument("--format", choices=audit.FORMATS, default="csv", dest="fmt")
+    parser.add_argument("action", choices=("export", "payouts", "energy", "record-payment"),
+                        help="export: the block audit log; payouts: credited, paid and still "
+                        "owed per account (PPLNS); energy: energy per accepted difficulty and "
+                        "per block; record-payment: record a payout transaction (--txid)")
+    parser.add_argument("--format", choices=(*audit.FORMATS, "text"), default=None, dest="fmt",
+                        help="export: csv (default) or json; payouts: text (default), csv or "
+                        "json; energy: json")
+    parser.add_argument("--json", action="store_true",
+                        help="the same as --format json")
     parser.add_argument("--since", default=None,
                         help="only blocks found at or after this (Unix seconds or ISO 8601)")
-    parser.add_argument("--config", type=Path, default=Path("/etc/poold/poold.toml"),
+    parser.add_argument("-c", "--config", type=Path, default=Path("/etc/poold/poold.toml"),
                         help="config file naming the ledger (default /etc/poold/poold.toml)")
     parser.add_argument("--ledger-url", default=None,
                         help="read this ledger instead (sqlite:///PATH or postgresql://...)")
@@ -36,6 +43,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="energy: up to this time (Unix seconds or ISO 8601; default now)")
     parser.add_argument("--tariff", type=float, default=None,
                         help="energy: cost per kWh (default: ledger.tariff_per_kwh of the config)")
+    parser.add_argument("--txid", default=None,
+                        help="record-payment: the payout transaction's id (hex)")
+    parser.add_argument("--rpc", default=None, metavar="URL",
+                        help="record-payment: bitcoind JSON-RPC URL, credentials in it "
+                        "(http://USER:PASS@HOST:PORT; default: the config's first [[nodes]])")
+    parser.add_argument("--blockhash", default=None,
+                        help="record-payment: the block holding the transaction (for a node "
+                        "without -txindex)")
+    parser.add_argument("--unconfirmed", action="store_true",
+                        help="record-payment: record it even if it is not in a block yet")
+    parser.add_argument("--network", default=None,
+                        choices=("main", "test", "testnet4", "signet", "regtest"),
+                        help="with --ledger-url: the chain of the addresses (default: the "
+                        "config's pool.network)")
     parser.add_argument("--output", "-o", type=Path, default=None, help="write here, not stdout")
 
 
@@ -68,6 +89,10 @@ def payout_report(url: str, fmt: str) -> str:
                 for a in sorted(set(credited) | set(paid))]
 
     rows = asyncio.run(read())
+    if fmt == "text":
+        from poold.ledger.payments import render_payouts
+
+        return render_payouts(rows)
     if fmt == "json":
         return json.dumps({"accounts": [
             {"account": a, "credited_sat": c, "paid_sat": p, "owed_sat": o}
@@ -109,9 +134,12 @@ def _tariff(args: argparse.Namespace) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    fmt = "json" if args.json else args.fmt
     try:
         if args.action == "payouts":
-            text = payout_report(ledger_url(args), args.fmt)
+            text = payout_report(ledger_url(args), fmt or "text")
+        elif args.action == "record-payment":
+            text = payments.record_payment_cli(args, ledger_url(args), fmt or "text")
         elif args.action == "energy":
             import time
 
@@ -119,12 +147,15 @@ def run(args: argparse.Namespace) -> int:
             text = energy_json(ledger_url(args), audit.parse_since(args.since), until,
                                _tariff(args))
         else:
-            text = audit.export(ledger_url(args), fmt=args.fmt, since=args.since)
+            text = audit.export(ledger_url(args), fmt=fmt or "csv", since=args.since)
     except (ConfigError, ValueError, OSError) as exc:
         print(f"poold ledger: {exc}", file=sys.stderr)
         return 2
     except StoreUnavailable as exc:
         print(f"poold ledger: the ledger database is unavailable: {exc}", file=sys.stderr)
+        return 1
+    except payments.PaymentError as exc:
+        print(f"poold ledger: {exc}", file=sys.stderr)
         return 1
     if args.output is None:
         sys.stdout.write(text)

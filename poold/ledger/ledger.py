@@ -42,7 +42,7 @@ from poold.bitcoin.address import Network, script_to_address
 from poold.bitcoin.encoding import ByteReader
 from poold.bitcoin.target import bits_to_target, target_to_difficulty
 from poold.bitcoin.tx import Tx
-from poold.ledger import audit, chain, journal, payouts
+from poold.ledger import audit, chain, journal, payments, payouts
 from poold.ledger.config import LedgerConfig
 from poold.ledger.energy import EnergyMeter, EnergyReport, PowerSample, report
 from poold.ledger.planner import PayoutPlanner, payout_key
@@ -686,13 +686,17 @@ class Ledger:
 
     async def reconcile_forever(self, node: audit.NodeClient, interval_s: float = 30.0) -> None:
         """Long-lived loop for the daemon's TaskGroup: reconcile every `interval_s`; a node or
-        store error is logged and retried at the next round."""
+        store error is logged and retried at the next round. Each round also records payouts
+        to owed accounts seen in new blocks (`payments.PaymentWatcher`)."""
+        watcher = payments.PaymentWatcher(self.store, Network(self.config.network),
+                                          payments.account_addresses(self.config.network))
         while True:
             try:
                 rep = await self.reconcile(node)
                 if rep.changed or rep.mismatches:
                     log.info("reconcile: %d blocks checked, changed %s, mismatches %s",
                              rep.checked, rep.changed, rep.mismatches)
+                await watcher.scan(node)
             except StoreUnavailable as exc:
                 log.error("reconcile: ledger unavailable: %s", exc)
             except Exception as exc:  # node errors come in the node client's own types

@@ -392,6 +392,13 @@ class PostgresStore:
 
         return await self._with(q)
 
+    async def payments(self) -> list[tuple[str, int, str, float]]:
+        async def q(conn: Any) -> list[tuple[str, int, str, float]]:
+            return [(str(r[0]), int(r[1]), str(r[2]), float(r[3]))
+                    for r in await conn.fetch(_q(schema.PAYMENTS))]
+
+        return await self._with(q)
+
     async def insert_energy(self, rows: Sequence[EnergyRow]) -> None:
         async def body(conn: Any) -> None:
             await conn.executemany(_q(schema.INSERT_ENERGY), [

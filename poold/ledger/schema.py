@@ -267,6 +267,7 @@ BALANCES = (
     " WHERE c.kind IN ({kinds}) AND b.status NOT IN ('orphaned', 'rejected') GROUP BY c.account")
 CREDITS_FOR = "SELECT account, amount FROM credits WHERE block_hash_hex = ? AND kind = ?"
 PAID = "SELECT account, SUM(amount) FROM payments GROUP BY account"
+PAYMENTS = "SELECT account, amount, txid_hex, time FROM payments ORDER BY id"
 ENERGY_BETWEEN = ("SELECT worker, rack, t_start, t_end, joules FROM energy"
                   " WHERE t_start >= ? AND t_start < ? ORDER BY t_start, id")
 

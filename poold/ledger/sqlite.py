@@ -451,6 +451,11 @@ class SqliteStore:
         return await self._call(
             lambda conn: {a: int(v) for a, v in conn.execute(_q(schema.PAID))})
 
+    async def payments(self) -> list[tuple[str, int, str, float]]:
+        return await self._call(lambda conn: [
+            (str(a), int(v), str(t), float(w)) for a, v, t, w in conn.execute(
+                _q(schema.PAYMENTS))])
+
     async def insert_energy(self, rows: Sequence[EnergyRow]) -> None:
         def body(conn: sqlite3.Connection) -> None:
             conn.executemany(_q(schema.INSERT_ENERGY), [

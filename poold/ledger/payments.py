@@ -1,0 +1,299 @@
+"""Payments: the ledger learns that owed amounts were paid from the transactions themselves.
+
+poold holds no keys and sends nothing. The operator pays owed accounts from any wallet; then
+either `poold ledger record-payment --txid TXID` reads that transaction from bitcoind
+(`getrawtransaction TXID true`, which needs `-txindex` or the transaction still in the mempool,
+or `--blockhash`), or the daemon's reconcile loop sees it in a new block (`PaymentWatcher`).
+Both record, for every output paying the address of an account that is owed, one payment of
+that output's value (summed per account) with the txid; a (txid, account) pair already recorded
+is never recorded again, so the two ways never count a payment twice.
+
+"Owed" is what `poold ledger payouts` shows: PPLNS credits of matured blocks minus what was
+paid. An account's address is the account name itself when it is a valid address of the
+network, else what `addresses` (the config's account table) names.
+
+Transactions are parsed here (BIP144 serialization, `poold.bitcoin.tx`), not taken from the
+node's decoded fields, and block parsing runs in a worker thread: a full block is megabytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from poold.bitcoin.address import AddressError, Network, address_to_script
+from poold.bitcoin.block import parse_block
+from poold.bitcoin.tx import Tx
+from poold.ledger.store import LedgerStore
+
+log = logging.getLogger("poold.ledger.payments")
+
+SCAN_LOOKBACK_BLOCKS = 144  # on start, the watcher looks this far back (about a day)
+SCAN_MAX_BLOCKS = 20  # blocks fetched per reconcile round, so one round stays short
+
+AddressOf = Callable[[str], str | None]
+
+
+class PaymentError(Exception):
+    """The transaction cannot be read or matched; the message says why."""
+
+
+class _Caller(Protocol):
+    async def call(self, method: str, *params: Any) -> Any: ...
+
+
+class _Node(Protocol):
+    async def getblockhash(self, height: int) -> str: ...
+    async def getblockheader(self, hash_hex: str) -> dict[str, Any] | None: ...
+    async def getblock(self, hash_hex: str, verbosity: int) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    account: str
+    address: str
+    amount: int  # satoshis
+    txid_hex: str
+    recorded: bool  # False: this (txid, account) was already in the ledger
+
+
+def account_addresses(network: Network | str, table: Mapping[str, str] | None = None
+                      ) -> AddressOf:
+    """account -> payout address: the table's entry, else the account if it is an address."""
+    net = Network(network)
+
+    def address_of(account: str) -> str | None:
+        if table is not None and account in table:
+            return table[account]
+        try:
+            address_to_script(account, net)
+        except AddressError:
+            return None
+        return account
+
+    return address_of
+
+
+async def owed(store: LedgerStore) -> dict[str, int]:
+    """Accounts still owed something (PPLNS credits minus payments), in satoshis."""
+    credited = await store.balances(["pplns"])
+    paid = await store.paid()
+    return {a: c - paid.get(a, 0) for a, c in credited.items() if c - paid.get(a, 0) > 0}
+
+
+async def _owed_scripts(store: LedgerStore, network: Network, address_of: AddressOf
+                        ) -> dict[bytes, tuple[str, str]]:
+    """scriptPubKey -> (account, address) for every owed account with a usable address."""
+    out: dict[bytes, tuple[str, str]] = {}
+    for account in sorted(await owed(store)):
+        address = address_of(account)
+        if address is None:
+            continue
+        try:
+            script = address_to_script(address, network)
+        except AddressError as exc:
+            log.warning("payments: account %s has no usable address %r: %s",
+                        account, address, exc)
+            continue
+        out.setdefault(script, (account, address))
+    return out
+
+
+def match_outputs(tx: Tx, scripts: Mapping[bytes, tuple[str, str]]
+                  ) -> dict[str, tuple[str, int]]:
+    """account -> (address, satoshis) paid by `tx`'s outputs to the given scripts."""
+    paid: dict[str, tuple[str, int]] = {}
+    for out in tx.outputs:
+        hit = scripts.get(out.script_pubkey)
+        if hit is not None and out.value > 0:
+            account, address = hit
+            paid[account] = (address, paid.get(account, (address, 0))[1] + out.value)
+    return paid
+
+
+async def record_transactions(store: LedgerStore, txs: Sequence[Tx], network: Network,
+                              address_of: AddressOf, clock: Callable[[], float] = time.time,
+                              ) -> list[Payment]:
+    """Record what `txs` paid to owed accounts (each (txid, account) once)."""
+    scripts = await _owed_scripts(store, network, address_of)
+    if not scripts:
+        return []
+    done = {(txid, account) for account, _, txid, _ in await store.payments()}
+    found: list[Payment] = []
+    for tx in txs:
+        txid = tx.txid_hex
+        for account, (address, amount) in sorted(match_outputs(tx, scripts).items()):
+            new = (txid, account) not in done
+            if new:
+                await store.add_payment(account, amount, txid, clock())
+                done.add((txid, account))
+                log.info("payment recorded: %s paid %d sat to %s (%s)",
+                         txid, amount, account, address)
+            found.append(Payment(account, address, amount, txid, new))
+    return found
+
+
+async def fetch_transaction(rpc: _Caller, txid_hex: str, blockhash: str | None = None
+                            ) -> tuple[Tx, int]:
+    """The transaction `txid_hex` from bitcoind and its confirmations (0: in the mempool)."""
+    params: list[Any] = [txid_hex, True] + ([blockhash] if blockhash else [])
+    try:
+        result = await rpc.call("getrawtransaction", *params)
+    except Exception as exc:  # the RPC client's own error types
+        raise PaymentError(f"getrawtransaction {txid_hex}: {exc}") from None
+    if not isinstance(result, dict) or not isinstance(result.get("hex"), str):
+        raise PaymentError(f"getrawtransaction {txid_hex}: no transaction hex in the answer")
+    try:
+        tx = Tx.parse(bytes.fromhex(result["hex"]))
+    except ValueError as exc:
+        raise PaymentError(f"transaction {txid_hex} does not decode: {exc}") from None
+    if tx.txid_hex != txid_hex.lower():
+        raise PaymentError(f"the node answered transaction {tx.txid_hex} for {txid_hex}")
+    return tx, int(result.get("confirmations") or 0)
+
+
+async def record_txid(store: LedgerStore, rpc: _Caller, txid_hex: str, network: Network,
+                      address_of: AddressOf, *, blockhash: str | None = None,
+                      unconfirmed: bool = False, clock: Callable[[], float] = time.time,
+                      ) -> list[Payment]:
+    """`poold ledger record-payment`: read the transaction and record its owed payments.
+    A transaction not yet in a block is refused unless `unconfirmed` (it may never be)."""
+    tx, confirmations = await fetch_transaction(rpc, txid_hex, blockhash)
+    if confirmations < 1 and not unconfirmed:
+        raise PaymentError(f"transaction {txid_hex} is not in a block yet (record it once "
+                           "confirmed, or pass --unconfirmed)")
+    return await record_transactions(store, [tx], network, address_of, clock)
+
+
+class PaymentWatcher:
+    """Records payouts seen in new blocks of the best chain (the reconcile loop calls `scan`).
+
+    Bounded: it starts `lookback` blocks below the tip, fetches at most `max_blocks` per call,
+    and fetches none while nothing is owed. Its position is kept in memory only: after a
+    restart it looks back again, and the (txid, account) check keeps that harmless.
+    """
+
+    def __init__(self, store: LedgerStore, network: Network, address_of: AddressOf, *,
+                 lookback: int = SCAN_LOOKBACK_BLOCKS, max_blocks: int = SCAN_MAX_BLOCKS,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.network = network
+        self.address_of = address_of
+        self.lookback = lookback
+        self.max_blocks = max_blocks
+        self.clock = clock
+        self.scanned: int | None = None  # height of the last block looked at
+
+    async def tip_height(self, node: _Node) -> int:
+        # The genesis block's confirmations count the whole best chain (no extra RPC method).
+        genesis = await node.getblockheader(await node.getblockhash(0))
+        if genesis is None:
+            raise PaymentError("the node does not know its own genesis block")
+        return int(genesis["confirmations"]) - 1
+
+    async def scan(self, node: _Node) -> list[Payment]:
+        tip = await self.tip_height(node)
+        if self.scanned is None or self.scanned > tip:  # first call, or the chain got shorter
+            self.scanned = max(-1, tip - self.lookback)
+        if self.scanned >= tip:
+            return []
+        if not await _owed_scripts(self.store, self.network, self.address_of):
+            self.scanned = tip
+            return []
+        found: list[Payment] = []
+        for height in range(self.scanned + 1, min(tip, self.scanned + self.max_blocks) + 1):
+            raw = await node.getblock(await node.getblockhash(height), 0)
+            _, txs = await asyncio.to_thread(parse_block, bytes.fromhex(str(raw)))
+            found += await record_transactions(self.store, txs[1:], self.network,
+                                               self.address_of, self.clock)
+            self.scanned = height
+        return found
+
+
+def render_payouts(rows: Sequence[tuple[str, int, int, int]],
+                   address_of: AddressOf | None = None) -> str:
+    """`poold ledger payouts` for people: credited, paid and still owed per account, in BTC."""
+    from poold import cli_format as f
+    from poold.cli_format import Column
+
+    dicts = [{"account": a, "credited": c, "paid": p, "owed": o} for a, c, p, o in rows]
+    cols = [Column("ACCOUNT", lambda r: str(r["account"]))]
+    if address_of is not None:
+        cols.append(Column("ADDRESS", lambda r: address_of(str(r["account"])) or "-"))
+    cols += [Column("CREDITED", lambda r: f.btc(r["credited"]), right=True),
+             Column("PAID", lambda r: f.btc(r["paid"]), right=True),
+             Column("OWED", lambda r: f.btc(r["owed"]), right=True)]
+    total_owed = sum(max(0, o) for *_, o in rows)
+    body = f.table(cols, dicts, empty="(no PPLNS credits or payments)")
+    return f"{body}\n\nstill owed in total: {f.btc(total_owed)}\n"
+
+
+def render_payments(found: Sequence[Payment]) -> str:
+    from poold import cli_format as f
+
+    if not found:
+        return "no output of this transaction pays an owed account\n"
+    lines = [f"{'recorded' if p.recorded else 'already recorded'}: {f.btc(p.amount)} to "
+             f"{p.account} ({p.address}) in {p.txid_hex}" for p in found]
+    return "\n".join(lines) + "\n"
+
+
+def record_payment_cli(args: Any, url: str, fmt: str) -> str:
+    """`poold ledger record-payment --txid TXID [--rpc URL]` (CLI only: runs its own loop)."""
+    import json
+
+    from poold.ledger.store import open_store
+    from poold.node.rpc import RpcClient
+
+    if not args.txid:
+        raise ValueError("record-payment needs --txid TXID")
+    cfg = None
+    if args.rpc is None or args.network is None:
+        from poold.config import load_config
+
+        cfg = load_config(args.config)
+    network = Network(args.network or str(cfg.pool.network if cfg is not None else "main"))
+    table = getattr(cfg, "accounts", None) if cfg is not None else None
+    address_of = account_addresses(network, _address_table(table))
+    if args.rpc is not None:
+        rpc = RpcClient(args.rpc, name="record-payment")
+    else:
+        assert cfg is not None
+        if not cfg.nodes:
+            raise ValueError("no --rpc given and the config has no [[nodes]]")
+        node = cfg.nodes[0]
+        rpc = RpcClient(node.rpc_url, name=node.name, user=node.rpc_user,
+                        password=node.rpc_password, cookie_file=node.rpc_cookie_file or None)
+
+    async def go() -> list[Payment]:
+        store = open_store(url)
+        await store.open()
+        try:
+            async with rpc:
+                return await record_txid(store, rpc, args.txid.lower(), network, address_of,
+                                         blockhash=args.blockhash, unconfirmed=args.unconfirmed)
+        finally:
+            await store.close()
+
+    found = asyncio.run(go())
+    if fmt == "json":
+        return json.dumps({"payments": [
+            {"account": p.account, "address": p.address, "amount_sat": p.amount,
+             "txid": p.txid_hex, "recorded": p.recorded} for p in found]}, indent=2) + "\n"
+    return render_payments(found)
+
+
+def _address_table(table: object) -> Mapping[str, str] | None:
+    """The config's account table as account -> address, whatever shape its entries have."""
+    if not isinstance(table, Mapping):
+        return None
+    out: dict[str, str] = {}
+    for account, entry in table.items():
+        address = entry if isinstance(entry, str) else getattr(entry, "address", None)
+        if isinstance(address, str):
+            out[str(account)] = address
+    return out
