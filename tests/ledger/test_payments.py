@@ -16,11 +16,12 @@ import pytest
 
 from poold.bitcoin.address import Network, p2wpkh_address
 from poold.cli import main
-from poold.ledger import audit, payments
+from poold.ledger import payments
 from poold.ledger.config import LedgerConfig
 from poold.ledger.ledger import Ledger
 from poold.ledger.records import BlockEvent, BlockStatus, Credit
 from poold.ledger.store import LedgerStore, open_store
+from poold.node.reader import NodeReader
 from poold.node.rpc import RpcClient
 from tests.ledger.helpers import block
 
@@ -131,7 +132,7 @@ async def test_reconcile_loop_records_payouts_seen_in_new_blocks(
     await ledger.start()
     rpc = RpcClient(devnet.rpc_url, user=devnet.rpc_user, password=devnet.rpc_password)
     await rpc.start()
-    loop = asyncio.create_task(ledger.reconcile_forever(audit.RpcNodeClient(rpc), 0.05))
+    loop = asyncio.create_task(ledger.reconcile_forever(NodeReader([rpc]), 0.05))
     store: LedgerStore = ledger.store
     try:
         deadline = time.monotonic() + 30
@@ -165,7 +166,7 @@ async def test_watcher_is_bounded_and_skips_blocks_when_nothing_is_owed(
     await devnet.generate(30)
     calls: list[str] = []
 
-    class CountingNode(audit.RpcNodeClient):
+    class CountingNode(NodeReader):
         async def getblock(self, hash_hex: str, verbosity: int) -> Any:
             calls.append(hash_hex)
             return await super().getblock(hash_hex, verbosity)
@@ -173,7 +174,7 @@ async def test_watcher_is_bounded_and_skips_blocks_when_nothing_is_owed(
     rpc = RpcClient(devnet.rpc_url, user=devnet.rpc_user, password=devnet.rpc_password)
     await rpc.start()
     try:
-        node = CountingNode(rpc)
+        node = CountingNode([rpc])
         watcher = payments.PaymentWatcher(store, REGTEST, payments.account_addresses(REGTEST),
                                           lookback=12, max_blocks=5)
         assert await watcher.scan(node) == []
