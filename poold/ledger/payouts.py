@@ -27,23 +27,24 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 
-PPM = 1_000_000  # fee unit: parts per million of the reward
+# The fee arithmetic the coinbase payout policies of poold.work.jobs share with these schemes.
+from poold.work.fees import PPM, fee_of, fee_ppm
 
-
-def fee_ppm(fee_percent: float) -> int:
-    """A fee in percent (config) as integer parts per million, so fee arithmetic stays exact."""
-    if not (math.isfinite(fee_percent) and 0.0 <= fee_percent <= 100.0):
-        raise ValueError(f"fee percent must be within 0..100, got {fee_percent!r}")
-    return round(fee_percent * 10_000)
-
-
-def fee_of(reward: int, ppm: int, dust: int = 0) -> int:
-    """The pool fee of a reward, rounded down; a fee below `dust` is not taken (no dust output)."""
-    _check_amount("reward", reward)
-    if not 0 <= ppm <= PPM:
-        raise ValueError(f"fee ppm must be within 0..{PPM}, got {ppm}")
-    fee = reward * ppm // PPM
-    return 0 if fee < dust else fee
+__all__ = [
+    "PPM",
+    "CoinbasePlan",
+    "Payout",
+    "PplnsCredit",
+    "PplnsWindow",
+    "fee_of",
+    "fee_ppm",
+    "pplns",
+    "pplns_window",
+    "proportional",
+    "reserve",
+    "solo",
+    "split",
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""Value objects of the share ledger: accepted shares, found blocks, submit results, audit rows.
+"""Value objects of the share ledger: submit results, block and audit rows (and the accepted
+shares and found blocks of poold.work.records it stores).
 
 Pure data, no I/O: these are what the Stratum side hands to `poold.ledger.Ledger` and what the
 stores return. Amounts are integer satoshis; times are Unix seconds (float); hashes and txids are
@@ -7,39 +8,27 @@ display hex (`_hex`, as in RPC), scripts are raw bytes (or `script_hex` where st
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
+# What the share path produces and the ledger stores; defined in work/ so that work/ needs no
+# import of the ledger (the arrows of docs/DESIGN.md's package map point one way).
+from poold.work.records import AcceptedShare, FoundBlock
 
-@dataclass(frozen=True, slots=True)
-class AcceptedShare:
-    """One share that met its job's target, credited at the difficulty of that job."""
-
-    worker: str
-    account: str
-    difficulty: float
-    job_id: str
-    height: int
-    time: float
-    instance_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class FoundBlock:
-    """A share that met the network target: the full block, recorded before anything else."""
-
-    height: int
-    hash_hex: str
-    prevhash_hex: str
-    worker: str
-    account: str
-    coinbase_txid_hex: str
-    coinbase_outputs: tuple[tuple[bytes, int], ...]  # (script_pubkey, value in satoshis)
-    reward: int  # coinbase value = subsidy + fees, satoshis
-    fees: int
-    block_hex: str = field(repr=False)
-    time: float
-    instance_id: int
+__all__ = [
+    "COINBASE_MATURITY",
+    "FINAL_STATUSES",
+    "AcceptedShare",
+    "BlockEvent",
+    "BlockOutput",
+    "BlockRecord",
+    "BlockStatus",
+    "Credit",
+    "EnergyRow",
+    "FoundBlock",
+    "ShareRow",
+    "SubmitResult",
+]
 
 
 class BlockStatus(StrEnum):

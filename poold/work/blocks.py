@@ -23,7 +23,7 @@ from poold.bitcoin.block import assemble_block
 from poold.bitcoin.byteorder import hash_to_hex
 from poold.bitcoin.header import BlockHeader, rolled_version
 from poold.bitcoin.merkle import root_from_branch
-from poold.ledger.records import FoundBlock
+from poold.work.records import FoundBlock
 
 if TYPE_CHECKING:
     from poold.metrics import Metrics

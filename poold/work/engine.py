@@ -26,10 +26,10 @@ from typing import Protocol
 
 from poold.bitcoin.sharecore import SessionCore, ShareFormatError
 from poold.bitcoin.target import difficulty_to_target, target_to_le32
-from poold.ledger.records import AcceptedShare
 from poold.work.blocks import BlockCandidate
 from poold.work.difficulty import DifficultyPolicy
 from poold.work.jobs import Job, JobBook, JobWork
+from poold.work.records import AcceptedShare
 from poold.work.shares import RejectReason
 from poold.work.vardiff import Vardiff
 

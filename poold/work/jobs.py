@@ -29,8 +29,8 @@ from poold.bitcoin.coinbase import DEFAULT_MAX_COINBASE_SIZE, CoinbaseParts, bui
 from poold.bitcoin.merkle import coinbase_branch
 from poold.bitcoin.sharecore import JobCore
 from poold.bitcoin.tx import TxOut
-from poold.ledger.payouts import fee_of
 from poold.node.templates import Template
+from poold.work.fees import fee_of
 
 # A superseded (not stale) job stays valid this long after its successor was sent: miners finish
 # the job in hand before switching (clean_jobs=false).
@@ -55,7 +55,7 @@ class PayoutPolicy(Protocol):
 @dataclass(frozen=True, slots=True)
 class SoloPayout:
     """Solo mining: every block pays its finder's address, minus the pool fee if one is set
-    (`poold.ledger.payouts.fee_of`: rounded down, not taken below the dust limit)."""
+    (`poold.work.fees.fee_of`: rounded down, not taken below the dust limit)."""
 
     fee_ppm: int = 0
     fee_script: bytes | None = None
