@@ -198,6 +198,7 @@ def verify_watts_and_sleep(driver: object, after: Telemetry, desired: Desired,
     if after.sleeping != desired.sleep or (
         want_w is not None and target_differs(after.target_w, want_w)
     ):
-        raise VerifyError(f"{driver!r}: read-back target={after.target_w} "
-                          f"sleeping={after.sleeping}")
+        raise VerifyError(f"{driver!r} read-back after the command: target={after.target_w} "
+                          f"sleeping={after.sleeping}, asked target={want_w} "
+                          f"sleep={desired.sleep}")
     return after

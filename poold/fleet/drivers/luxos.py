@@ -63,6 +63,7 @@ SLEEP_SETTLE_S = 5.0
 WAKE_SETTLE_S = 30.0
 # A sleeping LuxOS miner draws "roughly 25W" (same Luxor page): at most this many sleep_w.
 _SLEEP_POWER_FACTOR = 3.0
+_EMPTY_STATS_LIMIT = 3
 
 
 def _flag(v: Any) -> bool | None:
@@ -111,6 +112,7 @@ class LuxosDriver:
         self._level_set: str | None = None  # the profile this driver last set
         self._sleep_set: bool | None = None  # the curtail state this driver last set
         self._sleep_set_at = -1e18  # when (time.monotonic())
+        self._stats_empty = 0  # consecutive stats replies without temperatures
         self._atm_owed = False  # we switched ATM off and owe switching it back on
         self._atm_warned = False
 
@@ -196,6 +198,13 @@ class LuxosDriver:
                       if isinstance(e, dict) for k, v in e.items()
                       if k.startswith("temp") and isinstance(v, int | float)
                       and not isinstance(v, bool))
+        if stats is not None:
+            # A stats reply without temperatures, again and again, is a connection per poll
+            # for nothing: stop asking (at 500,000 miners that is a third of the polling).
+            self._stats_empty = 0 if temps else self._stats_empty + 1
+            if self._stats_empty >= _EMPTY_STATS_LIMIT:
+                self._absent.add("stats")
+                log.info("%r: LuxOS stats carries no temperatures; reading without it", self)
         level = conf.get("Profile") if conf is not None else None
         if not isinstance(level, str) or not level:
             level = self._level_set
@@ -323,8 +332,10 @@ class LuxosDriver:
             if after.sleeping != desired.sleep or (
                 want_level is not None and after.level != want_level.name
             ):
-                raise VerifyError(f"{self!r}: read-back shows sleeping={after.sleeping} "
-                                  f"profile={after.level}")
+                raise VerifyError(f"{self!r} read-back after curtail/profileset: "
+                                  f"sleeping={after.sleeping} profile={after.level}, asked "
+                                  f"sleep={desired.sleep} profile="
+                                  f"{want_level.name if want_level else None}")
             return after
 
     async def reboot(self) -> None:

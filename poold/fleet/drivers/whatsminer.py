@@ -132,7 +132,7 @@ class WhatsminerDriver:
         salt = salt_reply.get("msg", {}).get("salt") if isinstance(
             salt_reply.get("msg"), dict) else None
         if not isinstance(salt, str):
-            raise ProtocolError(f"{self!r}: no salt")
+            raise ProtocolError(f"{self!r} get.device.info: reply has no msg.salt")
         ts = int(self._wall())
         digest = hashlib.sha256(f"{cmd}{self._password.value}{salt}{ts}".encode()).digest()
         token = base64.b64encode(digest).decode()[:8]

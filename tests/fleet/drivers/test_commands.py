@@ -256,3 +256,17 @@ async def test_timeouts_say_how_long_they_waited() -> None:
 
     with pytest.raises(DriverTimeout, match=r"^miner-7 GET miner/stats: timed out after 0.05 s$"):
         await with_timeout(0.05, "miner-7 GET miner/stats", never)
+
+
+async def test_luxos_stops_asking_for_stats_that_carry_no_temperatures() -> None:
+    r = case("luxos.json", "minimal")
+    r["stats"] = {"json": {"STATS": [{"STATS": 0, "ID": "BC50", "Elapsed": 5}], "id": 1}}
+    srv = await CgminerReplay(r).start()
+    d = LuxosDriver("127.0.0.1", srv.port, timeout_s=2.0)
+    try:
+        for _ in range(5):
+            await d.read()
+        assert [c for c, _ in srv.requests].count("stats") == 3
+        assert [c for c, _ in srv.requests].count("config") == 1  # absent: asked once
+    finally:
+        await srv.stop()
