@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeAlias
 
 if TYPE_CHECKING:
+    from poold.bitcoin.template import Template
     from poold.metrics import Metrics
-    from poold.node.templates import Template
     from poold.stratum.server import StratumServer
     from poold.work.jobs import PlannedPayout
 

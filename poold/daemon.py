@@ -39,12 +39,12 @@ from poold.errors import ConfigError
 from poold.stratum.auth import Authorizer
 
 if TYPE_CHECKING:
+    from poold.bitcoin.template import Template
     from poold.config import Config
     from poold.fleet.runtime import FleetRuntime
     from poold.ledger.ledger import Ledger
     from poold.metrics import Metrics
     from poold.node.nodes import NodeSet
-    from poold.node.templates import Template
     from poold.stratum.server import StratumServer
     from poold.work.blocks import BlockSink
     from poold.work.difficulty import DifficultyPolicy

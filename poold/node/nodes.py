@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from poold.bitcoin.byteorder import hash_from_hex, hash_to_hex
 from poold.bitcoin.encoding import sha256d
+from poold.bitcoin.template import Template, TemplateError, empty_template_for_tip, parse_gbt
 from poold.node.rpc import (
     RPC_IN_WARMUP,
     Backoff,
@@ -50,7 +51,6 @@ from poold.node.rpc import (
     RpcError,
     ThrottledLog,
 )
-from poold.node.templates import Template, TemplateError, empty_template_for_tip, parse_gbt
 from poold.node.zmqsub import HashblockListener
 
 if TYPE_CHECKING:

@@ -47,9 +47,9 @@ from poold.work.blocks import BlockAssemblyError, BlockCandidate, BlockOutcome, 
 from poold.work.shares import RejectReason
 
 if TYPE_CHECKING:
+    from poold.bitcoin.template import Template
     from poold.config import StratumConfig
     from poold.metrics import Metrics
-    from poold.node.templates import Template
 
 log = logging.getLogger(__name__)
 

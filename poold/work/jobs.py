@@ -28,8 +28,8 @@ from poold.bitcoin.byteorder import prevhash_to_stratum, u32_to_hex
 from poold.bitcoin.coinbase import DEFAULT_MAX_COINBASE_SIZE, CoinbaseParts, build_coinbase
 from poold.bitcoin.merkle import coinbase_branch
 from poold.bitcoin.sharecore import JobCore
+from poold.bitcoin.template import Template
 from poold.bitcoin.tx import TxOut
-from poold.node.templates import Template
 from poold.work.fees import fee_of
 
 # A superseded (not stale) job stays valid this long after its successor was sent: miners finish

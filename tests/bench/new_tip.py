@@ -30,11 +30,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from poold.bitcoin.template import Template
 from poold.devnet.node import Devnet
 from poold.devnet.zmqpub import ZmqPublisher
 from poold.node.nodes import NodeSet, NodeSpec, TemplateTiming, _Node
 from poold.node.rpc import RpcClient
-from poold.node.templates import Template
 
 TARGET_P99_MS = 20.0
 TARGET_EMPTY_MS = 5.0

@@ -16,12 +16,12 @@ from poold.bitcoin.coinbase import build_coinbase
 from poold.bitcoin.header import BlockHeader
 from poold.bitcoin.merkle import merkle_root
 from poold.bitcoin.target import bits_to_target, target_to_difficulty
+from poold.bitcoin.template import parse_gbt
 from poold.bitcoin.tx import TxOut
 from poold.ledger.chain import commitment_script
 from poold.ledger.config import LedgerConfig
 from poold.ledger.ledger import Ledger
 from poold.ledger.records import FoundBlock
-from poold.node.templates import parse_gbt
 from tests.ledger.helpers import share
 
 

@@ -15,12 +15,12 @@ from poold.bitcoin.byteorder import hash_to_hex, hash_to_int
 from poold.bitcoin.coinbase import build_coinbase
 from poold.bitcoin.header import BlockHeader
 from poold.bitcoin.merkle import merkle_root
+from poold.bitcoin.template import Template, block_subsidy, parse_gbt
 from poold.bitcoin.tx import TxOut
 from poold.devnet.node import Devnet
 from poold.metrics import Metrics
 from poold.node.nodes import NodeSet, NodeSpec, TemplateTiming
 from poold.node.rpc import RpcClient
-from poold.node.templates import Template, block_subsidy, parse_gbt
 from tests.node.fakenode import free_port
 from tests.node.test_nodes import Published, eventually, tip_is
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from poold.bitcoin.template import Template
 from poold.metrics import Metrics
 from poold.node.nodes import NodeSet, NodeSpec, TemplateTiming
 from poold.node.rpc import NodeCheckError, NodeUnavailable
-from poold.node.templates import Template
 from tests.node.fakenode import FakeNode, free_port
 
 

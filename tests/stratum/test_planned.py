@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 import pytest
 
+from poold.bitcoin.template import Template
 from poold.coinbase_planning import CoinbasePlanning
 from poold.metrics import Metrics
-from poold.node.templates import Template
 from poold.stratum.server import ServerSettings, StratumServer
 from poold.work.jobs import JobBook, PlannedPayout
 from tests.work.builders import regtest_template, rig, script

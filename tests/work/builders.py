@@ -10,7 +10,7 @@ from typing import Any
 
 from poold.bitcoin.address import Network, address_to_script, p2wpkh_address
 from poold.bitcoin.target import bits_to_target
-from poold.node.templates import Template, parse_gbt
+from poold.bitcoin.template import Template, parse_gbt
 from poold.stratum.auth import Authorizer
 from poold.stratum.session import Session, SessionContext, SessionSettings
 from poold.work.blocks import BlockCandidate

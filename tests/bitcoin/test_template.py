@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from poold.bitcoin.byteorder import hash_to_hex
 from poold.bitcoin.target import bits_to_target
-from poold.node.templates import (
+from poold.bitcoin.template import (
     Template,
     TemplateError,
     block_subsidy,
