@@ -389,6 +389,39 @@ def _options(section: str) -> list[Option]:
     return [o for o in OPTIONS if o.section == section]
 
 
+class ConfigErrors(ConfigError):
+    """Every error one pass over a config found (`check-config` lists them all). Raised only
+    for two or more: a single error is raised as the ConfigError it is."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = errors
+        first = errors[0]
+        super().__init__(first.key, first.message, first.source)
+        self.args = ("\n".join(str(e) for e in errors),)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class _Collector:
+    """Gathers ConfigErrors instead of stopping at the first; `check()` raises them."""
+
+    def __init__(self) -> None:
+        self.errors: list[ConfigError] = []
+
+    def add(self, err: ConfigError) -> None:
+        self.errors.extend(err.errors if isinstance(err, ConfigErrors) else [err])
+
+    def keys(self) -> set[str]:
+        return {e.key for e in self.errors}
+
+    def check(self) -> None:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise ConfigErrors(self.errors)
+
+
 def _parse_value(opt: Option, raw: object, key: str, source: str) -> Any:
     try:
         value = opt.parse(raw)
@@ -410,27 +443,32 @@ def _section_values(
     cred_prefix: str,
     source: str,
     env: Mapping[str, str],
+    errors: _Collector,
 ) -> dict[str, Any]:
+    """The section's values; a bad one is reported to `errors` and left at its default."""
     known = {o.key for o in _options(section)}
     for k in table:
         if k not in known:
-            raise ConfigError(f"{prefix}.{k}", f"unknown key (known: {', '.join(sorted(known))})",
-                              source)
+            errors.add(ConfigError(f"{prefix}.{k}",
+                                   f"unknown key (known: {', '.join(sorted(known))})", source))
     values: dict[str, Any] = {}
     creds_dir = env.get("CREDENTIALS_DIRECTORY", "")
     for opt in _options(section):
         key = f"{prefix}.{opt.key}"
         value = opt.default
-        if opt.key in table:
-            value = _parse_value(opt, table[opt.key], key, source)
-        env_name = f"{env_prefix}_{opt.key}".upper()
-        if env_name in env:
-            value = _parse_value(opt, env[env_name], key, f"env:{env_name}")
-        if opt.secret and creds_dir:
-            cred = Path(creds_dir) / f"{cred_prefix}.{opt.key}"
-            if cred.is_file():
-                text = cred.read_text(encoding="utf-8").strip()
-                value = _parse_value(opt, text, key, f"credential:{cred.name}")
+        try:
+            if opt.key in table:
+                value = _parse_value(opt, table[opt.key], key, source)
+            env_name = f"{env_prefix}_{opt.key}".upper()
+            if env_name in env:
+                value = _parse_value(opt, env[env_name], key, f"env:{env_name}")
+            if opt.secret and creds_dir:
+                cred = Path(creds_dir) / f"{cred_prefix}.{opt.key}"
+                if cred.is_file():
+                    text = cred.read_text(encoding="utf-8").strip()
+                    value = _parse_value(opt, text, key, f"credential:{cred.name}")
+        except ConfigError as exc:
+            errors.add(exc)
         values[opt.key] = value
     return values
 
@@ -452,36 +490,55 @@ def load_config(path: Path | str, env: Mapping[str, str] | None = None) -> Confi
 def config_from_dict(
     data: Mapping[str, Any], *, source: str = "<dict>", env: Mapping[str, str] | None = None
 ) -> Config:
-    """Build the frozen Config from an already parsed TOML document."""
+    """Build the frozen Config from an already parsed TOML document. Every error found is
+    reported (ConfigErrors when there are several): a bad value is taken at its default so
+    that the rest can still be checked."""
     env = {} if env is None else env
+    errors = _Collector()
     for top in data:
         if top not in SECTIONS and top not in ("fleet", "accounts"):
             known = ", ".join((*SECTIONS, "fleet", "accounts"))
-            raise ConfigError(top, f"unknown section (known: {known})", source)
+            errors.add(ConfigError(top, f"unknown section (known: {known})", source))
     sections: dict[str, Any] = {}
     for name, cls in _SECTION_TYPES.items():
         table = data.get(name, {})
         if not isinstance(table, dict):
-            raise ConfigError(name, "must be a table", source)
+            errors.add(ConfigError(name, "must be a table", source))
+            table = {}
         sections[name] = cls(**_section_values(
-            name, table, name, f"POOLD_{name}", name, source, env))
+            name, table, name, f"POOLD_{name}", name, source, env, errors))
     raw_nodes = data.get("nodes", [])
     if not isinstance(raw_nodes, list) or not all(isinstance(n, dict) for n in raw_nodes):
-        raise ConfigError("nodes", "must be an array of tables: [[nodes]]", source)
+        errors.add(ConfigError("nodes", "must be an array of tables: [[nodes]]", source))
+        raw_nodes = [n for n in raw_nodes if isinstance(n, dict)] if isinstance(
+            raw_nodes, list) else []
     nodes = []
     for i, table in enumerate(raw_nodes):
-        values = _section_values(
-            "nodes", table, f"nodes[{i}]", f"POOLD_NODES_{i}", f"nodes.{i}", source, env)
+        values = _section_values("nodes", table, f"nodes[{i}]", f"POOLD_NODES_{i}",
+                                 f"nodes.{i}", source, env, errors)
         values["name"] = values["name"] or f"node{i}"
         nodes.append(NodeConfig(**values))
     fleet = None
     if "fleet" in data:
         from poold.fleet.inventory import parse_fleet
 
-        fleet = parse_fleet(data["fleet"], source)
-    accounts = _accounts(data.get("accounts", {}), sections["pool"], source)
+        try:
+            fleet = parse_fleet(data["fleet"], source)
+        except ConfigError as exc:  # the fleet's own checks stop at their first error
+            errors.add(exc)
+    accounts: tuple[tuple[str, str], ...] = ()
+    try:
+        accounts = _accounts(data.get("accounts", {}), sections["pool"], source)
+    except ConfigError as exc:
+        errors.add(exc)
     cfg = Config(source=source, nodes=tuple(nodes), fleet=fleet, accounts=accounts, **sections)
-    _cross_checks(cfg)
+    failed = errors.keys()
+    for err in _cross_checks(cfg):
+        # A value already reported was replaced by its default: checks against it would
+        # only repeat that error in other words.
+        if not any(err.key == k or err.key.startswith((f"{k}.", f"{k}[")) for k in failed):
+            errors.add(err)
+    errors.check()
     return cfg
 
 
@@ -515,57 +572,56 @@ def _accounts(table: object, pool: PoolConfig, source: str) -> tuple[tuple[str, 
     return tuple(sorted(names.items()))
 
 
-def _cross_checks(cfg: Config) -> None:
+def _cross_checks(cfg: Config) -> list[ConfigError]:
     """Checks that span keys; each error names the key an operator should change."""
-    src = cfg.source
+    errs: list[ConfigError] = []
+
+    def bad(key: str, message: str) -> None:
+        errs.append(ConfigError(key, message, cfg.source))
+
     if not cfg.nodes:
-        raise ConfigError("nodes", "at least one [[nodes]] entry is required", src)
+        bad("nodes", "at least one [[nodes]] entry is required")
     names = [n.name for n in cfg.nodes]
     for i, n in enumerate(cfg.nodes):
         if names.count(n.name) > 1:
-            raise ConfigError(f"nodes[{i}].name", f"duplicate node name {n.name!r}", src)
+            bad(f"nodes[{i}].name", f"duplicate node name {n.name!r}")
         if not n.rpc_url.startswith(("http://", "https://")):
-            raise ConfigError(f"nodes[{i}].rpc_url", "must start with http:// or https://", src)
+            bad(f"nodes[{i}].rpc_url", "must start with http:// or https://")
         if not n.rpc_cookie_file and not (n.rpc_user and n.rpc_password):
-            raise ConfigError(f"nodes[{i}].rpc_user",
-                              "give rpc_user and rpc_password, or rpc_cookie_file", src)
+            bad(f"nodes[{i}].rpc_user", "give rpc_user and rpc_password, or rpc_cookie_file")
         if n.zmq_hashblock and not n.zmq_hashblock.startswith(("tcp://", "ipc://")):
-            raise ConfigError(f"nodes[{i}].zmq_hashblock", "must be a tcp:// or ipc:// endpoint",
-                              src)
+            bad(f"nodes[{i}].zmq_hashblock", "must be a tcp:// or ipc:// endpoint")
     s = cfg.stratum
     if s.min_difficulty > s.max_difficulty:
-        raise ConfigError("stratum.min_difficulty", "must not exceed stratum.max_difficulty", src)
-    if not s.min_difficulty <= s.start_difficulty <= s.max_difficulty:
-        raise ConfigError("stratum.start_difficulty",
-                          "must lie within [min_difficulty, max_difficulty]", src)
+        bad("stratum.min_difficulty", "must not exceed stratum.max_difficulty")
+    elif not s.min_difficulty <= s.start_difficulty <= s.max_difficulty:
+        bad("stratum.start_difficulty", "must lie within [min_difficulty, max_difficulty]")
     if s.version_mask & ~0x1FFFE000:
-        raise ConfigError("stratum.version_mask", "must stay within the BIP320 bits 1fffe000",
-                          src)
+        bad("stratum.version_mask", "must stay within the BIP320 bits 1fffe000")
     if s.reconnect_port and not s.reconnect_host:
-        raise ConfigError("stratum.reconnect_host", "required when reconnect_port is set", src)
+        bad("stratum.reconnect_host", "required when reconnect_port is set")
     p = cfg.pool
     if p.payout == "reserve" and not p.reserve_address:
-        raise ConfigError("pool.reserve_address", "required when pool.payout = \"reserve\"", src)
+        bad("pool.reserve_address", "required when pool.payout = \"reserve\"")
     for key, addr in (("pool.reserve_address", p.reserve_address),
                       ("pool.fee_address", p.fee_address)):
         if addr:
             try:
                 address_to_script(addr, p.network)
             except AddressError as exc:
-                raise ConfigError(key, str(exc), src) from None
+                bad(key, str(exc))
     if p.payout in ("pplns", "split") and not p.fee_address:
         why = ("the pool wallet every coinbase pays" if p.payout == "pplns" else
                "the fee output, and the whole coinbase whenever no split can be planned")
-        raise ConfigError("pool.fee_address", f"required when pool.payout = \"{p.payout}\" "
-                          f"({why})", src)
+        bad("pool.fee_address", f"required when pool.payout = \"{p.payout}\" ({why})")
     if cfg.ledger.url and not cfg.ledger.url.startswith(
         ("sqlite:///", "postgresql://", "postgres://")
     ):
-        raise ConfigError("ledger.url", "must be sqlite:///PATH or postgresql://...", src)
+        bad("ledger.url", "must be sqlite:///PATH or postgresql://...")
     host = cfg.api.listen[0]
     if cfg.api.write_tokens and not _is_loopback(host) and not cfg.api.read_tokens:
-        raise ConfigError("api.read_tokens",
-                          "required when api.listen is not a loopback address", src)
+        bad("api.read_tokens", "required when api.listen is not a loopback address")
+    return errs
 
 
 def _is_loopback(host: str) -> bool:

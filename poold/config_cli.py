@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from poold.config import DEFAULT_PATH, load_config, render_example
+from poold.config import DEFAULT_PATH, ConfigErrors, load_config, render_example
 from poold.errors import ConfigError
 
 
@@ -27,7 +27,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
-        print(f"poold: config error: {exc}", file=sys.stderr)
+        errors = exc.errors if isinstance(exc, ConfigErrors) else [exc]
+        for err in errors:
+            print(f"poold: config error: {err}", file=sys.stderr)
+        if len(errors) > 1:
+            print(f"poold: {len(errors)} errors in {exc.source}", file=sys.stderr)
         return 2
     racks = len(cfg.fleet.racks) if cfg.fleet is not None and hasattr(cfg.fleet, "racks") else 0
     print(f"{cfg.source}: ok (network {cfg.pool.network.value}, payout {cfg.pool.payout}, "

@@ -190,3 +190,51 @@ def test_accounts_map_names_to_addresses(tmp_path: Path) -> None:
     (tmp_path / "accounts.txt").write_text(f"bob {alice}\n")
     b = load_config(write(tmp_path, pooled), env={})
     assert "accounts" in reload_diff(a, b)[0]
+
+
+BROKEN_FIVE_WAYS = """
+[pool]
+network = "regtest"
+instance_id = 300
+payout = "reserve"
+[[nodes]]
+rpc_url = "127.0.0.1:18443"
+rpc_user = "u"
+rpc_password = "p"
+[stratum]
+listen = "127.0.0.1:3333"
+start_difficulty = "x"
+max_per_ip = "many"
+colour = "blue"
+"""
+
+
+def test_every_error_is_reported_in_one_run(tmp_path: Path) -> None:
+    from poold.config import ConfigErrors
+
+    path = write(tmp_path, BROKEN_FIVE_WAYS)
+    with pytest.raises(ConfigErrors) as exc:
+        load_config(path, env={})
+    keys = [e.key for e in exc.value.errors]
+    assert sorted(keys) == sorted([
+        "pool.instance_id", "nodes[0].rpc_url", "stratum.start_difficulty",
+        "stratum.max_per_ip", "stratum.colour", "pool.reserve_address"]), keys
+    assert all(e.source == str(path) for e in exc.value.errors)
+    # Still a ConfigError naming the first key and the file, for callers that catch one.
+    assert isinstance(exc.value, ConfigError) and str(path) in str(exc.value)
+    # A bad value is not checked again against its neighbours (start_difficulty was taken at
+    # its default, so "must lie within [min, max]" would only repeat the error).
+    assert keys.count("stratum.start_difficulty") == 1
+
+
+def test_check_config_lists_every_error_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from poold.cli import main
+
+    path = write(tmp_path, BROKEN_FIVE_WAYS)
+    assert main(["check-config", "-c", str(path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len([line for line in err if line.startswith("poold: config error: ")]) == 6, err
+    assert err[-1] == f"poold: 6 errors in {path}"
+    assert main(["check-config", "-c", str(write(tmp_path, MINIMAL))]) == 0
