@@ -488,6 +488,7 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
     pool = build_pool(cfg, nodes, metrics=metrics, share_sink=share_sink, block_sink=ledger,
                       planner=planner, worker=worker)
     server = pool.server
+    server.ctx.engine.pressure = ledger.pressure  # back-pressure while the ledger lags
     if cfg.metrics.per_worker:
         metrics.enable_per_worker(
             lambda: ((c.worker, c.accepted_difficulty) for c in server.connections if c.worker),

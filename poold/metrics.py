@@ -136,6 +136,21 @@ class Metrics:
         self.ledger_committed_shares = Counter(
             "poold_ledger_committed_shares", "Accepted shares committed to the ledger",
             registry=r)
+        self.ledger_writable = Gauge(
+            "poold_ledger_writable", "1 if the ledger store answered a write or probe lately",
+            registry=r)
+        self.ledger_journal_pending = Gauge(
+            "poold_ledger_journal_pending", "Block journal records not yet in the store",
+            registry=r)
+        self.ledger_journal_oldest_age_seconds = Gauge(
+            "poold_ledger_journal_oldest_age_seconds",
+            "Age of the oldest block journal record not yet in the store", registry=r)
+        self.ledger_spilled_shares = Gauge(
+            "poold_ledger_spilled_shares", "Accepted shares in the spill file, not yet committed",
+            registry=r)
+        self.ledger_pressure = Gauge(
+            "poold_ledger_pressure", "Back-pressure factor on the vardiff goal (1 = none)",
+            registry=r)
 
         # -- Fleet
         self.rack_power_watts = Gauge(

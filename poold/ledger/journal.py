@@ -1,10 +1,18 @@
-"""The found-block journal: an append-only, fsynced JSON-lines file under the state directory.
+"""The ledger's local write-ahead files under the state directory: the block journal and the
+share spill. Both are append-only, fsynced JSON lines; this module owns their line formats, the
+fsynced appends, the index of what is still pending, and retiring records once the store has
+them. What a record means for the store is the Ledger's business (`Ledger._replay_one`).
 
-The Ledger writes a found block (or a node's submit result) here when the store does not take it
-within `block_write_timeout_s`, so `record_block` can return only once the block is durable. The
-journal is replayed into the store at start and whenever the store comes back; what a record
-means for the store is the Ledger's business (`Ledger._replay_one`), this module owns the file:
-its line format, the fsynced append, and the replay pass that renames the file once applied.
+Block journal (`ledger-journal-<instance>.jsonl`): every found block is appended and fsynced
+*before* it is submitted to the nodes, and retired once the store committed it; a node's submit
+result the store did not take goes here too. A record is pending until a `retire` line names its
+key; a retire line is not fsynced (losing one only repeats an idempotent replay). When nothing is
+pending the file is removed. Lines that cannot be read are copied to `<name>.unreadable` with a
+loud log, never dropped in silence.
+
+Share spill (`ledger-spill-<instance>.jsonl`): accepted shares the store has not committed
+within the in-memory window, in numbered batches; a batch is retired by an fsynced `done` line
+once committed (a replayed batch would be paid twice, so that line is durable).
 """
 
 from __future__ import annotations
@@ -13,66 +21,241 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from poold.ledger.records import FoundBlock, SubmitResult
+from poold.ledger.records import AcceptedShare, FoundBlock, SubmitResult
 
 log = logging.getLogger("poold.ledger")
 
 
+def spill_path(journal_path: Path) -> Path:
+    """The share spill file beside a block journal (same directory, same instance)."""
+    return journal_path.with_name(journal_path.name.replace("ledger-journal", "ledger-spill", 1))
+
+
+def record_key(rec: dict[str, Any]) -> str:
+    """The identity of a journal record (a retire line names it). Records written before keys
+    existed get one derived from their content."""
+    key = rec.get("key")
+    if isinstance(key, str):
+        return key
+    if rec.get("kind") == "block":
+        return f"block:{rec['block']['hash_hex']}"
+    if rec.get("kind") == "submit":
+        return f"submit:{rec['block_hash_hex']}:{rec['node']}:{rec['time']}"
+    return f"other:{json.dumps(rec, sort_keys=True)}"
+
+
 class Journal:
-    """One journal file; appends and replays are serialized by one lock."""
+    """The block journal; appends, retires and replays are serialized by one lock."""
 
     def __init__(self, path: Path, clock: Callable[[], float]) -> None:
         self.path = path
         self._clock = clock
         self._lock = asyncio.Lock()
+        # key -> (record, time appended); insertion order = file order (a block before its
+        # submit results).
+        self._pending: dict[str, tuple[dict[str, Any], float]] = {}
+        self._loaded = False
 
-    async def append(self, record: dict[str, Any]) -> None:
-        """Append one record as a JSON line; returns once it is fsynced."""
-        line = (json.dumps(record, separators=(",", ":"), sort_keys=True) + "\n").encode()
-        async with self._lock:
-            await asyncio.to_thread(_append_fsync, self.path, line)
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
-    async def replay(self, apply: Callable[[dict[str, Any]], Awaitable[None]]) -> int:
-        """Pass every record to `apply`, then rename the file `<name>.replayed-<ms>`; returns
-        the records applied. `apply` must be idempotent: a crash before the rename replays the
-        whole file again."""
-        path = self.path
+    def pending_keys(self) -> list[str]:
+        return list(self._pending)
+
+    def oldest_age(self) -> float:
+        """Seconds since the oldest pending record was appended (0 when none)."""
+        if not self._pending:
+            return 0.0
+        return max(0.0, self._clock() - min(t for _r, t in self._pending.values()))
+
+    def is_pending(self, key: str) -> bool:
+        return key in self._pending
+
+    async def load(self) -> int:
+        """Read the file into the pending index (once; at start). Returns the pending count."""
         async with self._lock:
-            if not await asyncio.to_thread(path.exists):
-                return 0
-            raw = await asyncio.to_thread(path.read_bytes)
-            applied = 0
+            if self._loaded:
+                return len(self._pending)
+            raw = await asyncio.to_thread(_read_or_empty, self.path)
+            bad: list[bytes] = []
             for lineno, line in enumerate(raw.splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
                     rec = json.loads(line)
-                except ValueError:
-                    # Only the last line can be torn (crash during the write that was then
-                    # never acknowledged); anything else is a damaged file worth a loud log.
-                    log.error("ledger journal %s line %d is not JSON; skipped", path, lineno)
+                    if not isinstance(rec, dict):
+                        raise ValueError("not an object")
+                    if rec.get("kind") == "retire":
+                        self._pending.pop(str(rec["key"]), None)
+                        continue
+                    key = record_key(rec)
+                except (KeyError, TypeError, ValueError) as exc:
+                    # A torn last line (a crash during a write that was never acknowledged),
+                    # or a damaged file: kept aside for review, loudly.
+                    log.error("ledger journal %s line %d unreadable (%s); copied to %s",
+                              self.path, lineno, exc, self._unreadable_path)
+                    bad.append(line)
+                    continue
+                appended = rec.get("recorded_at", rec.get("time"))
+                self._pending[key] = (rec, float(appended) if appended else self._clock())
+            if bad:
+                await asyncio.to_thread(_append_fsync, self._unreadable_path,
+                                        b"".join(b + b"\n" for b in bad))
+            self._loaded = True
+            if not self._pending and raw:
+                await asyncio.to_thread(_unlink, self.path)
+            return len(self._pending)
+
+    @property
+    def _unreadable_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".unreadable")
+
+    async def append(self, record: dict[str, Any]) -> str:
+        """Append one record as a JSON line; returns its key once it is fsynced."""
+        key = record_key(record)
+        record = {**record, "key": key}
+        line = (json.dumps(record, separators=(",", ":"), sort_keys=True) + "\n").encode()
+        async with self._lock:
+            await asyncio.to_thread(_append_fsync, self.path, line)
+            self._pending[key] = (record, self._clock())
+        return key
+
+    async def retire(self, key: str) -> None:
+        """The store has the record `key`: it is no longer pending (the file goes when empty)."""
+        async with self._lock:
+            await self._retire_locked(key)
+
+    async def _retire_locked(self, key: str) -> None:
+        if self._pending.pop(key, None) is None:
+            return
+        if self._pending:
+            line = json.dumps({"kind": "retire", "key": key}, separators=(",", ":")) + "\n"
+            await asyncio.to_thread(_append, self.path, line.encode())
+        else:
+            await asyncio.to_thread(_unlink, self.path)
+
+    async def replay(self, apply: Callable[[dict[str, Any]], Awaitable[bool]],
+                     skip: Collection[str] = ()) -> int:
+        """Pass every pending record (but those in `skip`: being written right now) to `apply`
+        in file order and retire it unless `apply` returns False (not yet); returns the
+        records applied. `apply` must be idempotent (a crash before the retire replays it
+        again). An exception other than a record this version cannot read ends the pass (the
+        rest stays pending)."""
+        await self.load()
+        applied = 0
+        async with self._lock:
+            for key, (rec, _t) in list(self._pending.items()):
+                if key in skip:
                     continue
                 try:
-                    await apply(rec)
+                    done = await apply(rec)
                 except (KeyError, TypeError, ValueError) as exc:
-                    # A record this version cannot read: kept in the renamed file for review.
-                    log.error("ledger journal %s line %d unreadable (%s: %s); skipped",
-                              path, lineno, type(exc).__name__, exc)
+                    log.error("ledger journal %s: record %s unreadable (%s: %s); copied to %s",
+                              self.path, key, type(exc).__name__, exc, self._unreadable_path)
+                    line = json.dumps(rec, separators=(",", ":"), sort_keys=True) + "\n"
+                    await asyncio.to_thread(_append_fsync, self._unreadable_path, line.encode())
+                    await self._retire_locked(key)
                     continue
-                applied += 1
-            done = path.with_name(f"{path.name}.replayed-{int(self._clock() * 1000)}")
-            await asyncio.to_thread(os.replace, path, done)
-            log.warning("ledger journal: %d records replayed into the store (%s)", applied, done)
-            return applied
+                if done:
+                    await self._retire_locked(key)
+                    applied += 1
+        if applied:
+            log.warning("ledger journal: %d records replayed into the store (%d pending)",
+                        applied, len(self._pending))
+        return applied
+
+
+class ShareSpill:
+    """The share spill file: numbered batches of accepted shares, retired once committed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = asyncio.Lock()
+        # seq -> (offset, length, shares, time of the first share), ascending seq
+        self._batches: dict[int, tuple[int, int, int, float]] = {}
+        self._next = 1
+        self._loaded = False
+        self.pending_shares = 0
+
+    @property
+    def pending_batches(self) -> int:
+        return len(self._batches)
+
+    @property
+    def oldest_seq(self) -> int | None:
+        return next(iter(self._batches), None)
+
+    @property
+    def oldest_time(self) -> float | None:
+        """Accept time of the first share of the oldest pending batch."""
+        first = next(iter(self._batches.values()), None)
+        return None if first is None else first[3]
+
+    async def load(self) -> int:
+        """Index the file (once, at start); returns the shares pending."""
+        async with self._lock:
+            if not self._loaded:
+                batches, nxt = await asyncio.to_thread(_index_spill, self.path)
+                batches.update(self._batches)  # appended before the load (none in practice)
+                self._batches = dict(sorted(batches.items()))
+                self._next = max(self._next, nxt)
+                self.pending_shares = sum(e[2] for e in self._batches.values())
+                self._loaded = True
+                if not self._batches:
+                    await asyncio.to_thread(_unlink, self.path)
+            return self.pending_shares
+
+    async def append(self, shares: Sequence[AcceptedShare], link_hex: str | None = None) -> None:
+        """Append a batch; returns once it is fsynced. `link_hex`: the chain link hash of a
+        commit of this batch that went unanswered (poold.ledger.sharebuffer)."""
+        if not shares:
+            return
+        async with self._lock:
+            seq = self._next
+            self._next += 1
+            rows = [(s.instance_id, s.worker, s.account, s.difficulty, s.job_id, s.height,
+                     s.time) for s in shares]
+            offset, length = await asyncio.to_thread(_spill_append, self.path, seq, rows,
+                                                     link_hex)
+            self._batches[seq] = (offset, length, len(rows), shares[0].time)
+            self.pending_shares += len(rows)
+
+    async def oldest(self) -> tuple[int, list[AcceptedShare], str | None] | None:
+        """The oldest pending batch (seq, shares, link hash hex or None), or None."""
+        async with self._lock:
+            seq = self.oldest_seq
+            if seq is None:
+                return None
+            offset, length, _n, _t = self._batches[seq]
+            shares, link_hex = await asyncio.to_thread(_read_batch, self.path, offset, length)
+            return seq, shares, link_hex
+
+    async def retire(self, seq: int) -> None:
+        """Batch `seq` is committed: an fsynced `done` line (or the file goes, when empty)."""
+        await self.discard(seq)
+
+    async def discard(self, seq: int) -> int:
+        """Retire batch `seq` (committed, or unreadable); returns its share count."""
+        async with self._lock:
+            entry = self._batches.pop(seq, None)
+            if entry is None:
+                return 0
+            self.pending_shares -= entry[2]
+            if self._batches:
+                await asyncio.to_thread(_append_fsync, self.path, b'{"done":%d}\n' % seq)
+            else:
+                await asyncio.to_thread(_unlink, self.path)
+            return entry[2]
 
 
 def block_record(block: FoundBlock, network_difficulty: float, recorded_at: float,
                  split_deltas: Sequence[tuple[str, int]]) -> dict[str, Any]:
-    """The journal record of a found block the store did not take."""
+    """The journal record of a found block (written before it is submitted)."""
     return {"kind": "block", "block": block_to_json(block),
             "network_difficulty": network_difficulty, "recorded_at": recorded_at,
             "split_deltas": split_deltas}
@@ -111,13 +294,41 @@ def block_from_json(d: dict[str, Any]) -> FoundBlock:
         time=float(d["time"]), instance_id=int(d["instance_id"]))
 
 
-def _append_fsync(path: Path, line: bytes) -> None:
-    """Append one line and fsync it (and the directory when the file is new)."""
+# -- file helpers (run on a worker thread, never on the event loop)
+
+def _read_or_empty(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _append(path: Path, line: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def _append_fsync(path: Path, line: bytes) -> tuple[int, int]:
+    """Append `line` and fsync it (and the directory when the file is new); returns (offset,
+    length) of what was written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, line)
+        offset = os.lseek(fd, 0, os.SEEK_END)
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view):]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -127,3 +338,52 @@ def _append_fsync(path: Path, line: bytes) -> None:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+    return offset, len(line)
+
+
+def _spill_append(path: Path, seq: int, rows: list[tuple[Any, ...]],
+                  link_hex: str | None) -> tuple[int, int]:
+    rec: dict[str, Any] = {"seq": seq, "rows": rows}
+    if link_hex is not None:
+        rec["link"] = link_hex
+    line = json.dumps(rec, separators=(",", ":")).encode() + b"\n"
+    return _append_fsync(path, line)
+
+
+def _read_batch(path: Path, offset: int, length: int) -> tuple[list[AcceptedShare], str | None]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        line = os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+    rec = json.loads(line)
+    link = rec.get("link")
+    return ([AcceptedShare(worker=str(w), account=str(a), difficulty=float(d), job_id=str(j),
+                           height=int(h), time=float(t), instance_id=int(i))
+             for i, w, a, d, j, h, t in rec["rows"]], None if link is None else str(link))
+
+
+def _index_spill(path: Path) -> tuple[dict[int, tuple[int, int, int, float]], int]:
+    """(pending batches, next seq) of a spill file; unreadable lines are logged and skipped
+    (a torn last line was never acknowledged)."""
+    raw = _read_or_empty(path)
+    batches: dict[int, tuple[int, int, int, float]] = {}
+    top = 0
+    offset = 0
+    for line in raw.splitlines(keepends=True):
+        length = len(line)
+        try:
+            rec = json.loads(line)
+            if "done" in rec:
+                batches.pop(int(rec["done"]), None)
+            else:
+                seq = int(rec["seq"])
+                rows = rec["rows"]
+                batches[seq] = (offset, length, len(rows), float(rows[0][6]) if rows else 0.0)
+                top = max(top, seq)
+        except (KeyError, TypeError, ValueError) as exc:
+            if line.strip():
+                log.error("ledger share spill %s at byte %d unreadable (%s); skipped",
+                          path, offset, exc)
+        offset += length
+    return batches, top + 1

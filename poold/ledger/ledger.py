@@ -2,20 +2,27 @@
 
 Contract (INTERFACES.md, poold/ledger):
 
-- `record_share(share)` is synchronous and never blocks: it appends to an in-memory buffer. A
-  flusher task commits the buffer in batches every `flush_interval_ms` (default 100 ms).
-  Durability window: a share is committed at most flush_interval + one commit (a batch of at
-  most `batch_max_shares`) after it was recorded, as long as the share rate is within what the
-  store sustains (tests/bench/ledger.py); a `kill -9` of poold loses at most the shares of that
-  window, and batches commit in order, so the store holds a gap-free prefix of what was recorded.
-  While the store is slow or down the buffer grows up to `buffer_max_shares`; beyond it shares
-  are dropped and counted (`poold_ledger_lost_shares`, throttled log) and the pool keeps
-  serving; `poold_ledger_lag_seconds` is the age of the oldest uncommitted share.
-- `record_block(block)` returns only once the block is durable: committed to the store, or, if
-  the store does not take it within `block_write_timeout_s`, appended and fsynced to a local
-  JSON-lines journal under the state directory (poold.ledger.journal). The journal is replayed
-  into the store at start and whenever the store comes back; replay is idempotent.
+- `record_share(share)` is synchronous and never blocks: the share path (poold.ledger.sharebuffer)
+  buffers it; a flusher task commits in batches every `flush_interval_ms` (default 100 ms), in
+  order. Shares not committed within `SPILL_AFTER_S` (the store down, hung or behind) go to an
+  fsynced spill file under the state directory and are committed from there first when the store
+  takes writes again, so a `kill -9` loses at most that in-memory window and the batch in flight;
+  shutdown spills what the store did not take. `pressure()` (>= 1 while the ledger lags) is read
+  by the share engine's vardiff: new jobs carry a higher difficulty until the ledger catches up.
+  A share is only lost when memory and the spill file both fail it; each loss is counted
+  (`poold_ledger_lost_shares`) and logged with its reason. `poold_ledger_lag_seconds` is the age
+  of the oldest uncommitted share.
+- `journal_block(block)` appends a found block to the local block journal (poold.ledger.journal)
+  and fsyncs it; the block submitter awaits it *before* the block goes to any node, so a block a
+  node accepted is always on disk here. `record_block(block)` then commits it to the store
+  within `block_write_timeout_s` (honoured whatever the driver does on cancel: a late write is
+  abandoned, not awaited) and retires the journal record once the store has it.
 - `record_submit_result(hash, node, result)` records each node's answer the same way.
+- Every pending journal record is replayed as soon as the store takes a write or answers a
+  probe (and at start); replay is idempotent. `poold_ledger_journal_pending` and
+  `poold_ledger_journal_oldest_age_seconds` show what waits.
+- `writable` (/readyz, `poold_ledger_writable`) is the truth within about 2 s: the store must
+  have answered a write or a probe (every PROBE_INTERVAL_S, PROBE_TIMEOUT_S each) recently.
 
 Also fronted here: PPLNS windows and credits at maturity and the split coinbase
 (`coinbase_outputs`, which poold run's planner calls per template), computed by the owned
@@ -45,6 +52,7 @@ from poold.bitcoin.tx import Tx
 from poold.ledger import audit, chain, journal, payments, payouts
 from poold.ledger.config import LedgerConfig
 from poold.ledger.energy import EnergyMeter, EnergyReport, PowerSample, report
+from poold.ledger.health import PROBE_TIMEOUT_S, StoreHealth, retrieve
 from poold.ledger.planner import PayoutPlanner, payout_key
 from poold.ledger.records import (
     AcceptedShare,
@@ -56,19 +64,22 @@ from poold.ledger.records import (
     FoundBlock,
     SubmitResult,
 )
-from poold.ledger.store import LedgerStore, StoreUnavailable, open_store, redact
+from poold.ledger.sharebuffer import ShareBuffer, reason_of
+from poold.ledger.store import Commitment, LedgerStore, StoreUnavailable, open_store, redact
 from poold.metrics import Metrics
 
 log = logging.getLogger("poold.ledger")
 
 # BIP22 answers that mean the node has the block (None is plain success).
 _ACCEPTED_RESULTS = frozenset({None, "duplicate", "inconclusive"})
-_LOST_LOG_INTERVAL_S = 10.0
-_MAX_BACKOFF_S = 5.0
+_MAX_BACKOFF_S = 1.0
 _ENERGY_FLUSH_S = 60.0
 _PRUNE_STEP_S = 10.0
 _STOP_GRACE_S = 10.0
 _RETENTION_INTERVAL_S = 60.0
+SPILL_CHECK_S = 0.2
+_STALE_JOURNAL_LOG_S = 60.0
+_ENTRIES_KEPT = 256
 
 
 def network_difficulty_of(block_hex: str) -> float:
@@ -96,6 +107,22 @@ def coinbase_of(block_hex: str) -> Tx | None:
     return None
 
 
+@dataclasses.dataclass(slots=True, eq=False)
+class _BlockEntry:
+    """A found block as the ledger writes it (computed once: the split plan is taken once)."""
+
+    block: FoundBlock
+    netdiff: float
+    outputs: list[BlockOutput]
+    deltas: list[tuple[str, int]]
+    credits: list[Credit]
+    event: BlockEvent
+    commitment: Commitment
+    key: str
+    journaled: asyncio.Future[str]
+    deltas_applied: bool = False
+
+
 class Ledger:
     """Async front of the ledger. Create, `await start()`, use, `await stop()` (flushes)."""
 
@@ -110,38 +137,34 @@ class Ledger:
             config.effective_url, source=config.source)
         self._describe = describe_script or self._default_describe
         self._clock = clock
-        self._buffer: list[AcceptedShare] = []
-        self._max = config.buffer_max_shares
         self._interval = config.flush_interval_ms / 1000.0
         self._store_open = False
-        self._healthy = False
+        self._health = StoreHealth(self.store, redact(config.effective_url),
+                                   self._wake_flusher)
         self._task: asyncio.Task[None] | None = None
         self._retention_task: asyncio.Task[None] | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        self._spill_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._wake = asyncio.Event()
         self._journal = journal.Journal(config.journal_path, clock)
+        self._shares = ShareBuffer(config, self.store, self.metrics, clock,
+                                   journal.ShareSpill(journal.spill_path(config.journal_path)))
         self._submit_lock = asyncio.Lock()
         self._critical: set[asyncio.Future[None]] = set()
+        self._entries: dict[str, _BlockEntry] = {}
+        self._writing: set[str] = set()  # journal keys record_block is committing right now
+        self._stale_logged = 0.0
         # The split coinbase's chain commitment comes out of the payout outputs' byte budget.
         self._planner = PayoutPlanner(dataclasses.replace(
             config, split_max_output_bytes=config.split_max_output_bytes
             - chain.COMMITMENT_OUTPUT_BYTES), self.store, clock)
-        self.chain = chain.share_chain(config.instance_id, config.writer)
-        self._head: chain.Link | None = None  # the last link of this writer's share chain
-        self._head_known = False
-        self._unsure: tuple[chain.Link, int] | None = None  # a link whose commit failed
         # Heads committed by recent split coinbases, and the windows of recent split plans.
         self._recent_heads: OrderedDict[bytes, chain.Link] = OrderedDict()
         self._plan_windows: OrderedDict[tuple[tuple[bytes, int], ...], dict[str, Any]] = (
             OrderedDict())
-        self._lost_since_log = 0
-        self._last_lost_log = 0.0
-        self.lost_shares = 0
-        self.committed_shares = 0
-        self.last_commit_seconds = 0.0
         self.energy_meter = EnergyMeter()
         self._energy_flushed = time.monotonic()
-        self._inflight_oldest: float | None = None  # time of the oldest share being written
         self.metrics.add_scrape_hook(self._update_lag)
 
     def _default_describe(self, script: bytes) -> str | None:
@@ -153,39 +176,60 @@ class Ledger:
     # -- life cycle
 
     async def start(self) -> None:
-        """Open the store (applying migrations) and replay the journal; start the flusher.
+        """Load the journal and the share spill, open the store (applying migrations) and
+        replay; start the flusher, the spiller and the store probe.
 
-        A store that is down at start is not fatal: shares buffer, blocks go to the journal, and
-        the flusher keeps trying to open it.
+        A store that is down at start is not fatal: shares buffer (and spill), blocks stay in
+        the journal, and the flusher keeps trying to open it.
         """
         self._stopping = False
         self._wake = asyncio.Event()
+        try:
+            pending = await self._journal.load()
+            spilled = await self._shares.spill.load()
+        except OSError as exc:
+            log.critical("ledger: journal or share spill under %s unreadable (%s)",
+                         self.config.state_dir, reason_of(exc))
+            raise
+        if pending or spilled:
+            log.warning("ledger: %d journal records and %d spilled shares to replay",
+                        pending, spilled)
         try:
             await self._open_store()
             if self.config.payout == "split":
                 await self.refresh_split()
         except StoreUnavailable as exc:
+            self._health.fail(reason_of(exc))
             log.error("ledger store %s unavailable at start (%s); buffering shares and "
-                      "journaling blocks until it is back", redact(self.config.effective_url), exc)
+                      "journaling blocks until it is back", redact(self.config.effective_url),
+                      reason_of(exc))
         self._task = asyncio.create_task(self._flush_loop(), name="ledger-flush")
+        self._spill_task = asyncio.create_task(self._spill_loop(), name="ledger-spill")
+        self._probe_task = asyncio.create_task(self._health.run(lambda: self._store_open),
+                                               name="ledger-probe")
         if self.config.share_retention_s:
             self._retention_task = asyncio.create_task(self._retention_loop(),
                                                        name="ledger-retention")
 
     async def stop(self) -> None:
-        """Stop the flusher, commit what is buffered, close the store."""
+        """Stop the loops, commit what is buffered (or spill it), close the store."""
         self._stopping = True
         await self._planner.cancel_refresh()
-        if self._retention_task is not None:
-            self._retention_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retention_task
-            self._retention_task = None
+        for attr in ("_retention_task", "_probe_task"):
+            task = getattr(self, attr)
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                setattr(self, attr, None)
+        self._wake.set()
+        if self._spill_task is not None:  # ends by itself: a spill in progress completes
+            await self._spill_task
+            self._spill_task = None
         if self._task is not None:
             # Let the flusher finish its cycle (a write in flight is completed, not cut off);
             # only a store hung past the grace period gets the task cancelled (the batch is
-            # then put back and retried below).
-            self._wake.set()
+            # then put back and spilled below).
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), _STOP_GRACE_S)
             except TimeoutError:
@@ -196,19 +240,25 @@ class Ledger:
         if self._critical:  # block records still being written (their callers may be gone)
             await asyncio.gather(*self._critical, return_exceptions=True)
         if not self._store_open:
-            with contextlib.suppress(StoreUnavailable):
-                await self._open_store()
-        if self._store_open:
+            with contextlib.suppress(StoreUnavailable, TimeoutError):
+                await self._health.bounded(self._open_store(), PROBE_TIMEOUT_S * 5, "ledger-open")
+        if self._store_open and self._health.healthy:
             try:
-                await asyncio.wait_for(self._flush(), _STOP_GRACE_S)
+                await asyncio.wait_for(self._shares.flush(), _STOP_GRACE_S)
                 await asyncio.wait_for(self.flush_energy(), _STOP_GRACE_S)
             except (StoreUnavailable, TimeoutError) as exc:
-                log.error("ledger: final flush failed: %s", exc or type(exc).__name__)
-        if self._buffer:
-            n = len(self._buffer)
-            self._buffer = []
-            self._lose(n)
-            log.error("ledger: %d buffered shares could not be committed at shutdown", n)
+                log.error("ledger: final flush failed: %s", reason_of(exc))
+        if self._shares.in_memory:
+            n = await self._shares.spill_all()
+            log.warning("ledger: %d accepted shares not committed at shutdown are in the spill "
+                        "file %s (committed at the next start)", n, self._shares.spill.path)
+        if self._shares.buffered:
+            self._shares.lose(self._shares.buffered, "neither committed nor spilled at shutdown")
+        if self._journal.pending:
+            log.error("ledger: %d journal records not yet in the store at shutdown (kept in "
+                      "%s, replayed at the next start)", self._journal.pending,
+                      self.config.journal_path)
+        await self._health.settle()
         if self._store_open:
             self._store_open = False
             await self.store.close()
@@ -217,10 +267,28 @@ class Ledger:
         if not self._store_open:
             await self.store.open()
             self._store_open = True
-            self._healthy = True
+            self._health.ok()
             log.info("ledger store %s open (schema v%d)", redact(self.config.effective_url),
                      await self.store.schema_version())
         await self.replay_journal()
+
+    # -- store health (poold.ledger.health)
+
+    @property
+    def writable(self) -> bool:
+        """The store answered a write or a probe lately (for /readyz; blocks are safe either
+        way: they are in the journal first)."""
+        return self._store_open and self._health.healthy
+
+    @property
+    def unwritable_reason(self) -> str:
+        return "" if self.writable else (
+            self._health.reason if self._store_open else "store not open")
+
+    # -- the flusher
+
+    def _wake_flusher(self) -> None:
+        self._wake.set()  # the store is back: the journal and the spill are replayed at once
 
     async def _flush_loop(self) -> None:
         backoff = self._interval
@@ -231,6 +299,7 @@ class Ledger:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(),
                                        max(0.0, cycle_start + backoff - time.monotonic()))
+            self._wake.clear()
             if self._stopping:
                 return  # stop() does the final flush
             cycle_start = time.monotonic()
@@ -243,45 +312,68 @@ class Ledger:
             self._update_lag()
             if not ok:
                 backoff = min(max(backoff * 2, 0.1), _MAX_BACKOFF_S)
-            elif len(self._buffer) >= self.config.batch_max_shares:
+            elif self._shares.buffered >= self.config.batch_max_shares:
                 backoff = 0.0  # behind: commit the next full batch at once
             else:
                 backoff = self._interval
 
     async def _cycle(self) -> bool:
-        """One flusher round: (re)open the store, commit shares, replay the journal after an
-        outage, commit energy rows, refresh the split window. False if the store failed."""
+        """One flusher round: (re)open the store, commit spilled and buffered shares, replay
+        what the journal holds, commit energy rows, refresh the split window. False if the
+        store failed."""
         ok = True
         if not self._store_open:
             try:
                 await self._open_store()
             except StoreUnavailable as exc:
-                log.debug("ledger store still unavailable: %s", exc)
+                self._health.fail(reason_of(exc))
+                log.debug("ledger store still unavailable: %s", reason_of(exc))
                 ok = False
         if ok:
-            was_healthy = self._healthy
-            if not was_healthy and not self._buffer:
-                ok = await self._probe()
-            if ok:
-                ok = await self._flush()
-            if ok and not was_healthy:
-                log.warning("ledger store is back; replaying the block journal")
-                try:
-                    await self.replay_journal()
-                except StoreUnavailable as exc:
-                    log.error("ledger journal replay failed: %s", exc)
+            wrote = await self._shares.flush()
+            if wrote is False:
+                self._health.fail(self._shares.last_error)
+                ok = False
+            elif wrote:
+                self._health.ok()
+            elif not self._health.healthy:
+                ok = await self._health.probe()
+        if ok and self._journal.pending > len(self._writing):
+            try:
+                await self.replay_journal()
+            except (StoreUnavailable, TimeoutError) as exc:
+                self._health.fail(reason_of(exc))
+                log.error("ledger journal replay failed: %s", reason_of(exc))
+                ok = False
+        self._check_stale_journal()
         if ok and time.monotonic() - self._energy_flushed >= _ENERGY_FLUSH_S:
             self._energy_flushed = time.monotonic()
             try:
                 await self.flush_energy()
             except StoreUnavailable as exc:
-                log.error("ledger: energy rows not committed: %s", exc)
+                log.error("ledger: energy rows not committed: %s", reason_of(exc))
         if ok and self.config.payout == "split" and self._planner.refresh_due:
             try:
                 await self.refresh_split()
             except StoreUnavailable as exc:
-                log.error("split: window refresh failed: %s", exc)
+                log.error("split: window refresh failed: %s", reason_of(exc))
         return ok
+
+    def _check_stale_journal(self) -> None:
+        age = self._journal.oldest_age()
+        now = time.monotonic()
+        if age >= _STALE_JOURNAL_LOG_S and now - self._stale_logged >= _STALE_JOURNAL_LOG_S:
+            self._stale_logged = now
+            log.warning("ledger: %d journal records still not in the store, the oldest for "
+                        "%.0f s (%s)", self._journal.pending, age,
+                        self.unwritable_reason or "store writable: replay pending")
+
+    async def _spill_loop(self) -> None:
+        """Moves shares past the in-memory window to the spill file (sharebuffer)."""
+        while not self._stopping:
+            await asyncio.sleep(SPILL_CHECK_S)
+            if not self._stopping:
+                await self._shares.spill_due()
 
     async def prune(self, now: float | None = None, *, max_steps: int = 360) -> int:
         """Apply share retention: roll up and delete shares older than `share_retention_s`,
@@ -306,141 +398,102 @@ class Ledger:
                 if n:
                     log.info("ledger retention: %d shares rolled up and deleted", n)
             except StoreUnavailable as exc:
-                log.error("ledger retention: %s", exc)
+                log.error("ledger retention: %s", reason_of(exc))
             await asyncio.sleep(_RETENTION_INTERVAL_S)
 
-    # -- shares
+    # -- shares (poold.ledger.sharebuffer)
 
     def record_share(self, share: AcceptedShare) -> None:
-        """Buffer an accepted share for the next batch. Never blocks; drops (counted) when full."""
-        if len(self._buffer) >= self._max:
-            self._lose(1)
-            return
-        self._buffer.append(share)
+        """Buffer an accepted share for the next batch. Never blocks."""
+        self._shares.record(share)
+
+    def pressure(self) -> float:
+        """Back-pressure factor (>= 1) the share engine's vardiff scales its goal by."""
+        return self._shares.pressure()
+
+    @property
+    def chain(self) -> str:
+        """This writer's share chain (poold.ledger.chain)."""
+        return self._shares.chain
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return self._shares.buffered
 
     @property
-    def writable(self) -> bool:
-        """The store took its last batch or probe (for /readyz; blocks are safe either way:
-        they fall back to the journal)."""
-        return self._healthy
+    def backlog(self) -> int:
+        """Accepted shares not yet committed (in memory and in the spill file)."""
+        return self._shares.backlog
+
+    @property
+    def lost_shares(self) -> int:
+        return self._shares.lost
+
+    @property
+    def committed_shares(self) -> int:
+        return self._shares.committed
+
+    @property
+    def spilled_shares(self) -> int:
+        """Shares written to the spill file so far (committed from there later)."""
+        return self._shares.spilled
+
+    @property
+    def last_commit_seconds(self) -> float:
+        return self._shares.last_commit_seconds
 
     async def flush(self) -> bool:
-        """Commit the buffer now (tests, shutdown). False if the store refused it."""
-        return await self._flush()
-
-    async def _probe(self) -> bool:
-        """A cheap read to learn whether an unhealthy store is back (no shares to write)."""
-        try:
-            await self.store.schema_version()
-        except (StoreUnavailable, TimeoutError):
-            return False
-        return True
-
-    async def _flush(self) -> bool:
-        # Commit what is buffered now, not what arrives meanwhile: under overload the loop
-        # still gets back to its other duties (lag gauge, split refresh) between rounds.
-        left = len(self._buffer)
-        while self._buffer and left > 0:
-            if not self._head_known:
-                try:
-                    left -= await self._reload_head()
-                except (StoreUnavailable, TimeoutError) as exc:
-                    log.debug("ledger: chain head not readable: %s", exc)
-                    self._healthy = False
-                    return False
-                continue
-            if len(self._buffer) <= self.config.batch_max_shares:
-                batch, self._buffer = self._buffer, []
-            else:
-                batch = self._buffer[:self.config.batch_max_shares]
-                del self._buffer[:self.config.batch_max_shares]
-            started = time.perf_counter()
-            self._inflight_oldest = batch[0].time
-            try:
-                # Hashed here, once per batch (poold.ledger.chain), never on the share path.
-                link = chain.share_link(self.chain, self._head, batch, self._clock())
-                self._unsure = (link, len(batch))
-                await self.store.insert_shares(batch, link)
-                self._head, self._unsure = link, None
-            except asyncio.CancelledError:
-                # Cancelled mid-write (stop() past its grace period): not known to be committed,
-                # so keep it; the retry re-reads the chain head and drops it if it did commit.
-                self._inflight_oldest = None
-                self._head_known = False
-                self._requeue(batch)
-                raise
-            except (StoreUnavailable, TimeoutError) as exc:
-                self._inflight_oldest = None
-                self._head_known = False
-                self._requeue(batch)
-                if self._healthy:
-                    log.error("ledger: share batch of %d not committed (%s); buffering "
-                              "(%d buffered, bound %d)", len(batch), exc, len(self._buffer),
-                              self._max)
-                self._healthy = False
-                return False
-            self._inflight_oldest = None
-            self.last_commit_seconds = time.perf_counter() - started
-            left -= len(batch)
-            self.committed_shares += len(batch)
-            self.metrics.ledger_committed_shares.inc(len(batch))
-        self._healthy = True
-        return True
-
-    async def _reload_head(self) -> int:
-        """Read this writer's chain head (at start, and after a failed or cancelled commit).
-        If the failed batch's link is the stored head, that batch did commit: its shares,
-        requeued at the front of the buffer, are dropped rather than stored twice. Returns
-        how many were dropped."""
-        self._head = await self.store.chain_head(self.chain)
-        self._head_known = True
-        unsure, self._unsure = self._unsure, None
-        if unsure is None or self._head is None or self._head.hash != unsure[0].hash:
-            return 0
-        n = min(unsure[1], len(self._buffer))
-        del self._buffer[:n]
-        log.warning("ledger: a share batch of %d reported failed had committed; not storing "
-                    "it twice", n)
-        self.committed_shares += n
-        self.metrics.ledger_committed_shares.inc(n)
-        return n
-
-    def _requeue(self, batch: list[AcceptedShare]) -> None:
-        self._buffer[:0] = batch
-        overflow = len(self._buffer) - self._max
-        if overflow > 0:
-            del self._buffer[self._max:]  # keep the oldest: the committed prefix stays gap-free
-            self._lose(overflow)
-
-    def _lose(self, n: int) -> None:
-        self.lost_shares += n
-        self._lost_since_log += n
-        self.metrics.ledger_lost_shares.inc(n)
-        now = time.monotonic()
-        if now - self._last_lost_log >= _LOST_LOG_INTERVAL_S:
-            log.error("ledger: %d accepted shares dropped (buffer full at %d; store %s)",
-                      self._lost_since_log, self._max,
-                      "healthy" if self._healthy else "unavailable")
-            self._lost_since_log = 0
-            self._last_lost_log = now
+        """Commit the spill and the buffer now (tests, shutdown). False if the store refused."""
+        return await self._shares.flush() is not False
 
     def _update_lag(self) -> None:
-        """Age of the oldest share not yet committed (in flight or buffered); also run at
-        scrape time, so a flusher stuck in a slow write still shows a growing lag."""
-        oldest = self._inflight_oldest
-        if self._buffer and (oldest is None or self._buffer[0].time < oldest):
-            oldest = self._buffer[0].time
-        self.metrics.ledger_lag_seconds.set(
-            0.0 if oldest is None else max(0.0, self._clock() - oldest))
+        """Scrape-time gauges (also run by the flusher): share lag, writable, journal, spill
+        and back-pressure; a flusher stuck in a slow write still shows a growing lag."""
+        m = self.metrics
+        m.ledger_lag_seconds.set(self._shares.lag())
+        m.ledger_writable.set(1.0 if self.writable else 0.0)
+        m.ledger_journal_pending.set(self._journal.pending)
+        m.ledger_journal_oldest_age_seconds.set(self._journal.oldest_age())
+        m.ledger_spilled_shares.set(self._shares.spill.pending_shares)
+        m.ledger_pressure.set(self._shares.pressure())
 
     # -- blocks
 
+    async def journal_block(self, block: FoundBlock) -> None:
+        """Append a found block to the journal and fsync it (once per block, however often it
+        is called). The block submitter awaits this before the block goes to any node."""
+        await asyncio.shield(self._entry(block).journaled)
+
+    def _entry(self, block: FoundBlock) -> _BlockEntry:
+        entry = self._entries.get(block.hash_hex)
+        if entry is not None:
+            return entry
+        now = self._clock()
+        try:
+            netdiff = network_difficulty_of(block.block_hex)
+        except ValueError:
+            netdiff = 0.0  # still record it: the block matters more than its metadata
+        block, note = self._with_block_coinbase(block)
+        deltas = list(self._planner.take_plan(block.coinbase_outputs))
+        commitment = self._commitment(block)
+        record = journal.block_record(block, netdiff, now, deltas)
+        record["commitment"] = list(commitment)
+        fut = asyncio.ensure_future(self._journal.append(record))
+        fut.add_done_callback(retrieve)
+        entry = _BlockEntry(
+            block=block, netdiff=netdiff, outputs=self._output_rows(block), deltas=deltas,
+            credits=[Credit(block.hash_hex, a, d, "split", block.time) for a, d in deltas],
+            event=BlockEvent(block.hash_hex, now, "recorded",
+                             f"height {block.height} found by {block.worker} on instance "
+                             f"{block.instance_id}{note}"),
+            commitment=commitment, key=journal.record_key(record), journaled=fut)
+        self._entries[block.hash_hex] = entry
+        while len(self._entries) > _ENTRIES_KEPT:
+            del self._entries[next(iter(self._entries))]
+        return entry
+
     async def record_block(self, block: FoundBlock) -> None:
-        """Make a found block durable (store, else journal) before returning.
+        """Make a found block durable (journal first, then the store) before returning.
 
         The write runs shielded: if the caller is cancelled (shutdown), it still completes, and
         `stop()` waits for it before closing the store."""
@@ -452,55 +505,66 @@ class Ledger:
         task.add_done_callback(self._critical.discard)
         await asyncio.shield(task)
 
+    def _apply_deltas(self, entry: _BlockEntry) -> None:
+        if not entry.deltas_applied:
+            entry.deltas_applied = True
+            self._planner.apply_split_deltas(entry.deltas)
+
     async def _record_block(self, block: FoundBlock) -> None:
-        now = self._clock()
+        entry = self._entry(block)
+        journaled = True
         try:
-            netdiff = network_difficulty_of(block.block_hex)
-        except ValueError:
-            netdiff = 0.0  # still record it: the block matters more than its metadata
-        block, note = self._with_block_coinbase(block)
-        outputs = self._output_rows(block)
-        deltas = self._planner.take_plan(block.coinbase_outputs)
-        commitment = self._commitment(block)
-        credits = [Credit(block.hash_hex, a, d, "split", block.time) for a, d in deltas]
-        event = BlockEvent(block.hash_hex, now, "recorded",
-                           f"height {block.height} found by {block.worker} on instance "
-                           f"{block.instance_id}{note}")
+            await asyncio.shield(entry.journaled)
+        except OSError as exc:
+            journaled = False
+            log.critical("block %s NOT written to the journal %s (%s): only the store can "
+                         "keep it now", block.hash_hex, self.config.journal_path,
+                         reason_of(exc))
         # A store known to be failing is not tried (a block must not wait out a timeout): the
-        # journal takes it at once and the flusher replays it when the store answers again.
-        if self._store_open and self._healthy:
+        # journal has it, and the flusher replays it when the store answers again.
+        reason = self.unwritable_reason
+        if self.writable:
+            self._writing.add(entry.key)
             try:
-                new = await asyncio.wait_for(
-                    self.store.insert_block(block, netdiff, outputs, event, credits,
-                                            commitment),
-                    self.config.block_write_timeout_s)
+                new = await self._health.bounded(
+                    self.store.insert_block(entry.block, entry.netdiff, entry.outputs,
+                                            entry.event, entry.credits, entry.commitment),
+                    self.config.block_write_timeout_s, "ledger-block-write")
+            except (StoreUnavailable, TimeoutError) as exc:
+                reason = reason_of(exc)
+                self._health.fail(reason)
+            else:
+                self._health.ok()
                 if new:
-                    self._planner.apply_split_deltas(deltas)
+                    self._apply_deltas(entry)
+                if journaled:
+                    await self._journal.retire(entry.key)
                 log.info("block %s at height %d recorded", block.hash_hex, block.height)
                 return
-            except (StoreUnavailable, TimeoutError) as exc:
-                self._healthy = False
-                log.error("block %s not committed to the store (%s); journaling it",
-                          block.hash_hex, exc or type(exc).__name__)
-        await self._journal.append(journal.block_record(block, netdiff, now, deltas))
-        self._planner.apply_split_deltas(deltas)
-        log.critical("block %s at height %d written to the journal %s (store unavailable)",
-                     block.hash_hex, block.height, self.config.journal_path)
+            finally:
+                self._writing.discard(entry.key)
+        if not journaled:
+            raise StoreUnavailable(f"block {block.hash_hex} is neither in the journal nor in "
+                                   f"the store ({reason})")
+        self._apply_deltas(entry)
+        log.critical("block %s at height %d kept in the journal %s until the store takes it "
+                     "(store: %s)", block.hash_hex, block.height, self.config.journal_path,
+                     reason)
 
     def _commitment(self, block: FoundBlock) -> tuple[str | None, str, str | None]:
         """What a found block commits to (schema v5, docs/AUDIT.md): the chain head (split:
         the one in its coinbase; else this writer's head as of its last flush), the payout
         settings in force, and for split the window its coinbase was planned from."""
         c = self.config
-        head: str | None = self._head.head if self._head is not None else None
+        head: str | None = self._shares.head.head if self._shares.head is not None else None
         window = None
         if c.payout == "split":
             committed = chain.committed_head(block.coinbase_outputs)
             link = self._recent_heads.get(committed) if committed is not None else None
             if committed == chain.GENESIS:
-                head = f"{self.chain}:0:{chain.GENESIS.hex()}"
+                head = f"{self._shares.chain}:0:{chain.GENESIS.hex()}"
             elif committed is None or link is None:
-                head = None if committed is None else f"{self.chain}:?:{committed.hex()}"
+                head = None if committed is None else f"{self._shares.chain}:?:{committed.hex()}"
             else:
                 head = link.head
             plan = self._plan_windows.pop(payout_key(block.coinbase_outputs), None)
@@ -546,15 +610,16 @@ class Ledger:
 
     async def _record_submit_result(self, sr: SubmitResult) -> None:
         block_hash_hex = sr.block_hash_hex
-        if self._store_open and self._healthy:
+        if self.writable and not self._journal.is_pending(f"block:{block_hash_hex}"):
             try:
-                if await asyncio.wait_for(self._apply_submit(sr),
-                                          self.config.block_write_timeout_s):
+                if await self._health.bounded(self._apply_submit(sr),
+                                       self.config.block_write_timeout_s, "ledger-submit-write"):
+                    self._health.ok()
                     return
             except (StoreUnavailable, TimeoutError) as exc:
-                self._healthy = False
+                self._health.fail(reason_of(exc))
                 log.error("submit result for %s not committed (%s); journaling it",
-                          block_hash_hex, exc or type(exc).__name__)
+                          block_hash_hex, reason_of(exc))
         await self._journal.append(journal.submit_record(sr))
 
     async def _apply_submit(self, sr: SubmitResult) -> bool:
@@ -575,11 +640,19 @@ class Ledger:
 
     # -- the journal (poold.ledger.journal)
 
-    async def replay_journal(self) -> int:
-        """Apply the journal to the store (idempotent); returns the records applied."""
-        return await self._journal.replay(self._replay_one)
+    @property
+    def journal_pending(self) -> int:
+        """Journal records not yet in the store."""
+        return self._journal.pending
 
-    async def _replay_one(self, rec: dict[str, Any]) -> None:
+    async def replay_journal(self) -> int:
+        """Apply the journal's pending records to the store (idempotent); returns how many.
+        Records `record_block` is committing right now are left to it."""
+        return await self._journal.replay(self._replay_one, skip=set(self._writing))
+
+    async def _replay_one(self, rec: dict[str, Any]) -> bool:
+        """Apply one record; False leaves it pending (a submit result whose block is not in
+        the store yet)."""
         if rec.get("kind") == "block":
             block = journal.block_from_json(rec["block"])
             credits = [Credit(block.hash_hex, str(a), int(d), "split", block.time)
@@ -587,18 +660,25 @@ class Ledger:
             event = BlockEvent(block.hash_hex, float(rec["recorded_at"]), "recorded",
                                f"height {block.height} found by {block.worker} on instance "
                                f"{block.instance_id}; replayed from the journal")
-            await self.store.insert_block(block, float(rec["network_difficulty"]),
-                                          self._output_rows(block), event, credits)
-        elif rec.get("kind") == "submit":
+            commitment = rec.get("commitment")
+            await self.store.insert_block(
+                block, float(rec["network_difficulty"]), self._output_rows(block), event,
+                credits, None if commitment is None else (commitment[0], commitment[1],
+                                                          commitment[2]))
+            return True
+        if rec.get("kind") == "submit":
             sr = journal.submit_from_record(rec)
-            if not await self._apply_submit(sr):
-                log.error("journal: submit result for unknown block %s kept as an event",
-                          sr.block_hash_hex)
-                await self.store.add_events([BlockEvent(
-                    sr.block_hash_hex, sr.time, "orphan_submit_result",
-                    f"{sr.node}: {sr.result}")])
-        else:
-            log.error("ledger journal: unknown record kind %r skipped", rec.get("kind"))
+            if await self._apply_submit(sr):
+                return True
+            block_key = f"block:{sr.block_hash_hex}"
+            if block_key in self._writing or self._journal.is_pending(block_key):
+                return False  # its block goes in first
+            log.error("journal: submit result for unknown block %s kept as an event",
+                      sr.block_hash_hex)
+            await self.store.add_events([BlockEvent(
+                sr.block_hash_hex, sr.time, "orphan_submit_result", f"{sr.node}: {sr.result}")])
+            return True
+        raise ValueError(f"unknown record kind {rec.get('kind')!r}")
 
     # -- payouts (poold.ledger.planner)
 
@@ -624,9 +704,9 @@ class Ledger:
         """Split outputs plus the OP_RETURN committing this writer's chain head as of its last
         flush (job building is synchronous: no read here); the plan's window is kept for the
         block's record."""
-        head = self._head.hash if self._head is not None else chain.GENESIS
-        if self._head is not None:
-            self._recent_heads[head] = self._head
+        head = self._shares.head.hash if self._shares.head is not None else chain.GENESIS
+        if self._shares.head is not None:
+            self._recent_heads[head] = self._shares.head
             while len(self._recent_heads) > 64:
                 self._recent_heads.popitem(last=False)
         self._plan_windows[payout_key(outputs)] = self._planner.split_window()

@@ -14,6 +14,7 @@ drops the unused id key index and the bucket sums go in one statement.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
 
@@ -130,7 +131,11 @@ class PostgresStore:
     async def close(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
-            await pool.close()
+            # A hung server would hold a graceful close (it waits for busy connections).
+            try:
+                await asyncio.wait_for(pool.close(), self._connect_timeout)
+            except TimeoutError:
+                pool.terminate()
 
     async def schema_version(self) -> int:
         async def q(conn: Any) -> int:

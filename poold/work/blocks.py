@@ -6,10 +6,13 @@ job's branch; header with the rolled version (BIP310); then the template transac
 (so GBT's `default_witness_commitment` stays valid). The assembled header must hash to what the
 share core saw; a mismatch is a bug and is logged loudly, but the block is still submitted.
 
-Submission order (DESIGN.md "Blocks are never lost"): every node at once first (the block's value
-decays by the second), then the durable record and the per-node outcome in the ledger, then
-`getblockheader` as the proof the node kept it. No asyncio here: the caller runs
-`BlockSubmitter.submit` as a task.
+Submission order (DESIGN.md "Blocks are never lost"): the block is appended and fsynced to the
+ledger's local journal first (well under a millisecond of disk; a block a node accepted is then
+on disk here whatever happens to this process next), then every node at once (the block's value
+decays by the second), while the ledger write runs alongside; then the per-node outcome, then
+`getblockheader` as the proof the node kept it. A journal that cannot be written does not hold
+the block back: it is submitted anyway, and the failure logged as critical. No asyncio here: the
+caller runs `BlockSubmitter.submit` as a task.
 """
 
 from __future__ import annotations
@@ -107,6 +110,10 @@ class BlockNodes(Protocol):
 class BlockSink(Protocol):
     """Durable record of found blocks (`poold.ledger.Ledger`)."""
 
+    async def journal_block(self, block: FoundBlock) -> None:
+        """Local and durable (fsynced), once per block however often called."""
+        ...
+
     async def record_block(self, block: FoundBlock) -> None: ...
 
     async def record_submit_result(
@@ -120,6 +127,9 @@ class LogBlockSink:
     def __init__(self) -> None:
         self.blocks: list[FoundBlock] = []
         self.results: list[tuple[str, str, str | None]] = []
+
+    async def journal_block(self, block: FoundBlock) -> None:
+        return None
 
     async def record_block(self, block: FoundBlock) -> None:
         self.blocks.append(block)
@@ -176,14 +186,20 @@ class BlockSubmitter:
         return block, found
 
     async def record(self, found: FoundBlock) -> None:
-        """The durable record; the server runs it concurrently with `submit_prepared`."""
+        """The durable record (journal, then the ledger); the server runs it concurrently with
+        `submit_prepared`."""
         await self.sink.record_block(found)
 
     async def submit_prepared(
         self, block: bytes, found: FoundBlock, recorded: Awaitable[None] | None = None
     ) -> BlockOutcome:
-        """Every node at once; then (once `recorded` is done) each node's answer is recorded;
-        then getblockheader."""
+        """Journaled (fsynced) first, then every node at once; then (once `recorded` is done)
+        each node's answer is recorded; then getblockheader."""
+        try:
+            await self.sink.journal_block(found)
+        except Exception:  # a disk error must not cost the block: submit it anyway
+            log.critical("block %s could not be journaled; submitting it anyway",
+                         found.hash_hex, exc_info=True)
         results = await self.nodes.submit_block(block)
         for node, result in results.items():
             if result is None:

@@ -120,11 +120,15 @@ class SessionWork:
         return last if last[2] > entry[2] else entry
 
 
+def _no_pressure() -> float:
+    return 1.0
+
+
 class ShareEngine:
     """Jobs for sessions, difficulty bookkeeping and the share check."""
 
-    __slots__ = ("book", "difficulty", "instance_id", "on_block", "share_sink", "stats",
-                 "vardiff")
+    __slots__ = ("book", "difficulty", "instance_id", "on_block", "pressure", "share_sink",
+                 "stats", "vardiff")
 
     def __init__(
         self,
@@ -142,6 +146,10 @@ class ShareEngine:
         self.instance_id = instance_id
         self.on_block = on_block
         self.share_sink: ShareSink = NullShareSink() if share_sink is None else share_sink
+        # Back-pressure from the ledger (`Ledger.pressure`, >= 1 while it lags): vardiff aims
+        # at one share per `pressure` share intervals, so new jobs carry a higher difficulty
+        # (the same pay in fewer shares) until the ledger catches up.
+        self.pressure: Callable[[], float] = _no_pressure
         # Accepted difficulty summed since the last `take_accepted_difficulty` (hashrate gauge).
         self.stats = [0.0]
 
@@ -184,10 +192,11 @@ class ShareEngine:
         if vd is None or not sw.table or sw.pending is not None:
             return False
         elapsed = now - sw.vd_since
-        if not vd.due(sw.vd_shares, elapsed):
+        p = self.pressure()
+        if not vd.due(int(sw.vd_shares * p), elapsed):
             return False
         current = sw.table[-1][1]
-        new = vd.retarget(current, sw.vd_shares, elapsed)
+        new = vd.retarget(current, sw.vd_shares, elapsed / p)
         sw.vd_shares = 0
         sw.vd_since = now
         if new is None or (sw.curtailed and new < current):

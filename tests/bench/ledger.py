@@ -176,8 +176,7 @@ async def ledger_end_to_end(url: str, state_dir: Path, rate: float,
                 ledger.record_share(AcceptedShare(s.worker, s.account, s.difficulty, s.job_id,
                                                   s.height, now, 1))
                 recorded += 1
-            if ledger.buffered:
-                worst_lag = max(worst_lag, now - ledger._buffer[0].time)
+            worst_lag = max(worst_lag, ledger._shares.lag())
             await asyncio.sleep(0.001)
         offered_s = time.perf_counter() - start
         drain_start = time.perf_counter()

@@ -171,7 +171,7 @@ async def test_store_down_journals_blocks_and_replays(ledger_url: str, tmp_path:
         assert journal.exists()
         assert b.hash_hex in journal.read_text()
         assert await store.inner.blocks() == []
-        assert ledger.buffered == 300  # kept, not lost
+        assert ledger.backlog == 300  # kept, not lost
         store.down = False
         for _ in range(200):
             await asyncio.sleep(0.02)
@@ -197,13 +197,15 @@ async def test_store_unreachable_at_start(tmp_path: Path) -> None:
     await ledger.record_block(b)
     ledger.record_share(share(1))
     await ledger.stop()
-    assert ledger.lost_shares == 1  # counted, not silently dropped
+    assert ledger.lost_shares == 0 and ledger.spilled_shares == 1  # spilled to disk, not lost
     good = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     ledger2 = Ledger(config(good, tmp_path))
     await ledger2.start()
     try:
         assert [r.hash_hex for r in await ledger2.blocks()] == [b.hash_hex]
         assert not ledger2.config.journal_path.exists()
+        await ledger2.flush()
+        assert await ledger2.store.share_count() == 1
     finally:
         await ledger2.stop()
 
@@ -222,10 +224,11 @@ async def test_torn_journal_line_is_skipped(tmp_path: Path) -> None:
     await ledger2.start()
     try:
         assert len(await ledger2.blocks()) == 1
-        assert not cfg.journal_path.exists()  # replayed; the file is kept under a new name
-        kept = await asyncio.to_thread(
-            lambda: list(tmp_path.glob(f"{cfg.journal_path.name}.replayed-*")))
-        assert kept
+        assert not cfg.journal_path.exists()  # replayed: every record retired
+        # The two unreadable lines are kept aside for review, not dropped in silence.
+        kept = cfg.journal_path.with_name(cfg.journal_path.name + ".unreadable")
+        lines = (await asyncio.to_thread(kept.read_bytes)).splitlines()
+        assert len(lines) == 2 and lines[1] == b'{"kind":"block","blo'
     finally:
         await ledger2.stop()
 
@@ -393,8 +396,8 @@ async def test_stop_completes_a_write_in_flight(ledger_url: str, tmp_path: Path)
         await check.close()
 
 
-async def test_stop_with_a_hung_store_counts_the_loss(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_stop_with_a_hung_store_spills_every_share(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     import poold.ledger.ledger as ledger_module
 
     monkeypatch.setattr(ledger_module, "_STOP_GRACE_S", 0.2)
@@ -407,7 +410,17 @@ async def test_stop_with_a_hung_store_counts_the_loss(tmp_path: Path,
         ledger.record_share(share(i))
     await asyncio.sleep(0.05)
     await asyncio.wait_for(ledger.stop(), 5)  # bounded, does not hang with the store
-    assert ledger.lost_shares == 300
+    # Not lost: the in-flight batch came back and went to the spill file with the rest.
+    assert ledger.lost_shares == 0
+    assert ledger.spilled_shares == 300
+    again = Ledger(config(url, tmp_path, flush_interval_ms=10))
+    await again.start()
+    try:
+        await again.flush()
+        assert await again.store.share_count() == 300
+        assert not ledger_module.journal.spill_path(again.config.journal_path).exists()
+    finally:
+        await again.stop()
 
 
 class SlowBlocks(Flaky):
