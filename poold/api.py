@@ -23,6 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from poold import __version__
+from poold.fleet.errors import FleetRequestError, UnknownRack
 
 log = logging.getLogger("poold.api")
 
@@ -173,6 +174,10 @@ class AdminApi:
             return await handler(request)
         except ApiError as exc:
             return _error(exc.status, exc.message, exc.detail)
+        except UnknownRack as exc:
+            return _error(404, exc.message, exc.detail)
+        except FleetRequestError as exc:
+            return _error(422, exc.message, exc.detail)
         except web.HTTPException as exc:
             if exc.status >= 400:
                 return _error(exc.status, exc.reason)

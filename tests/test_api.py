@@ -13,7 +13,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from poold.api import AdminApi, ApiError
+from poold.api import AdminApi
+from poold.fleet.errors import FleetRequestError, UnknownRack
 from poold.metrics import Metrics
 
 READ, WRITE = "read-token-1", "write-token-1"
@@ -52,7 +53,9 @@ class FakeBackend:
 
     async def set_cap(self, scope: str, kw: float) -> dict[str, Any]:
         if scope not in ("site", "r1"):
-            raise ApiError(404, "unknown rack", scope)
+            raise UnknownRack("unknown rack", scope)
+        if kw > 1000:
+            raise FleetRequestError("cap above the breaker", {"max_kw": 1000})
         self.calls.append(("cap", (scope, kw)))
         return {"scope": scope, "kw": kw}
 
@@ -146,6 +149,7 @@ async def test_writes_need_the_write_scope(api: tuple[str, FakeBackend, Metrics]
         ("/api/v1/racks/r1/cap", b'{"kw": -1}', 422, "field 'kw' out of range"),
         ("/api/v1/racks/r1/cap", b'{"kw": 1e9}', 422, "field 'kw' out of range"),
         ("/api/v1/racks/nope/cap", b'{"kw": 1}', 404, "unknown rack"),
+        ("/api/v1/racks/r1/cap", b'{"kw": 1001}', 422, "cap above the breaker"),
         ("/api/v1/site/cap", b'{"kw": true}', 400, "field 'kw' must be a number"),
     ],
 )

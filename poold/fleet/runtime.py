@@ -8,8 +8,9 @@ telemetry to the ledger's energy meter (`ledger.record_power`), and curtailment 
 sessions (a session whose miner is asleep or turned down on purpose is neither "silent" for the
 idle timeout nor retargeted down by vardiff). `stop()` leaves the safe cap, bounded in time.
 The API methods (`racks`, `miners`, `budgets`, `set_cap`, `curtail`, `restore`, `grid_signal`)
-return JSON-ready values and raise `poold.api.ApiError` on bad requests. `reconfigure()` is the
-SIGHUP path: new caps and limits for the same inventory.
+return JSON-ready values and raise `poold.fleet.errors.FleetRequestError` on bad requests (the
+API maps them to HTTP answers). `reconfigure()` is the SIGHUP path: new caps and limits for the
+same inventory.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from poold.api import ApiError
 from poold.fleet.clock import LoopClock
 from poold.fleet.controller import FleetController
 from poold.fleet.curtailed_file import CurtailedPublisher, Sessions, mark_curtailed
 from poold.fleet.drivers.base import MinerDriver, Telemetry
+from poold.fleet.errors import FleetRequestError, UnknownRack
 from poold.fleet.health import ShareRateEstimator
 from poold.fleet.inventory import FleetConfig, MinerSpec
 from poold.metrics import Metrics
@@ -227,7 +228,7 @@ class FleetRuntime:
 
     def _rack_or_404(self, rack: str) -> None:
         if rack not in {r.id for r in self.cfg.racks}:
-            raise ApiError(404, "unknown rack", rack)
+            raise UnknownRack("unknown rack", rack)
 
     def _floor_w(self, rack: str) -> float:
         """What the rack draws with every miner asleep (the lowest cap it can meet)."""
@@ -327,7 +328,7 @@ class FleetRuntime:
         if scope == "site":
             return self.cfg.site
         if scope not in self.controller.budgets.nodes:
-            raise ApiError(404, "unknown rack", scope)
+            raise UnknownRack("unknown rack", scope)
         return scope
 
     async def set_cap(self, scope: str, kw: float) -> dict[str, Any]:
@@ -335,19 +336,19 @@ class FleetRuntime:
         b = self.controller.budgets
         limit_kw = b.config_w(node) / 1000.0
         if kw > limit_kw + 1e-9:
-            raise ApiError(422, f"cap for {node} above its configured cap (the breaker)",
+            raise FleetRequestError(f"cap for {node} above its configured cap (the breaker)",
                            {"max_kw": limit_kw})
         racks = [node] if node in {r.id for r in self.cfg.racks} else (
             [r.id for r in self.cfg.racks] if node == self.cfg.site
             else [r.id for r in self.cfg.racks if r.container == node])
         floor_kw = sum(self._floor_w(r) for r in racks) / 1000.0
         if kw < floor_kw - 1e-9:
-            raise ApiError(422, f"cap for {node} below what it draws with every miner asleep",
+            raise FleetRequestError(f"cap for {node} below what it draws with every miner asleep",
                            {"min_kw": floor_kw})
         try:
             self.controller.set_cap(node, kw)
         except ValueError as exc:
-            raise ApiError(422, str(exc), scope) from None
+            raise FleetRequestError(str(exc), scope) from None
         self._curtailed_racks.discard(node)
         log.warning("API: cap of %s set to %.3f kW", node, kw)
         return {"node": node, "cap_kw": kw,
@@ -375,7 +376,7 @@ class FleetRuntime:
         try:
             self.controller.budgets.grid_signal(cap_kw, ttl_s=ttl_s)
         except ValueError as exc:
-            raise ApiError(422, str(exc)) from None
+            raise FleetRequestError(str(exc)) from None
         site = self.cfg.site
         return {"site": site, "grid_cap_kw": cap_kw, "ttl_s": ttl_s,
                 "in_force_kw": self.controller.budgets.caps()[site].watts / 1000.0}
