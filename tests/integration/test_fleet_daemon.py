@@ -25,9 +25,10 @@ import pytest
 import pytest_asyncio
 
 from poold.bitcoin.address import Network, p2wpkh_address
-from poold.demo import _free_port, wait_listening, write_config
+from poold.demo import _free_port, write_config
 from poold.devnet import Devnet
 from poold.sim.fleet_demo import PASSWORD, PASSWORD_ENV, FleetDemo
+from tests.poold_process import wait_listening
 
 TOKEN = "fleet-test-token"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
@@ -53,7 +54,7 @@ async def _start(tmp: Path, devnet: Devnet, fleet: FleetDemo, *args: str
         sys.executable, "-m", "poold", "--log-level", "INFO", "run", "-c", str(cfg), *args,
         env={**os.environ, PASSWORD_ENV: PASSWORD}, stdout=log, stderr=log)
     log.close()
-    await wait_listening("127.0.0.1", port, proc)
+    await wait_listening("127.0.0.1", port, proc, tmp / "poold.log")
     return proc, cfg, port, api
 
 
