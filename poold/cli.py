@@ -70,9 +70,9 @@ def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"poold {__version__}")
     parser.add_argument(
         "--log-level",
-        default="INFO",
+        default=None,
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
-        help="logging threshold (default INFO)",
+        help="logging threshold (default: `[log] level` of the config for `run`, else INFO)",
     )
     # The admin API commands' connection, accepted here too (SUPPRESS: a value given after
     # the subcommand is not overwritten by a default here, nor this one by the subcommand's).
@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(args_list)
     args = parser.parse_args(args_list)
     logging.basicConfig(
-        level=getattr(logging, args.log_level),
+        level=getattr(logging, args.log_level or "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command is None:

@@ -219,6 +219,11 @@ OPTIONS: tuple[Option, ...] = (
        "in a row with none valid (a warning at half; 0 = never)", minimum=0),
     _O("stratum", "max_write_buffer_bytes", _int, 1 << 20, "bytes queued for one miner before "
        "it is dropped as a slow reader", minimum=4096),
+    _O("stratum", "max_messages_per_s", _float, 200.0, "messages a connection may send per "
+       "second on average; beyond that (and the burst) it is dropped (0 = no limit)",
+       minimum=0.0),
+    _O("stratum", "message_burst", _int, 2000, "messages a connection may send at once "
+       "above max_messages_per_s", minimum=10),
     _O("stratum", "reuse_port", _bool, False, "SO_REUSEPORT: several poold processes (each "
        "with its own pool.instance_id) share one Stratum port, one per core"),
     _O("ledger", "url", _str, "", "sqlite:///PATH or postgresql://...; empty = SQLite file "
@@ -315,6 +320,8 @@ class StratumConfig:
     invalid_share_limit: int = 100
     max_write_buffer_bytes: int = 1 << 20
     reuse_port: bool = False
+    max_messages_per_s: float = 200.0
+    message_burst: int = 2000
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,13 +75,16 @@ def run(args: argparse.Namespace) -> int:
     worker: int | None = getattr(args, "worker_index", None)
     try:
         cfg = load_config(args.config)
+        if getattr(args, "log_level", None) is None:
+            # `[log] level` applies unless the command line gave a level (workers too).
+            logging.getLogger().setLevel(cfg.log.level)
         processes = supervisor.resolve_processes(getattr(args, "processes", 1))
         if worker is not None:
             supervisor.become_worker(worker)
             cfg = supervisor.worker_config(cfg, worker)
         elif processes > 1:
             return supervisor.supervise(args.config, cfg, processes,
-                                        getattr(args, "log_level", "INFO"))
+                                        getattr(args, "log_level", None))
         else:
             supervisor.adopt_journals(cfg, keep=0)
     except ConfigError as exc:
@@ -444,6 +447,7 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
     from poold.node.nodes import NodeSet
     from poold.node.reader import NodeReader
     from poold.node.rpc import NodeCheckError, NodeUnavailable
+    from poold.stratum.limits import fit_max_connections
     from poold.supervisor import curtailed_path, owns_singletons, relay_path
     from poold.systemd import Notifier, listen_sockets
 
@@ -485,8 +489,10 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
             template.coinbase_value, target_to_difficulty(template.target))
         return outputs
 
+    # Descriptors: raise the soft limit, fit max_connections under it (WARNING if lowered).
+    max_connections = fit_max_connections(cfg.stratum.max_connections)
     pool = build_pool(cfg, nodes, metrics=metrics, share_sink=share_sink, block_sink=ledger,
-                      planner=planner, worker=worker)
+                      planner=planner, worker=worker, max_connections=max_connections)
     server = pool.server
     server.ctx.engine.pressure = ledger.pressure  # back-pressure while the ledger lags
     if cfg.metrics.per_worker:

@@ -77,6 +77,13 @@ class Metrics:
         self.connections_total = Counter(
             "poold_stratum_connection_attempts", "Stratum connection attempts by outcome",
             ["result"], registry=r)
+        self.disconnects = Counter(
+            "poold_stratum_disconnects", "Stratum connections ended or refused, by reason",
+            ["reason"], registry=r)
+        self.accept_errors = Counter(
+            "poold_stratum_accept_errors",
+            "accept() failures for lack of resources (EMFILE, ENFILE, ENOBUFS, ENOMEM)",
+            registry=r)
         self.shares = Counter(
             "poold_shares", "Shares by result and reject reason", ["result", "reason"],
             registry=r)

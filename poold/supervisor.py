@@ -209,7 +209,7 @@ class Supervisor:
     """Runs and watches N `poold run --worker-index I` processes (module docstring)."""
 
     def __init__(self, config_path: Path, cfg: Config, processes: int, *,
-                 log_level: str = "INFO", python: str = sys.executable) -> None:
+                 log_level: str | None = None, python: str = sys.executable) -> None:
         self.config_path = config_path
         self.cfg = cfg
         self.n = processes
@@ -301,7 +301,9 @@ class Supervisor:
         return env
 
     async def _spawn(self, w: _Worker) -> None:
-        cmd = [self.python, "-m", "poold", "--log-level", self.log_level, "run",
+        # Without --log-level the worker applies `[log] level` of the config itself.
+        level = ["--log-level", self.log_level] if self.log_level is not None else []
+        cmd = [self.python, "-m", "poold", *level, "run",
                "-c", str(self.config_path), "--worker-index", str(w.index)]
         w.ready = False
         w.started = w.last_ping = time.monotonic()
@@ -402,6 +404,7 @@ class Supervisor:
             await asyncio.sleep(interval)
 
 
-def supervise(config_path: Path, cfg: Config, processes: int, log_level: str = "INFO") -> int:
+def supervise(config_path: Path, cfg: Config, processes: int,
+              log_level: str | None = None) -> int:
     """`poold run --processes N` with N > 1: the supervisor's process exit code."""
     return asyncio.run(Supervisor(config_path, cfg, processes, log_level=log_level).run())

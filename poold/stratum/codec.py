@@ -49,6 +49,19 @@ def loads(line: bytes) -> Any:
         raise ProtocolError(f"invalid JSON: {exc}") from None
 
 
+def exact_id(line: bytes, parsed: object) -> object:
+    """The request id of `line` exactly as sent, for an id the fast parser gave as a float.
+
+    orjson reads integers beyond 64 bits as floats; the standard library keeps them exact, so
+    an id such as 123456789012345678901234567890 is echoed digit for digit (ids are echoed
+    verbatim). Only float ids take this path: the hot path never pays for it."""
+    try:
+        msg = json.loads(line)
+    except (ValueError, RecursionError):
+        return parsed
+    return msg.get("id", parsed) if isinstance(msg, dict) else parsed
+
+
 def dumps(obj: Any) -> bytes:
     """Compact JSON bytes (no newline)."""
     return _dumps(obj)

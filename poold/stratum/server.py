@@ -5,11 +5,14 @@ Built on `asyncio.Protocol`, not streams: streams cost 23-34 µs per message bef
 ONE `transport.write`. A connection is one object (`Connection` = `Session` + transport slots), so
 an idle miner costs little memory.
 
-Protection (issue 4): line length (disconnect), subscribe timeout, idle timeout without submits,
-per-IP and global connection limits, the session's invalid-share ladder plus a short IP ban after
-repeated kicks, and bounded write buffers: a slow reader whose buffer passes
+Protection: line length (disconnect), subscribe timeout, idle timeout without submits, per-IP
+and global connection limits, a per-connection message-rate limit (token bucket, counted before
+any parsing), the session's invalid-share ladder plus a short IP ban after repeated kicks (rate
+limit drops count too), and bounded write buffers: a slow reader whose buffer passes
 `write_buffer_limit` is dropped, so it can never delay the fan-out to others. Everything a bad
-client can trigger is confined to its own connection.
+client can trigger is confined to its own connection. Every connection that ends is counted
+under one `poold.stratum.disconnects.Disconnect` reason; running out of descriptors is handled by
+`poold.stratum.limits`.
 
 New templates (`on_template`, a `NodeSet.subscribe` callback) are fanned out synchronously, clean
 jobs first and without yielding (a yielding loop only delays the last miner): the notify bytes
@@ -40,8 +43,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 from poold.bitcoin.coinbase import CoinbaseError
 from poold.stratum import messages
+from poold.stratum.disconnects import Disconnect, DisconnectLog
 from poold.stratum.fanout import send_many
 from poold.stratum.framing import LineFramer, LineTooLong
+from poold.stratum.limits import AcceptErrorHandler, GuardedSocket, listening_sockets
 from poold.stratum.session import Session, SessionContext, State
 from poold.work.blocks import BlockAssemblyError, BlockCandidate, BlockOutcome, BlockSubmitter
 from poold.work.shares import RejectReason
@@ -78,6 +83,10 @@ class ServerSettings:
     drain_timeout_s: float = 5.0
     reuse_port: bool = False
     backlog: int = 4096
+    # Messages (lines) per second a connection may send on average, and in one burst; beyond
+    # that it is dropped ("rate limit"). 0 = no limit. Honest miners send a few a second.
+    max_messages_per_s: float = 200.0
+    message_burst: int = 2000
 
     @classmethod
     def from_config(cls, cfg: StratumConfig, **overrides: Any) -> ServerSettings:
@@ -94,6 +103,8 @@ class ServerSettings:
             "reconnect_port": cfg.reconnect_port,
             "write_buffer_limit": cfg.max_write_buffer_bytes,
             "reuse_port": cfg.reuse_port,
+            "max_messages_per_s": cfg.max_messages_per_s,
+            "message_burst": cfg.message_burst,
         }
         values.update(overrides)
         return cls(**values)
@@ -111,7 +122,8 @@ def _send_batch(fds: list[int], bufs: list[bytes], conns: list[Connection]) -> N
 class Connection(Session, asyncio.Protocol):
     """A miner connection: the session state machine plus its transport."""
 
-    __slots__ = ("fd", "framer", "peer_ip", "server", "sock_fd", "transport")
+    __slots__ = ("disconnect", "fd", "framer", "peer_ip", "server", "sock_fd", "tokens",
+                 "tokens_at", "transport")
 
     def __init__(self, server: StratumServer, now: float) -> None:
         Session.__init__(self, server.ctx, now)
@@ -119,6 +131,10 @@ class Connection(Session, asyncio.Protocol):
         self.framer = LineFramer(server.settings.max_line_bytes)
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
+        self.disconnect: Disconnect | None = None  # why the server ends it (None: not ending)
+        # Token bucket of the message-rate limit: messages allowed now, refilled over time.
+        self.tokens = float(server.settings.message_burst)
+        self.tokens_at = now
         # The socket's descriptor, and the same while a direct send() is allowed: the transport
         # is open and has nothing queued (else -1, and everything goes through the transport).
         self.sock_fd = -1
@@ -129,7 +145,9 @@ class Connection(Session, asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0] if peer else ""
-        if not self.server.admit(self):
+        refused = self.server.admit(self)
+        if refused is not None:
+            self.server.disconnects.count(refused)
             transport.abort()
             self.transport = None
             return
@@ -151,21 +169,32 @@ class Connection(Session, asyncio.Protocol):
         transport = self.transport
         if transport is None:
             return
+        now = time.time()
+        s = self.server.settings
+        rate = s.max_messages_per_s
+        if rate > 0:
+            # Message-rate limit (token bucket), before any parsing: a flood costs one count.
+            tokens = min(self.tokens + (now - self.tokens_at) * rate, s.message_burst)
+            tokens -= data.count(b"\n")
+            self.tokens = tokens
+            self.tokens_at = now
+            if tokens < 0:
+                self.drop(Disconnect.rate_limit, f"over {rate:g} messages/s")
+                self.server.kicked(self)
+                return
         try:
             lines = self.framer.feed(data)
         except LineTooLong as exc:
-            self.drop(str(exc))
+            self.drop(Disconnect.line_too_long, str(exc))
             return
         if not lines:
             return
-        out = self.feed(lines, time.time())
+        out = self.feed(lines, now)
         if out:
             transport.write(out)
             # fd < 0: bytes are queued (or no socket); only then can the buffer be too full
-            if self.fd < 0 and (
-                transport.get_write_buffer_size() > self.server.settings.write_buffer_limit
-            ):
-                self.drop("write buffer full (slow reader)")
+            if self.fd < 0 and transport.get_write_buffer_size() > s.write_buffer_limit:
+                self.drop(Disconnect.slow_reader)
                 return
         if self.close_reason is not None:
             self.server.kicked(self)
@@ -190,7 +219,7 @@ class Connection(Session, asyncio.Protocol):
         if self.fd < 0 and (
             transport.get_write_buffer_size() > self.server.settings.write_buffer_limit
         ):
-            self.drop("write buffer full (slow reader)")
+            self.drop(Disconnect.slow_reader)
 
     def sent_part(self, data: bytes, sent: int) -> None:
         """A direct send of `data` sent only `sent` bytes (< 0: -errno): queue the rest or drop.
@@ -198,18 +227,21 @@ class Connection(Session, asyncio.Protocol):
         Called before anything else is written to this connection, so the order is kept."""
         if sent < 0:
             code = errno.errorcode.get(-sent, str(-sent))
-            self.drop(f"send failed ({code})")
+            # The peer reset or went away under us: it closed, we did not end it.
+            self.drop(Disconnect.client_closed, f"send failed ({code})")
         else:
             self.push(data[sent:])
 
-    def drop(self, reason: str) -> None:
-        """Abort now (no flush): for protocol violations and slow readers."""
-        self.close_reason = reason
+    def drop(self, reason: Disconnect, detail: str = "") -> None:
+        """Abort now (no flush): for protocol violations and slow readers. Counted under
+        `reason` when the connection is gone (`StratumServer.forget`)."""
+        if self.disconnect is None:
+            self.disconnect = reason
+        self.close_reason = f"{reason.value} ({detail})" if detail else reason.value
         self.fd = -1
         transport = self.transport
         if transport is not None:
-            log.debug("dropping %s (%s): %s", self.peer_ip, self.user_agent, reason)
-            self.server.count_drop(reason)
+            log.debug("dropping %s (%s): %s", self.peer_ip, self.user_agent, self.close_reason)
             transport.abort()
 
 
@@ -234,11 +266,14 @@ class StratumServer:
         self.per_ip: dict[str, int] = {}
         self._kicks: dict[str, list[float]] = {}
         self._banned: dict[str, float] = {}
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
+        self.accept_errors = AcceptErrorHandler(
+            metrics.accept_errors.inc if metrics is not None else None)
         self._block_tasks: set[asyncio.Task[Any]] = set()
         self.block_outcomes: list[BlockOutcome] = []
         self.closing = False
-        self.drops: dict[str, int] = {}
+        self.disconnects = DisconnectLog()
+        self._flushed_disconnects: dict[Disconnect, int] = dict.fromkeys(Disconnect, 0)
         self._flushed_accepted = 0
         self._flushed_rejected = [0] * len(ctx.counters.rejected)
         self._flushed_difficulty = 0.0
@@ -248,6 +283,8 @@ class StratumServer:
         ctx.engine.on_block = self.on_block
         if metrics is not None:
             metrics.add_scrape_hook(self._export)
+            for reason in Disconnect:  # every label from 0: rate() sees the first one
+                metrics.disconnects.labels(reason=reason.name)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -256,29 +293,24 @@ class StratumServer:
         loop = asyncio.get_running_loop()
         s = self.settings
         if sock is not None:
-            self._server = await loop.create_server(
-                lambda: Connection(self, self.clock()), sock=sock, backlog=s.backlog
-            )
+            socks = [GuardedSocket.adopt(sock)]
         else:
-            self._server = await loop.create_server(
-                lambda: Connection(self, self.clock()),
-                s.host,
-                s.port,
-                backlog=s.backlog,
-                reuse_port=s.reuse_port or None,
-            )
+            socks = listening_sockets(s.host, s.port, s.backlog, s.reuse_port)
+        self.accept_errors.install(loop)
+        for listener in socks:
+            self._servers.append(await loop.create_server(
+                lambda: Connection(self, self.clock()), sock=listener, backlog=s.backlog))
         log.info("stratum listening on %s", ", ".join(self.addresses))
 
     @property
     def addresses(self) -> list[str]:
-        if self._server is None:
-            return []
-        return [f"{sock.getsockname()[0]}:{sock.getsockname()[1]}" for sock in self._server.sockets]
+        return [f"{sock.getsockname()[0]}:{sock.getsockname()[1]}"
+                for server in self._servers for sock in server.sockets]
 
     @property
     def port(self) -> int:
-        assert self._server is not None and self._server.sockets
-        port: int = self._server.sockets[0].getsockname()[1]
+        assert self._servers and self._servers[0].sockets
+        port: int = self._servers[0].sockets[0].getsockname()[1]
         return port
 
     async def run_sweeper(self) -> None:
@@ -302,8 +334,8 @@ class StratumServer:
     async def shutdown(self) -> None:
         """Ordered: stop listening, ask miners to reconnect, drain, close, finish block tasks."""
         self.closing = True
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         s = self.settings
         if s.reconnect_host:
             bye = messages.reconnect(s.reconnect_host, s.reconnect_port or s.port, 0)
@@ -318,44 +350,55 @@ class StratumServer:
             if conn.transport is not None:
                 conn.fd = -1
                 conn.transport.close()
-        if self._server is not None:
+        for server in self._servers:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+                await asyncio.wait_for(server.wait_closed(), 1.0)
+        self.accept_errors.uninstall()
         if self._block_tasks:
             await asyncio.gather(*self._block_tasks, return_exceptions=True)
         self.flush_metrics()
 
     # --- admission and protection ------------------------------------------------------------
 
-    def admit(self, conn: Connection) -> bool:
+    @property
+    def drops(self) -> dict[str, int]:
+        """Connections ended or refused so far, by `Disconnect` name (the metric's labels)."""
+        return self.disconnects.by_label()
+
+    def admit(self, conn: Connection) -> Disconnect | None:
+        """None if `conn` may stay, else why it is refused."""
         s = self.settings
         ip = conn.peer_ip
         m = self.metrics
         if self.closing or len(self.connections) >= s.max_connections:
             if m is not None:
                 m.connections_total.labels(result="rejected_full").inc()
-            return False
+            return Disconnect.shutdown if self.closing else Disconnect.server_full
         banned_until = self._banned.get(ip)
         if banned_until is not None:
             if self.clock() < banned_until:
                 if m is not None:
                     m.connections_total.labels(result="rejected_ip").inc()
-                return False
+                return Disconnect.banned
             del self._banned[ip]
         n = self.per_ip.get(ip, 0)
         if n >= s.max_per_ip:
             if m is not None:
                 m.connections_total.labels(result="rejected_ip").inc()
-            return False
+            return Disconnect.ip_limit
         self.per_ip[ip] = n + 1
         self.connections.add(conn)
         if m is not None:
             m.connections_total.labels(result="accepted").inc()
-        return True
+        return None
 
     def forget(self, conn: Connection) -> None:
         if conn not in self.connections:
             return
+        reason = conn.disconnect
+        if reason is None:
+            reason = Disconnect.shutdown if self.closing else Disconnect.client_closed
+        self.disconnects.count(reason)
         self.connections.discard(conn)
         ip = conn.peer_ip
         n = self.per_ip.get(ip, 1) - 1
@@ -366,9 +409,14 @@ class StratumServer:
         conn.closed(self.clock())
 
     def kicked(self, conn: Connection) -> None:
-        """A session ended itself (invalid-share ladder): count it toward an IP ban."""
+        """A session ended itself (invalid-share ladder, no extranonce left) or flooded: count
+        it toward an IP ban."""
         reason = conn.close_reason or ""
-        self.count_drop(reason)
+        if conn.disconnect is None:
+            conn.disconnect = (Disconnect.server_full if "extranonce" in reason
+                               else Disconnect.invalid_shares)
+        if conn.disconnect is Disconnect.server_full:
+            return  # our limit, not the miner's fault
         s = self.settings
         if s.ban_after_kicks <= 0:
             return
@@ -381,10 +429,6 @@ class StratumServer:
             log.warning("refusing %s for %.0f s after %d disconnects (%s)",
                         conn.peer_ip, s.ban_s, len(kicks), reason)
 
-    def count_drop(self, reason: str) -> None:
-        key = reason.split(" (", maxsplit=1)[0][:40]
-        self.drops[key] = self.drops.get(key, 0) + 1
-
     def sweep(self, now: float) -> None:
         s = self.settings
         engine = self.ctx.engine
@@ -392,10 +436,10 @@ class StratumServer:
         for conn in list(self.connections):
             if conn.state is State.CONNECTED or not conn.authorized:
                 if now - conn.connected_at > s.subscribe_timeout_s:
-                    conn.drop("not subscribed and authorized in time")
+                    conn.drop(Disconnect.subscribe_timeout)
                 continue
             if now - conn.last_activity > s.idle_timeout_s:
-                conn.drop("idle: no share in time")
+                conn.drop(Disconnect.idle)
                 continue
             sw = conn.work
             if vardiff and sw is not None and sw.group_key is not None and engine.maybe_retarget(
@@ -411,6 +455,7 @@ class StratumServer:
             if not kicks or now - kicks[-1] > s.ban_window_s:
                 del self._kicks[ip]
         self._sample_hashrate(now)
+        self.disconnects.check(now, len(self.connections))
         self.flush_metrics()
 
     def _sample_hashrate(self, now: float) -> None:
@@ -564,6 +609,12 @@ class StratumServer:
             if d:
                 m.shares.labels(result="rejected", reason=reason.name).inc(d)
                 self._flushed_rejected[reason.index] = n
+        counts = self.disconnects.counts
+        flushed = self._flushed_disconnects
+        for why, n in counts.items():
+            if n != flushed[why]:
+                m.disconnects.labels(reason=why.name).inc(n - flushed[why])
+                flushed[why] = n
         samples = c.check_samples
         if samples:
             for seconds in samples[:1000]:

@@ -10,7 +10,8 @@ Error tiers (STYLE.md #7): reply-level errors are `[code, reason, null]`; sessio
 (too many invalid shares in a row, a line too long) set `close_reason`, which the server acts on
 after writing the replies of the current read. The invalid-share ladder: after half of
 `invalid_limit` consecutive rejected shares with none accepted since, a `client.show_message`
-warning; at `invalid_limit`, disconnect (stale shares don't count: they are honest latency).
+warning; at `invalid_limit`, disconnect (stale shares don't count: they are honest latency,
+unless their hash does not meet the share target either: `stale_low_difficulty` counts).
 
 The server subclasses `Session` to add its transport (one object per connection keeps idle
 connections small); everything here is testable by feeding bytes.
@@ -172,6 +173,8 @@ class Session:
             return self._bad_line()
         method = msg.get("method")
         msg_id = msg.get("id")
+        if type(msg_id) is float:
+            msg_id = codec.exact_id(line, msg_id)
         handler = _DISPATCH.get(method) if type(method) is str else None
         if handler is None:
             if method is None and ("result" in msg or "error" in msg):

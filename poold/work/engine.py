@@ -4,7 +4,8 @@ Order of checks (cheapest first; each failure is a `RejectReason`, reference/poo
 job known and sent to this payout group (21) -> ntime in [template mintime, now + 7200] (20) ->
 native check (malformed hex 20, version bits outside the session's mask 20) -> duplicate (22,
 keyed on the header hash, which covers extranonce1/2, ntime, nonce and version bits) -> block? ->
-stale job (21) -> low difficulty (23).
+stale job (21) -> low difficulty (23); a stale share below the share target is
+`stale_low_difficulty` (21 on the wire, but it counts toward the session's invalid-share ladder).
 
 A share whose hash meets the network target is handed to `on_block` before anything can refuse
 it, even when its job is stale (ckpool and DATUM do the same): a block is worth more than any
@@ -40,6 +41,7 @@ MAX_DIFFICULTY_ENTRIES = 32
 
 _JOB_NOT_FOUND = RejectReason.job_not_found
 _STALE = RejectReason.stale
+_STALE_LOW = RejectReason.stale_low_difficulty
 _DUPLICATE = RejectReason.duplicate
 _LOW = RejectReason.low_difficulty
 _NTIME = RejectReason.ntime_out_of_range
@@ -280,7 +282,7 @@ class ShareEngine:
         except ShareFormatError as exc:
             return _VBITS if exc.field == "version_bits" else _MALFORMED
         if not (meets_share or meets_network):
-            return _STALE if job.stale else _LOW
+            return _STALE_LOW if job.stale else _LOW
         seen = work.seen
         if hash_ in seen:
             return _DUPLICATE

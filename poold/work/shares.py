@@ -16,6 +16,9 @@ class RejectReason(enum.Enum):
 
     job_not_found = (21, "Job not found")
     stale = (21, "Stale job")
+    # Stale and not even meeting the share target: not honest latency, so it counts toward the
+    # invalid-share ladder (a flood of junk on an old job must not hide behind "stale").
+    stale_low_difficulty = (21, "Stale job, low difficulty share")
     duplicate = (22, "Duplicate share")
     low_difficulty = (23, "Low difficulty share")
     unauthorized = (24, "Unauthorized worker")

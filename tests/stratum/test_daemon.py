@@ -162,3 +162,70 @@ def test_config_errors_name_the_key(tmp_path: Path, capsys: Any) -> None:
     bad.write_text('[stratum]\nlisten = "nowhere"\n')
     assert main(["run", "-c", str(bad)]) == 2
     assert "stratum.listen" in capsys.readouterr().err
+
+
+async def _run_until_serving(devnet: Any, tmp_path: Path, level: str, args: list[str],
+                             ) -> str:
+    """Start `poold [args[0]...] run -c CFG [...]` with `[log] level = LEVEL`, wait until
+    it serves Stratum, stop it; its stderr."""
+    port = free_port()
+    cfg = tmp_path / f"poold-{level}-{'-'.join(args)}.toml"
+    cfg.write_text(f"""
+[pool]
+network = "regtest"
+payout = "solo"
+state_dir = "{tmp_path}"
+
+[[nodes]]
+rpc_url = "{devnet.rpc_url}"
+rpc_user = "{devnet.rpc_user}"
+rpc_password = "{devnet.rpc_password}"
+
+[stratum]
+listen = "127.0.0.1:{port}"
+
+[api]
+listen = "127.0.0.1:{free_port()}"
+
+[log]
+level = "{level}"
+""")
+    before, after = (args[: args.index("run")], args[args.index("run") + 1:])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "poold", *before, "run", "-c", str(cfg), *after,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        for _ in range(400):
+            try:
+                client = await StratumClient.connect(port)
+            except OSError:
+                assert proc.returncode is None
+                await asyncio.sleep(0.05)
+                continue
+            # with --processes, make sure a worker (not only the port) answers
+            await client.handshake(p2wpkh_address(os.urandom(20), Network.REGTEST))
+            await client.close()
+            break
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return err.decode()
+
+
+async def test_log_level_from_the_config_applies_at_start_and_in_workers(
+    devnet: Any, tmp_path: Path,
+) -> None:
+    await devnet.generate(1)
+    quiet = await _run_until_serving(devnet, tmp_path, "WARNING", ["run"])
+    assert " INFO " not in quiet, quiet
+    # the command line overrides the config when given
+    loud = await _run_until_serving(devnet, tmp_path, "WARNING", ["--log-level", "INFO", "run"])
+    assert "poold running" in loud
+    # every --processes worker applies the config's level too
+    workers = await _run_until_serving(devnet, tmp_path, "WARNING", ["run", "--processes", "2"])
+    assert " INFO " not in workers, workers
+    debug = await _run_until_serving(devnet, tmp_path, "DEBUG", ["run", "--processes", "2"])
+    assert "[worker 1]" in debug and " DEBUG " in debug

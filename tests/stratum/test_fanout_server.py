@@ -159,11 +159,11 @@ async def test_reset_connection_is_dropped_alone(make_pool: MakePool, spy: Spy) 
     server.on_template(template, False)
     failed = [sent for _, sent in spy.results if sent < 0]
     assert len(failed) == 1
-    assert gone_conn.close_reason is not None and gone_conn.close_reason.startswith("send failed")
-    assert server.drops.get("send failed") == 1
+    assert gone_conn.close_reason is not None and "send failed" in gone_conn.close_reason
     job = server.ctx.engine.book.current[conn_of(server, ok).work.group_key].job_id  # type: ignore[union-attr]
     assert jobs(await read_lines(ok, job))[-1] == job
     await until(lambda: len(server.connections) == 1)
+    assert server.drops.get("client_closed") == 1  # the peer reset: it closed, not us
     ok.close()
 
 
@@ -213,12 +213,12 @@ async def test_slow_reader_dropped_at_the_limit(make_pool: MakePool, spy: Spy) -
         if len(sent) % 100 == 0:
             await read_lines(fast, sent[-1])  # keep the fast one drained
     assert slow_conn.close_reason == "write buffer full (slow reader)"
-    assert server.drops.get("write buffer full") == 1
     assert any(sent_ >= 0 for _, sent_ in spy.results)  # it went partial on the direct path
     server.on_template(template, False)
     sent.append(book.current[group].job_id)
     fast_lines = await read_lines(fast, sent[-1])
     assert jobs(fast_lines)[-1] == sent[-1]
     await until(lambda: len(server.connections) == 1)
+    assert server.drops.get("slow_reader") == 1
     for sock in (slow, fast):
         sock.close()

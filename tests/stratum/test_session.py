@@ -367,3 +367,21 @@ def test_pool_mask_change_respects_the_miners_mask() -> None:
     assert s.work is not None and s.work.mask == 0x00FFE000
     r.ctx.settings = dataclasses.replace(r.ctx.settings, version_mask=0x1FE00000)
     assert json.loads(s.pool_mask_changed())["params"] == ["00e00000"]  # pool AND miner
+
+
+@pytest.mark.parametrize("raw_id", [
+    b"123456789012345678901234567890",  # beyond 64 bits: the fast parser reads a float
+    b"-98765432109876543210987654321",
+    b"18446744073709551616",  # 2**64
+    b"9223372036854775807",  # int64 max: exact either way
+    b"1.5",
+    b'"abc"',
+])
+def test_ids_of_any_size_are_echoed_verbatim(raw_id: bytes) -> None:
+    r = rig()
+    s = r.session()
+    for method, params in ((b"mining.ping", b"[]"), (b"mining.submit", b'["x"]'),
+                           (b"no.such.method", b"[]")):
+        line = b'{"id":' + raw_id + b',"method":"' + method + b'","params":' + params + b"}"
+        out = s.feed([line], r.clock.now)
+        assert out.startswith(b'{"id":' + raw_id + b","), out
