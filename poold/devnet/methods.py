@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from poold import __version__
 from poold.bitcoin.address import AddressError, address_to_script
@@ -27,7 +27,6 @@ from poold.devnet import mining
 from poold.devnet.chainstate import block_work
 from poold.devnet.kernel import BlockDecodeError
 from poold.devnet.mempool import TxRejected
-from poold.devnet.node import DEFAULT_MAX_FEE_PER_KVB, Devnet
 from poold.devnet.rpc import (
     RPC_DESERIALIZATION_ERROR,
     RPC_INVALID_ADDRESS_OR_KEY,
@@ -38,8 +37,12 @@ from poold.devnet.rpc import (
     RpcError,
 )
 
+if TYPE_CHECKING:  # the node builds its method table from this module (no import back)
+    from poold.devnet.node import Devnet
+
 CLIENT_VERSION = 310000  # the Bitcoin Core release whose RPC answers these are modelled on
 SUBVERSION = f"/Satoshi:31.0.0/poold-devnet:{__version__}/"
+DEFAULT_MAX_FEE_PER_KVB = 10_000_000  # 0.10 BTC/kvB, sendrawtransaction's default maxfeerate
 LONGPOLL_MEMPOOL_WAIT_S = 60.0  # Core returns a longpoll on mempool change only after a minute
 
 

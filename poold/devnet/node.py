@@ -37,6 +37,7 @@ from poold.devnet.chainstate import COINBASE_MATURITY, ChainView, Coin, UtxoSet
 from poold.devnet.kernel import EntryInfo, ProcessResult, verify_scripts
 from poold.devnet.kernel_process import KernelProcess
 from poold.devnet.mempool import Mempool, MempoolEntry
+from poold.devnet.methods import method_table
 from poold.devnet.rpc import Credentials, RpcServer
 from poold.devnet.zmqpub import ZmqPublisher
 
@@ -48,7 +49,6 @@ NETWORK = Network.REGTEST
 WITNESS_SCRIPT = bytes([OP_TRUE])
 DEVNET_SCRIPT = p2wsh_script(WITNESS_SCRIPT)
 DEVNET_ADDRESS = p2wsh_address(WITNESS_SCRIPT, NETWORK)
-DEFAULT_MAX_FEE_PER_KVB = 10_000_000  # 0.10 BTC/kvB, sendrawtransaction's default maxfeerate
 
 
 class Devnet:
@@ -111,8 +111,6 @@ class Devnet:
             await self._load_chain()
             cookie = secrets.token_hex(32)
             self.cookie_file = _write_cookie(netdir / ".cookie", cookie)
-            from poold.devnet.methods import method_table  # methods import this module
-
             self._rpc = RpcServer(
                 method_table(self), Credentials(self.rpc_user, self.rpc_password, cookie)
             )
