@@ -3,7 +3,9 @@
 Binds to 127.0.0.1 by default ([api] listen). Writes need a bearer token from `api.write_tokens`;
 reads need one from `api.read_tokens` or `api.write_tokens` when read tokens are configured (open
 otherwise, which config only allows on a loopback address). Tokens are compared in constant time
-and never logged. Every 4xx answer is JSON `{"error": "...", "detail": ...}` naming what was wrong.
+and never logged. Every 4xx answer is JSON `{"error": "...", "detail": ...}` naming what was wrong;
+bad input (invalid or too deeply nested JSON, numbers that do not fit) is always a 4xx. A
+connection must send its request headers within 10 s and may idle 60 s between requests.
 
 The API reads and changes daemon state only through the `ApiBackend` Protocol, which the daemon
 implements over the pool, the fleet controller and the ledger.
@@ -11,8 +13,8 @@ implements over the pool, the fleet controller and the ledger.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-import json
 import logging
 import math
 import time
@@ -24,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from poold import __version__
 from poold.fleet.errors import FleetRequestError, UnknownRack
+from poold.httpguard import BodyError, HeaderDeadline, parse_json_body
 
 log = logging.getLogger("poold.api")
 
@@ -31,6 +34,10 @@ JSON = dict[str, Any]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_BODY = 64 * 1024
+MAX_DEPTH = 8  # JSON nesting allowed in a body (ours are flat objects)
+HEADER_TIMEOUT_S = 10.0  # a new connection's request headers, complete
+KEEPALIVE_TIMEOUT_S = 60.0  # an idle kept-alive connection
+BODY_TIMEOUT_S = 10.0  # a request body, once its headers are in
 ENERGY_DEFAULT_SPAN_S = 86400.0
 
 
@@ -85,13 +92,17 @@ def _token_in(token: str, allowed: Sequence[str]) -> bool:
 async def _json_body(request: web.Request) -> JSON:
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise ApiError(413, "body too large", {"max_bytes": MAX_BODY})
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            raw = await request.read()
+    except TimeoutError:
+        raise ApiError(408, "body not received in time", {"seconds": BODY_TIMEOUT_S}) from None
     if not raw:
         return {}
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "body is not valid JSON", str(exc)) from None
+        body = parse_json_body(raw, MAX_DEPTH)
+    except BodyError as exc:
+        raise ApiError(400, exc.summary, exc.detail) from None
     if not isinstance(body, dict):
         raise ApiError(400, "body must be a JSON object")
     return body
@@ -104,11 +115,18 @@ def _number(body: JSON, key: str, *, minimum: float, maximum: float, required: b
             raise ApiError(400, f"missing field {key!r}")
         return None
     v = body[key]
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, int | float):
         raise ApiError(400, f"field {key!r} must be a number")
-    if not minimum <= v <= maximum:
+    try:
+        f = float(v)  # an integer of hundreds of digits does not fit: OverflowError
+    except OverflowError:
+        raise ApiError(422, f"field {key!r} out of range",
+                       {"min": minimum, "max": maximum}) from None
+    if not math.isfinite(f):
+        raise ApiError(400, f"field {key!r} must be a number")
+    if not minimum <= f <= maximum:
         raise ApiError(422, f"field {key!r} out of range", {"min": minimum, "max": maximum})
-    return float(v)
+    return f
 
 
 class AdminApi:
@@ -128,6 +146,7 @@ class AdminApi:
         self.write_tokens = tuple(write_tokens)
         self.app = web.Application(middlewares=[self._errors], client_max_size=MAX_BODY)
         self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
         self.port = 0
         r = self.app.router
         r.add_get("/healthz", self.healthz)
@@ -154,14 +173,22 @@ class AdminApi:
     # -- lifecycle
 
     async def start(self, host: str, port: int) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                                     keepalive_timeout=KEEPALIVE_TIMEOUT_S)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await site.start()
-        self.port = int(self._runner.addresses[0][1])
+        handler = self._runner.server
+        assert handler is not None
+        # aiohttp's protocol behind a header deadline (poold.httpguard) on our own listener.
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: HeaderDeadline(handler(), HEADER_TIMEOUT_S), host, port,
+            reuse_address=True)
+        self.port = int(self._server.sockets[0].getsockname()[1])
         log.info("admin API listening on %s:%d", host, self.port)
 
     async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -6,6 +6,8 @@ validation, error shapes); the daemon's real backend is exercised by the integra
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from poold.api import AdminApi
+from poold.api import HEADER_TIMEOUT_S, KEEPALIVE_TIMEOUT_S, AdminApi
 from poold.fleet.errors import FleetRequestError, UnknownRack
 from poold.metrics import Metrics
 
@@ -227,3 +229,85 @@ async def test_energy_window_defaults_and_validation(api: tuple[str, FakeBackend
                 err = await r.json()
                 assert "since" in err["error"] or "until" in err["error"], err
     assert len([c for c in backend.calls if c[0] == "energy"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        # an integer that does not fit a float (json.loads takes it; float() would overflow)
+        (b'{"kw": 1' + b"0" * 400 + b"}", 422, "field 'kw' out of range"),
+        # more digits than CPython converts at all
+        (b'{"kw": 1' + b"0" * 5000 + b"}", 400, "body is not valid JSON"),
+        (b'{"kw": -1' + b"0" * 400 + b"}", 422, "field 'kw' out of range"),
+        (b'{"kw": 1e400}', 400, "field 'kw' must be a number"),  # float("inf")
+        (b'{"kw": NaN}', 400, "field 'kw' must be a number"),
+        (b"[" * 20000 + b"]" * 20000, 400, "body nested too deeply"),  # RecursionError
+        (b'{"kw": 1, "x": ' + b"[" * 9 + b"]" * 9 + b"}", 400, "body nested too deeply"),
+        (b'{"kw": 1, "x": "[[[[[[[[[[[[[[[[[["}', 200, None),  # brackets in a string are text
+        (b'{"kw": 1, "x": "\\"[[[[[[[[[[[[[[[["}', 200, None),
+        (b"\xff\xfe{}", 400, "body is not valid JSON"),
+        (b'{"kw": 1}' + b"\x00", 400, "body is not valid JSON"),
+    ],
+)
+async def test_bad_input_never_reaches_a_500(
+    api: tuple[str, FakeBackend, Metrics], body: bytes, status: int, message: str | None
+) -> None:
+    url, _, _ = api
+    async with aiohttp.ClientSession() as s:
+        async with s.put(f"{url}/api/v1/site/cap", data=body, headers=auth(WRITE)) as r:
+            assert r.status == status, await r.text()
+            if message is not None:
+                assert (await r.json())["error"] == message
+
+
+async def _open_and_wait(url: str, send: bytes, within: float) -> float:
+    """Connect, send `send`, and return how long until the server closes the connection."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    started = time.monotonic()
+    writer.write(send)
+    try:
+        async with asyncio.timeout(within):
+            while await reader.read(4096):
+                pass
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    return time.monotonic() - started
+
+
+async def test_silent_and_slow_header_clients_are_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert HEADER_TIMEOUT_S == 10.0 and KEEPALIVE_TIMEOUT_S == 60.0  # the production figures
+    # The deadlines are read when a connection opens (10 s / 60 s in production).
+    monkeypatch.setattr("poold.api.HEADER_TIMEOUT_S", 0.5)
+    server = AdminApi(FakeBackend(), Metrics().registry)
+    await server.start("127.0.0.1", 0)
+    short = f"http://127.0.0.1:{server.port}"
+    try:
+        silent = await _open_and_wait(short, b"", within=5)
+        partial = await _open_and_wait(short, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", within=5)
+        assert 0.4 <= silent <= 3 and 0.4 <= partial <= 3, (silent, partial)
+        # a complete request is answered, and the connection kept alive past the header deadline
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{short}/healthz") as r:
+                assert r.status == 200
+            await asyncio.sleep(0.8)
+            async with s.get(f"{short}/healthz") as r:
+                assert r.status == 200
+    finally:
+        await server.stop()
+
+
+async def test_idle_keepalive_connections_are_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("poold.api.KEEPALIVE_TIMEOUT_S", 0.5)
+    server = AdminApi(FakeBackend(), Metrics().registry)
+    await server.start("127.0.0.1", 0)
+    try:
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        elapsed = await _open_and_wait(f"http://127.0.0.1:{server.port}", request, within=5)
+        assert 0.4 <= elapsed <= 3, elapsed
+    finally:
+        await server.stop()
