@@ -21,6 +21,15 @@ from typing import Any, TypeVar
 import asyncpg
 
 from poold.ledger import chain, schema
+from poold.ledger.backend import (
+    SHARE_ROW,
+    ChainConflict,
+    Commitment,
+    StoreUnavailable,
+    assemble_blocks,
+    bucket_rows,
+    redact,
+)
 from poold.ledger.records import (
     AcceptedShare,
     BlockEvent,
@@ -32,15 +41,6 @@ from poold.ledger.records import (
     FoundBlock,
     ShareRow,
     SubmitResult,
-)
-from poold.ledger.store import (
-    SHARE_ROW,
-    ChainConflict,
-    Commitment,
-    StoreUnavailable,
-    assemble_blocks,
-    bucket_rows,
-    redact,
 )
 
 T = TypeVar("T")

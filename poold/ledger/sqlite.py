@@ -26,6 +26,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from poold.ledger import chain, schema
+from poold.ledger.backend import (
+    SHARE_ROW,
+    ChainConflict,
+    Commitment,
+    StoreUnavailable,
+    assemble_blocks,
+    bucket_rows,
+)
 from poold.ledger.records import (
     AcceptedShare,
     BlockEvent,
@@ -37,14 +45,6 @@ from poold.ledger.records import (
     FoundBlock,
     ShareRow,
     SubmitResult,
-)
-from poold.ledger.store import (
-    SHARE_ROW,
-    ChainConflict,
-    Commitment,
-    StoreUnavailable,
-    assemble_blocks,
-    bucket_rows,
 )
 
 T = TypeVar("T")
