@@ -45,9 +45,10 @@ COMMANDS: tuple[Command, ...] = (
     Command("blocks", "poold.client_cli", "found blocks and their audit state"),
     Command("fleet", "poold.client_cli",
             "fleet: ls, cap RACK KW, curtail RACK, restore RACK, clear MINER"),
-    Command("audit", "poold.client_cli", "audit export --format csv|json [--since ...]"),
+    Command("audit", "poold.ledger.audit_cli",
+            "audit export (docs/AUDIT.md) | audit verify FILE --rpc URL (against bitcoind)"),
     Command("ledger", "poold.ledger.cli",
-            "the ledger database: export | payouts | energy | record-payment"),
+            "the ledger database: export | verify | payouts | energy | record-payment"),
 )
 
 

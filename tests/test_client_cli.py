@@ -65,22 +65,6 @@ async def test_write_with_read_token_fails_clearly(
     assert backend.calls == []
 
 
-async def test_audit_export_csv_and_json(
-    served: tuple[str, FakeBackend, AdminApi], capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    url, backend, _ = served
-    monkeypatch.setenv("POOLD_API_TOKEN", READ)
-    code, out, _ = await cli(capsys, "audit", "--api", url, "export", "--format", "csv",
-                             "--since", "2026-01-01")
-    assert code == 0
-    rows = list(csv.DictReader(io.StringIO(out)))
-    assert rows == [{"height": "101"}]
-    assert backend.calls[0][0] == "blocks" and backend.calls[0][1] > 1.7e9
-    code, out, _ = await cli(capsys, "audit", "--api", url, "export", "--format", "json")
-    assert json.loads(out) == [{"height": 101}]
-
-
 async def test_unreachable_daemon_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = await cli(capsys, "workers", "--api", "http://127.0.0.1:9")
     assert code == 1

@@ -11,14 +11,11 @@ in both directions, and whether the coinbase on chain pays exactly what was reco
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from poold.bitcoin.block import parse_block
 from poold.ledger.records import (
@@ -30,6 +27,9 @@ from poold.ledger.records import (
 )
 from poold.ledger.store import LedgerStore
 
+if TYPE_CHECKING:
+    from poold.ledger.config import LedgerConfig
+
 log = logging.getLogger("poold.ledger.audit")
 
 FORMATS = ("csv", "json")
@@ -39,6 +39,7 @@ class NodeClient(Protocol):
     """The three read calls of bitcoind that reconciliation needs."""
 
     async def getblockhash(self, height: int) -> str: ...
+
 
     async def getblockheader(self, hash_hex: str) -> dict[str, Any] | None:
         """The verbose header, or None if the node does not know the block."""
@@ -169,7 +170,22 @@ async def reconcile(store: LedgerStore, node: NodeClient, *, now: float,
             if new == BlockStatus.ORPHANED:
                 log.warning("block %s at height %d orphaned", rec.hash_hex, rec.height)
         await store.update_block(rec.hash_hex, new, conf, now, events, credits)
+    await _follow_matured(store, node)
     return rep
+
+
+async def _follow_matured(store: LedgerStore, node: NodeClient) -> None:
+    """Matured blocks are not polled one by one: their confirmations follow the tip, read from
+    the newest matured block's header (height + confirmations - 1), so exports show live
+    counts. (A matured block leaving the best chain would take a reorg of 100 blocks.)"""
+    matured = [b for b in await store.blocks(0.0) if b.status == BlockStatus.MATURED]
+    if not matured:
+        return
+    newest = max(matured, key=lambda b: b.height)
+    header = await node.getblockheader(newest.hash_hex)
+    conf = -1 if header is None else int(header.get("confirmations", -1))
+    if conf > 0:
+        await store.refresh_confirmations(newest.height + conf - 1)
 
 
 # -- export
@@ -192,64 +208,33 @@ def parse_since(text: str | None) -> float:
     return dt.timestamp()
 
 
-def _iso(t: float | None) -> str:
+def iso(t: float | None) -> str:
+    """A time as ISO 8601 UTC ('' for None), as the export writes it."""
     return "" if t is None else datetime.fromtimestamp(t, UTC).isoformat()
 
 
 def block_to_dict(b: BlockRecord) -> dict[str, Any]:
-    return {
-        "height": b.height, "hash": b.hash_hex, "prevhash": b.prevhash_hex,
-        "time": _iso(b.time), "finder_worker": b.worker, "finder_account": b.account,
-        "instance_id": b.instance_id, "coinbase_txid": b.coinbase_txid_hex,
-        "reward_sat": b.reward, "fees_sat": b.fees, "network_difficulty": b.network_difficulty,
-        "status": b.status.value, "confirmations": b.confirmations,
-        "checked_at": _iso(b.checked_at),
-        "outputs": [{"n": o.n, "script_hex": o.script_hex, "address": o.address,
-                     "value_sat": o.value} for o in b.outputs],
-        "submits": [{"node": s.node, "result": s.result, "time": _iso(s.time)}
-                    for s in b.submits],
-        "events": [{"time": _iso(e.time), "event": e.event, "detail": e.detail}
-                   for e in b.events],
-    }
+    """The audit record of one block (poold.ledger.export adds the v5 fields)."""
+    from poold.ledger.export import block_to_dict as to_dict
+
+    return to_dict(b)
 
 
-CSV_COLUMNS = ("height", "hash", "time", "status", "confirmations", "finder_worker",
-               "finder_account", "instance_id", "coinbase_txid", "reward_sat", "fees_sat",
-               "submits", "output_n", "output_script_hex", "output_address", "output_value_sat")
+async def export_async(store: LedgerStore, fmt: str, since: float = 0.0, *,
+                       config: LedgerConfig | None = None, with_shares: bool = False) -> str:
+    """The audit export of an open store (poold.ledger.export, docs/AUDIT.md)."""
+    from poold.ledger.export import export_blocks, render
 
-
-def render(blocks: Sequence[BlockRecord], fmt: str) -> str:
-    """The audit log as CSV (one row per coinbase output) or JSON (one object per block)."""
-    if fmt == "json":
-        return json.dumps({"blocks": [block_to_dict(b) for b in blocks]}, indent=2) + "\n"
-    if fmt != "csv":
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
-    for b in blocks:
-        submits = ";".join(f"{s.node}={s.result or 'accepted'}" for s in b.submits)
-        head = [b.height, b.hash_hex, _iso(b.time), b.status.value, b.confirmations, b.worker,
-                b.account, b.instance_id, b.coinbase_txid_hex, b.reward, b.fees, submits]
-        for o in b.outputs or ():
-            w.writerow([*head, o.n, o.script_hex, o.address or "", o.value])
-        if not b.outputs:
-            w.writerow([*head, "", "", "", ""])
-    return buf.getvalue()
-
-
-async def export_async(store: LedgerStore, fmt: str, since: float = 0.0) -> str:
-    """Render the audit log of an open store."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    return render(await store.blocks(since), fmt)
+    return render(await export_blocks(store, since, config=config, with_shares=with_shares),
+                  fmt)
 
 
-def export(url: str, *, fmt: str = "csv", since: str | float | None = None) -> str:
-    """Synchronous export for the CLI (`poold audit export`): open the ledger at `url`, render.
-
-    Run from the CLI only (it runs its own event loop).
-    """
+def export(url: str, *, fmt: str = "csv", since: str | float | None = None,
+           config: LedgerConfig | None = None, with_shares: bool = False) -> str:
+    """Synchronous export for the CLI (`poold audit export`, `poold ledger export`): open the
+    ledger at `url`, render. Run from the CLI only (it runs its own event loop)."""
     import asyncio
 
     from poold.ledger.store import open_store
@@ -260,7 +245,7 @@ def export(url: str, *, fmt: str = "csv", since: str | float | None = None) -> s
         store = open_store(url)
         await store.open()
         try:
-            return await export_async(store, fmt, t)
+            return await export_async(store, fmt, t, config=config, with_shares=with_shares)
         finally:
             await store.close()
 

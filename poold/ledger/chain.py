@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import sys
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -88,17 +90,40 @@ def _text(columns: Sequence[Sequence[str]], n: int) -> bytes:
 def encode_share_rows(rows: Sequence[ShareRowTuple] | Sequence[Sequence[Any]]) -> bytes:
     """Canonical body of a share link: rows (instance_id, worker, account, difficulty, job_id,
     height, time) in commit order."""
-    n = len(rows)
-    if not n:
-        return struct.pack(">Q", 0)
+    if not rows:
+        return _body([], [], [], [], [], [], [])
     inst, workers, accounts, diffs, jobs, heights, times = zip(*rows, strict=True)
-    return (struct.pack(f">Q{n}q{n}q{n}d{n}d", n, *inst, *heights, *diffs, *times)
-            + _text((workers, accounts, jobs), n))
+    return _body(inst, heights, diffs, times, workers, accounts, jobs)
 
 
 def encode_shares(shares: Sequence[Any]) -> bytes:
     """`encode_share_rows` of AcceptedShares."""
-    return encode_share_rows(list(map(_SHARE_COLUMNS, shares)))
+    return _share_body(shares)[0]
+
+
+def _share_body(shares: Sequence[Any]) -> tuple[bytes, float, float]:
+    """The body of AcceptedShares, column by column (the flusher's hot path: about 0.3 us a
+    share, a tenth of the cost of storing it; tests/bench/ledger.py), and their time range."""
+    times = [s.time for s in shares]
+    body = _body([s.instance_id for s in shares], [s.height for s in shares],
+                 [s.difficulty for s in shares], times, [s.worker for s in shares],
+                 [s.account for s in shares], [s.job_id for s in shares])
+    return body, min(times), max(times)
+
+
+def _body(inst: Sequence[int], heights: Sequence[int], diffs: Sequence[float],
+          times: Sequence[float], workers: Sequence[str], accounts: Sequence[str],
+          jobs: Sequence[str]) -> bytes:
+    n = len(inst)
+    ints = array("q", inst)
+    ints.extend(heights)
+    floats = array("d", diffs)
+    floats.extend(times)
+    if sys.byteorder == "little":  # the encoding is big-endian
+        ints.byteswap()
+        floats.byteswap()
+    return (struct.pack(">Q", n) + ints.tobytes() + floats.tobytes()
+            + _text((workers, accounts, jobs), n))
 
 
 def encode_credit_rows(rows: Sequence[CreditRowTuple] | Sequence[Sequence[Any]]) -> bytes:
@@ -126,8 +151,8 @@ def next_link(chain: str, prev: Link | None, body: bytes, n: int, time: float,
 
 def share_link(chain: str, prev: Link | None, shares: Sequence[Any], time: float) -> Link:
     """The link of one batch of AcceptedShares (hashed at flush time)."""
-    return next_link(chain, prev, encode_shares(shares), len(shares), time,
-                     min(s.time for s in shares), max(s.time for s in shares))
+    body, first, last = _share_body(shares)
+    return next_link(chain, prev, body, len(shares), time, first, last)
 
 
 # -- the coinbase commitment (split mode)

@@ -1,6 +1,9 @@
 """Offline ledger reports, read straight from the ledger database (no daemon needed):
 
-- `export`: the audit log of found blocks as CSV or JSON (same as `poold audit export`);
+- `export`: the audit export of found blocks as CSV or JSON (the very code and format of
+  `poold audit export`, docs/AUDIT.md);
+- `verify`: recompute the hash chains, the buckets and every block's credits from the rows
+  (poold.ledger.verify); exit 1 naming the first record that does not match;
 - `payouts`: the PPLNS payout report, what each account was credited by matured blocks, what a
   wallet process recorded as paid, and what is owed (CSV or JSON);
 - `energy`: J per accepted difficulty (and J/TH) per worker and rack, kWh and cost per block
@@ -20,14 +23,18 @@ from pathlib import Path
 
 from poold.errors import ConfigError
 from poold.ledger import audit, payments
+from poold.ledger.config import LedgerConfig
 from poold.ledger.store import StoreUnavailable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("export", "payouts", "energy", "record-payment"),
-                        help="export: the block audit log; payouts: credited, paid and still "
-                        "owed per account (PPLNS); energy: energy per accepted difficulty and "
-                        "per block; record-payment: record a payout transaction (--txid)")
+    parser.add_argument("action",
+                        choices=("export", "verify", "payouts", "energy", "record-payment"),
+                        help="export: the block audit export (docs/AUDIT.md); verify: check "
+                        "the hash chains, buckets and credits against the shares (exit 1 "
+                        "naming the first mismatch); payouts: credited, paid and still owed per "
+                        "account (PPLNS); energy: energy per accepted difficulty and per block; "
+                        "record-payment: record a payout transaction (--txid)")
     parser.add_argument("--format", choices=(*audit.FORMATS, "text"), default=None, dest="fmt",
                         help="export: csv (default) or json; payouts: text (default), csv or "
                         "json; energy: json")
@@ -58,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --ledger-url: the chain of the addresses (default: the "
                         "config's pool.network)")
     parser.add_argument("--output", "-o", type=Path, default=None, help="write here, not stdout")
+    parser.add_argument("--with-shares", action="store_true",
+                        help="export: every share of each block's window (id, worker, account, "
+                        "difficulty, time); large")
 
 
 def ledger_url(args: argparse.Namespace) -> str:
@@ -146,8 +156,10 @@ def run(args: argparse.Namespace) -> int:
             until = audit.parse_since(args.until) if args.until else time.time()
             text = energy_json(ledger_url(args), audit.parse_since(args.since), until,
                                _tariff(args))
+        elif args.action == "verify":
+            return run_verify(args)
         else:
-            text = audit.export(ledger_url(args), fmt=fmt or "csv", since=args.since)
+            text = export_text(args, fmt or "csv")
     except (ConfigError, ValueError, OSError) as exc:
         print(f"poold ledger: {exc}", file=sys.stderr)
         return 2
@@ -162,3 +174,53 @@ def run(args: argparse.Namespace) -> int:
     else:
         args.output.write_text(text)
     return 0
+
+
+def _ledger_config(args: argparse.Namespace) -> LedgerConfig | None:
+    """The payout settings of the config file (for blocks recorded before schema v5)."""
+    if args.ledger_url:
+        return None
+    from poold.config import load_config
+
+    return LedgerConfig.from_config(load_config(args.config))
+
+
+def export_text(args: argparse.Namespace, fmt: str) -> str:
+    """`poold ledger export` and `poold audit export`: one function, one format."""
+    return audit.export(ledger_url(args), fmt=fmt, since=args.since,
+                        config=_ledger_config(args), with_shares=args.with_shares)
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """`poold ledger verify`: 0 if everything matches, 1 naming the first mismatch."""
+    import asyncio
+
+    from poold.ledger.store import open_store
+    from poold.ledger.verify import Report, verify
+
+    url, config = ledger_url(args), _ledger_config(args)
+
+    async def check() -> Report:
+        store = open_store(url)
+        await store.open()
+        try:
+            return await verify(store, config)
+        finally:
+            await store.close()
+
+    rep = asyncio.run(check())
+    out = sys.stdout if args.output is None else args.output.open("w")
+    try:
+        for note in rep.notes:
+            print(f"note: {note}", file=out)
+        if rep.ok:
+            print(f"ledger verify: OK: {rep.summary()}", file=out)
+            return 0
+        print(f"ledger verify: FAILED: first mismatch: {rep.problems[0]}", file=out)
+        for problem in rep.problems[1:]:
+            print(f"also: {problem}", file=out)
+        print(f"checked: {rep.summary()}", file=out)
+        return 1
+    finally:
+        if out is not sys.stdout:
+            out.close()

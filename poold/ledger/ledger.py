@@ -762,7 +762,9 @@ class Ledger:
     async def audit_blocks(self, since: float | None = None) -> list[dict[str, Any]]:
         """The audit log as JSON-ready dicts (what `/api/v1/blocks` serves; same fields as the
         JSON export): height, hash, outputs with addresses, submits per node, events."""
-        return [audit.block_to_dict(b) for b in await self.store.blocks(since or 0.0)]
+        from poold.ledger.export import export_blocks
+
+        return await export_blocks(self.store, since or 0.0, config=self.config)
 
     async def reconcile_forever(self, node: audit.NodeClient, interval_s: float = 30.0) -> None:
         """Long-lived loop for the daemon's TaskGroup: reconcile every `interval_s`; a node or
@@ -785,7 +787,7 @@ class Ledger:
 
     async def export(self, fmt: str, since: float = 0.0) -> str:
         """The audit log as CSV or JSON (what the API serves)."""
-        return await audit.export_async(self.store, fmt, since)
+        return await audit.export_async(self.store, fmt, since, config=self.config)
 
     async def record_power(self, samples: Sequence[PowerSample]) -> None:
         """Telemetry from the fleet controller; energy rows are committed by `flush_energy`."""

@@ -17,7 +17,9 @@ Three figures per backend:
    recorded on the event loop as the pool would, committed by the flusher every 100 ms; the
    p99 of batch commit time, the worst lag and the shares lost (must be 0);
 3. baseline in the same run: the same batches into an in-memory SQLite database (no disk, no
-   WAL), to read the figures as ratios on this (shared, noisy) machine.
+   WAL), to read the figures as ratios on this (shared, noisy) machine;
+4. the cost of the hash chain (poold.ledger.chain): store throughput with batches hashed into
+   chain links against plain batches, alternating in the same run, as a ratio.
 
 Last line, exactly: `ledger sqlite_shares_per_s=<x> postgres_shares_per_s=<y> p99_commit_ms=<z>`
 (x, y: store throughput; z: the worst end-to-end p99 batch commit of the two backends).
@@ -63,7 +65,8 @@ def p99(xs: Sequence[float]) -> float:
     return ordered[max(0, -(-99 * len(ordered) // 100) - 1)]
 
 
-async def store_throughput(store: LedgerStore, batch: int, seconds: float) -> tuple[float, float]:
+async def store_throughput(store: LedgerStore, batch: int, seconds: float,
+                           chained: bool = True) -> tuple[float, float]:
     """Back-to-back commits of `batch` shares for `seconds` of commit time: (shares/s, p99
     commit ms). Share times increase from batch to batch as in a live pool (the (time, id)
     index is then append-only); building the batches is not timed, hashing them into their
@@ -72,12 +75,16 @@ async def store_throughput(store: LedgerStore, batch: int, seconds: float) -> tu
     total = 0
     t0 = time.time()
     head = None
+    chain_name = f"shares:bench:{uuid.uuid4().hex[:8]}"  # a fresh chain per call
     while sum(lat) < seconds:
         shares = make_shares(batch, t0 + len(lat))
         t = time.perf_counter()
-        # As the flusher does: hash the batch into its chain link, then commit both.
-        head = share_link("shares:1:0", head, shares, t0)
-        await store.insert_shares(shares, head)
+        if chained:
+            # As the flusher does: hash the batch into its chain link, then commit both.
+            head = share_link(chain_name, head, shares, t0)
+            await store.insert_shares(shares, head)
+        else:
+            await store.insert_shares(shares)
         lat.append(time.perf_counter() - t)
         total += batch
     return total / sum(lat), p99(lat) * 1000
@@ -226,9 +233,18 @@ async def bench_backend(name: str, url: str, state_dir: Path, pool_rate: float,
     store = open_store(url)
     await store.open()
     try:
+        # The hash chain's cost: unchained and chained commits alternate, same run, same store.
+        plain: list[float] = []
+        chained: list[float] = []
+        for _ in range(4):
+            plain.append((await store_throughput(store, batch, seconds / 8, chained=False))[0])
+            chained.append((await store_throughput(store, batch, seconds / 8))[0])
         per_s, store_p99 = await store_throughput(store, batch, seconds)
     finally:
         await store.close()
+    print(f"{name}: hash chain: {statistics.median(chained):,.0f} shares/s chained vs "
+          f"{statistics.median(plain):,.0f} unchained "
+          f"({statistics.median(chained) / statistics.median(plain):.2f}x)")
     e2e = await ledger_end_to_end(url, state_dir, target, seconds)
     print(f"{name}: store {per_s:,.0f} shares/s in batches of {batch} "
           f"(p99 commit {store_p99:.1f} ms)")

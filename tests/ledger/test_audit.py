@@ -37,6 +37,9 @@ class FakeNode:
             raise LookupError("Block height out of range")
         return self.best.get(height, "ff" * 32)
 
+    async def getblockcount(self) -> int:
+        return self.tip
+
     async def getblockheader(self, hash_hex: str) -> dict[str, Any] | None:
         if hash_hex not in self.chain:
             return None
@@ -159,11 +162,11 @@ async def test_export_csv_and_json(tmp_path: Path) -> None:
                                          "address": addr(2), "value_sat": 2000}
     finally:
         await ledger.stop()
-    rows = list(csv.DictReader(io.StringIO(text)))
-    assert [r["output_address"] for r in rows] == [addr(1), addr(2)]
-    assert [int(r["output_value_sat"]) for r in rows] == [3000, 2000]
+    rows = [r for r in csv.DictReader(io.StringIO(text)) if r["item"] == "output"]
+    assert [r["address"] for r in rows] == [addr(1), addr(2)]
+    assert [int(r["amount_sat"]) for r in rows] == [3000, 2000]
     assert rows[0]["hash"] == m.found.hash_hex and rows[0]["fees_sat"] == "500"
-    assert rows[0]["submits"] == "core-a=accepted;core-b=inconclusive"
+    assert rows[0]["payout"] == "solo" and rows[0]["chain_head"] == ""  # no share yet
     # The synchronous export used by `poold audit export` reads the same ledger.
     # (it runs its own event loop, so from this async test it runs in a thread, as from a CLI)
     doc = json.loads(await asyncio.to_thread(audit.export, url, fmt="json"))
@@ -171,7 +174,7 @@ async def test_export_csv_and_json(tmp_path: Path) -> None:
     assert b["coinbase_txid"] == m.found.coinbase_txid_hex
     assert [o["value_sat"] for o in b["outputs"]] == [3000, 2000]
     later = await asyncio.to_thread(audit.export, url, fmt="json", since="2999-01-01")
-    assert json.loads(later) == {"blocks": []}
+    assert json.loads(later)["blocks"] == []
     with pytest.raises(ValueError):
         await asyncio.to_thread(audit.export, url, fmt="xml")
 

@@ -101,3 +101,12 @@ async def test_ledger_chain_continues_across_restarts(ledger_url: str, tmp_path:
         assert bytes(links[1][1]) == bytes(links[0][2])  # the second run chained on
     finally:
         await store.close()
+
+
+def test_share_encoding_from_objects_and_from_stored_rows_agree() -> None:
+    shares = [share(i, account=f"a{i % 3}", difficulty=0.1 * i, t=1000.0 - i) for i in range(9)]
+    rows = [(s.instance_id, s.worker, s.account, s.difficulty, s.job_id, s.height, s.time)
+            for s in shares]
+    assert chain.encode_shares(shares) == chain.encode_share_rows(rows)
+    link = chain.share_link("c", None, shares, 0.0)
+    assert (link.t_first, link.t_last) == (992.0, 1000.0)  # out of order times still bounded
