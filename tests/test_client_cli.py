@@ -4,8 +4,6 @@ client it is, while the API serves on the test's event loop)."""
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import json
 import sys
 from collections.abc import AsyncIterator, Sequence

@@ -21,7 +21,11 @@ from poold.ledger.store import StoreUnavailable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
+    parser.add_argument("-c", "--config", type=Path, default=Path("/etc/poold/poold.toml"),
+                        help="config file naming the ledger (export; default "
+                        "/etc/poold/poold.toml)")
+    sub = parser.add_subparsers(dest="audit_command", metavar="ACTION", required=True,
+                                help="export | verify")
     exp = sub.add_parser("export", help="the per-block audit export (docs/AUDIT.md), from the "
                          "ledger database; the same as `poold ledger export`")
     exp.add_argument("--format", choices=audit.FORMATS, default="csv", dest="fmt",
@@ -29,8 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     exp.add_argument("--json", action="store_true", help="the same as --format json")
     exp.add_argument("--since", default=None,
                      help="only blocks found at or after this (Unix seconds or ISO 8601)")
-    exp.add_argument("-c", "--config", type=Path, default=Path("/etc/poold/poold.toml"),
-                     help="config file naming the ledger (default /etc/poold/poold.toml)")
     exp.add_argument("--ledger-url", default=None,
                      help="read this ledger instead (sqlite:///PATH or postgresql://...)")
     exp.add_argument("--with-shares", action="store_true",
@@ -49,9 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ver.add_argument("--rpc", required=True,
                      help="bitcoind JSON-RPC URL (credentials in it, or --rpc-user/"
                      "--rpc-password, or --rpc-cookie-file)")
-    ver.add_argument("--rpc-user", default=None)
-    ver.add_argument("--rpc-password", default=None)
-    ver.add_argument("--rpc-cookie-file", type=Path, default=None)
+    ver.add_argument("--rpc-user", default=None, help="JSON-RPC user")
+    ver.add_argument("--rpc-password", default=None, help="JSON-RPC password")
+    ver.add_argument("--rpc-cookie-file", type=Path, default=None,
+                     help="bitcoind's .cookie file, instead of a user and password")
 
 
 def run(args: argparse.Namespace) -> int:

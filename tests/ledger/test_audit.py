@@ -37,9 +37,6 @@ class FakeNode:
             raise LookupError("Block height out of range")
         return self.best.get(height, "ff" * 32)
 
-    async def getblockcount(self) -> int:
-        return self.tip
-
     async def getblockheader(self, hash_hex: str) -> dict[str, Any] | None:
         if hash_hex not in self.chain:
             return None

@@ -21,10 +21,11 @@ from poold.bitcoin.merkle import merkle_root
 from poold.bitcoin.target import bits_to_target, target_to_difficulty
 from poold.bitcoin.tx import TxOut
 from poold.cli import main
-from poold.ledger import audit, proof
+from poold.ledger import proof
 from poold.ledger.config import LedgerConfig
 from poold.ledger.ledger import Ledger
 from poold.ledger.records import FoundBlock
+from poold.node.reader import NodeReader
 from poold.node.templates import parse_gbt
 from tests.ledger.helpers import share
 
@@ -97,7 +98,7 @@ async def test_export_verifies_against_the_devnet_and_an_altered_credit_fails(
             ledger.record_share(share(i, account=addr(4), difficulty=netdiff / 10, t=t0 + i))
         await ledger.flush()
         second = await mine_split_block(devnet, rpc, ledger, 2)
-        assert (await ledger.reconcile(audit.RpcNodeClient(rpc))).ok
+        assert (await ledger.reconcile(NodeReader([rpc]))).ok
     finally:
         await rpc.close()
         await ledger.stop()
