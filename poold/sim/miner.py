@@ -304,6 +304,7 @@ class StratumMiner:
         self._writer: asyncio.StreamWriter | None = None
         self._job_event = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._paused = False  # quiesce(): no new shares
         self._redirect: tuple[str, int, float] | None = None
         self._extranonce2_counter = int.from_bytes(os.urandom(2), "big") << 16
 
@@ -341,6 +342,22 @@ class StratumMiner:
                 await self._sleep_or_stop(backoff)
                 backoff = min(backoff * 2, 5.0)
             self._emit("reconnect")
+
+    @property
+    def in_flight(self) -> int:
+        """Shares submitted whose reply has not arrived (yet)."""
+        return len(self._submits)
+
+    async def quiesce(self, timeout_s: float = 10.0) -> None:
+        """Find no more shares and wait until every submitted one has its reply, so that
+        `accepted` counts what the pool accepted (TimeoutError names how many are missing)."""
+        self._paused = True
+        deadline = time.monotonic() + timeout_s
+        while self._submits and self._writer is not None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: {len(self._submits)} share replies still "
+                                   f"missing after {timeout_s:g} s")
+            await asyncio.sleep(0.01)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -600,7 +617,7 @@ class StratumMiner:
             nonce = 0
             while nonce < 1 << 32 and self.job is job and not self._stopping.is_set():
                 rate = self._rate()
-                if self.mode == "rate" and rate <= 0:
+                if (self.mode == "rate" and rate <= 0) or self._paused:
                     # A sleeping miner: no hashes, no shares, until its hashrate comes back.
                     started, done = time.monotonic(), 0
                     await asyncio.sleep(0.1)

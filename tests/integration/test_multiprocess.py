@@ -512,7 +512,7 @@ async def test_template_unit_passes_systemd_analyze_verify(tmp_path: Path) -> No
     assert poold is not None, "the poold console script must be installed"
     unit = (ROOT / "deploy" / "systemd" / "poold@.service").read_text()
     assert "--worker-index %i" in unit
-    (tmp_path / "poold@.service").write_text(unit.replace("/usr/local/bin/poold", poold))
+    (tmp_path / "poold@.service").write_text(unit.replace("/opt/poold/bin/poold", poold))
     proc = await asyncio.create_subprocess_exec(
         analyze, "verify", str(tmp_path / "poold@0.service"), cwd=tmp_path,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

@@ -65,10 +65,14 @@ listen = "127.0.0.1:{free_port()}"
     return cfg
 
 
-async def mine_for(seconds: float, miners: list[StratumMiner]) -> None:
-    """Run the miners for `seconds`, then stop them and wait until each has finished."""
+async def mine_for(seconds: float, miners: list[StratumMiner], *, quiesce: bool = False
+                   ) -> None:
+    """Run the miners for `seconds`, then stop them and wait until each has finished. With
+    `quiesce`, each first finds no more shares and waits for the replies to those it sent."""
     tasks = [asyncio.create_task(m.run()) for m in miners]
     await asyncio.sleep(seconds)
+    if quiesce:
+        await asyncio.gather(*(m.quiesce(30.0) for m in miners))
     for m in miners:
         m.stop()
     await asyncio.gather(*tasks, return_exceptions=True)
