@@ -45,11 +45,6 @@ def _check_range(n: int, lo: int, hi: int, what: str) -> None:
         raise ValueError(f"{what} out of range: {n}")
 
 
-def u16le(n: int) -> bytes:
-    _check_range(n, 0, 0xFFFF, "u16")
-    return _U16.pack(n)
-
-
 def u32le(n: int) -> bytes:
     _check_range(n, 0, 0xFFFFFFFF, "u32")
     return _U32.pack(n)

@@ -189,10 +189,6 @@ class FleetConfig:
                 return r
         raise KeyError(rack_id)
 
-    def node_ids(self) -> set[str]:
-        return {self.site} | {c.id for c in self.containers} | {r.id for r in self.racks}
-
-
 # ---------------------------------------------------------------------------------------------
 # Field readers: each names the full key on error
 
@@ -485,13 +481,6 @@ def parse_fleet(table: Mapping[str, Any], source: str) -> FleetConfig:
         temp_limit_c=float(opts["temp_limit_c"]),
         pool_hashrate_scale=float(opts["pool_hashrate_scale"]),
     )
-
-
-def miners_by_rack(cfg: FleetConfig) -> dict[str, list[MinerSpec]]:
-    out: dict[str, list[MinerSpec]] = {r.id: [] for r in cfg.racks}
-    for m in cfg.miners:
-        out[m.rack].append(m)
-    return out
 
 
 def rack_ids_of(cfg: FleetConfig, node: str) -> Sequence[str]:

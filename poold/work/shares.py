@@ -38,12 +38,3 @@ class RejectReason(enum.Enum):
     def label(self) -> str:
         """The metric label (the member name)."""
         return self.name
-
-
-class ShareRejected(Exception):
-    """Raised where an exception reads better than a return value (not on the submit hot path)."""
-
-    def __init__(self, reason: RejectReason, detail: str = "") -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason.name}: {detail}" if detail else reason.name)
