@@ -194,7 +194,7 @@ def _export(blocks: list[dict[str, Any]], fmt: str) -> str:
 # -- text views ---------------------------------------------------------------------------------
 
 
-def render_status(pool: dict[str, Any], ready: dict[str, Any] | None, at: float) -> str:
+def render_status(pool: dict[str, Any], ready: dict[str, Any] | None) -> str:
     shares = pool.get("shares") or {}
     rejected = shares.get("rejected") or {}
     rej = ", ".join(f"{n} {reason}" for reason, n in sorted(rejected.items())) or "none"
@@ -329,7 +329,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.json:
             print(_dump({**pool, "readiness": ready}))
         else:
-            print(render_status(pool, ready, now()))
+            print(render_status(pool, ready))
         return 0
     if args.command == "workers":
         rows = client.request("GET", "/api/v1/workers")["workers"]
