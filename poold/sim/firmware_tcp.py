@@ -6,7 +6,8 @@
   60 s idle expiry), `profiles`, `profileset <sid>,<name>` (refused while ATM is enabled),
   `atm`/`atmset`, `curtail <sid>,sleep|wakeup`, `power`, `reboot`.
 - `WhatsminerV3Server`: 4-byte little-endian length + JSON, `get.device.info` (salt),
-  `get.miner.status.summary`, `get.miner.setting`, and authenticated writes
+  `get.miner.status` (param "summary", "pools", "edevs", joinable with "+"),
+  `get.miner.setting`, and authenticated writes
   `set.miner.power_limit`, `set.miner.service start|stop`, `set.system.reboot` with
   ``token = b64(sha256(cmd + password + salt + ts))[:8]`` for account "super".
 
@@ -15,8 +16,8 @@ Bound to 127.0.0.1 on an ephemeral port unless told otherwise.
 
 ``minimal=True`` serves only what the vendors document as the minimum a client can rely on:
 no LuxOS ``config`` (it answers code 14 "Invalid command", as firmware without the command
-does), a cgminer ``stats`` without temperature and fan fields, and a Whatsminer summary with
-power, hashrate, power limit and mining status only.
+does), a cgminer ``stats`` without temperature and fan fields, and a Whatsminer status
+summary with power, hashrate and power limit only.
 """
 
 from __future__ import annotations
@@ -386,23 +387,16 @@ class WhatsminerV3Server(_TcpServer):
                     "power": {"type": "P222B", "mode": "normal"},
                 },
             }
-        if cmd == "get.miner.status.summary":
-            summary: dict[str, Any] = {
-                "hash-realtime": round(a.hashrate_ths(), 3),
-                "power-realtime": round(a.reported_power_w(), 1),
-                "power-limit": int(a.reported_target_w()),
-                "mining-status": "stop" if a.reported_sleep() else "running",
-            }
-            if not self.minimal:
-                t = a.temp_c()
-                summary |= {
-                    "elapsed": int(a.uptime_s()),
-                    "board-temperature": [round(t, 1)] * 3,
-                    "chip-temp-max": round(t + 10, 1),
-                    "fan-speed-in": 4000,
-                    "fan-speed-out": 4000,
-                }
-            return {"code": 0, "when": when, "desc": cmd, "msg": {"summary": summary}}
+        if cmd == "get.miner.status":
+            sections = str(req.get("param") or "").split("+")
+            msg: dict[str, Any] = {}
+            if "summary" in sections:
+                msg["summary"] = self._summary()
+            if "pools" in sections:
+                msg["pools"] = [{"id": 1, "url": a.pool[0], "account": a.pool[1]}]
+            if "edevs" in sections:
+                msg["edevs"] = []
+            return {"code": 0, "when": when, "desc": cmd, "msg": msg}
         if cmd == "get.miner.setting":
             return {
                 "code": 0,
@@ -416,6 +410,26 @@ class WhatsminerV3Server(_TcpServer):
         if cmd.startswith("set."):
             return self._write(cmd, req)
         return self._err(-1, "invalid command", cmd)
+
+    def _summary(self) -> dict[str, Any]:
+        a = self.asic
+        summary: dict[str, Any] = {
+            "hash-realtime": round(a.hashrate_ths(), 3),
+            "power-realtime": round(a.reported_power_w(), 1),
+            "power-limit": int(a.reported_target_w()),
+        }
+        if not self.minimal:
+            t = a.temp_c()
+            summary |= {
+                "elapsed": int(a.uptime_s()),
+                "bootup-time": int(a.uptime_s()),
+                "board-temperature": [round(t, 1)] * 3,
+                "chip-temp-max": round(t + 10, 1),
+                "fan-speed-in": 4000,
+                "fan-speed-out": 4000,
+                "up-freq-finish": 1,
+            }
+        return summary
 
     def _write(self, cmd: str, req: dict[str, Any]) -> dict[str, Any]:
         a = self.asic

@@ -1,12 +1,15 @@
 """Whatsminer API v3 driver (TCP 4433, 4-byte little-endian length + JSON).
 
-Protocol: MicroBT's "WhatsMiner API V3" document, as implemented by pyasic
+Protocol: MicroBT's WhatsMiner API V3, https://apidoc.whatsminer.com/ (e.g.
+#api-Miner-btminer_get_status); read the same way by asic-rs
+(https://github.com/256foundation/asic-rs, whatsminer v3 backend) and pyasic
 (https://github.com/UpstreamData/pyasic/blob/master/pyasic/rpc/btminer.py, BTMinerV3RPCAPI).
 
-A reading needs only ``get.miner.status.summary``: ``power-realtime`` (W), ``hash-realtime``
-(TH/s) and ``power-limit`` (W); ``mining-status`` ("running"/"stop", also accepted as 1/0) is
-used when present, else sleep is inferred (no hashrate at sleep-level watts). Temperatures,
-fans and uptime are optional. An error reply (``code`` ≠ 0) names the command, code and msg.
+A reading needs only ``{"cmd": "get.miner.status", "param": "summary"}``: ``power-realtime``
+(W), ``hash-realtime`` (TH/s) and ``power-limit`` (W). The summary has no run state, so
+sleep (``set.miner.service stop``) is what this driver last commanded while that settles, and
+then the physics of a stopped service (no hashrate at control-board watts). Temperatures, fans
+and uptime are optional. An error reply (``code`` ≠ 0) names the command, code and msg.
 
 Writes carry ``ts``, ``account: "super"`` and
 ``token = base64(sha256(cmd + password + salt + ts))[:8]`` with the salt from
@@ -57,19 +60,6 @@ WAKE_SETTLE_S = 60.0
 _SLEEP_POWER_FACTOR = 3.0
 
 
-def _mining_stopped(v: Any) -> bool | None:
-    """``mining-status``: "stop"/"stopped" (or 0) → True, "running" (or 1) → False."""
-    if isinstance(v, str):
-        st = v.strip().lower()
-        if st in ("stop", "stopped", "stopping", "0"):
-            return True
-        if st in ("running", "run", "start", "started", "1"):
-            return False
-    if isinstance(v, int) and not isinstance(v, bool) and v in (0, 1):
-        return v == 0
-    return None
-
-
 class WhatsminerDriver:
     kind = "whatsminer"
 
@@ -89,12 +79,16 @@ class WhatsminerDriver:
         self.wake_settle_s = WAKE_SETTLE_S if wake_settle_s is None else wake_settle_s
         self.sleep_w = sleep_w
         self._wall = wall_clock
+        self._stop_set: bool | None = None  # the service state this driver last set
+        self._stop_set_at = -1e18  # when (time.monotonic())
 
     def __repr__(self) -> str:
         return f"WhatsminerDriver({self.host}:{self.port})"
 
     async def _send(self, req: dict[str, Any]) -> dict[str, Any]:
-        what = f"{self!r} {req.get('cmd')}"
+        param = req.get("param")
+        what = f"{self!r} {req.get('cmd')}" + (f" {param}" if isinstance(param, str)
+                                                 and "ts" not in req else "")
 
         async def go() -> bytes:
             reader, writer = await asyncio.open_connection(self.host, self.port)
@@ -148,8 +142,8 @@ class WhatsminerDriver:
                             wake_settle_s=self.wake_settle_s)
 
     async def read(self) -> Telemetry:
-        what = f"{self!r} get.miner.status.summary"
-        reply = await self._send({"cmd": "get.miner.status.summary"})
+        what = f"{self!r} get.miner.status summary"
+        reply = await self._send({"cmd": "get.miner.status", "param": "summary"})
         s = reply.get("msg", {}).get("summary") if isinstance(reply.get("msg"), dict) else None
         if not isinstance(s, dict):
             raise ProtocolError(f"{what}: reply has no msg.summary object")
@@ -158,9 +152,7 @@ class WhatsminerDriver:
             raise ProtocolError(f"{what}: power-realtime {s.get('power-realtime')!r} / "
                                 f"hash-realtime {s.get('hash-realtime')!r} not numbers")
         lim = number(s.get("power-limit"))
-        stopped = _mining_stopped(s.get("mining-status"))
-        if stopped is None:
-            stopped = h <= 0 and p <= self.sleep_w * _SLEEP_POWER_FACTOR
+        stopped = self._infer_stopped(p, h)
         temps = s.get("board-temperature")
         return Telemetry(
             time=time.monotonic(), power_w=p, hashrate_ths=h, target_w=lim, sleeping=stopped,
@@ -171,6 +163,19 @@ class WhatsminerDriver:
             uptime_s=number(s.get("elapsed")), firmware="whatsminer-v3",
         )
 
+    def _infer_stopped(self, watts: float, ths: float) -> bool:
+        """Service state: what this driver set while it settles; then hashing means running,
+        no hashrate at sleep-level watts means stopped, otherwise what was last set."""
+        if self._stop_set is not None:
+            window = self.sleep_settle_s if self._stop_set else self.wake_settle_s
+            if time.monotonic() - self._stop_set_at < window:
+                return self._stop_set
+        if ths > 0:
+            return False
+        if watts <= self.sleep_w * _SLEEP_POWER_FACTOR:
+            return True
+        return bool(self._stop_set)
+
     async def apply(self, desired: Desired) -> Telemetry:
         before = await self.read()
         want = target_watts(desired, self.min_w, self.max_w)
@@ -178,6 +183,7 @@ class WhatsminerDriver:
             await self._write("set.miner.power_limit", want)
         if desired.sleep != before.sleeping:
             await self._write("set.miner.service", "stop" if desired.sleep else "start")
+            self._stop_set, self._stop_set_at = desired.sleep, time.monotonic()
         return verify_watts_and_sleep(self, await self.read(), desired, want)
 
     async def reboot(self) -> None:

@@ -175,9 +175,9 @@ async def test_luxos_sleep_without_config_and_a_held_session() -> None:
 async def test_whatsminer_clamps_power_limit_to_max_w() -> None:
     data = load("whatsminer-v3.json")
     r = case("whatsminer-v3.json", "minimal")  # power-limit 3400
-    at_cap = copy.deepcopy(r["get.miner.status.summary"])
+    at_cap = copy.deepcopy(r["get.miner.status"])
     at_cap["json"]["msg"]["summary"]["power-limit"] = 3300
-    r["get.miner.status.summary"] = [r["get.miner.status.summary"], at_cap]
+    r["get.miner.status"] = [r["get.miner.status"], at_cap]
     r.update(data["writes"])
     srv = await WhatsminerReplay(r).start()
     d = WhatsminerDriver("127.0.0.1", srv.port, password=Secret("pw"), min_w=1200,
