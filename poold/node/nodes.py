@@ -46,9 +46,9 @@ from poold.node.rpc import (
     Backoff,
     NodeCheckError,
     NodeInfo,
+    NodeRpcError,
     NodeUnavailable,
     RpcClient,
-    RpcError,
     ThrottledLog,
 )
 from poold.node.zmqsub import HashblockListener
@@ -318,7 +318,7 @@ class NodeSet:
         for node in self._ranked():
             try:
                 template = await self._template(node)
-            except (NodeUnavailable, RpcError, TemplateError) as e:
+            except (NodeUnavailable, NodeRpcError, TemplateError) as e:
                 self._mark_down(node, e)
                 continue
             self._publish(template, seq)
@@ -415,7 +415,7 @@ class NodeSet:
             node.alive.clear()
             try:
                 template = await self._check(node)
-            except (NodeUnavailable, RpcError, TemplateError, NodeCheckError):
+            except (NodeUnavailable, NodeRpcError, TemplateError, NodeCheckError):
                 node.alive.clear()
                 continue  # logged (throttled) by _mark_down
             except Exception:
@@ -495,7 +495,7 @@ class NodeSet:
             if node.up:
                 try:
                     tip_hex = await node.client.getbestblockhash()
-                except (NodeUnavailable, RpcError) as e:
+                except (NodeUnavailable, NodeRpcError) as e:
                     self._mark_down(node, e)
                 else:
                     if tip_hex != node.tip_hex or zmq_state == "gap":
@@ -527,7 +527,7 @@ class NodeSet:
                     if empty is not None and not gbt.done():
                         self._publish(empty, seq)
                 template = await gbt
-            except (NodeUnavailable, RpcError, TemplateError) as e:
+            except (NodeUnavailable, NodeRpcError, TemplateError) as e:
                 self._mark_down(node, e)
                 await self.refresh()
                 return
@@ -545,7 +545,7 @@ class NodeSet:
     ) -> Template | None:
         try:
             hdr = await header
-        except (NodeUnavailable, RpcError) as e:
+        except (NodeUnavailable, NodeRpcError) as e:
             log.debug("node %s: getblockheader %s failed: %s", node.name, tip_hex, e)
             return None
         confirmations = hdr.get("confirmations")
@@ -647,12 +647,12 @@ class NodeSet:
             try:
                 try:
                     result = await node.client.submitblock(block_hex)
-                except RpcError as e:
+                except NodeRpcError as e:
                     if e.code != RPC_IN_WARMUP:
                         raise
                     # A restarting bitcoind answers everything with "warming up": transient.
                     raise NodeUnavailable(f"node {node.name}: warming up ({e.message})") from None
-            except RpcError as e:
+            except NodeRpcError as e:
                 self._count_submit(node, "rejected")
                 log.error("submitblock to %s: RPC error %d %s", node.name, e.code, e.message)
                 return f"rpc-error {e.code}: {e.message}"

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from poold.node.rpc import NodeUnavailable, RpcError
+from poold.node.rpc import NodeRpcError, NodeUnavailable
 
 if TYPE_CHECKING:
     from poold.node.nodes import NodeSet
@@ -89,7 +89,7 @@ class NodeReader:
         for client in self._clients():
             try:
                 header = await client.call("getblockheader", hash_hex, True)
-            except RpcError as exc:
+            except NodeRpcError as exc:
                 if exc.code != RPC_INVALID_ADDRESS_OR_KEY:
                     raise
                 answered = True
@@ -98,7 +98,7 @@ class NodeReader:
                 errors.append(str(exc))
                 continue
             if not isinstance(header, dict):
-                raise RpcError(0, f"not an object: {header!r}", "getblockheader")
+                raise NodeRpcError(0, f"not an object: {header!r}", "getblockheader")
             return header
         if answered:
             return None
@@ -110,6 +110,6 @@ class NodeReader:
         (logged): for the block submitter, which records the block as unverified either way."""
         try:
             return await self.getblockheader(hash_hex)
-        except (NodeUnavailable, RpcError) as exc:
+        except (NodeUnavailable, NodeRpcError) as exc:
             log.warning("getblockheader %s: %s", hash_hex, exc)
             return None

@@ -5,7 +5,7 @@ re-read on HTTP 401 because bitcoind writes a new one at every start); a timeout
 typed wrappers for the calls poold makes (BIP22/BIP23 getblocktemplate and submitblock, and the
 chain queries); the startup check (reachable, authenticated, right chain, not in IBD).
 
-Errors come in two kinds: `RpcError` is an answer from the node (the call reached it and it said
+Errors come in two kinds: `NodeRpcError` is an answer from the node (the call reached it and it said
 no: retrying the same call will not help), `NodeUnavailable` means no answer (connection refused,
 timeout, HTTP-level failure, bad auth): the caller may retry with `Backoff`.
 
@@ -44,7 +44,7 @@ RPC_IN_WARMUP = -28
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
-class RpcError(PooldError):
+class NodeRpcError(PooldError):
     """The node answered the call with an error object."""
 
     def __init__(self, code: int, message: str, method: str = "") -> None:
@@ -224,7 +224,7 @@ class RpcClient:
         return self._auth_header
 
     async def call(self, method: str, *params: Any, timeout_s: float | None = None) -> Any:
-        """One JSON-RPC call; the result, or RpcError (node said no) / NodeUnavailable."""
+        """One JSON-RPC call; the result, or NodeRpcError (node said no) / NodeUnavailable."""
         if self._session is None:
             await self.start()
         assert self._session is not None
@@ -269,10 +269,10 @@ class RpcClient:
         if error is not None:
             if isinstance(error, Mapping):
                 code = error.get("code")
-                raise RpcError(
+                raise NodeRpcError(
                     code if isinstance(code, int) else 0, str(error.get("message", "")), method
                 )
-            raise RpcError(0, str(error), method)
+            raise NodeRpcError(0, str(error), method)
         if status != 200:
             raise NodeUnavailable(f"node {self.name}: {method}: HTTP {status}")
         return reply.get("result")
@@ -360,7 +360,7 @@ class RpcClient:
         """
         try:
             info = await self.getblockchaininfo()
-        except RpcError as e:
+        except NodeRpcError as e:
             if e.code == RPC_IN_WARMUP:
                 raise NodeNotReady(f"node {self.name}: warming up ({e.message})") from None
             raise
@@ -383,7 +383,7 @@ class RpcClient:
             net = await self.getnetworkinfo()
             version = int(net["version"]) if isinstance(net.get("version"), int) else None
             subversion = str(net.get("subversion", ""))
-        except RpcError as e:
+        except NodeRpcError as e:
             if e.code != RPC_METHOD_NOT_FOUND:
                 raise
         node = NodeInfo(

@@ -31,8 +31,8 @@ from poold.fleet.drivers.base import (
     Desired,
     DriverError,
     DriverTimeout,
+    FirmwareProtocolError,
     Level,
-    ProtocolError,
     Secret,
     Telemetry,
     UnsupportedError,
@@ -347,7 +347,7 @@ class SimDriver:
             raise DriverTimeout(f"{self.asic.miner_id}: no answer within {self.timeout_s:g} s")
         await self.asic.clock.sleep(self.latency_s)
         if f.malformed:
-            raise ProtocolError(f"{self.asic.miner_id}: malformed reply")
+            raise FirmwareProtocolError(f"{self.asic.miner_id}: malformed reply")
         if self.asic.rebooting:
             raise DriverError(f"{self.asic.miner_id}: connection refused (rebooting)")
 

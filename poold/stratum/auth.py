@@ -20,7 +20,7 @@ from poold.accounts import ACCOUNT_NAME, NAME_RULE, AccountBook
 from poold.bitcoin.address import AddressError, Network, address_to_script
 
 
-class AuthError(ValueError):
+class StratumAuthError(ValueError):
     """The username cannot be authorized; the message goes back to the miner."""
 
 
@@ -44,11 +44,11 @@ class Authorizer:
             try:
                 script = address_to_script(name, self.network)
             except AddressError as exc:
-                raise AuthError(f"invalid payout address {name!r}: {exc}") from None
+                raise StratumAuthError(f"invalid payout address {name!r}: {exc}") from None
             return Identity(username, name, script)
         if not ACCOUNT_NAME.match(name):
-            raise AuthError(f"invalid account name {name!r} ({NAME_RULE})")
+            raise StratumAuthError(f"invalid account name {name!r} ({NAME_RULE})")
         if self.accounts is not None and self.accounts.address_of(name) is None:
-            raise AuthError(f"unknown account {name!r}: not a {self.network.value} address "
+            raise StratumAuthError(f"unknown account {name!r}: not a {self.network.value} address "
                             "and not a name the pool maps to one (ask the operator)")
         return Identity(username, name, None)

@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover
     JSON_BACKEND = "json"
 
 
-class ProtocolError(ValueError):
+class StratumProtocolError(ValueError):
     """A line that is not a JSON object: answered with an error to id null, never ignored."""
 
 
@@ -46,7 +46,7 @@ def loads(line: bytes) -> Any:
     try:
         return _loads(line)
     except DECODE_ERRORS as exc:
-        raise ProtocolError(f"invalid JSON: {exc}") from None
+        raise StratumProtocolError(f"invalid JSON: {exc}") from None
 
 
 def exact_id(line: bytes, parsed: object) -> object:

@@ -28,7 +28,7 @@ from typing import Any
 
 from poold.bitcoin.target import DIFF1_TARGET
 from poold.stratum import codec, messages
-from poold.stratum.auth import AuthError, Authorizer, Identity
+from poold.stratum.auth import Authorizer, Identity, StratumAuthError
 from poold.stratum.messages import MalformedParams
 from poold.work.difficulty import sane_difficulty
 from poold.work.engine import SessionWork, ShareEngine
@@ -294,7 +294,7 @@ class Session:
         msg = messages.Authorize.from_params(params)
         try:
             identity = self.ctx.authorizer.authorize(msg.username)
-        except AuthError as exc:
+        except StratumAuthError as exc:
             return codec.error_line(msg_id, 24, str(exc))
         if self.identity is None:
             self.identity = identity

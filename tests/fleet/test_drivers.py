@@ -12,12 +12,12 @@ import pytest
 
 from poold.fleet.clock import LoopClock
 from poold.fleet.drivers.base import (
-    AuthError,
     Desired,
     DriverError,
     DriverTimeout,
+    FirmwareAuthError,
+    FirmwareProtocolError,
     MinerDriver,
-    ProtocolError,
     Secret,
     UnsupportedError,
     VerifyError,
@@ -113,7 +113,7 @@ async def test_fault_timeout(rig: Rig) -> None:
 async def test_fault_malformed_reply(rig: Rig) -> None:
     await rig.driver.capabilities()
     rig.asic.faults.malformed = True
-    with pytest.raises(ProtocolError):
+    with pytest.raises(FirmwareProtocolError):
         await rig.driver.read()
 
 
@@ -193,7 +193,7 @@ async def test_wrong_password_is_an_auth_error() -> None:
             d = WhatsminerDriver("127.0.0.1", srv.port,  # type: ignore[attr-defined]
                                  password=Secret("nope"), timeout_s=0.5)
         try:
-            with pytest.raises(AuthError) as exc:
+            with pytest.raises(FirmwareAuthError) as exc:
                 await d.apply(Desired(watts=2000))
             assert "nope" not in str(exc.value)
         finally:
@@ -240,7 +240,7 @@ async def test_cgminer_is_read_only_telemetry() -> None:
         multi = await cgminer_request("127.0.0.1", srv.port, "summary+version")
         assert "summary" in multi and "version" in multi
         asic.faults.malformed = True
-        with pytest.raises(ProtocolError):
+        with pytest.raises(FirmwareProtocolError):
             await d.read()
         asic.faults.malformed = False
         asic.faults.timeout = True
@@ -254,5 +254,5 @@ def test_trailing_nul_and_comma_quirks_parse() -> None:
     from poold.fleet.drivers.base import loads_lenient
 
     assert loads_lenient(b'{"a":1,}\x00', "t") == {"a": 1}
-    with pytest.raises(ProtocolError):
+    with pytest.raises(FirmwareProtocolError):
         loads_lenient(json.dumps({"a": 1}).encode()[:4], "t")

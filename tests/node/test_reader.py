@@ -11,7 +11,7 @@ import pytest
 from poold.bitcoin.block import parse_block
 from poold.node.nodes import NodeSet, NodeSpec
 from poold.node.reader import NodeReader
-from poold.node.rpc import NodeUnavailable, RpcClient, RpcError
+from poold.node.rpc import NodeRpcError, NodeUnavailable, RpcClient
 from tests.node.fakenode import free_port
 
 UNKNOWN = "00" * 32
@@ -44,7 +44,7 @@ async def test_reads_the_chain_and_skips_a_node_that_is_down(devnet: Any) -> Non
             assert await reader.getblockheader(UNKNOWN) is None
             assert await reader.header_if_known(UNKNOWN) is None
         # An answer that is an error other than "not found" is raised, not skipped.
-        with pytest.raises(RpcError) as e:
+        with pytest.raises(NodeRpcError) as e:
             await NodeReader([down, up]).getblockhash(height + 100)
         assert e.value.code == -8
 

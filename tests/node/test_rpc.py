@@ -14,9 +14,9 @@ from poold.node.rpc import (
     NodeAuthError,
     NodeCheckError,
     NodeNotReady,
+    NodeRpcError,
     NodeUnavailable,
     RpcClient,
-    RpcError,
     ThrottledLog,
     split_credentials,
 )
@@ -57,10 +57,10 @@ async def test_credentials_in_url_are_used_but_never_shown(node: FakeNode) -> No
 
 async def test_rpc_error_is_an_answer(node: FakeNode) -> None:
     async with RpcClient(node.rpc_url, user=node.user, password=node.password) as c:
-        with pytest.raises(RpcError) as e:
+        with pytest.raises(NodeRpcError) as e:
             await c.call("nosuchmethod")
         assert e.value.code == -32601
-        with pytest.raises(RpcError) as e2:
+        with pytest.raises(NodeRpcError) as e2:
             await c.getblockheader("00" * 32)
         assert e2.value.code == -8 and "not found" in e2.value.message
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from poold.fleet.drivers.base import Desired, DriverTimeout, ProtocolError, VerifyError
+from poold.fleet.drivers.base import Desired, DriverTimeout, FirmwareProtocolError, VerifyError
 from poold.fleet.policy import Actuator
 from poold.sim.asic import AsicSpec, SimAsic, SimDriver, default_presets
 
@@ -99,7 +99,7 @@ async def test_sim_driver_faults() -> None:
         await d.apply(Desired(watts=1500))
     a.faults.ignore_commands = False
     a.faults.malformed = True
-    with pytest.raises(ProtocolError):
+    with pytest.raises(FirmwareProtocolError):
         await d.read()
     a.faults.malformed = False
     a.faults.timeout = True

@@ -73,9 +73,9 @@ def test_error_line_shape() -> None:
 
 
 def test_invalid_json_is_a_protocol_error() -> None:
-    with pytest.raises(codec.ProtocolError):
+    with pytest.raises(codec.StratumProtocolError):
         codec.loads(b"{nope")
-    with pytest.raises(codec.ProtocolError):
+    with pytest.raises(codec.StratumProtocolError):
         codec.loads(b"\xff\xfe")
 
 

@@ -302,14 +302,14 @@ def test_multiple_workers_same_payout() -> None:
 
 def test_pooled_mode_usernames_are_account_dot_worker() -> None:
     from poold.bitcoin.address import Network
-    from poold.stratum.auth import AuthError, Authorizer
+    from poold.stratum.auth import Authorizer, StratumAuthError
 
     auth = Authorizer(Network.REGTEST, solo=False)
     ident = auth.authorize("alice.rig7")
     assert (ident.worker, ident.account, ident.payout_script) == ("alice.rig7", "alice", None)
     assert auth.authorize("bob").account == "bob"
     for bad in ("", ".rig", "a b.rig", "x" * 65):
-        with pytest.raises(AuthError):
+        with pytest.raises(StratumAuthError):
             auth.authorize(bad)
 
 
@@ -318,16 +318,16 @@ def test_pooled_payouts_refuse_accounts_without_an_address() -> None:
     so it can never leave the split coinbase a credit it cannot pay."""
     from poold.accounts import AccountBook
     from poold.bitcoin.address import Network
-    from poold.stratum.auth import AuthError, Authorizer
+    from poold.stratum.auth import Authorizer, StratumAuthError
 
     book = AccountBook.of(Network.REGTEST, {"alice": ADDRESS})
     auth = Authorizer(Network.REGTEST, solo=False, accounts=book)
     assert auth.authorize("alice.rig7").account == "alice"
     assert auth.authorize(f"{ADDRESS}.rig").account == ADDRESS
-    with pytest.raises(AuthError, match="unknown account 'bob'"):
+    with pytest.raises(StratumAuthError, match="unknown account 'bob'"):
         auth.authorize("bob.rig")
     main_net = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"  # BIP173 example, not regtest
-    with pytest.raises(AuthError, match="unknown account"):
+    with pytest.raises(StratumAuthError, match="unknown account"):
         auth.authorize(main_net)
     r = rig()
     r.ctx.authorizer = auth

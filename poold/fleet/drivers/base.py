@@ -31,11 +31,11 @@ class DriverTimeout(DriverError):
     """No answer within the command timeout."""
 
 
-class ProtocolError(DriverError):
+class FirmwareProtocolError(DriverError):
     """The firmware answered something we cannot parse or did not expect."""
 
 
-class AuthError(DriverError):
+class FirmwareAuthError(DriverError):
     """The firmware refused our credentials."""
 
 
@@ -153,13 +153,13 @@ async def with_timeout(seconds: float, what: str, fn: Callable[[], Awaitable[T]]
 
 def loads_lenient(raw: bytes, what: str) -> Any:
     """Parse a firmware's JSON, forgiving the quirks real cgminer-family APIs emit (fleet.md
-    §3.1: trailing NUL, newlines inside strings); anything else is a ProtocolError."""
+    §3.1: trailing NUL, newlines inside strings); anything else is a FirmwareProtocolError."""
     text = raw.rstrip(b"\x00 \r\n\t").decode("utf-8", errors="replace").replace("\n", " ")
     text = text.replace(",}", "}")
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ProtocolError(f"{what}: malformed reply ({exc.msg} at {exc.pos})") from None
+        raise FirmwareProtocolError(f"{what}: malformed reply ({exc.msg} at {exc.pos})") from None
 
 
 def levels_within(levels: tuple[Level, ...], max_w: float) -> tuple[Level, ...]:

@@ -34,11 +34,11 @@ from typing import Any
 import aiohttp
 
 from poold.fleet.drivers.base import (
-    AuthError,
     Capabilities,
     Desired,
     DriverError,
-    ProtocolError,
+    FirmwareAuthError,
+    FirmwareProtocolError,
     Secret,
     Telemetry,
     VerifyError,
@@ -154,7 +154,8 @@ class BraiinsDriver:
             async with self._http().post(f"{self._base}/auth/login", json={
                 "username": self.username, "password": self._password.value}) as resp:
                 if resp.status == 401:
-                    raise AuthError(f"{self!r} POST auth/login: HTTP 401, credentials refused")
+                    raise FirmwareAuthError(
+                        f"{self!r} POST auth/login: HTTP 401, credentials refused")
                 if resp.status != 200:
                     raise HttpStatusError(f"{self!r} POST auth/login: HTTP {resp.status}",
                                           resp.status)
@@ -163,18 +164,18 @@ class BraiinsDriver:
         body = await self._call("POST auth/login", go)
         token = _get(body, "token")
         if not isinstance(token, str) or not token:
-            raise ProtocolError(f"{self!r} POST auth/login: reply has no token")
+            raise FirmwareProtocolError(f"{self!r} POST auth/login: reply has no token")
         self._token = token
 
     async def _call(self, what: str, fn: Any) -> Any:
         try:
             return await with_timeout(self.timeout_s, f"{self!r} {what}", fn)
         except aiohttp.ContentTypeError as exc:
-            raise ProtocolError(f"{self!r} {what}: not JSON") from exc
+            raise FirmwareProtocolError(f"{self!r} {what}: not JSON") from exc
         except aiohttp.ClientPayloadError as exc:
-            raise ProtocolError(f"{self!r} {what}: truncated body") from exc
+            raise FirmwareProtocolError(f"{self!r} {what}: truncated body") from exc
         except ValueError as exc:
-            raise ProtocolError(f"{self!r} {what}: malformed JSON ({exc})") from exc
+            raise FirmwareProtocolError(f"{self!r} {what}: malformed JSON ({exc})") from exc
         except aiohttp.ClientError as exc:
             raise DriverError(f"{self!r} {what}: {exc.__class__.__name__}: {exc}") from exc
 
@@ -204,7 +205,8 @@ class BraiinsDriver:
                 await self._login()  # token expired: one fresh login
                 continue
             if status == 401:
-                raise AuthError(f"{self!r} {what}: HTTP 401, token refused after a fresh login")
+                raise FirmwareAuthError(
+                    f"{self!r} {what}: HTTP 401, token refused after a fresh login")
             return data
         raise AssertionError("unreachable")
 
@@ -220,7 +222,7 @@ class BraiinsDriver:
                 log.info("%r: GET %s answers HTTP %d; reading without it", self, path,
                          exc.status)
             errors.append(f"{path}: HTTP {exc.status}")
-        except AuthError:
+        except FirmwareAuthError:
             raise
         except DriverError as exc:
             errors.append(f"{path}: {exc}")
@@ -232,7 +234,7 @@ class BraiinsDriver:
             lo = _number(_get(c, "tuner_constraints", "power_target", "min", "watt"))
             hi = _number(_get(c, "tuner_constraints", "power_target", "max", "watt"))
             if lo is None or hi is None or lo > hi:
-                raise ProtocolError(f"{self!r} GET configuration/constraints: no usable "
+                raise FirmwareProtocolError(f"{self!r} GET configuration/constraints: no usable "
                                     f"tuner_constraints.power_target min/max (got {lo}, {hi})")
             self._limits = (lo, hi)
         lo, hi = self._limits
@@ -257,10 +259,10 @@ class BraiinsDriver:
         details = await self._request("GET", "miner/details")
         status = miner_status(details)
         if status is None:
-            raise ProtocolError(f"{self!r} GET miner/details: status "
+            raise FirmwareProtocolError(f"{self!r} GET miner/details: status "
                                 f"{_get(details, 'status')!r} is not a MinerStatus")
         if not isinstance(stats, dict):
-            raise ProtocolError(f"{self!r} GET miner/stats: reply is not an object")
+            raise FirmwareProtocolError(f"{self!r} GET miner/stats: reply is not an object")
         target = await self._target_w(errors)
         cooling = await self._optional("cooling/state", errors)
         watt = _number(_get(stats, "power_stats", "approximated_consumption", "watt"))

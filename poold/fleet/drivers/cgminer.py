@@ -24,7 +24,7 @@ from poold.fleet.drivers.base import (
     Capabilities,
     Desired,
     DriverError,
-    ProtocolError,
+    FirmwareProtocolError,
     Secret,
     Telemetry,
     UnsupportedError,
@@ -79,10 +79,10 @@ async def cgminer_request(host: str, port: int, command: str, parameter: str | N
 
     raw = await with_timeout(timeout_s, f"{host}:{port} {command}", go)
     if not raw:
-        raise ProtocolError(f"{host}:{port} {command}: empty reply")
+        raise FirmwareProtocolError(f"{host}:{port} {command}: empty reply")
     reply = loads_lenient(raw, f"{host}:{port} {command}")
     if not isinstance(reply, dict):
-        raise ProtocolError(f"{host}:{port} {command}: reply is not an object")
+        raise FirmwareProtocolError(f"{host}:{port} {command}: reply is not an object")
     status = reply.get("STATUS")
     if isinstance(status, list) and status and isinstance(status[0], dict):
         st = status[0]
@@ -95,10 +95,10 @@ async def cgminer_request(host: str, port: int, command: str, parameter: str | N
 
 
 def section(reply: dict[str, Any], name: str, what: str) -> dict[str, Any]:
-    """First entry of a reply section, or ProtocolError."""
+    """First entry of a reply section, or FirmwareProtocolError."""
     sec = reply.get(name)
     if not isinstance(sec, list) or not sec or not isinstance(sec[0], dict):
-        raise ProtocolError(f"{what}: no {name} section")
+        raise FirmwareProtocolError(f"{what}: no {name} section")
     first: dict[str, Any] = sec[0]
     return first
 
@@ -129,7 +129,7 @@ def summary_ths(summ: dict[str, Any]) -> float | None:
 def num(d: dict[str, Any], key: str, what: str) -> float:
     v = d.get(key)
     if isinstance(v, bool) or not isinstance(v, int | float):
-        raise ProtocolError(f"{what}: field {key!r} missing or not a number")
+        raise FirmwareProtocolError(f"{what}: field {key!r} missing or not a number")
     return float(v)
 
 
@@ -187,7 +187,7 @@ class CgminerDriver:
                     chips += 1 if v > 0 else 0
         ths = summary_ths(summ)
         if ths is None:
-            raise ProtocolError(f"{what} summary: no GHS 5s, GHS av, MHS 5s or MHS av")
+            raise FirmwareProtocolError(f"{what} summary: no GHS 5s, GHS av, MHS 5s or MHS av")
         return Telemetry(
             time=time.monotonic(), power_w=None, hashrate_ths=ths,
             temps_c=tuple(temps), fans_rpm=tuple(fans), boards_alive=chips if stats else None,

@@ -33,8 +33,8 @@ from poold.fleet.drivers.base import (
     Capabilities,
     Desired,
     DriverError,
+    FirmwareProtocolError,
     Level,
-    ProtocolError,
     Secret,
     Telemetry,
     UnsupportedError,
@@ -131,7 +131,7 @@ class LuxosDriver:
             return None
         try:
             return section(reply, name, f"{self!r} {command}")
-        except ProtocolError as exc:
+        except FirmwareProtocolError as exc:
             errors.append(f"{command}: {exc}")
             return None
 
@@ -155,13 +155,13 @@ class LuxosDriver:
             what = f"{self!r} profiles"
             profs = (await self._req("profiles")).get("PROFILES")
             if not isinstance(profs, list) or not profs:
-                raise ProtocolError(f"{what}: no PROFILES section")
+                raise FirmwareProtocolError(f"{what}: no PROFILES section")
             levels = []
             for p in profs:
                 watts = number(p.get("Watts")) if isinstance(p, dict) else None
                 if not isinstance(p, dict) or not isinstance(p.get("Profile Name"), str) \
                         or watts is None:
-                    raise ProtocolError(f"{what}: entry without a Profile Name and Watts: "
+                    raise FirmwareProtocolError(f"{what}: entry without a Profile Name and Watts: "
                                         f"{str(p)[:120]}")
                 levels.append(Level(p["Profile Name"], watts, number(p.get("Hashrate")) or 0.0))
             self._all_levels = tuple(sorted(levels, key=lambda lv: lv.watts))
@@ -188,7 +188,7 @@ class LuxosDriver:
         summ = section(await self._req("summary"), "SUMMARY", f"{what} summary")
         watts = number(power.get("Watts"))
         if watts is None:
-            raise ProtocolError(f"{what} power: POWER[0].Watts missing or not a number "
+            raise FirmwareProtocolError(f"{what} power: POWER[0].Watts missing or not a number "
                                 f"({power.get('Watts')!r})")
         ths = summary_ths(summ)
         conf = await self._optional("config", "CONFIG", errors)
@@ -238,7 +238,7 @@ class LuxosDriver:
         reply = await self._req("logon")
         sid = section(reply, "SESSION", f"{self!r} logon").get("SessionID")
         if not isinstance(sid, str) or not sid:
-            raise ProtocolError(f"{self!r} logon: reply has no SessionID")
+            raise FirmwareProtocolError(f"{self!r} logon: reply has no SessionID")
         return sid
 
     async def _session(self) -> str:

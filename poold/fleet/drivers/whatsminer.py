@@ -31,11 +31,11 @@ import time
 from typing import Any
 
 from poold.fleet.drivers.base import (
-    AuthError,
     Capabilities,
     Desired,
     DriverError,
-    ProtocolError,
+    FirmwareAuthError,
+    FirmwareProtocolError,
     Secret,
     Telemetry,
     target_differs,
@@ -98,10 +98,10 @@ class WhatsminerDriver:
                 await writer.drain()
                 (n,) = struct.unpack("<I", await reader.readexactly(4))
                 if n > MAX_FRAME:
-                    raise ProtocolError(f"{what}: frame of {n} bytes")
+                    raise FirmwareProtocolError(f"{what}: frame of {n} bytes")
                 return await reader.readexactly(n)
             except asyncio.IncompleteReadError as exc:
-                raise ProtocolError(f"{what}: truncated frame") from exc
+                raise FirmwareProtocolError(f"{what}: truncated frame") from exc
             finally:
                 writer.close()
                 with contextlib.suppress(ConnectionError, OSError):
@@ -111,13 +111,13 @@ class WhatsminerDriver:
         try:
             reply = json.loads(raw)
         except ValueError as exc:
-            raise ProtocolError(f"{what}: malformed JSON ({exc})") from exc
+            raise FirmwareProtocolError(f"{what}: malformed JSON ({exc})") from exc
         if not isinstance(reply, dict):
-            raise ProtocolError(f"{what}: reply is not an object")
+            raise FirmwareProtocolError(f"{what}: reply is not an object")
         code = reply.get("code")
         if code != 0:
             if reply.get("msg") == "invalid token":
-                raise AuthError(f"{what}: token refused")
+                raise FirmwareAuthError(f"{what}: token refused")
             raise DriverError(f"{what}: error code {code} {reply.get('msg')!r}")
         return reply
 
@@ -126,7 +126,7 @@ class WhatsminerDriver:
         salt = salt_reply.get("msg", {}).get("salt") if isinstance(
             salt_reply.get("msg"), dict) else None
         if not isinstance(salt, str):
-            raise ProtocolError(f"{self!r} get.device.info: reply has no msg.salt")
+            raise FirmwareProtocolError(f"{self!r} get.device.info: reply has no msg.salt")
         ts = int(self._wall())
         digest = hashlib.sha256(f"{cmd}{self._password.value}{salt}{ts}".encode()).digest()
         token = base64.b64encode(digest).decode()[:8]
@@ -146,10 +146,10 @@ class WhatsminerDriver:
         reply = await self._send({"cmd": "get.miner.status", "param": "summary"})
         s = reply.get("msg", {}).get("summary") if isinstance(reply.get("msg"), dict) else None
         if not isinstance(s, dict):
-            raise ProtocolError(f"{what}: reply has no msg.summary object")
+            raise FirmwareProtocolError(f"{what}: reply has no msg.summary object")
         p, h = number(s.get("power-realtime")), number(s.get("hash-realtime"))
         if p is None or h is None:
-            raise ProtocolError(f"{what}: power-realtime {s.get('power-realtime')!r} / "
+            raise FirmwareProtocolError(f"{what}: power-realtime {s.get('power-realtime')!r} / "
                                 f"hash-realtime {s.get('hash-realtime')!r} not numbers")
         lim = number(s.get("power-limit"))
         stopped = self._infer_stopped(p, h)
