@@ -770,8 +770,11 @@ class Ledger:
         """Long-lived loop for the daemon's TaskGroup: reconcile every `interval_s`; a node or
         store error is logged and retried at the next round. Each round also records payouts
         to owed accounts seen in new blocks (`payments.PaymentWatcher`)."""
-        watcher = payments.PaymentWatcher(self.store, Network(self.config.network),
-                                          payments.account_addresses(self.config.network))
+        def address_of(account: str) -> str | None:
+            # as the planner resolves it now (its account table follows SIGHUP)
+            return self._planner.accounts.address_of(account)
+
+        watcher = payments.PaymentWatcher(self.store, Network(self.config.network), address_of)
         while True:
             try:
                 rep = await self.reconcile(node)

@@ -21,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from poold.accounts import AccountBook
 from poold.bitcoin.address import AddressError, Network, address_to_script
 from poold.bitcoin.block import parse_block
 from poold.bitcoin.tx import Tx
@@ -61,21 +62,12 @@ class Payment:
     recorded: bool  # False: this (txid, account) was already in the ledger
 
 
-def account_addresses(network: Network | str, table: Mapping[str, str] | None = None
+def account_addresses(network: Network | str,
+                      table: Mapping[str, str] | Iterable[tuple[str, str]] | None = None
                       ) -> AddressOf:
-    """account -> payout address: the table's entry, else the account if it is an address."""
-    net = Network(network)
-
-    def address_of(account: str) -> str | None:
-        if table is not None and account in table:
-            return table[account]
-        try:
-            address_to_script(account, net)
-        except AddressError:
-            return None
-        return account
-
-    return address_of
+    """account -> payout address as the payout planner sees it (`poold.accounts.AccountBook`):
+    the table's entry, else the account itself if it is an address of the network."""
+    return AccountBook.of(Network(network), dict(table or {})).address_of
 
 
 async def owed(store: LedgerStore) -> dict[str, int]:
@@ -257,8 +249,7 @@ def record_payment_cli(args: Any, url: str, fmt: str) -> str:
 
         cfg = load_config(args.config)
     network = Network(args.network or str(cfg.pool.network if cfg is not None else "main"))
-    table = getattr(cfg, "accounts", None) if cfg is not None else None
-    address_of = account_addresses(network, _address_table(table))
+    address_of = account_addresses(network, cfg.accounts if cfg is not None else None)
     if args.rpc is not None:
         rpc = RpcClient(args.rpc, name="record-payment")
     else:
@@ -286,14 +277,3 @@ def record_payment_cli(args: Any, url: str, fmt: str) -> str:
              "txid": p.txid_hex, "recorded": p.recorded} for p in found]}, indent=2) + "\n"
     return render_payments(found)
 
-
-def _address_table(table: object) -> Mapping[str, str] | None:
-    """The config's account table as account -> address, whatever shape its entries have."""
-    if not isinstance(table, Mapping):
-        return None
-    out: dict[str, str] = {}
-    for account, entry in table.items():
-        address = entry if isinstance(entry, str) else getattr(entry, "address", None)
-        if isinstance(address, str):
-            out[str(account)] = address
-    return out
