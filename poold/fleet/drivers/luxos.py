@@ -17,7 +17,8 @@ expires it after 60 s idle, so the driver logs on per write batch and logs off a
 set by profile (the highest whose Watts fit), only among the profiles at or below the miner's
 ``max_w``. LuxOS refuses a profile change while ATM (advanced thermal management) is enabled,
 so ATM is switched off first — logged at WARNING — and switched back on (capped at the highest
-allowed profile) when the miner is asked for its top profile again, and at ``close()``.
+allowed profile) when the miner is asked for its top profile again, and at ``close()`` (capped
+at the profile the miner was left at, so ATM cannot raise it above the shutdown's safe cap).
 Sleep is ``curtail <sid>,sleep`` / ``wakeup``. Every change is read back.
 """
 
@@ -275,15 +276,18 @@ class LuxosDriver:
                 "profile again and at shutdown", self, profile)
         self._atm_warned = True
 
-    async def _atm_restore(self, sid: str, why: str) -> None:
+    async def _atm_restore(self, sid: str, why: str, ceiling: Level | None = None) -> None:
+        """ATM back on. ATM may raise the profile on its own, so it is capped: at `ceiling`
+        (at shutdown, the profile the miner was left at, so the site stays at its safe cap),
+        else at the highest profile within max_w."""
+        top = ceiling or (self._levels[-1] if self._levels else None)
         params = "enabled=true"
-        if self._levels and self._all_levels and self._levels[-1] != self._all_levels[-1]:
-            # ATM may raise the profile on its own: never above the miner's max_w.
-            params += f",max_profile={self._levels[-1].name}"
+        if top is not None and self._all_levels and top != self._all_levels[-1]:
+            params += f",max_profile={top.name}"
         await self._req("atmset", f"{sid},{params}")
         self._atm_owed = False
         log.info("%r: switched LuxOS ATM back on (%s)%s", self, why,
-                 f", capped at profile {self._levels[-1].name}" if "max_profile" in params
+                 f", capped at profile {top.name}" if top is not None and "max_profile" in params
                  else "")
 
     async def apply(self, desired: Desired) -> Telemetry:
@@ -361,7 +365,9 @@ class LuxosDriver:
             try:
                 sid = await self._session()
                 try:
-                    await self._atm_restore(sid, "shutdown")
+                    left_at = next((lv for lv in self._levels if lv.name == self._level_set),
+                                   None)
+                    await self._atm_restore(sid, "shutdown", left_at)
                 finally:
                     await self._logoff(sid)
             except DriverError as exc:

@@ -127,7 +127,11 @@ async def test_luxos_s21_is_never_offered_a_profile_above_max_w() -> None:
 async def test_luxos_atm_is_switched_off_loudly_and_restored(
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="poold.fleet.drivers.luxos")
-    srv = await CgminerReplay(luxos_writes()).start()
+    r = luxos_writes()
+    off = copy.deepcopy(r["atm"])
+    off["json"]["ATM"][0]["Enabled"] = False
+    r["atm"] = [r["atm"], off, r["atm"]]  # on; off (as we left it); on (as we gave it back)
+    srv = await CgminerReplay(r).start()
     d = LuxosDriver("127.0.0.1", srv.port, timeout_s=2.0, max_w=3500)
     try:
         t = await d.apply(Desired(level="420MHz"))
@@ -139,13 +143,16 @@ async def test_luxos_atm_is_switched_off_loudly_and_restored(
         await d.apply(Desired(watts=3500))
         assert ("atmset", "yJN2nlj1,enabled=true,max_profile=500MHz") in srv.requests
         assert any("ATM back on" in r.getMessage() for r in caplog.records)
-        # Lowered again: off again (INFO now), and close() gives it back.
+        # Lowered again: off again (INFO now, one WARNING in all), and close() gives it back,
+        # capped at the profile the miner is left at so ATM cannot raise it past a safe cap.
         await d.apply(Desired(level="320MHz"))
-        n_on = srv.requests.count(("atmset", "yJN2nlj1,enabled=true,max_profile=500MHz"))
+        assert srv.requests.count(("atmset", "yJN2nlj1,enabled=false")) == 2
+        assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
         await d.close()
-        assert srv.requests.count(
-            ("atmset", "yJN2nlj1,enabled=true,max_profile=500MHz")) == n_on + 1
-        assert any("(shutdown)" in r.getMessage() for r in caplog.records)
+        assert srv.requests[-2:] == [("atmset", "yJN2nlj1,enabled=true,max_profile=320MHz"),
+                                     ("logoff", "yJN2nlj1")]
+        assert any("(shutdown), capped at profile 320MHz" in r.getMessage()
+                   for r in caplog.records)
     finally:
         await srv.stop()
 
