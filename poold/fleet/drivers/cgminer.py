@@ -143,7 +143,8 @@ class CgminerDriver:
         self.host, self.port = host, port
         self.nameplate_w = nameplate_w
         self.timeout_s = timeout_s
-        self._no_stats = False  # the firmware has no `stats` command: stop asking
+        self._no_stats = False  # the firmware has no (useful) `stats` command: stop asking
+        self._stats_empty = 0  # consecutive stats replies without temperatures/fans/chains
 
     def __repr__(self) -> str:
         return f"CgminerDriver({self.host}:{self.port})"
@@ -185,6 +186,13 @@ class CgminerDriver:
                     fans.append(int(v))
                 elif k.startswith("chain_acn"):
                     chips += 1 if v > 0 else 0
+        if stats and not (temps or fans or chips):
+            # stats without any field this driver uses, again and again: stop asking (one
+            # connection per poll for nothing, at fleet scale).
+            self._stats_empty += 1
+            self._no_stats = self._stats_empty >= 3
+        elif stats:
+            self._stats_empty = 0
         ths = summary_ths(summ)
         if ths is None:
             raise FirmwareProtocolError(f"{what} summary: no GHS 5s, GHS av, MHS 5s or MHS av")

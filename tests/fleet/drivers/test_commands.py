@@ -277,3 +277,16 @@ async def test_luxos_stops_asking_for_stats_that_carry_no_temperatures() -> None
         assert [c for c, _ in srv.requests].count("config") == 1  # absent: asked once
     finally:
         await srv.stop()
+
+
+async def test_cgminer_stops_asking_for_stats_without_usable_fields() -> None:
+    r = case("cgminer.json", "minimal")
+    r["stats"] = {"json": {"STATS": [{"STATS": 0, "ID": "BC50", "Elapsed": 5}], "id": 1}}
+    srv = await CgminerReplay(r).start()
+    d = CgminerDriver("127.0.0.1", srv.port, nameplate_w=3250, timeout_s=2.0)
+    try:
+        for _ in range(5):
+            await d.read()
+        assert [c for c, _ in srv.requests].count("stats") == 3
+    finally:
+        await srv.stop()
