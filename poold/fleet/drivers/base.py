@@ -162,6 +162,44 @@ def loads_lenient(raw: bytes, what: str) -> Any:
         raise FirmwareProtocolError(f"{what}: malformed reply ({exc.msg} at {exc.pos})") from None
 
 
+class OptionalCalls:
+    """Bookkeeping for the calls a reading can do without (temperatures, fans, ATM...): one
+    the firmware does not have is never asked again; one that fails (a timeout costs the whole
+    command timeout) is skipped for the next 1, 2, 4 ... 64 readings, so a flaky extra can
+    neither blind nor slow the polling of the documented minimum."""
+
+    MAX_SKIP = 64
+
+    def __init__(self) -> None:
+        self._absent: set[str] = set()
+        self._skip: dict[str, int] = {}
+        self._fails: dict[str, int] = {}
+
+    def wanted(self, name: str) -> bool:
+        if name in self._absent:
+            return False
+        left = self._skip.get(name, 0)
+        if left > 0:
+            self._skip[name] = left - 1
+            return False
+        return True
+
+    def is_absent(self, name: str) -> bool:
+        return name in self._absent
+
+    def absent(self, name: str) -> None:
+        self._absent.add(name)
+
+    def failed(self, name: str) -> None:
+        n = self._fails.get(name, 0) + 1
+        self._fails[name] = n
+        self._skip[name] = min(self.MAX_SKIP, 2 ** (n - 1))
+
+    def ok(self, name: str) -> None:
+        self._fails.pop(name, None)
+        self._skip.pop(name, None)
+
+
 def levels_within(levels: tuple[Level, ...], max_w: float) -> tuple[Level, ...]:
     """The levels (ascending watts) a miner may be offered under its `max_w`: those at or below
     it, or the lowest alone when none is (the least the firmware can do is still allowed)."""

@@ -39,6 +39,7 @@ from poold.fleet.drivers.base import (
     DriverError,
     FirmwareAuthError,
     FirmwareProtocolError,
+    OptionalCalls,
     Secret,
     Telemetry,
     VerifyError,
@@ -135,7 +136,7 @@ class BraiinsDriver:
         self._token: str | None = None
         self._session: aiohttp.ClientSession | None = None
         self._limits: tuple[float, float] | None = None
-        self._absent: set[str] = set()
+        self._optional_calls = OptionalCalls()
 
     def __repr__(self) -> str:
         return f"BraiinsDriver({self.host}:{self.port})"
@@ -212,20 +213,27 @@ class BraiinsDriver:
 
     async def _optional(self, path: str, errors: list[str]) -> Any:
         """GET an endpoint the reading can do without: None (and a note) when it fails."""
-        if path in self._absent:
+        calls = self._optional_calls
+        if not calls.wanted(path):
             return None
         try:
-            return await self._request("GET", path)
+            data = await self._request("GET", path)
         except HttpStatusError as exc:
             if exc.status in _ABSENT:
-                self._absent.add(path)
+                calls.absent(path)
                 log.info("%r: GET %s answers HTTP %d; reading without it", self, path,
                          exc.status)
+            else:
+                calls.failed(path)
             errors.append(f"{path}: HTTP {exc.status}")
         except FirmwareAuthError:
             raise
         except DriverError as exc:
+            calls.failed(path)
             errors.append(f"{path}: {exc}")
+        else:
+            calls.ok(path)
+            return data
         return None
 
     async def capabilities(self) -> Capabilities:

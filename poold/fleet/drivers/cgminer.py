@@ -25,6 +25,7 @@ from poold.fleet.drivers.base import (
     Desired,
     DriverError,
     FirmwareProtocolError,
+    OptionalCalls,
     Secret,
     Telemetry,
     UnsupportedError,
@@ -143,7 +144,7 @@ class CgminerDriver:
         self.host, self.port = host, port
         self.nameplate_w = nameplate_w
         self.timeout_s = timeout_s
-        self._no_stats = False  # the firmware has no (useful) `stats` command: stop asking
+        self._optional_calls = OptionalCalls()  # `stats`: absent, useless or failing
         self._stats_empty = 0  # consecutive stats replies without temperatures/fans/chains
 
     def __repr__(self) -> str:
@@ -160,14 +161,17 @@ class CgminerDriver:
                                              timeout_s=self.timeout_s), "SUMMARY",
                        f"{what} summary")
         stats: dict[str, Any] = {}
-        if not self._no_stats:
+        calls = self._optional_calls
+        if calls.wanted("stats"):
             try:
                 stats = await cgminer_request(self.host, self.port, "stats",
                                               timeout_s=self.timeout_s)
+                calls.ok("stats")
             except CgminerStatusError as exc:
-                self._no_stats = exc.absent
+                (calls.absent if exc.absent else calls.failed)("stats")
                 errors.append(f"stats: code {exc.code} {exc.msg}")
             except DriverError as exc:
+                calls.failed("stats")
                 errors.append(f"stats: {exc}")
         temps: list[float] = []
         fans: list[int] = []
@@ -190,7 +194,8 @@ class CgminerDriver:
             # stats without any field this driver uses, again and again: stop asking (one
             # connection per poll for nothing, at fleet scale).
             self._stats_empty += 1
-            self._no_stats = self._stats_empty >= 3
+            if self._stats_empty >= 3:
+                calls.absent("stats")
         elif stats:
             self._stats_empty = 0
         ths = summary_ths(summ)

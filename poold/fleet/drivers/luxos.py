@@ -36,6 +36,7 @@ from poold.fleet.drivers.base import (
     DriverError,
     FirmwareProtocolError,
     Level,
+    OptionalCalls,
     Secret,
     Telemetry,
     UnsupportedError,
@@ -109,7 +110,7 @@ class LuxosDriver:
         self._all_levels: tuple[Level, ...] = ()
         self._levels: tuple[Level, ...] = ()  # those at or below max_w
         self._lock = asyncio.Lock()  # one session per miner: serialise our writes
-        self._absent: set[str] = set()
+        self._optional_calls = OptionalCalls()
         self._level_set: str | None = None  # the profile this driver last set
         self._sleep_set: bool | None = None  # the curtail state this driver last set
         self._sleep_set_at = -1e18  # when (time.monotonic())
@@ -137,18 +138,25 @@ class LuxosDriver:
             return None
 
     async def _optional_reply(self, command: str, errors: list[str]) -> dict[str, Any] | None:
-        if command in self._absent:
+        calls = self._optional_calls
+        if not calls.wanted(command):
             return None
         try:
-            return await self._req(command)
+            reply = await self._req(command)
         except CgminerStatusError as exc:
             if exc.absent:
-                self._absent.add(command)
+                calls.absent(command)
                 log.info("%r: LuxOS has no %r command (%s); reading without it", self,
                          command, exc.msg)
+            else:
+                calls.failed(command)
             errors.append(f"{command}: code {exc.code} {exc.msg}")
         except DriverError as exc:
+            calls.failed(command)
             errors.append(f"{command}: {exc}")
+        else:
+            calls.ok(command)
+            return reply
         return None
 
     async def _levels_cached(self) -> tuple[Level, ...]:
@@ -204,7 +212,7 @@ class LuxosDriver:
             # for nothing: stop asking (at 500,000 miners that is a third of the polling).
             self._stats_empty = 0 if temps else self._stats_empty + 1
             if self._stats_empty >= _EMPTY_STATS_LIMIT:
-                self._absent.add("stats")
+                self._optional_calls.absent("stats")
                 log.info("%r: LuxOS stats carries no temperatures; reading without it", self)
         level = conf.get("Profile") if conf is not None else None
         if not isinstance(level, str) or not level:

@@ -4,7 +4,8 @@ Each server answers from a vector's ``responses`` table and records what it was 
 driver is tested against the vendors' documented shapes byte for byte — including the error
 shapes — without any emulator logic in between. A response is
 ``{"status": 200, "json": ...}`` (HTTP), ``{"json": ...}`` (TCP) or ``{"raw": "..."}`` (bytes
-as given, for half-written replies); a list of responses is served in turn, the last repeating.
+as given, for half-written replies), optionally after ``"delay"`` seconds (a hanging call); a
+list of responses is served in turn, the last repeating.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class HttpReplay(_Table):
         spec = self.next(key)
         if spec is None:
             return web.Response(status=404)
+        if "delay" in spec:  # a firmware that hangs on this call
+            await asyncio.sleep(float(spec["delay"]))
         status = int(spec.get("status", 200))
         if "raw" in spec:
             return web.Response(status=status, body=spec["raw"].encode(),

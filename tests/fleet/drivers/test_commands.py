@@ -290,3 +290,21 @@ async def test_cgminer_stops_asking_for_stats_without_usable_fields() -> None:
         assert [c for c, _ in srv.requests].count("stats") == 3
     finally:
         await srv.stop()
+
+
+async def test_a_hanging_optional_call_neither_blinds_nor_slows_the_polling() -> None:
+    r = case("braiins-rest.json", "minimal")
+    r["GET cooling/state"] = {"delay": 5.0, "json": {}}
+    srv = await HttpReplay(r).start()
+    d = BraiinsDriver("127.0.0.1", srv.port, password=Secret("pw"), timeout_s=0.3)
+    try:
+        t = await d.read()
+        assert t.power_w == 3245 and not t.sleeping  # read despite the hang
+        assert any("cooling/state" in e and "timed out after 0.3 s" in e for e in t.errors)
+        for _ in range(3):  # skipped for 1, then asked, then skipped for 2 readings
+            await d.read()
+        asked = [k for k, _ in srv.requests].count("GET cooling/state")
+        assert asked == 2
+    finally:
+        await d.close()
+        await srv.stop()
