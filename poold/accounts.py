@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from poold.bitcoin.address import AddressError, Network, address_to_script
+from poold.errors import PooldError
 
 # The account part of a login: what the ledger stores and Prometheus never sees.
 ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9_\-:@+]{1,64}$")
 NAME_RULE = "letters, digits, _-:@+; at most 64"
 
 
-class AccountsError(ValueError):
+class AccountsError(PooldError, ValueError):
     """A malformed accounts entry; the message names the entry (and the line of a file)."""
 
 

@@ -25,6 +25,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from poold import __version__
+from poold.errors import PooldError
 from poold.fleet.errors import FleetRequestError, UnknownRack
 from poold.httpguard import BodyError, HeaderDeadline, parse_json_body
 
@@ -41,7 +42,7 @@ BODY_TIMEOUT_S = 10.0  # a request body, once its headers are in
 ENERGY_DEFAULT_SPAN_S = 86400.0
 
 
-class ApiError(Exception):
+class ApiError(PooldError):
     """A client error the backend reports; becomes a 4xx JSON answer."""
 
     def __init__(self, status: int, message: str, detail: object = None) -> None:

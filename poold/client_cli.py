@@ -28,13 +28,13 @@ from typing import Any
 from poold import cli_format as f
 from poold.cli_format import Column
 from poold.config import DEFAULT_PATH, load_config
-from poold.errors import ConfigError
+from poold.errors import ConfigError, PooldError
 
 TIMEOUT_S = 10.0
 now = time.time  # the clock ages are measured against (tests fix it)
 
 
-class ClientError(Exception):
+class ClientError(PooldError):
     """The daemon could not be reached or refused the request; the message says which."""
 
 

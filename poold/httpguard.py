@@ -21,12 +21,14 @@ import json
 import re
 from typing import Any
 
+from poold.errors import PooldError
+
 HEADER_END = b"\r\n\r\n"
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKETS = re.compile(rb"[\[\]{}]")
 
 
-class BodyError(ValueError):
+class BodyError(PooldError, ValueError):
     """The body is not acceptable JSON: `summary` for the client, `detail` says where."""
 
     def __init__(self, summary: str, detail: str) -> None:

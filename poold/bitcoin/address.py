@@ -19,9 +19,10 @@ from poold.bitcoin.script import (
     witness_program,
     witness_program_script,
 )
+from poold.errors import PooldError
 
 
-class AddressError(ValueError):
+class AddressError(PooldError, ValueError):
     """An address that cannot be paid to on the requested network; the message says why."""
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from poold.bitcoin.encoding import compact_size, u32le
 from poold.bitcoin.script import bip34_height_push, is_witness_commitment_script
 from poold.bitcoin.tx import NULL_OUTPOINT, SEQUENCE_FINAL, Tx, TxIn, TxOut
+from poold.errors import PooldError
 
 DEFAULT_MAX_COINBASE_SIZE = 730
 MIN_SCRIPT_SIG = 2
@@ -31,7 +32,7 @@ WITNESS_RESERVED_VALUE = b"\0" * 32
 COINBASE_VERSION = 2
 
 
-class CoinbaseError(ValueError):
+class CoinbaseError(PooldError, ValueError):
     """The requested coinbase cannot be built (size limits, bad extranonce, bad outputs)."""
 
 

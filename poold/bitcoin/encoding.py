@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import struct
 
+from poold.errors import PooldError
+
 # Bitcoin Core's MAX_SIZE (serialize.h): the largest length a CompactSize may announce for a
 # vector; anything larger is "ReadCompactSize(): size too large".
 MAX_COMPACT_SIZE = 0x02000000
@@ -21,7 +23,7 @@ _U64 = struct.Struct("<Q")
 _I64 = struct.Struct("<q")
 
 
-class DecodeError(ValueError):
+class DecodeError(PooldError, ValueError):
     """Serialized data is truncated, non-canonical or otherwise malformed."""
 
 

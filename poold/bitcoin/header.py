@@ -13,13 +13,14 @@ from dataclasses import dataclass
 
 from poold.bitcoin.byteorder import hash_to_hex, hash_to_int
 from poold.bitcoin.encoding import DecodeError, sha256d
+from poold.errors import PooldError
 
 HEADER_SIZE = 80
 _HEADER = struct.Struct("<I32s32sIII")
 _U32_MAX = 0xFFFFFFFF
 
 
-class VersionBitsError(ValueError):
+class VersionBitsError(PooldError, ValueError):
     """Submitted version bits fall outside the negotiated BIP310 mask."""
 
 

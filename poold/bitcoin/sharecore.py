@@ -34,6 +34,8 @@ from hashlib import sha256
 from types import ModuleType
 from typing import TYPE_CHECKING, Final
 
+from poold.errors import PooldError
+
 __all__ = [
     "CORE",
     "MAX_EXTRANONCE2_SIZE",
@@ -61,7 +63,7 @@ _HEX_RE: Final = re.compile(r"[0-9A-Fa-f]*")
 _HEADER: Final = struct.Struct("<I32s32sIII")
 
 
-class ShareFormatError(ValueError):
+class ShareFormatError(PooldError, ValueError):
     """A submit field is not valid hex of the right length (or version bits fall outside the
     negotiated mask). `field` is "extranonce2", "ntime", "nonce" or "version_bits"; `index` is
     the position in a `check_batch` call, None for `check`."""

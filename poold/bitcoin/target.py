@@ -13,12 +13,13 @@ import math
 from fractions import Fraction
 
 from poold.bitcoin.byteorder import hash_to_int, int_to_hash
+from poold.errors import PooldError
 
 DIFF1_TARGET: int = 0xFFFF << 208
 MAX_TARGET: int = 2**256 - 1
 
 
-class TargetError(ValueError):
+class TargetError(PooldError, ValueError):
     """An nBits value that Bitcoin Core would flag as negative or overflowing."""
 
 

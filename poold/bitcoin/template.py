@@ -16,6 +16,7 @@ from typing import Any
 
 from poold.bitcoin.byteorder import hash_from_hex, hash_to_hex
 from poold.bitcoin.target import bits_to_target
+from poold.errors import PooldError
 
 # "!"-prefixed GBT rules are ones a client must understand to use the template (BIP9 "rules",
 # https://github.com/bitcoin/bips/blob/master/bip-0009.mediawiki#getblocktemplate-changes).
@@ -33,7 +34,7 @@ HALVING_INTERVAL = {"main": 210_000, "test": 210_000, "testnet4": 210_000, "sign
 RETARGET_INTERVAL = 2016
 
 
-class TemplateError(ValueError):
+class TemplateError(PooldError, ValueError):
     """A getblocktemplate answer poold cannot (or must not) mine on."""
 
 

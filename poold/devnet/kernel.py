@@ -32,6 +32,8 @@ import pbk
 import pbk.capi.bindings as _capi
 from pbk.script import PrecomputedTransactionData
 
+from poold.errors import PooldError
+
 log = logging.getLogger("poold.devnet.kernel")
 
 _ZERO_HASH = b"\0" * 32
@@ -49,11 +51,11 @@ _ACCEPT_FAILED = re.compile(r"AcceptBlock FAILED \((.*)\)\s*$")
 _CONNECT_FAILED = re.compile(r"ConnectBlock ([0-9a-f]{64}) failed, (.*?)\s*$")
 
 
-class BlockDecodeError(ValueError):
+class BlockDecodeError(PooldError, ValueError):
     """The bytes are not a block (bitcoind: -22 "Block decode failed")."""
 
 
-class KernelError(RuntimeError):
+class KernelError(PooldError, RuntimeError):
     """The kernel failed internally (not a verdict about the block)."""
 
 

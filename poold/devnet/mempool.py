@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from poold.bitcoin.tx import OutPoint, Tx
 from poold.devnet.chainstate import COINBASE_MATURITY, ChainView, Coin, UtxoSet
+from poold.errors import PooldError
 
 RPC_TRANSACTION_ERROR = -25
 RPC_TRANSACTION_REJECTED = -26
@@ -38,7 +39,7 @@ SEQUENCE_LOCKTIME_GRANULARITY = 9
 MEMPOOL_HEIGHT = 0x7FFFFFFF
 
 
-class TxRejected(Exception):
+class TxRejected(PooldError):
     """A transaction refused, with bitcoind's RPC error code and reject reason."""
 
     def __init__(self, code: int, reason: str) -> None:

@@ -22,6 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
+from poold.errors import PooldError
+
 log = logging.getLogger("poold.devnet.rpc")
 
 RPC_INVALID_REQUEST = -32600
@@ -37,7 +39,7 @@ RPC_INTERNAL_ERROR = -32603
 COOKIE_USER = "__cookie__"
 
 
-class RpcError(Exception):
+class RpcError(PooldError):
     """An error reply: bitcoind's code and message."""
 
     def __init__(self, code: int, message: str) -> None:

@@ -29,6 +29,7 @@ from poold.accounts import AccountBook
 from poold.bitcoin.address import AddressError, Network, address_to_script
 from poold.bitcoin.block import parse_block
 from poold.bitcoin.tx import Tx
+from poold.errors import PooldError
 from poold.ledger.store import LedgerStore
 
 log = logging.getLogger("poold.ledger.payments")
@@ -39,7 +40,7 @@ SCAN_MAX_BLOCKS = 20  # blocks fetched per reconcile round, so one round stays s
 AddressOf = Callable[[str], str | None]
 
 
-class PaymentError(Exception):
+class PaymentError(PooldError):
     """The transaction cannot be read or matched; the message says why."""
 
 

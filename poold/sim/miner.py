@@ -29,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from poold.errors import PooldError
+
 log = logging.getLogger(__name__)
 
 DIFF1_TARGET = 0xFFFF << 208
@@ -219,7 +221,7 @@ class MinerEvent:
     hash_hex: str = ""
 
 
-class StratumError(Exception):
+class StratumError(PooldError):
     """The pool answered a request with an error (or a handshake step failed)."""
 
     def __init__(self, method: str, error: Any) -> None:

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 
 from poold.accounts import ACCOUNT_NAME, NAME_RULE, AccountBook
 from poold.bitcoin.address import AddressError, Network, address_to_script
+from poold.errors import PooldError
 
 
-class StratumAuthError(ValueError):
+class StratumAuthError(PooldError, ValueError):
     """The username cannot be authorized; the message goes back to the miner."""
 
 

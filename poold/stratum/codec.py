@@ -14,6 +14,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from poold.errors import PooldError
+
 try:  # pragma: no cover - which branch runs depends on the machine
     if os.environ.get("POOLD_STDLIB_JSON") == "1":
         raise ImportError("POOLD_STDLIB_JSON=1 forces the standard library")
@@ -33,7 +35,7 @@ except ImportError:  # pragma: no cover
     JSON_BACKEND = "json"
 
 
-class StratumProtocolError(ValueError):
+class StratumProtocolError(PooldError, ValueError):
     """A line that is not a JSON object: answered with an error to id null, never ignored."""
 
 

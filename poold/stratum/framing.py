@@ -7,10 +7,12 @@ lines and a trailing `\\r` are left to the caller (the JSON parser ignores the w
 
 from __future__ import annotations
 
+from poold.errors import PooldError
+
 MAX_LINE_BYTES = 16 * 1024
 
 
-class LineTooLong(ValueError):
+class LineTooLong(PooldError, ValueError):
     """A line (complete or still buffered) exceeds the limit."""
 
 

@@ -18,11 +18,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from poold.errors import PooldError
 from poold.stratum import codec
 from poold.work.difficulty import sane_difficulty
 
 
-class MalformedParams(ValueError):
+class MalformedParams(PooldError, ValueError):
     """The params of a known method have the wrong shape."""
 
 

@@ -26,6 +26,7 @@ from poold.bitcoin.block import assemble_block
 from poold.bitcoin.byteorder import hash_to_hex
 from poold.bitcoin.header import BlockHeader, rolled_version
 from poold.bitcoin.merkle import root_from_branch
+from poold.errors import PooldError
 from poold.work.records import FoundBlock
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ class BlockCandidate:
         return hash_to_hex(self.header_hash)
 
 
-class BlockAssemblyError(ValueError):
+class BlockAssemblyError(PooldError, ValueError):
     """The rebuilt header does not hash to the share's hash."""
 
 

@@ -25,13 +25,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from poold.errors import PooldError
+
 RESUME_WINDOW_S = 600.0
 # Width of the worker-index field of a worker process's extranonce1 (module docstring).
 WORKER_BITS = 6
 MAX_WORKERS = 1 << WORKER_BITS
 
 
-class ExtranonceExhausted(RuntimeError):
+class ExtranonceExhausted(PooldError, RuntimeError):
     """Every counter value is either in use or reserved for a resumable session."""
 
 

@@ -18,12 +18,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from poold.errors import PooldError
 from poold.fleet.policy import Actuator
 
 T = TypeVar("T")
 
 
-class DriverError(Exception):
+class DriverError(PooldError):
     """A firmware command failed (network, protocol, refusal)."""
 
 
