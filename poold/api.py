@@ -59,6 +59,7 @@ class ApiBackend(Protocol):
     def pool(self) -> JSON: ...
     def workers(self) -> Sequence[JSON]: ...
     async def blocks(self, since: float | None) -> Sequence[JSON]: ...
+    async def public_windows(self, since: float | None) -> Sequence[JSON]: ...
     async def energy(self, start: float, end: float) -> JSON: ...
     def racks(self) -> Sequence[JSON]: ...
     def miners(self, rack: str | None) -> Sequence[JSON]: ...
@@ -164,6 +165,8 @@ class AdminApi:
             ("/api/v1/budgets", self.get_budgets),
         ):
             r.add_get(path, self._read(handler))
+        # Public, read-only, no token: 404 unless [api] public_windows is on (docs/AUDIT.md).
+        r.add_get("/api/v1/public/windows", self.get_public_windows)
         r.add_put("/api/v1/site/cap", self._write(self.put_site_cap))
         r.add_put("/api/v1/racks/{rack}/cap", self._write(self.put_rack_cap))
         r.add_post("/api/v1/racks/{rack}/curtail", self._write(self.post_curtail))
@@ -273,6 +276,10 @@ class AdminApi:
         since = _unix_time(request, "since")
         return web.json_response({"blocks": list(await self.backend.blocks(since))})
 
+    async def get_public_windows(self, request: web.Request) -> web.Response:
+        since = _unix_time(request, "since")
+        return web.json_response({"blocks": list(await self.backend.public_windows(since))})
+
     async def get_energy(self, request: web.Request) -> web.Response:
         until = _unix_time(request, "until")
         end = time.time() if until is None else until
@@ -381,6 +388,9 @@ def openapi_document() -> JSON:
             "/api/v1/pool": {"get": _op("Pool summary")},
             "/api/v1/workers": {"get": _op("Connected workers")},
             "/api/v1/blocks": {"get": _op("Found blocks with audit state", params=[since])},
+            "/api/v1/public/windows": {"get": _op(
+                "Each block's PPLNS window (share ids, worker names, difficulties) and credits; "
+                "no token; 404 unless api.public_windows is on", params=[since])},
             "/api/v1/energy": {"get": _op(
                 "Energy accounting over [since, until) (default: the last 24 h): kWh, J/TH and "
                 "cost per worker and rack, kWh per block", params=[since, until])},

@@ -246,7 +246,8 @@ OPTIONS: tuple[Option, ...] = (
     _O("ledger", "split_refresh_s", _float, 5.0, "split: how often the PPLNS window and "
        "balances are re-read", minimum=0.5),
     _O("ledger", "split_max_output_bytes", _int, 530, "split: bytes of payout outputs one "
-       "coinbase may carry (ASIC firmware caps the coinbase near 730 bytes)", minimum=86),
+       "coinbase may carry (ASIC firmware caps the coinbase near 730 bytes), the ledger's "
+       "47-byte chain commitment included", minimum=133),
     _O("ledger", "share_retention_s", _float, 0.0, "shares older than this are rolled up per "
        "worker, account and hour, then deleted; 0 keeps every share (else at least 2 days)",
        minimum=0.0),
@@ -256,6 +257,9 @@ OPTIONS: tuple[Option, ...] = (
        "(empty: reads are open on localhost)", secret=True, example="[]"),
     _O("api", "write_tokens", _str_list, (), "bearer tokens allowed to write (empty: no "
        "writes)", secret=True, example="[]"),
+    _O("api", "public_windows", _bool, False, "publish each block's PPLNS window (share ids, "
+       "worker names, difficulties) and credits at GET /api/v1/public/windows, without a "
+       "token, so miners can check their own pay (docs/AUDIT.md)"),
     _O("metrics", "per_worker", _bool, False, "export per-worker series"),
     _O("metrics", "per_worker_max", _int, 1000, "cap on per-worker series", minimum=1),
     _O("log", "level", _level, "INFO", "DEBUG | INFO | WARNING | ERROR", reloadable=True),
@@ -345,6 +349,7 @@ class ApiConfig:
     listen: tuple[str, int]
     read_tokens: tuple[str, ...] = field(repr=False)
     write_tokens: tuple[str, ...] = field(repr=False)
+    public_windows: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from poold.config import DEFAULT_PATH, ConfigErrors, load_config, render_example
+from poold.config import DEFAULT_PATH, Config, ConfigErrors, load_config, render_example
 from poold.errors import ConfigError
 
 
@@ -37,4 +37,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"{cfg.source}: ok (network {cfg.pool.network.value}, payout {cfg.pool.payout}, "
           f"{len(cfg.nodes)} node(s), stratum {cfg.stratum.listen[0]}:{cfg.stratum.listen[1]}, "
           f"{racks} rack(s))")
+    _warn_fees(cfg)
     return 0
+
+
+def _warn_fees(cfg: Config) -> None:
+    """Settings that load but cannot work as meant (poold.ledger.config.fee_warnings)."""
+    import time
+
+    from poold.ledger.config import LedgerConfig, fee_warnings
+
+    try:
+        ledger = LedgerConfig.from_config(cfg)
+    except ConfigError as exc:
+        print(f"poold: config error: {exc}", file=sys.stderr)
+        return
+    for warning in fee_warnings(ledger, time.time()):
+        print(f"poold: warning: {warning}", file=sys.stderr)

@@ -311,6 +311,14 @@ class DaemonBackend:
         rows: list[dict[str, Any]] = await self.ledger.audit_blocks(since)
         return rows
 
+    async def public_windows(self, since: float | None) -> list[dict[str, Any]]:
+        rows = None if self.ledger is None else await self.ledger.public_windows(since)
+        if rows is None:
+            from poold.api import ApiError
+
+            raise ApiError(404, "not published", "api.public_windows is off")
+        return list(rows)
+
     async def energy(self, start: float, end: float) -> dict[str, Any]:
         if self.ledger is None:
             from poold.api import ApiError

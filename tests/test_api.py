@@ -40,6 +40,10 @@ class FakeBackend:
         self.calls.append(("blocks", since))
         return [{"height": 101}]
 
+    async def public_windows(self, since: float | None) -> Sequence[dict[str, Any]]:
+        self.calls.append(("public_windows", since))
+        return [{"height": 101, "window": None}]
+
     async def energy(self, start: float, end: float) -> dict[str, Any]:
         self.calls.append(("energy", (start, end)))
         return {"start": start, "end": end, "kwh": 1.5}

@@ -63,6 +63,9 @@ class LedgerConfig:
     # pplns/split: login name -> payout address (poold.accounts); other accounts must be
     # addresses themselves to be paid
     accounts: tuple[tuple[str, str], ...] = ()
+    # [api] public_windows: each block's window (share ids, worker names, difficulties) is
+    # served without a token (poold.ledger.export.public_windows).
+    public_windows: bool = False
     source: str = ""
 
     @property
@@ -90,7 +93,7 @@ class LedgerConfig:
             split_refresh_s=cfg.ledger.split_refresh_s,
             split_max_output_bytes=cfg.ledger.split_max_output_bytes,
             share_retention_s=cfg.ledger.share_retention_s, accounts=cfg.accounts,
-            source=cfg.source)
+            public_windows=cfg.api.public_windows, source=cfg.source)
         out.validate()
         return out
 
@@ -127,3 +130,36 @@ class LedgerConfig:
         url = self.effective_url
         if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ConfigError("ledger.url", "must be sqlite:///PATH or postgresql://...", src)
+
+
+# Block 840,000 (the fourth halving) was mined at 2024-04-20 00:09:27 UTC; consensus halves the
+# subsidy every 210,000 blocks (regtest: every 150), from 50 BTC.
+_ANCHOR_HEIGHT, _ANCHOR_TIME = 840_000, 1_713_571_767.0
+
+
+def estimated_subsidy_sat(network: str, now: float) -> int:
+    """The block subsidy at `now`, without a node: mainnet's height extrapolated at one block
+    per 600 s (the test networks follow the same schedule, at other heights; used as is).
+    Regtest's height is unknown: its first subsidy, 50 BTC, the most a fee can come from."""
+    if network == "regtest":
+        return 50 * 100_000_000
+    height = _ANCHOR_HEIGHT + max(0, int((now - _ANCHOR_TIME) // 600))
+    return (50 * 100_000_000) >> min(height // 210_000, 63)
+
+
+def fee_warnings(cfg: LedgerConfig, now: float) -> list[str]:
+    """Fee settings that can never be paid: split (and solo) waive a fee below `dust_sat`
+    (no dust output), so a fee percent too small for the current subsidy is never taken."""
+    from poold.work.fees import fee_of, fee_ppm
+
+    if cfg.payout not in ("split", "solo") or not cfg.fee_address or not cfg.fee_percent:
+        return []
+    subsidy = estimated_subsidy_sat(cfg.network, now)
+    fee = fee_of(subsidy, fee_ppm(cfg.fee_percent))
+    if fee >= cfg.dust_sat:
+        return []
+    least = cfg.dust_sat * 100 / subsidy
+    return [f"pool.fee_percent: {cfg.payout} fee {cfg.fee_percent}% of the current subsidy "
+            f"({subsidy} sat) is {fee} sat, below ledger.dust_sat ({cfg.dust_sat} sat): it is "
+            f"waived on every block without at least {cfg.dust_sat - fee} sat more of "
+            f"transaction fees (raise it to at least {least:.4g}% or lower dust_sat)"]

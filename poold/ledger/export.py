@@ -181,6 +181,24 @@ async def window_ids(store: LedgerStore, size: float, until: float, with_shares:
         before = min(sums)
 
 
+async def public_windows(store: LedgerStore, since: float = 0.0, *,
+                         config: LedgerConfig | None = None) -> list[dict[str, Any]]:
+    """What `[api] public_windows` publishes: per block its height, hash, time, status, the
+    settings, the window with every share as [id, worker, difficulty] and the credits, so a
+    miner can find its own shares and recompute its pay; no accounts beyond the credits, no
+    addresses beyond what the block's coinbase shows anyway."""
+    out = []
+    for b in await export_blocks(store, since, config=config, with_shares=True):
+        window = b["window"]
+        if window is not None:
+            window = {k: v for k, v in window.items() if k != "shares"} | {
+                "shares": [[sid, worker, difficulty]
+                           for sid, worker, _a, difficulty, _t in window["shares"]]}
+        out.append({k: b[k] for k in ("height", "hash", "time", "status", "confirmations",
+                                      "settings", "credits")} | {"window": window})
+    return out
+
+
 # -- rendering
 
 BLOCK_COLUMNS = ("height", "hash", "time", "status", "confirmations", "finder_worker",

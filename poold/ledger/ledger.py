@@ -766,6 +766,15 @@ class Ledger:
 
         return await export_blocks(self.store, since or 0.0, config=self.config)
 
+    async def public_windows(self, since: float | None = None) -> list[dict[str, Any]] | None:
+        """Each block's window for `/api/v1/public/windows`; None while `[api] public_windows`
+        is off (the default)."""
+        if not self.config.public_windows:
+            return None
+        from poold.ledger.export import public_windows
+
+        return await public_windows(self.store, since or 0.0, config=self.config)
+
     async def reconcile_forever(self, node: audit.NodeClient, interval_s: float = 30.0) -> None:
         """Long-lived loop for the daemon's TaskGroup: reconcile every `interval_s`; a node or
         store error is logged and retried at the next round. Each round also records payouts
