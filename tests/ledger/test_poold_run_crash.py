@@ -40,7 +40,8 @@ BLOCK_GRACE_S = 1.0
 
 def write_config(workdir: Path, dn: Any, port: int, ledger_url: str, *, payout: str = "solo",
                  instance_id: int = 3, pool_extra: str = "",
-                 ledger_extra: str = "flush_interval_ms = 100\n") -> Path:
+                 ledger_extra: str = "flush_interval_ms = 100\n", api_port: int | None = None
+                 ) -> Path:
     """The ledger tests' `poold run` config: `pool_extra` and `ledger_extra` are lines added to
     the `[pool]` and `[ledger]` tables (the fee, the payout's tuning)."""
     cfg = workdir / "poold.toml"
@@ -60,7 +61,7 @@ min_difficulty = 1e-8
 url = "{ledger_url}"
 {ledger_extra}
 [api]
-listen = "127.0.0.1:{free_port()}"
+listen = "127.0.0.1:{api_port or free_port()}"
 """)
     return cfg
 
