@@ -25,8 +25,8 @@ from collections.abc import Callable
 from typing import Any
 
 from poold.fleet.clock import ScaledClock
-from poold.fleet.simsite import MODELS, build_table, random_kinds
 from poold.sim.asic import SimAsic
+from poold.sim.simsite import MODELS, build_table, random_kinds
 
 PASSWORD_ENV = "POOLD_DEMO_ASIC_PASSWORD"
 PASSWORD = "sim-secret"  # the emulators' firmware password (demo only)

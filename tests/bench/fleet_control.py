@@ -31,8 +31,8 @@ import time
 
 from poold.fleet.clock import LoopClock, run_virtual
 from poold.fleet.policy import Actuator
-from poold.fleet.simsite import SimSite, build_table, random_kinds
 from poold.sim.asic import SimAsic
+from poold.sim.simsite import SimSite, build_table, random_kinds
 
 ALLOWED_S = 30.0
 CUT = 0.6

@@ -13,7 +13,7 @@ import pytest
 
 from poold.fleet.clock import LoopClock, run_virtual
 from poold.fleet.drivers.base import Secret
-from poold.fleet.simsite import SimSite, build_table
+from poold.sim.simsite import SimSite, build_table
 
 
 def site_run(fn: Callable[[SimSite, LoopClock], Awaitable[Any]], kinds: list[list[str]],

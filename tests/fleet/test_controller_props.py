@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from poold.fleet.clock import LoopClock, run_virtual
-from poold.fleet.simsite import MODELS, SimSite, build_table
+from poold.sim.simsite import MODELS, SimSite, build_table
 
 ALLOWED_S = 45.0
 FAULTS = ("timeout", "malformed", "ignore", "stuck", "false_power", "reboot",

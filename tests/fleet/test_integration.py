@@ -7,7 +7,7 @@ from __future__ import annotations
 import random
 
 from poold.fleet.clock import ScaledClock
-from poold.fleet.simsite import SimSite, build_table
+from poold.sim.simsite import SimSite, build_table
 
 SPEED = 10.0
 ALLOWED_S = 40.0  # simulated seconds

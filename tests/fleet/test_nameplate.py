@@ -12,8 +12,8 @@ import pytest
 
 from poold.fleet.clock import ScaledClock
 from poold.fleet.policy import Actuator
-from poold.fleet.simsite import MODELS, SimSite
 from poold.sim.asic import AsicSpec, SimAsic
+from poold.sim.simsite import MODELS, SimSite
 
 SPEED = 10.0
 # Firmware that allows about twice nameplate (nameplate 3500 W, as an S21 on LuxOS); cooled

@@ -17,7 +17,7 @@ import pytest
 
 from poold.fleet.clock import ScaledClock
 from poold.fleet.health import ShareRateEstimator
-from poold.fleet.simsite import SimSite, build_table
+from poold.sim.simsite import SimSite, build_table
 from tests.integration.conftest import new_address, write_config
 from tests.poold_process import free_port, poold_run
 

@@ -15,10 +15,10 @@ from poold.fleet.clock import LoopClock, ScaledClock
 from poold.fleet.drivers.base import Desired
 from poold.fleet.drivers.cgminer import CgminerStatusError, cgminer_request
 from poold.fleet.policy import Actuator
-from poold.fleet.simsite import SimSite, build_table
 from poold.sim.asic import AsicSpec, SimAsic, default_presets
 from poold.sim.firmware_rest import BraiinsRestServer
 from poold.sim.firmware_tcp import LuxosServer
+from poold.sim.simsite import SimSite, build_table
 
 KINDS = [["braiins", "luxos", "whatsminer", "cgminer", "braiins"],
          ["luxos", "luxos", "whatsminer", "braiins", "cgminer"]]

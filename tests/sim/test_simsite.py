@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from poold.fleet.simsite import run_sim_site
 from poold.fleet.state import FleetStatus
+from poold.sim.simsite import run_sim_site
 
 
 async def test_run_sim_site_cuts_and_meets_the_caps() -> None:
