@@ -119,6 +119,8 @@ class Metrics:
             "poold_payout_plan_fallbacks",
             "payout = split: templates sent with the whole coinbase to the fee address because "
             "no split could be planned (reason: error, timeout)", ["reason"], registry=r)
+        for reason in ("error", "timeout"):  # exported at 0 from the start (alerts watch it)
+            self.payout_plan_fallbacks.labels(reason)
         self.tip_height = Gauge("poold_tip_height", "Height of the best known block", registry=r)
 
         # -- Nodes
