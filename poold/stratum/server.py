@@ -32,9 +32,12 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import functools
 import logging
 import socket
+import struct
+import termios
 import time
 from collections import deque
 from collections.abc import Callable
@@ -111,6 +114,18 @@ class ServerSettings:
 
 
 _set_difficulty = functools.lru_cache(maxsize=1024)(messages.set_difficulty)
+
+
+def _unread(conn: Connection) -> bool:
+    """Bytes received for `conn` that its transport has not read yet (FIONREAD, tcp(7))."""
+    fd = conn.sock_fd
+    if fd < 0:
+        return False
+    try:
+        waiting: int = struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except OSError:
+        return False
+    return waiting > 0
 
 
 def _send_batch(fds: list[int], bufs: list[bytes], conns: list[Connection]) -> None:
@@ -435,7 +450,10 @@ class StratumServer:
         vardiff = engine.vardiff is not None
         for conn in list(self.connections):
             if conn.state is State.CONNECTED or not conn.authorized:
-                if now - conn.connected_at > s.subscribe_timeout_s:
+                # Bytes waiting unread: the miner spoke and the pool is behind (a connect burst
+                # on a busy core), which is no reason to drop it; it is served when its turn
+                # comes. Only a connection that is silent (or too slow to finish) goes.
+                if now - conn.connected_at > s.subscribe_timeout_s and not _unread(conn):
                     conn.drop(Disconnect.subscribe_timeout)
                 continue
             if now - conn.last_activity > s.idle_timeout_s:

@@ -258,6 +258,22 @@ class Phase:
     drops: dict[str, float]
 
 
+def low_ports(n: int) -> int:
+    """The first of `n` consecutive free ports below the ephemeral range."""
+    for base in range(20000, 32000, 50):
+        free = True
+        for port in range(base, base + n):
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    free = False
+                    break
+        if free:
+            return base
+    raise RuntimeError("no free ports below 32000")
+
+
 def pool_rss_kb(pid: int) -> int:
     total = 0
     for p in pool_pids(pid):
@@ -367,11 +383,14 @@ async def run(args: argparse.Namespace) -> int:
         await dn.generate(101, address)
         with tempfile.TemporaryDirectory(prefix="poold-scale-") as tmp:
             cfg = poold_config(Path(tmp), dn.rpc_url, dn.rpc_user, dn.rpc_password, dn.zmq_url)
-            text = cfg.read_text().replace("max_connections = 100000",
-                                           f"max_connections = {per_process}")
+            # API ports (one per worker) below the ephemeral range: 100,000 outgoing loopback
+            # connections would otherwise take one before a worker binds it.
+            api_port = low_ports(args.processes)
+            text = re.sub(r'(\[api\]\nlisten = "127.0.0.1:)\d+"', rf'\g<1>{api_port}"',
+                          cfg.read_text())
+            text = text.replace("max_connections = 100000", f"max_connections = {per_process}")
             cfg.write_text(text)
             port = config_port(cfg)
-            api_port = int(re.findall(r'\[api\]\nlisten = "127.0.0.1:(\d+)"', text)[0])
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "poold", "run", "-c", str(cfg), "--processes",
                 str(args.processes), stdout=asyncio.subprocess.DEVNULL)

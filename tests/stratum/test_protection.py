@@ -303,3 +303,32 @@ async def test_out_of_descriptors_pauses_accepting_quietly_and_resumes(
     assert server.accept_errors.errors < 20, "one failure per paused second, not per backlog"
     proc.stdin.write(b"bye\n")
     await proc.wait()
+
+
+async def test_subscribe_timeout_spares_a_miner_the_pool_has_not_read_yet(
+    make_pool: MakePool,
+) -> None:
+    # Under a connect burst on a busy core the pool may read a miner's subscribe late; a miner
+    # whose bytes are waiting is not silent. Here its reads are held back past the timeout.
+    pool = await make_pool(subscribe_timeout_s=0.3, sweep_interval_s=0.05)
+    server = pool.server
+    silent = await StratumClient.connect(server.port)
+    waiting = await StratumClient.connect(server.port)
+    await until(lambda: len(server.connections) == 2, what="both accepted")
+    held = [c for c in server.connections if c.transport is not None]
+    for conn in held:
+        assert conn.transport is not None
+        conn.transport.pause_reading()
+    addr = new_address()
+    waiting.send("mining.subscribe", ["late/1.0"])
+    waiting.send("mining.authorize", [addr, "x"])
+    await asyncio.wait_for(silent.closed.wait(), 5)
+    await asyncio.sleep(0.5)  # well past the timeout, sweeps every 50 ms
+    assert not waiting.closed.is_set()
+    for conn in held:
+        if conn.transport is not None:
+            conn.transport.resume_reading()
+    await waiting.wait_note("mining.notify")
+    assert disconnects(pool, "subscribe_timeout") == 1
+    for c in (silent, waiting):
+        await c.close()
