@@ -425,8 +425,10 @@ def apply_reload(pool: Pool, old: Config, new: Config,
 
 
 async def _reload_loop(pool: Pool, cfg: Config, hup: asyncio.Event,
-                       fleet: FleetRuntime | None = None, ledger: Ledger | None = None) -> None:
+                       fleet: FleetRuntime | None = None, ledger: Ledger | None = None,
+                       worker: int | None = None) -> None:
     from poold.config import load_config
+    from poold.supervisor import worker_config
 
     while True:
         await hup.wait()
@@ -436,6 +438,12 @@ async def _reload_loop(pool: Pool, cfg: Config, hup: asyncio.Event,
         except ConfigError as exc:
             log.error("config reload refused, keeping the running config: %s", exc)
             continue
+        if worker is not None:  # compared as this worker runs it (its port, its state dir)
+            try:
+                new = worker_config(new, worker)
+            except ConfigError as exc:
+                log.error("config reload refused, keeping the running config: %s", exc)
+                continue
         apply_reload(pool, cfg, new, fleet, ledger)
         cfg = new
 
@@ -550,7 +558,7 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
                 ledger.reconcile_forever(NodeReader.of(nodes)) if owns_singletons(worker)
                 else asyncio.sleep(0),
                 name="ledger-reconcile")
-            reloader = tg.create_task(_reload_loop(pool, cfg, hup, fleet, ledger),
+            reloader = tg.create_task(_reload_loop(pool, cfg, hup, fleet, ledger, worker),
                                       name="config-reload")
             relay = tg.create_task(relay_out.run() if relay_out is not None
                                    else asyncio.sleep(0), name="share-relay")

@@ -46,12 +46,10 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from poold.bitcoin.address import Network, script_to_address
-from poold.bitcoin.encoding import ByteReader
-from poold.bitcoin.target import bits_to_target, target_to_difficulty
-from poold.bitcoin.tx import Tx
 from poold.ledger import audit, chain, journal, payments, payouts
 from poold.ledger.config import LedgerConfig
 from poold.ledger.energy import EnergyMeter, EnergyReport, PowerSample, report
+from poold.ledger.foundblock import network_difficulty_of, with_block_coinbase
 from poold.ledger.health import PROBE_TIMEOUT_S, StoreHealth, retrieve
 from poold.ledger.planner import PayoutPlanner, payout_key
 from poold.ledger.records import (
@@ -80,31 +78,6 @@ _RETENTION_INTERVAL_S = 60.0
 SPILL_CHECK_S = 0.2
 _STALE_JOURNAL_LOG_S = 60.0
 _ENTRIES_KEPT = 256
-
-
-def network_difficulty_of(block_hex: str) -> float:
-    """Difficulty of the network target in a serialized block's header (nBits at bytes 72..76)."""
-    header = bytes.fromhex(block_hex[:160])
-    if len(header) != 80:
-        raise ValueError("block_hex is shorter than a block header")
-    return target_to_difficulty(bits_to_target(int.from_bytes(header[72:76], "little")))
-
-
-_COINBASE_PREFIX_HEX = 2 * (80 + 9 + 100_000)  # header, tx count, a coinbase of up to 100 kB
-
-
-def coinbase_of(block_hex: str) -> Tx | None:
-    """The coinbase transaction of a serialized block (None if it does not parse)."""
-    for text in (block_hex[:_COINBASE_PREFIX_HEX], block_hex):
-        try:
-            r = ByteReader(bytes.fromhex(text))
-            r.read(80)
-            if r.compact_size() < 1:
-                return None
-            return Tx.read(r)
-        except ValueError:
-            continue
-    return None
 
 
 @dataclasses.dataclass(slots=True, eq=False)
@@ -370,8 +343,10 @@ class Ledger:
 
     async def _spill_loop(self) -> None:
         """Moves shares past the in-memory window to the spill file (sharebuffer)."""
+        wanted = self._shares.spill_wanted
         while not self._stopping:
-            await asyncio.sleep(SPILL_CHECK_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wanted.wait(), SPILL_CHECK_S)
             if not self._stopping:
                 await self._shares.spill_due()
 
@@ -473,7 +448,7 @@ class Ledger:
             netdiff = network_difficulty_of(block.block_hex)
         except ValueError:
             netdiff = 0.0  # still record it: the block matters more than its metadata
-        block, note = self._with_block_coinbase(block)
+        block, note = with_block_coinbase(block)
         deltas = list(self._planner.take_plan(block.coinbase_outputs))
         commitment = self._commitment(block)
         record = journal.block_record(block, netdiff, now, deltas)
@@ -580,27 +555,6 @@ class Ledger:
         """The audit rows of a block's coinbase outputs, with addresses where known."""
         return [BlockOutput(n=n, script_hex=s.hex(), address=self._describe(s), value=v)
                 for n, (s, v) in enumerate(block.coinbase_outputs)]
-
-    @staticmethod
-    def _with_block_coinbase(block: FoundBlock) -> tuple[FoundBlock, str]:
-        """The audit records the coinbase the block really carries (every output, witness
-        commitment included), read from the block itself; a disagreement with what the caller
-        said is kept in the record's first event."""
-        cb = coinbase_of(block.block_hex)
-        if cb is None:
-            log.error("block %s: the coinbase in block_hex does not parse", block.hash_hex)
-            return block, "; block_hex coinbase unreadable"
-        actual = tuple((o.script_pubkey, o.value) for o in cb.outputs)
-        notes = []
-        if payout_key(actual) != payout_key(block.coinbase_outputs):
-            notes.append(f"; caller's outputs {[(s.hex(), v) for s, v in block.coinbase_outputs]}"
-                         " differ from the block's")
-        if cb.txid_hex != block.coinbase_txid_hex:
-            notes.append(f"; caller's coinbase txid {block.coinbase_txid_hex} differs")
-        if notes:
-            log.error("block %s: %s", block.hash_hex, "".join(notes)[2:])
-        return (dataclasses.replace(block, coinbase_outputs=actual,
-                                    coinbase_txid_hex=cb.txid_hex), "".join(notes))
 
     async def record_submit_result(self, block_hash_hex: str, node: str,
                                    result: str | None) -> None:
@@ -784,8 +738,17 @@ class Ledger:
             return self._planner.accounts.address_of(account)
 
         watcher = payments.PaymentWatcher(self.store, Network(self.config.network), address_of)
+        leading: bool | None = None
         while True:
             try:
+                lead = await self.store.lead("reconcile")
+                if lead != leading:
+                    log.info("reconcile: %s", "this instance reconciles found blocks" if lead
+                             else "another instance on this ledger reconciles found blocks")
+                    leading = lead
+                if not lead:
+                    await asyncio.sleep(interval_s)
+                    continue
                 rep = await self.reconcile(node)
                 if rep.changed or rep.mismatches:
                     log.info("reconcile: %d blocks checked, changed %s, mismatches %s",

@@ -15,6 +15,9 @@ drops the unused id key index and the bucket sums go in one statement.
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
+import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
 
@@ -48,6 +51,9 @@ T = TypeVar("T")
 # Arbitrary constant key of the advisory lock that serializes migrations across instances.
 _MIGRATION_LOCK = 0x706F6F6C64  # "poold"
 _PRUNE_LOCK = _MIGRATION_LOCK + 1
+# Session-level advisory locks electing one instance for a role (`lead`), keyed (role, schema):
+# ledgers in different schemas of one database do not elect each other.
+_ROLE_KEYS = {"reconcile": 0x706F6F6C}
 _CREDITS_CHAIN_LOCK = _MIGRATION_LOCK + 2  # one credits link at a time (its head read first)
 _SHARE_COLUMNS = ("instance_id", "worker", "account", "difficulty", "job_id", "height", "time")
 _LINKED_COLUMNS = (*_SHARE_COLUMNS, "link")
@@ -59,6 +65,47 @@ _UPSERT_BUCKETS = (
     " ON CONFLICT (account, bucket) DO UPDATE SET"
     " difficulty = share_buckets.difficulty + excluded.difficulty,"
     " shares = share_buckets.shares + excluded.shares")
+
+
+class _DriverNoise(logging.Filter):
+    """asyncpg's pool logs a WARNING with a traceback each time it fails to reconnect (every
+    1-8 s per process while the server is away): pass one a minute, with its reason and how
+    many were held back, without the traceback. The ledger's own log says what it means."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last = -math.inf
+        self._held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        now = time.monotonic()
+        if now - self._last < _DRIVER_LOG_INTERVAL_S:
+            self._held += 1
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        reason = "" if exc is None else f": {type(exc).__name__}: {exc}"
+        text = record.getMessage()
+        record.msg = "%s%s (%d similar messages in the last minute not shown)"
+        record.args = (text, reason, self._held)
+        record.exc_info = None
+        record.exc_text = None
+        self._last = now
+        self._held = 0
+        return True
+
+
+_DRIVER_LOG_INTERVAL_S = 60.0
+_DRIVER_NOISE = _DriverNoise()
+
+
+def quiet_driver_logs() -> None:
+    """Install the asyncpg log filter (idempotent)."""
+    for name in ("asyncpg", "asyncpg.pool", "asyncpg.connection"):
+        logger = logging.getLogger(name)
+        if _DRIVER_NOISE not in logger.filters:
+            logger.addFilter(_DRIVER_NOISE)
 
 
 def _q(sql: str) -> str:
@@ -81,9 +128,19 @@ class PostgresStore:
         self._command_timeout = command_timeout_s
         self._connect_timeout = connect_timeout_s
         self._pool: Any = None
+        self._leading: dict[str, Any] = {}  # role -> the connection holding its lock
+        quiet_driver_logs()
 
     def __repr__(self) -> str:
         return f"PostgresStore({redact(self.url)!r})"
+
+    def _why(self, exc: BaseException) -> str:
+        """A driver error as a reason that is never empty (asyncpg's timeouts have no text)."""
+        text = str(exc)
+        if not text and isinstance(exc, TimeoutError):
+            text = (f"no answer within the connect ({self._connect_timeout:g} s) or command "
+                    f"({self._command_timeout:g} s) timeout")
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
     async def _with(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         if self._pool is None:
@@ -92,7 +149,7 @@ class PostgresStore:
             async with self._pool.acquire(timeout=self._connect_timeout) as conn:
                 return await fn(conn)
         except _UNAVAILABLE as exc:
-            raise StoreUnavailable(f"postgres: {type(exc).__name__}: {exc}") from exc
+            raise StoreUnavailable(f"postgres: {self._why(exc)}") from exc
 
     async def _tx(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         async def run(conn: Any) -> T:
@@ -110,7 +167,7 @@ class PostgresStore:
                 command_timeout=self._command_timeout, timeout=self._connect_timeout)
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(
-                f"postgres {redact(self.url)}: {type(exc).__name__}: {exc}") from exc
+                f"postgres {redact(self.url)}: {self._why(exc)}") from exc
         self._pool = pool
         try:
             await self._tx(self._migrate)
@@ -128,7 +185,40 @@ class PostgresStore:
                 await conn.execute(_q(stmt))
             await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
 
+    async def lead(self, role: str) -> bool:
+        """Whether this process holds the instance-wide lock of `role` (taking it if free):
+        a session-level advisory lock on a connection of its own, released when that
+        connection ends (this process dies or loses the server: another instance takes over).
+        """
+        conn = self._leading.get(role)
+        if conn is not None:
+            try:
+                await conn.fetchval("SELECT 1", timeout=self._connect_timeout)
+                return True
+            except _UNAVAILABLE:
+                self._leading.pop(role, None)  # the lock went with the connection
+                conn.terminate()
+        try:
+            conn = await asyncpg.connect(self.url, timeout=self._connect_timeout)
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"postgres: {self._why(exc)}") from exc
+        try:
+            got = await conn.fetchval(
+                "SELECT pg_try_advisory_lock($1, hashtext(current_schema()))", _ROLE_KEYS[role],
+                timeout=self._connect_timeout)
+        except _UNAVAILABLE as exc:
+            conn.terminate()
+            raise StoreUnavailable(f"postgres: {self._why(exc)}") from exc
+        if got:
+            self._leading[role] = conn
+            return True
+        await conn.close()
+        return False
+
     async def close(self) -> None:
+        for conn in self._leading.values():
+            conn.terminate()
+        self._leading.clear()
         pool, self._pool = self._pool, None
         if pool is not None:
             # A hung server would hold a graceful close (it waits for busy connections).

@@ -60,6 +60,8 @@ class ShareBuffer:
         self._clock = clock
         self._buffer: list[AcceptedShare] = []
         self._max = config.buffer_max_shares
+        self._spill_mark = max(1, self._max // 2)
+        self.spill_wanted = asyncio.Event()
         self._inflight_oldest: float | None = None
         self._spilling_oldest: float | None = None
         self._lost_since_log = 0
@@ -81,10 +83,13 @@ class ShareBuffer:
     # -- the hot path
 
     def record(self, share: AcceptedShare) -> None:
-        if len(self._buffer) >= self._max:
-            self.lose(1, f"in-memory buffer full at {self._max} and the spill file behind")
-            return
-        self._buffer.append(share)
+        buf = self._buffer
+        if len(buf) >= self._spill_mark:
+            if len(buf) >= self._max:
+                self.lose(1, f"in-memory buffer full at {self._max} and the spill file behind")
+                return
+            self.spill_wanted.set()  # half full: the spiller goes now, not at its next tick
+        buf.append(share)
 
     @property
     def buffered(self) -> int:
@@ -251,8 +256,9 @@ class ShareBuffer:
         buf = self._buffer
         if not buf:
             return 0
+        self.spill_wanted.clear()
         n = bisect.bisect_left(buf, self._clock() - SPILL_AFTER_S, key=_share_time)
-        n = max(n, len(buf) - self._max // 2)
+        n = max(n, len(buf) - self._spill_mark // 2)
         if n <= 0:
             return 0
         batch = buf[:n]

@@ -191,6 +191,11 @@ class SqliteStore:
             raise
         conn.execute("COMMIT")
 
+    async def lead(self, role: str) -> bool:
+        """One SQLite file is one host's ledger: the process that runs the singletons (a plain
+        `poold run`, or worker 0) is the only one that asks."""
+        return True
+
     async def close(self) -> None:
         if self._executor is None:
             return

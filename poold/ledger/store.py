@@ -68,6 +68,12 @@ class LedgerStore(Protocol):
 
     async def close(self) -> None: ...
 
+    async def lead(self, role: str) -> bool:
+        """Whether this process is the one instance sharing this ledger that does `role`
+        ("reconcile": audit events are written once per block); taken when free, kept while
+        this process lives."""
+        ...
+
     async def schema_version(self) -> int: ...
 
     async def insert_shares(self, shares: Sequence[AcceptedShare],

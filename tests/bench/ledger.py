@@ -21,8 +21,11 @@ Three figures per backend:
 4. the cost of the hash chain (poold.ledger.chain): store throughput with batches hashed into
    chain links against plain batches, alternating in the same run, as a ratio.
 
-Last line, exactly: `ledger sqlite_shares_per_s=<x> postgres_shares_per_s=<y> p99_commit_ms=<z>`
-(x, y: store throughput; z: the worst end-to-end p99 batch commit of the two backends).
+Last line, exactly:
+`ledger sqlite_shares_per_s=<x> postgres_shares_per_s=<y> p99_commit_ms=<z> lost=<n>`
+(x, y: store throughput; z: the worst end-to-end p99 batch commit of the two backends; n: the
+accepted shares the end-to-end runs of both backends lost, target 0: every recorded share is
+committed, from the buffer or from the spill file, before the run ends).
 """
 
 from __future__ import annotations
@@ -196,6 +199,7 @@ async def ledger_end_to_end(url: str, state_dir: Path, rate: float,
         await ledger.stop()
     return {"recorded": recorded, "offered_per_s": recorded / offered_s,
             "committed": ledger.committed_shares, "lost": ledger.lost_shares,
+            "spilled": ledger.spilled_shares,
             "p99_commit_ms": p99(timed.commits) * 1000,
             "max_commit_ms": max(timed.commits, default=0.0) * 1000,
             "mean_batch": statistics.fmean(timed.sizes) if timed.sizes else 0.0,
@@ -249,7 +253,8 @@ async def bench_backend(name: str, url: str, state_dir: Path, pool_rate: float,
     print(f"{name}: store {per_s:,.0f} shares/s in batches of {batch} "
           f"(p99 commit {store_p99:.1f} ms)")
     print(f"{name}: ledger at {e2e['offered_per_s']:,.0f} offered/s: committed "
-          f"{e2e['committed']:,.0f}/{e2e['recorded']:,.0f}, lost {e2e['lost']:.0f}, mean batch "
+          f"{e2e['committed']:,.0f}/{e2e['recorded']:,.0f}, lost {e2e['lost']:.0f}, spilled "
+          f"{e2e['spilled']:,.0f}, mean batch "
           f"{e2e['mean_batch']:,.0f}, p99 commit {e2e['p99_commit_ms']:.1f} ms "
           f"(max {e2e['max_commit_ms']:.1f}), worst lag {e2e['worst_lag_ms']:.0f} ms, "
           f"drained {e2e['drain_after_s']:.2f} s after load")
@@ -298,8 +303,9 @@ async def main() -> None:
         print(f"ratio {name}: {rate / args.pool_rate:.2f}x the pool rate "
               f"(target >= 3), {rate / inproc:.2f}x the in-process accepted path")
     worst = max(sq["p99_commit_ms"], pg["p99_commit_ms"])
+    lost = int(sq["lost"] + pg.get("lost", 0.0))
     print(f"ledger sqlite_shares_per_s={sq_rate:.0f} postgres_shares_per_s={pg_rate:.0f} "
-          f"p99_commit_ms={worst:.1f}")
+          f"p99_commit_ms={worst:.1f} lost={lost}")
 
 
 if __name__ == "__main__":

@@ -115,3 +115,26 @@ async def test_two_poold_instances_share_one_ledger(ledger_url: str, tmp_path: P
     by = {i: {b.coinbase_txid_hex for b in blocks if b.instance_id == i} for i in (1, 2)}
     assert by[1] and by[2] and not by[1] & by[2]
     assert all(b.hash_hex in audit_csv for b in blocks)
+
+
+async def test_one_instance_reconciles_and_another_takes_over(pg_url: str,
+                                                             tmp_path: Path) -> None:
+    """Audit events once per block: of two instances on one PostgreSQL ledger only one leads
+    the reconcile loop; when it goes, the other takes over at its next round."""
+    from poold.ledger.store import open_store
+
+    one, two = open_store(pg_url), open_store(pg_url)
+    await one.open()
+    await two.open()
+    try:
+        assert await one.lead("reconcile") is True
+        assert await two.lead("reconcile") is False
+        assert await one.lead("reconcile") is True  # kept while its connection lives
+        await one.close()  # the leader goes away (or dies: the server ends its session)
+        deadline = time.monotonic() + 5
+        while not await two.lead("reconcile"):
+            assert time.monotonic() < deadline, "the lock was not released"
+            await asyncio.sleep(0.05)
+    finally:
+        await one.close()
+        await two.close()
