@@ -654,6 +654,12 @@ class Ledger:
                                                        finder_account)
         return self._committed(outputs) if self.config.payout == "split" else outputs
 
+    def chain_commitment(self) -> tuple[bytes, int]:
+        """The zero-value OP_RETURN output committing this writer's chain head as of its last
+        flush (docs/AUDIT.md), for a coinbase built without the split planner."""
+        head = self._shares.head
+        return (chain.commitment_script(head.hash if head is not None else chain.GENESIS), 0)
+
     def _committed(self, outputs: tuple[tuple[bytes, int], ...]) -> tuple[tuple[bytes, int], ...]:
         """Split outputs plus the OP_RETURN committing this writer's chain head as of its last
         flush (job building is synchronous: no read here); the plan's window is kept for the

@@ -30,8 +30,11 @@ from poold.ledger.store import LedgerStore, bucket_of
 
 _LINKS = ("SELECT id, chain, seq, n, prev_hash, hash, t_first, t_last FROM chain_links"
           " ORDER BY chain, seq")
-_LINK_SHARES = ("SELECT instance_id, worker, account, difficulty, job_id, height, time, id"
-                " FROM shares WHERE time >= ? AND time <= ? AND link = ? ORDER BY id")
+# The shares of a group of links, found through the (time, id) index.
+_GROUP_SHARES = ("SELECT instance_id, worker, account, difficulty, job_id, height, time, id,"
+                 " link FROM shares WHERE time >= ? AND time <= ? AND link IN ({links})"
+                 " ORDER BY id")
+_GROUP = 256  # links per read
 _CREDIT_ROWS = ("SELECT link, block_hash_hex, account, amount, kind, time, id FROM credits"
                 " ORDER BY id")
 _ORPHAN_SHARES = ("SELECT MIN(s.id), COUNT(*) FROM shares s WHERE s.link IS NOT NULL AND"
@@ -93,7 +96,8 @@ async def _chains(store: LedgerStore, rep: Report) -> dict[str, dict[bytes, int]
     heads: dict[str, dict[bytes, int]] = {}
     prev: chain.Link | None = None
     seen_rows: set[str] = set()  # share chains whose kept rows have begun
-    for link_id, name, seq, n, prev_hash, digest, t_first, t_last in links:
+    fetched: dict[int, list[tuple[Any, ...]]] = {}
+    for index, (link_id, name, seq, n, prev_hash, digest, _t0, _t1) in enumerate(links):
         prev_hash, digest, seq, n = bytes(prev_hash), bytes(digest), int(seq), int(n)
         if prev is None or prev.chain != name:
             prev = None
@@ -115,7 +119,9 @@ async def _chains(store: LedgerStore, rep: Report) -> dict[str, dict[bytes, int]
                     "rows; an amount, account or kind was changed, added or deleted)")
         else:
             rep.links += 1
-            rows = await store.query(_LINK_SHARES, t_first, t_last, link_id)
+            if link_id not in fetched:
+                await _fetch_group(store, links, index, fetched)
+            rows = fetched.pop(link_id)
             rep.shares += len(rows)
             if not rows:
                 rep.pruned_links += 1
@@ -147,6 +153,24 @@ async def _chains(store: LedgerStore, rep: Report) -> dict[str, dict[bytes, int]
     [(unlinked,)] = await store.query(_UNLINKED)
     rep.unchained_shares = int(unlinked) - int(n_stray if first_linked is not None else 0)
     return heads
+
+
+async def _fetch_group(store: LedgerStore, links: Sequence[tuple[Any, ...]], start: int,
+                       fetched: dict[int, list[tuple[Any, ...]]]) -> None:
+    """Read the shares of the share links from `start` on (up to _GROUP of them, one chain) in
+    one query, into `fetched` by link id."""
+    name = links[start][1]
+    group = [row for row in links[start:start + _GROUP] if row[1] == name]
+    ids = [int(row[0]) for row in group]
+    for link_id in ids:
+        fetched[link_id] = []
+    firsts = [float(row[6]) for row in group if row[6] is not None]
+    lasts = [float(row[7]) for row in group if row[7] is not None]
+    if not firsts:
+        return
+    sql = _GROUP_SHARES.replace("{links}", ", ".join("?" * len(ids)))
+    for row in await store.query(sql, min(firsts), max(lasts), *ids):
+        fetched[int(row[8])].append(row[:8])
 
 
 async def _buckets(store: LedgerStore, rep: Report) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ from poold.ledger import chain
 from poold.ledger.config import LedgerConfig
 from poold.ledger.ledger import Ledger
 from poold.ledger.records import AcceptedShare
-from poold.ledger.store import ChainConflict, open_store
+from poold.ledger.store import ChainConflict, StoreUnavailable, open_store
 from tests.ledger.helpers import share
 
 
@@ -110,3 +111,43 @@ def test_share_encoding_from_objects_and_from_stored_rows_agree() -> None:
     assert chain.encode_shares(shares) == chain.encode_share_rows(rows)
     link = chain.share_link("c", None, shares, 0.0)
     assert (link.t_first, link.t_last) == (992.0, 1000.0)  # out of order times still bounded
+
+
+class CommitsThenFails:
+    """A store whose next share commit lands but reports a failure (a connection lost after
+    COMMIT): the ledger must not store that batch twice."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.fail_next = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def insert_shares(self, shares: Any, *a: Any) -> None:
+        await self.inner.insert_shares(shares, *a)
+        if self.fail_next:
+            self.fail_next = False
+            raise StoreUnavailable("test: connection lost after COMMIT")
+
+
+async def test_a_batch_reported_failed_after_it_committed_is_not_stored_twice(
+        ledger_url: str, tmp_path: Path) -> None:
+    store = CommitsThenFails(open_store(ledger_url))
+    ledger = Ledger(LedgerConfig(url=ledger_url, state_dir=str(tmp_path)), store=store)
+    await ledger.start()
+    try:
+        for i in range(4):
+            ledger.record_share(share(i, t=1000.0 + i))
+        store.fail_next = True
+        assert not await ledger.flush()  # reported failed: kept for the next flush
+        ledger.record_share(share(4, t=1004.0))
+        assert await ledger.flush()
+        assert await store.share_count() == 5
+        assert ledger.committed_shares == 5
+        head = await store.chain_head(ledger.chain)
+        assert head is not None and (head.seq, head.n) == (2, 1)
+        # What a coinbase built outside the split planner appends to commit the same head.
+        assert ledger.chain_commitment() == (chain.commitment_script(head.hash), 0)
+    finally:
+        await ledger.stop()
