@@ -112,8 +112,15 @@ async def test_reconcile_life_of_a_block(ledger_url: str, tmp_path: Path) -> Non
         assert {r["account"]: r["owed_sat"] for r in doc["accounts"]} == owed
         # Matured blocks are not polled again; the never-accepted block is polled until the
         # chain is 100 blocks past it, then settled for good.
+        node.chain[m.found.hash_hex] = (150, m.raw)  # the tip moved on
         rep = await ledger.reconcile(node)
         assert rep.checked == 1 and rep.unknown == [unknown.found.hash_hex]
+        # ... but their confirmations follow the tip: the export shows them live.
+        [exported] = [b for b in await ledger.audit_blocks() if b["hash"] == m.found.hash_hex]
+        assert exported["status"] == "matured" and exported["confirmations"] == 150
+        assert {c["kind"] for c in exported["credits"]} == {"pplns"}
+        assert exported["window"]["weights"] == weights
+        assert exported["settings"]["fee_ppm"] == 20_000
         node.tip = unknown.found.height + 100
         rep = await ledger.reconcile(node)
         assert rep.checked == 0

@@ -34,8 +34,8 @@ def addr(n: int) -> str:
     return p2wpkh_address(bytes([n]) * 20, Network.REGTEST)
 
 
-async def mine_split_block(devnet: Any, rpc: Any, ledger: Ledger, extranonce: int) -> str:
-    """Plan a split coinbase from the ledger as poold run does, grind it, submit it to the
+async def mine_block(devnet: Any, rpc: Any, ledger: Ledger, extranonce: int) -> str:
+    """Plan a coinbase from the ledger as poold run does, grind it, submit it to the
     devnet and record it; returns its hash."""
     gbt = await rpc.call("getblocktemplate", {"rules": ["segwit"]})
     template = parse_gbt(gbt, received_at=time.time())
@@ -93,11 +93,11 @@ async def test_export_verifies_against_the_devnet_and_an_altered_credit_fails(
             ledger.record_share(share(i, account=addr(n), difficulty=netdiff * weight / 100,
                                       t=t0 + i))
         await ledger.flush()
-        first = await mine_split_block(devnet, rpc, ledger, 1)
+        first = await mine_block(devnet, rpc, ledger, 1)
         for i in range(5, 8):  # more shares, a second block on top of the carried balances
             ledger.record_share(share(i, account=addr(4), difficulty=netdiff / 10, t=t0 + i))
         await ledger.flush()
-        second = await mine_split_block(devnet, rpc, ledger, 2)
+        second = await mine_block(devnet, rpc, ledger, 2)
         assert (await ledger.reconcile(NodeReader([rpc]))).ok
     finally:
         await rpc.close()
@@ -146,3 +146,52 @@ async def test_export_verifies_against_the_devnet_and_an_altered_credit_fails(
     (tmp_path / "bad2.json").write_text(json.dumps(doc))
     assert await asyncio.to_thread(verify_cli, tmp_path / "bad2.json", devnet) == 1
     assert "is not the one the coinbase commits" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+async def test_pplns_export_verifies_after_maturity(devnet: Any, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from poold.node.rpc import RpcClient
+
+    await devnet.generate(1)
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    cfg = LedgerConfig(url=url, state_dir=str(tmp_path), payout="pplns", network="regtest",
+                       fee_address=addr(200), fee_percent=2.0, pplns_window_factor=1.0)
+    ledger = Ledger(cfg)
+    await ledger.start()
+    rpc = RpcClient(devnet.rpc_url, user=devnet.rpc_user, password=devnet.rpc_password)
+    await rpc.start()
+    try:
+        gbt = await rpc.call("getblocktemplate", {"rules": ["segwit"]})
+        netdiff = target_to_difficulty(parse_gbt(gbt, received_at=time.time()).target)
+        t0 = time.time() - 60
+        for i, (n, weight) in enumerate([(1, 50), (2, 30), (3, 30)]):  # the oldest in part
+            ledger.record_share(share(i, account=addr(n), difficulty=netdiff * weight / 100,
+                                      t=t0 + i))
+        await ledger.flush()
+        found = await mine_block(devnet, rpc, ledger, 3)  # the coinbase pays the pool
+        await devnet.generate(100)
+        rep = await ledger.reconcile(NodeReader([rpc]))
+        assert rep.changed == {found: ("submitted", "matured")}
+    finally:
+        await rpc.close()
+        await ledger.stop()
+    assert await asyncio.to_thread(main, ["audit", "export", "--ledger-url", url, "--format",
+                                          "json", "-o", str(tmp_path / "e.json")]) == 0
+    doc = json.loads((tmp_path / "e.json").read_text())
+    [b] = doc["blocks"]
+    assert b["status"] == "matured" and b["confirmations"] == 101
+    assert b["chain_head"].startswith("shares:1:0:1:")
+    credits = {c["account"]: c["amount_sat"] for c in b["credits"]}
+    assert set(credits) == {addr(1), addr(2), addr(3)}
+    assert sum(credits.values()) == b["reward_sat"] - b["reward_sat"] * 20_000 // 1_000_000
+    capsys.readouterr()
+    assert await asyncio.to_thread(verify_cli, tmp_path / "e.json", devnet) == 0
+    assert "OK: 1 blocks match the node" in capsys.readouterr().out
+    for c in b["credits"]:
+        if c["account"] == addr(2):
+            c["amount_sat"] -= 7
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    assert await asyncio.to_thread(verify_cli, tmp_path / "bad.json", devnet) == 1
+    out = capsys.readouterr().out
+    assert f"account {addr(2)!r}: credited" in out and "the window gives" in out
