@@ -28,8 +28,7 @@ PACKAGE = ROOT / "poold"
 SIM_SEAMS: Mapping[str, str] = {
     "poold.sim.simsite": "an emulated site as a fleet inventory (racks, miners, credentials)",
     "poold.sim.fleet_demo": "the demo's emulated fleet on the fleet's clocks",
-    # Pending the move of SimDriver out of it, sim/asic.py still names the fleet's driver types.
-    "poold.sim.asic": "SimAsic reports the fleet's Capabilities/Telemetry (to be inverted)",
+    "poold.sim.driver": "SimDriver: the fleet's MinerDriver protocol over a SimAsic, no sockets",
 }
 
 # Moved modules whose old path re-exports the new one for code written against it elsewhere;
@@ -233,7 +232,7 @@ def test_checker_finds_a_cycle_and_a_forbidden_edge() -> None:
     assert cycles([("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")]) == [["a", "b", "c"]]
     assert cycles([("a", "b"), ("b", "c")]) == []
     bad = [Import("poold.work.jobs", "poold.node.rpc", 3, True),
-           Import("poold.sim.asic", "poold.fleet.clock", 4, False),
+           Import("poold.sim.driver", "poold.fleet.clock", 4, False),
            Import("poold.sim.miner", "poold.fleet.clock", 5, False),
            Import("poold.bitcoin.tx", "poold.metrics", 6, False),
            Import("poold.bitcoin.tx", "poold.errors", 6, False),
@@ -243,7 +242,7 @@ def test_checker_finds_a_cycle_and_a_forbidden_edge() -> None:
            Import("poold.bitcoin.hashes", "asyncio", 8, False)]
     found = violations(bad)
     assert len(found) == 6, found
-    assert not any("poold.sim.asic" in v for v in found)  # a documented seam
+    assert not any("poold.sim.driver" in v for v in found)  # a documented seam
 
 
 # -- poold itself

@@ -1,5 +1,5 @@
 """ASIC emulator core: power ↔ hashrate ↔ temperature physics, settle delays and faults
-(fleet.md §5), many per process, on any `Clock` (real, scaled or virtual).
+many per process, on any `SimClock` (real, scaled or virtual).
 
 Physics (evaluated lazily at each query, so 10,000 emulated miners cost nothing when idle):
 - hashrate ``H = H_nom · (P_eff/P_nom)^α`` below nameplate (α ≈ 0.6), ``α_above`` ≈ 0.5 above;
@@ -13,9 +13,9 @@ Faults (`Faults`, mutable at run time): `timeout` (API never answers), `malforme
 reply), `ignore_commands` (acknowledges, changes nothing), `false_power` (reports watts × factor),
 `reboot_on_command` (each power change reboots the miner first, as Whatsminer v2 does).
 
-`SimDriver` drives a `SimAsic` in-process through the `MinerDriver` protocol (with command
-latency on the clock) for the benchmark and property tests; over TCP the firmware servers in
-poold.sim.firmware_* serve the same `SimAsic`.
+The emulator speaks firmware, not fleet: over TCP the firmware servers in poold.sim.firmware_*
+serve a `SimAsic` to the real drivers; in-process, `poold.sim.driver.SimDriver` drives it through
+the fleet's `MinerDriver` protocol (the benchmark and the property tests).
 """
 
 # ruff: noqa: RUF002  (math notation in docstrings is intended)
@@ -23,22 +23,36 @@ poold.sim.firmware_* serve the same `SimAsic`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
-from poold.fleet.clock import Clock
-from poold.fleet.drivers.base import (
-    Capabilities,
-    Desired,
-    DriverError,
-    DriverTimeout,
-    FirmwareProtocolError,
-    Level,
-    Secret,
-    Telemetry,
-    UnsupportedError,
-    VerifyError,
-)
-from poold.fleet.policy import Actuator
+# How a firmware takes a power setting: an exact watt target, discrete presets, a few modes, or
+# only sleep/wake (the values of poold.fleet.policy.Actuator; the emulator does not import the
+# fleet, the seams poold.sim.driver and poold.sim.simsite translate).
+WATTS, PRESETS, MODES, ONOFF = "watts", "presets", "modes", "onoff"
+
+
+class SimClock(Protocol):
+    """The clock an emulator runs on: real, scaled or virtual (poold.fleet.clock's clocks fit)."""
+
+    def now(self) -> float:
+        """Monotonic seconds (intervals, deadlines)."""
+        ...
+
+    def wall(self) -> float:
+        """Unix time (what the firmware shows as its clock)."""
+        ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """One firmware preset or profile: its name, its watts and the TH/s expected at them."""
+
+    name: str
+    watts: float
+    ths: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +78,7 @@ class AsicSpec:
     cmd_delay_s: float = 1.0
     reboot_s: float = 120.0
     firmware: str = "braiins"  # which API it speaks: braiins | luxos | whatsminer | cgminer
-    actuator: Actuator = Actuator.WATTS
+    actuator: str = WATTS  # WATTS | PRESETS | MODES | ONOFF
     presets: tuple[float, ...] = ()  # watts per preset (PRESETS / MODES)
 
     def hashrate_at(self, p_eff_w: float) -> float:
@@ -100,7 +114,7 @@ class SimAsic:
     def __init__(
         self,
         spec: AsicSpec,
-        clock: Clock,
+        clock: SimClock,
         *,
         miner_id: str = "asic",
         unit_factor: float = 1.0,
@@ -112,14 +126,14 @@ class SimAsic:
         self.miner_id = miner_id
         self.unit_factor = unit_factor  # chip-lottery spread on hashrate
         self.username = username
-        self.password = Secret(password)
+        self.password = password
         self.faults = Faults()
         t = clock.now()
         self._t = t
         self._boot_t = t
         self.target_w: float = (
             spec.max_w
-            if spec.actuator is Actuator.WATTS
+            if spec.actuator == WATTS
             else (spec.presets[-1] if spec.presets else spec.p_nom_w)
         )
         self.level_index = len(spec.presets) - 1 if spec.presets else 0
@@ -134,14 +148,14 @@ class SimAsic:
         self._shown_target = self.target_w
         self._shown_level = self.level_index
         self._shown_sleep = False
-        self._levels: tuple[Level, ...] | None = None
+        self._levels: tuple[Preset, ...] | None = None
 
     # -- physics ------------------------------------------------------------------------------
 
     def _setpoint(self) -> float:
         if self.sleeping:
             return self.spec.sleep_w
-        if self.spec.actuator is Actuator.WATTS:
+        if self.spec.actuator == WATTS:
             return self.target_w
         return self.spec.presets[self.level_index] if self.spec.presets else self.spec.p_nom_w
 
@@ -197,7 +211,7 @@ class SimAsic:
         self.advance()
         if self.rebooting or (self.sleeping and self._clock_w <= self.spec.sleep_w * 1.5):
             return self._clock_w
-        if self.spec.actuator is Actuator.WATTS:
+        if self.spec.actuator == WATTS:
             return self._clock_w  # the firmware's power loop holds the draw at target
         return self._clock_w * self._heat_factor()
 
@@ -209,7 +223,7 @@ class SimAsic:
         p = self._clock_w
         if p <= self.spec.sleep_w * 1.5:
             return 0.0
-        if self.spec.actuator is Actuator.WATTS:
+        if self.spec.actuator == WATTS:
             p = p / self._heat_factor()
         return self.spec.hashrate_at(p) * self.unit_factor
 
@@ -274,133 +288,13 @@ class SimAsic:
     def reported_power_w(self) -> float:
         return self.power_w() * self.faults.false_power
 
-    def levels(self) -> tuple[Level, ...]:
+    def levels(self) -> tuple[Preset, ...]:
         if self._levels is None:
             self._levels = tuple(
-                Level(self.level_name(i), w, round(self.spec.hashrate_at(w), 1))
+                Preset(self.level_name(i), w, round(self.spec.hashrate_at(w), 1))
                 for i, w in enumerate(self.spec.presets)
             )
         return self._levels
 
     def level_name(self, index: int) -> str:
         return f"{round(self.spec.presets[index])}W"
-
-    def capabilities(self) -> Capabilities:
-        s = self.spec
-        return Capabilities(
-            actuator=s.actuator,
-            min_w=s.min_w
-            if s.actuator is Actuator.WATTS
-            else (s.presets[0] if s.presets else s.p_nom_w),
-            max_w=s.max_w
-            if s.actuator is Actuator.WATTS
-            else (s.presets[-1] if s.presets else s.p_nom_w),
-            levels=self.levels() if s.actuator is not Actuator.WATTS else (),
-            sleep_w=s.sleep_w,
-            settle_s=s.settle_s,
-            reboots_on_change=self.faults.reboot_on_command,
-        )
-
-    def telemetry(self) -> Telemetry:
-        p = self.reported_power_w()
-        lvl = self.reported_level()
-        return Telemetry(
-            time=self.clock.now(),
-            power_w=p,
-            hashrate_ths=self.hashrate_ths() * self.faults.false_hashrate,
-            target_w=(
-                self.reported_target_w()
-                if self.spec.actuator is Actuator.WATTS
-                else (self.spec.presets[lvl] if self.spec.presets else None)
-            ),
-            level=self.level_name(lvl) if self.spec.presets else None,
-            sleeping=self.reported_sleep(),
-            temps_c=(round(self.temp_c(), 1),),
-            fans_rpm=(int(2000 + 3 * max(0.0, self.temp_c() - 30) * 40),),
-            boards_alive=0 if self.rebooting or self.sleeping else 3,
-            uptime_s=self.uptime_s(),
-            firmware=self.spec.firmware,
-            model=self.spec.model,
-            pool_connected=not (self.rebooting or self.sleeping),
-        )
-
-
-# ---------------------------------------------------------------------------------------------
-# In-process driver (benchmark, property tests): the MinerDriver protocol without sockets
-
-
-@dataclass(slots=True)
-class SimDriver:
-    """Talks to a SimAsic directly; latency and faults are simulated on the asic's clock."""
-
-    asic: SimAsic
-    latency_s: float = 0.2
-    timeout_s: float = 5.0
-    kind: str = "sim"
-    calls: int = field(default=0)
-
-    async def _io(self) -> None:
-        self.calls += 1
-        f = self.asic.faults
-        if f.timeout:
-            await self.asic.clock.sleep(self.timeout_s)
-            raise DriverTimeout(f"{self.asic.miner_id}: no answer within {self.timeout_s:g} s")
-        await self.asic.clock.sleep(self.latency_s)
-        if f.malformed:
-            raise FirmwareProtocolError(f"{self.asic.miner_id}: malformed reply")
-        if self.asic.rebooting:
-            raise DriverError(f"{self.asic.miner_id}: connection refused (rebooting)")
-
-    async def capabilities(self) -> Capabilities:
-        await self._io()
-        return self.asic.capabilities()
-
-    async def read(self) -> Telemetry:
-        await self._io()
-        return self.asic.telemetry()
-
-    async def apply(self, desired: Desired) -> Telemetry:
-        await self._io()
-        a = self.asic
-        if desired.sleep != a.reported_sleep():
-            a.set_sleep(desired.sleep)
-        if not desired.sleep:
-            if a.spec.actuator is Actuator.WATTS and desired.watts is not None:
-                if abs(a.reported_target_w() - desired.watts) >= 1.0:
-                    a.set_power_target(desired.watts)
-            elif desired.level is not None and a.spec.presets:
-                names = [a.level_name(i) for i in range(len(a.spec.presets))]
-                if desired.level not in names:
-                    raise UnsupportedError(f"no level {desired.level!r}")
-                idx = names.index(desired.level)
-                if idx != a.reported_level():
-                    a.set_level(idx)
-        await self._io()
-        t = a.telemetry()
-        if (
-            t.sleeping != desired.sleep
-            or (
-                not desired.sleep
-                and desired.watts is not None
-                and t.target_w is not None
-                and a.spec.actuator is Actuator.WATTS
-                and abs(t.target_w - min(a.spec.max_w, max(a.spec.min_w, desired.watts))) >= 1.0
-            )
-            or (not desired.sleep and desired.level is not None and t.level != desired.level)
-        ):
-            raise VerifyError(f"{a.miner_id}: read-back does not show the new setting")
-        return t
-
-    async def reboot(self) -> None:
-        await self._io()
-        self.asic.reboot()
-
-    async def restart_mining(self) -> None:
-        await self._io()
-
-    async def set_pool(self, url: str, user: str, password: Secret) -> None:
-        await self._io()
-        self.asic.pool = (url, user)
-
-    async def close(self) -> None:
-        return None

@@ -116,7 +116,7 @@ class BraiinsRestServer:
         if (
             not isinstance(body, dict)
             or body.get("username") != self.asic.username
-            or (body.get("password") != self.asic.password.value)
+            or (body.get("password") != self.asic.password)
         ):
             return web.json_response({"message": "Invalid credentials"}, status=401)
         token = secrets.token_urlsafe(16)

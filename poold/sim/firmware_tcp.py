@@ -437,7 +437,7 @@ class WhatsminerV3Server(_TcpServer):
         if (
             req.get("account") != "super"
             or not isinstance(ts, int)
-            or req.get("token") != (wm3_token(cmd, a.password.value, self.salt, ts))
+            or req.get("token") != (wm3_token(cmd, a.password, self.salt, ts))
         ):
             return self._err(-2, "invalid token", cmd)
         param = req.get("param")

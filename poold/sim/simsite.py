@@ -37,7 +37,8 @@ from poold.fleet.inventory import FleetConfig, parse_fleet
 from poold.fleet.policy import Actuator
 from poold.fleet.state import FleetStatus
 from poold.metrics import Metrics
-from poold.sim.asic import AsicSpec, SimAsic, SimDriver, default_presets
+from poold.sim.asic import AsicSpec, SimAsic, default_presets
+from poold.sim.driver import SimDriver
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class SimSite:
         servers: list[_Server] = []
         for m in cfg.miners:
             a = sample_asic(m.driver, clock, m.id, rng)
-            a.password = Secret(password)
+            a.password = password
             asics[m.id] = a
             if not tcp:
                 drivers[m.id] = SimDriver(a, latency_s=rng.uniform(0.1, 0.4),

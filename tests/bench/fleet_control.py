@@ -50,7 +50,7 @@ def _options(a: SimAsic) -> tuple[list[float], list[float]] | list[tuple[float, 
     def heat(clock_w: float) -> float:
         return 1.0 + s.beta_per_c * (s.ambient_c + s.c_per_w * clock_w - s.t_ref_c)
 
-    if s.actuator is Actuator.WATTS:
+    if s.actuator == Actuator.WATTS:
         ps = [s.min_w + (s.max_w - s.min_w) * k / 256 for k in range(257)]
         hs = [s.hashrate_at(p / heat(p)) * a.unit_factor for p in ps]
         return ps, hs

@@ -82,7 +82,7 @@ async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
 
 def watts_for(rig: Rig, frac: float) -> Desired:
     caps_levels = rig.asic.levels()
-    if rig.asic.spec.actuator is Actuator.WATTS:
+    if rig.asic.spec.actuator == Actuator.WATTS:
         return Desired(watts=round(rig.asic.spec.p_nom_w * frac))
     target = rig.asic.spec.p_nom_w * frac
     return Desired(level=max((lv for lv in caps_levels if lv.watts <= target),
@@ -91,7 +91,7 @@ def watts_for(rig: Rig, frac: float) -> Desired:
 
 async def test_capabilities_read_apply_and_read_back(rig: Rig) -> None:
     caps = await rig.driver.capabilities()
-    assert caps.actuator is rig.asic.spec.actuator and caps.min_w < caps.max_w
+    assert caps.actuator == rig.asic.spec.actuator and caps.min_w < caps.max_w
     t = await rig.driver.read()
     assert t.power_w == pytest.approx(rig.asic.spec.p_nom_w, rel=0.05)
     assert t.hashrate_ths and t.hashrate_ths > 50 and not t.sleeping

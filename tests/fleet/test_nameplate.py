@@ -51,7 +51,7 @@ def table(kinds: list[str], max_w: dict[str, float]) -> dict[str, Any]:
 
 def setting_w(a: SimAsic) -> float:
     """What the emulated firmware is set to run at (watts)."""
-    if a.spec.actuator is Actuator.WATTS:
+    if a.spec.actuator == Actuator.WATTS:
         return a.target_w
     return a.spec.presets[a.level_index] if a.spec.presets else a.spec.p_nom_w
 
@@ -82,7 +82,7 @@ async def test_no_driver_kind_is_set_above_nameplate(monkeypatch: pytest.MonkeyP
         first_ok = next((i for i, w in enumerate(series) if w <= nameplate + 1e-6), None)
         assert first_ok is not None and first_ok <= 30, (mid, series)
         assert max(series[first_ok:]) <= nameplate + 1e-6, (mid, series)
-        if asics[mid].spec.actuator is not Actuator.ONOFF:
+        if asics[mid].spec.actuator != Actuator.ONOFF:
             assert asics[mid].commands_received > 0, mid
 
 

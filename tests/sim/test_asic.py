@@ -6,7 +6,8 @@ import pytest
 
 from poold.fleet.drivers.base import Desired, DriverTimeout, FirmwareProtocolError, VerifyError
 from poold.fleet.policy import Actuator
-from poold.sim.asic import AsicSpec, SimAsic, SimDriver, default_presets
+from poold.sim.asic import AsicSpec, SimAsic, default_presets
+from poold.sim.driver import SimDriver
 
 
 class ManualClock:
