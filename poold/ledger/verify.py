@@ -47,6 +47,7 @@ _SHARE_SUMS = ("SELECT account, {bucket}, SUM(difficulty), COUNT(*), MIN(id), MA
 _BUCKETS = "SELECT account, bucket, difficulty, shares FROM share_buckets"
 _OLDEST = "SELECT MIN(time) FROM shares"
 _EXTRAS = "SELECT hash_hex, chain_head, settings, payout_window FROM blocks"
+_ROLLUPS = "SELECT COUNT(*) FROM share_rollups"
 _REL_TOLERANCE = 1e-9  # bucket sums add the same floats in another order
 _PAGE = 10_000
 
@@ -201,6 +202,8 @@ async def _buckets(store: LedgerStore, rep: Report) -> None:
 async def _blocks(store: LedgerStore, config: LedgerConfig, rep: Report,
                   heads: dict[str, dict[bytes, int]]) -> None:
     extras = {r[0]: r[1:] for r in await store.query(_EXTRAS)}
+    [(rollups,)] = await store.query(_ROLLUPS)
+    pruned = int(rollups) > 0
     for b in await store.blocks(0.0):
         rep.blocks += 1
         head, settings_json, window_json = extras.get(b.hash_hex, (None, None, None))
@@ -214,8 +217,12 @@ async def _blocks(store: LedgerStore, config: LedgerConfig, rep: Report,
             rep.credited_blocks += 1
             stored = await store.credits_for(b.hash_hex, "pplns")
             cfg = _settings_config(config, settings)
-            weights = await exact_weights(
+            weights, full = await exact_weights(
                 store, cfg.pplns_window_factor * b.network_difficulty, b.time)
+            if not full and pruned:
+                rep.notes.append(f"{where}: its window reaches shares removed by retention; "
+                                 "credits not recomputed")
+                continue
             ppm = payouts.fee_ppm(cfg.fee_percent) if cfg.fee_address else 0
             recomputed = payouts.pplns(b.reward, weights, ppm=ppm).credits
             diff = _first_difference(stored, recomputed)
@@ -254,18 +261,18 @@ def _check_head(b: BlockRecord, head: str | None, settings: dict[str, Any],
 
 
 async def exact_weights(store: LedgerStore, window_difficulty: float,
-                        until: float) -> dict[str, float]:
+                        until: float) -> tuple[dict[str, float], bool]:
     """PPLNS weights read share by share, newest first (no bucket sums: an edited share
-    shows even where the pool's planner adds whole buckets)."""
+    shows even where the pool's planner adds whole buckets), and whether the window filled."""
     window = payouts.PplnsWindow(window_difficulty)
     cursor: tuple[float, int] | None = None
     while True:
         page = await store.shares_page(until, cursor, _PAGE)
         for row in page:
             if window.add(row.account, row.difficulty):
-                return window.weights
+                return window.weights, True
         if len(page) < _PAGE:
-            return window.weights
+            return window.weights, False
         cursor = (page[-1].time, page[-1].id)
 
 
