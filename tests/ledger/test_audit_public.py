@@ -85,3 +85,44 @@ async def test_public_windows_on_and_off(tmp_path: Path) -> None:
     finally:
         await ledger.stop()
     assert status == 404 and "public_windows" in str(doc)
+
+
+async def test_audit_export_from_the_api_is_the_database_export(tmp_path: Path) -> None:
+    """`poold audit export --api URL` (a running daemon) and `poold ledger export` (the
+    database) write the same document."""
+    import asyncio
+
+    from poold.cli import main
+
+    url = f"sqlite:///{tmp_path / 'l.sqlite3'}"
+    ledger = Ledger(LedgerConfig(url=url, state_dir=str(tmp_path), payout="pplns",
+                                 fee_address="pool", pplns_window_factor=3e11))
+    await ledger.start()
+    backend = LedgerBackend(ledger)
+
+    async def blocks(since: float | None) -> Sequence[dict[str, Any]]:
+        return await ledger.audit_blocks(since)
+
+    backend.blocks = blocks  # type: ignore[method-assign]
+    api = AdminApi(backend, Metrics().registry, read_tokens=[READ])
+    await api.start("127.0.0.1", 0)
+    try:
+        for n in range(6):
+            ledger.record_share(share(n, difficulty=1.0 + n, t=1_700_000_000.0 + n))
+        assert await ledger.flush()
+        await ledger.record_block(block(1, t=1_700_000_100.0))
+        token = tmp_path / "token"
+        token.write_text(READ)
+        for fmt in ("json", "csv"):
+            assert await asyncio.to_thread(main, [
+                "audit", "export", "--api", f"http://127.0.0.1:{api.port}", "--token-file",
+                str(token), "--format", fmt, "-o", str(tmp_path / f"api.{fmt}")]) == 0
+            assert await asyncio.to_thread(main, [
+                "ledger", "export", "--ledger-url", url, "--format", fmt, "-o",
+                str(tmp_path / f"db.{fmt}")]) == 0
+            api_text = (tmp_path / f"api.{fmt}").read_text()
+            assert api_text == (tmp_path / f"db.{fmt}").read_text()
+            assert "shares:1:0:1:" in api_text  # the block's committed head
+    finally:
+        await api.stop()
+        await ledger.stop()
