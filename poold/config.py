@@ -21,11 +21,14 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from poold.accounts import AccountsError, check_accounts, parse_accounts_text
 from poold.bitcoin.address import AddressError, Network, address_to_script
 from poold.errors import ConfigError
+
+if TYPE_CHECKING:
+    from poold.fleet.inventory import FleetConfig
 
 DEFAULT_PATH = Path("/etc/poold/poold.toml")
 PAYOUTS = ("solo", "reserve", "pplns", "split")
@@ -374,7 +377,7 @@ class Config:
     api: ApiConfig
     metrics: MetricsConfig
     log: LogConfig
-    fleet: Any = None  # poold.fleet.inventory.FleetConfig when a [fleet] table is present
+    fleet: FleetConfig | None = None  # when a [fleet] table is present
     # pplns/split: login name -> payout address, from [accounts] and pool.accounts_file
     accounts: tuple[tuple[str, str], ...] = ()
 
