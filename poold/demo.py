@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import random
 import secrets
 import signal
 import socket
@@ -139,7 +140,24 @@ class Narrator:
             self.say(f"shares: {self.accepted} accepted, {self.rejected} rejected")
 
 
+_GIVEN: set[int] = set()
+
+
 def _free_port() -> int:
+    """A loopback port free now, below the kernel's ephemeral range (32768 up by default), so
+    that no outgoing connection on a busy machine takes it before the pool binds it; never
+    the same one twice (bind(0) may hand a just-closed port out again)."""
+    for _ in range(500):
+        port = random.randrange(10_000, 32_768)
+        if port in _GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

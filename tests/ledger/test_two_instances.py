@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from poold.ledger.config import LedgerConfig
 from poold.ledger.ledger import Ledger
 from tests.ledger.test_poold_run_crash import mine_for
 from tests.ledger.test_poold_run_crash import write_config as write_ledger_config
-from tests.poold_process import poold_run
+from tests.poold_process import free_port, poold_run
 
 
 def write_config(workdir: Path, dn: Any, port: int, url: str, instance_id: int,
@@ -29,16 +28,6 @@ def write_config(workdir: Path, dn: Any, port: int, url: str, instance_id: int,
         workdir, dn, port, url, payout="pplns", instance_id=instance_id,
         pool_extra=f'fee_address = "{fee_address}"\nfee_percent = 1.0\n', ledger_extra="",
         api_port=api_port)
-
-
-def distinct_ports(n: int) -> list[int]:
-    """`n` loopback ports free now and all different: held open together while chosen (one
-    at a time, the kernel may hand the same just-closed port out twice)."""
-    with contextlib.ExitStack() as held:
-        socks = [held.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
 
 
 async def shares_by_instance(url: str) -> dict[int, int]:
@@ -71,7 +60,7 @@ async def test_two_poold_instances_share_one_ledger(ledger_url: str, tmp_path: P
     fee_address = p2wpkh_address(os.urandom(20), Network.REGTEST)
     async with Devnet() as dn:
         await dn.generate(101)
-        *ports, api1, api2 = distinct_ports(4)
+        *ports, api1, api2 = (free_port() for _ in range(4))
         procs = []
         async with contextlib.AsyncExitStack() as running:
             for i, (port, api) in enumerate(zip(ports, (api1, api2), strict=True), 1):
