@@ -128,7 +128,9 @@ def pool_accepted_rate(state_dir: Path, n: int = 100_000) -> float:
     ledger = Ledger(LedgerConfig(url=f"sqlite:///{state_dir / 'unused.sqlite3'}",
                                  state_dir=str(state_dir), buffer_max_shares=n))
     r.engine.share_sink = ledger
-    conn = Connection(StratumServer(r.ctx, ServerSettings()), time.time())
+    # One connection sends n submits at once: no per-connection message rate limit here.
+    conn = Connection(StratumServer(r.ctx, ServerSettings(max_messages_per_s=1e12,
+                                                          message_burst=1 << 40)), time.time())
     conn.connection_made(NullTransport())
     conn.data_received(
         b'{"id":1,"method":"mining.subscribe","params":["bench"]}\n'
