@@ -253,7 +253,11 @@ class AdminApi:
     async def readyz(self, request: web.Request) -> web.Response:
         checks = dict(self.backend.readiness())
         ok = all(checks.values())
-        return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+        body: dict[str, Any] = {"ready": ok, "checks": checks}
+        reasons = getattr(self.backend, "readiness_reasons", None)
+        if not ok and reasons is not None:
+            body["reasons"] = reasons()  # why a failed check fails, where the backend knows
+        return web.json_response(body, status=200 if ok else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self.registry)

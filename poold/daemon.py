@@ -258,6 +258,7 @@ class DaemonBackend:
         self.fleet_elsewhere = fleet_elsewhere
         self.fleet_failed = False
         self.refresh_s = refresh_s
+        self.peers: Any | None = None  # poold.supervisor.PeerStatus under --processes
         self.started = time.time()
 
     def readiness(self) -> dict[str, bool]:
@@ -277,7 +278,18 @@ class DaemonBackend:
             checks["ledger"] = bool(self.ledger.writable)
         if self.fleet is not None:
             checks["fleet"] = not self.fleet_failed
+        if self.peers is not None:
+            checks["workers"] = not self.peers.down
         return checks
+
+    def readiness_reasons(self) -> dict[str, str]:
+        """Why a failed check fails, where known (/readyz `reasons`)."""
+        reasons = {}
+        if self.ledger is not None and not self.ledger.writable:
+            reasons["ledger"] = str(self.ledger.unwritable_reason)
+        if self.peers is not None and self.peers.down:
+            reasons["workers"] = self.peers.reason
+        return reasons
 
     def pool(self) -> dict[str, Any]:
         server = self.pool_.server
@@ -539,6 +551,10 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
         backend = DaemonBackend(pool, ledger, fleet,
                                 fleet_elsewhere=cfg.fleet is not None and fleet is None,
                                 refresh_s=cfg.templates.refresh_s)
+        if worker is not None:
+            from poold.supervisor import PeerStatus
+
+            backend.peers = PeerStatus(cfg, worker)
         api = AdminApi(backend, metrics.registry,
                        read_tokens=cfg.api.read_tokens, write_tokens=cfg.api.write_tokens)
         # The API binds first: if its port is taken, the process fails before it holds miners
@@ -558,6 +574,8 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
                 ledger.reconcile_forever(NodeReader.of(nodes)) if owns_singletons(worker)
                 else asyncio.sleep(0),
                 name="ledger-reconcile")
+            peers = tg.create_task(backend.peers.run() if backend.peers is not None
+                                   else asyncio.sleep(0), name="worker-status")
             reloader = tg.create_task(_reload_loop(pool, cfg, hup, fleet, ledger, worker),
                                       name="config-reload")
             relay = tg.create_task(relay_out.run() if relay_out is not None
@@ -589,6 +607,7 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
             watchdog.cancel()
             reconcile.cancel()
             reloader.cancel()
+            peers.cancel()
             relay.cancel()
             follower.cancel()
         return 0

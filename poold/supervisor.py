@@ -18,7 +18,10 @@ What each worker has of its own (`worker_config`):
 Singletons run in worker 0 only: the ledger's reconcile loop (and the fleet controller).
 
 The supervisor forwards SIGTERM/SIGINT/SIGHUP to the workers, restarts a worker that exits (after
-0.5 s, doubling to 30 s while it keeps failing fast; a config error, exit code 2, stops all), kills
+0.5 s, doubling to 30 s while it keeps failing fast; a config error, exit code 2, stops all only
+while the instance is starting: later the file broke under running workers, which keep serving
+while the failing one is retried, the supervisor logging the file's error), writes each worker's
+state and why it is down to `state_dir/workers.json` (every worker's /readyz reads it), kills
 a worker whose systemd watchdog pings stop (or that is not ready START_TIMEOUT_S after a start),
 and tells systemd READY once every worker is ready: each worker gets its own notify socket
 (abstract namespace) that the supervisor reads, so the unit keeps NotifyAccess=main. A worker
@@ -34,6 +37,7 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -54,6 +58,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("poold.supervisor")
 
 SUPERVISOR_ENV = "POOLD_SUPERVISOR_PID"
+STATUS_FILE = "workers.json"
 CONFIG_ERROR_EXIT = 2
 RESTART_MIN_S = 0.5
 RESTART_MAX_S = 30.0
@@ -135,8 +140,22 @@ def adopt_journals(cfg: Config, keep: int) -> int:
 
 
 def _adopt_journals(cfg: Config, keep: int) -> int:
+    from poold.ledger.journal import adopt_spill
+
     name = f"ledger-journal-{cfg.pool.instance_id}.jsonl"
     base = Path(cfg.pool.state_dir)
+    # Share spills first (accepted shares not yet committed): renumbered into the target's.
+    spill = f"ledger-spill-{cfg.pool.instance_id}.jsonl"
+    spill_target = (worker_state_dir(cfg, 0) if keep else base) / spill
+    spill_sources = [base / spill] if keep and (base / spill).exists() else []
+    for d in sorted(base.glob("worker-*")):
+        idx = d.name.removeprefix("worker-")
+        if idx.isdigit() and int(idx) >= keep and (d / spill).exists():
+            spill_sources.append(d / spill)
+    for src in spill_sources:
+        spill_target.parent.mkdir(parents=True, exist_ok=True)
+        n = adopt_spill(src, spill_target)
+        log.warning("share spill %s (%d shares) adopted into %s", src, n, spill_target)
     target = (worker_state_dir(cfg, 0) if keep else base) / name
     sources = []
     if keep and (base / name).exists():
@@ -164,6 +183,46 @@ def _adopt_journals(cfg: Config, keep: int) -> int:
         src.unlink()
         log.warning("block journal %s adopted into %s", src, target)
     return len(sources)
+
+
+def status_path(cfg: Config) -> Path:
+    """`workers.json` in the instance's state directory (`cfg`: the instance's config)."""
+    return Path(cfg.pool.state_dir) / STATUS_FILE
+
+
+def _replace_json(path: Path, data: object) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, sort_keys=True))
+    os.replace(tmp, path)
+
+
+class PeerStatus:
+    """A worker's view of its siblings, from the supervisor's `workers.json` (re-read every
+    second off the loop): which are down and why, for /readyz."""
+
+    def __init__(self, worker_cfg: Config, index: int) -> None:
+        self.path = Path(worker_cfg.pool.state_dir).parent / STATUS_FILE
+        self.index = index
+        self.down: dict[str, str] = {}
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(f"worker {i}: {r}" for i, r in sorted(self.down.items()))
+
+    def update(self, raw: str) -> None:
+        data = json.loads(raw)
+        self.down = {i: str(w.get("reason") or "not ready") for i, w in data.items()
+                     if not w.get("ready") and int(i) != self.index}
+
+    async def run(self) -> None:
+        while True:
+            try:
+                self.update(await asyncio.to_thread(self.path.read_text))
+            except FileNotFoundError:
+                self.down = {}
+            except (OSError, ValueError, AttributeError) as exc:
+                log.debug("%s unreadable: %s", self.path, exc)
+            await asyncio.sleep(1.0)
 
 
 def become_worker(index: int) -> None:
@@ -203,6 +262,7 @@ class _Worker:
     last_ping: float = 0.0
     backoff_s: float = RESTART_MIN_S
     restarts: int = 0
+    reason: str = "starting"  # why it is not ready ("" when ready)
 
 
 class Supervisor:
@@ -220,6 +280,7 @@ class Supervisor:
         self.exit_code = 0
         self.workers: list[_Worker] = []
         self._announced_ready = False
+        self._status_dirty = asyncio.Event()
         self._inherited: dict[str, socket.socket] = {}
         # Workers ping the supervisor at half this; a silent worker is killed after it.
         usec = os.environ.get("WATCHDOG_USEC", "")
@@ -254,10 +315,13 @@ class Supervisor:
                 for w in self.workers:
                     tg.create_task(self._keep_running(w), name=f"worker-{w.index}")
                 watchdog = tg.create_task(self._watchdog(), name="supervisor-watchdog")
+                status = tg.create_task(self._write_status(), name="supervisor-status")
+                self._status_changed()
                 await self.stopping.wait()
                 self.notifier.stopping()
                 await self._stop_all()
                 watchdog.cancel()  # the worker tasks end by themselves once `stopping` is set
+                status.cancel()
         finally:
             for w in self.workers:
                 loop.remove_reader(w.notify.fileno())
@@ -325,15 +389,24 @@ class Supervisor:
             w.ready = False
             if self.stopping.is_set():
                 break
-            if rc == CONFIG_ERROR_EXIT:
-                log.error("supervisor: worker %d exited with a config error; stopping", w.index)
-                self.exit_code = CONFIG_ERROR_EXIT
-                self.stop()
-                break
             if ran >= STABLE_AFTER_S:
                 w.backoff_s = RESTART_MIN_S
-            log.error("supervisor: worker %d (pid %d) exited with %s after %.1f s; restarting "
-                      "in %.1f s", w.index, w.proc.pid, rc, ran, w.backoff_s)
+            w.reason = f"exited with {rc} after {ran:.1f} s"
+            if rc == CONFIG_ERROR_EXIT:
+                why = await self._config_problem()
+                if not self._announced_ready:
+                    # A file broken at the start of the whole instance: nothing to keep serving.
+                    log.error("supervisor: worker %d exited with a config error%s at start-up; "
+                              "stopping", w.index, why)
+                    self.exit_code = CONFIG_ERROR_EXIT
+                    self.stop()
+                    break
+                # The file changed under a running instance: the others keep serving with the
+                # config they loaded; this one is retried (a fixed file lets it start).
+                w.reason = f"cannot start: config error{why}"
+            log.error("supervisor: worker %d (pid %d) %s; restarting in %.1f s (the other "
+                      "workers keep serving)", w.index, w.proc.pid, w.reason, w.backoff_s)
+            self._status_changed()
             w.restarts += 1
             self.notifier.status(f"worker {w.index} restarting ({w.restarts} restarts)")
             with contextlib.suppress(TimeoutError):
@@ -367,8 +440,41 @@ class Supervisor:
             w.last_ping = now
             if "READY=1" in fields and not w.ready:
                 w.ready = True
+                w.reason = ""
                 log.info("supervisor: worker %d ready after %.2f s", w.index, now - w.started)
                 self._maybe_ready()
+                self._status_changed()
+
+    async def _config_problem(self) -> str:
+        """What is wrong with the config file now (": <the error>"), for the log and /readyz;
+        empty if it loads (the error was the worker's own, e.g. its API port)."""
+        from poold.config import load_config
+
+        try:
+            await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as exc:
+            return f": {exc}"
+        except OSError as exc:
+            return f": {self.config_path}: {exc}"
+        return ""
+
+    def _status_changed(self) -> None:
+        self._status_dirty.set()
+
+    async def _write_status(self) -> None:
+        """Keeps `workers.json` in the instance's state directory current (atomically
+        replaced), so every worker's /readyz can say which worker is down and why."""
+        path = status_path(self.cfg)
+        while True:
+            await self._status_dirty.wait()
+            self._status_dirty.clear()
+            status = {str(w.index): {"ready": w.ready, "reason": w.reason,
+                                     "restarts": w.restarts} for w in self.workers}
+            try:
+                await asyncio.to_thread(_replace_json, path, status)
+            except OSError as exc:
+                log.error("supervisor: %s not written (%s)", path, exc)
+            await asyncio.sleep(0.2)  # coalesce bursts
 
     def _maybe_ready(self) -> None:
         ready = sum(w.ready for w in self.workers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,3 +63,66 @@ def test_adopt_journals(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("worker-*/" + name))
     assert (tmp_path / name).read_bytes().splitlines() == [
         b'{"n": 1}', b'{"kind": "block", "n": 0}', b'{"n": 3}', b'{"n": 2}']
+
+
+async def test_a_worker_that_cannot_start_is_retried_while_the_other_serves(
+        tmp_path: Path) -> None:
+    """The file breaks under a running instance; worker 1 is killed and restarts into it (exit
+    2): the supervisor says why and retries it with back-off, worker 0 keeps serving and its
+    /readyz names worker 1 and the reason; a fixed file lets worker 1 start again."""
+    import asyncio
+    import os
+    import signal
+    import time
+
+    import aiohttp
+
+    from poold.devnet import Devnet
+    from tests.integration.test_multiprocess import start_poold
+
+    async def until(cond: object, limit_s: float, what: str) -> None:
+        deadline = time.monotonic() + limit_s
+        while not cond():  # type: ignore[operator]
+            assert time.monotonic() < deadline, f"{what}:\n{p.tail()}"
+            await asyncio.sleep(0.1)
+
+    async with Devnet() as dn:
+        await dn.generate(101)
+        p = await start_poold(tmp_path / "i", dn, processes=2)
+        try:
+            cfg = tmp_path / "i" / "poold.toml"
+            good = cfg.read_text()
+            cfg.write_text(good.replace("[stratum]", "[stratum]\nno_such_key = 1"))
+            pid = p.worker_pids()[1]
+            os.kill(pid, signal.SIGKILL)
+            await until(lambda: p.count(r"worker 1 .*cannot start: config error") >= 2, 30,
+                        "worker 1 retried")
+            assert "no_such_key" in p.text()
+            assert p.proc.returncode is None  # the supervisor keeps running
+            async with aiohttp.ClientSession() as http:
+                async def readyz() -> tuple[int, dict[str, object]]:
+                    async with http.get(f"http://127.0.0.1:{p.api_port}/readyz") as r:
+                        return r.status, await r.json()
+                deadline = time.monotonic() + 5
+                while True:
+                    status, body = await readyz()
+                    if status == 503:
+                        break
+                    assert time.monotonic() < deadline, body
+                    await asyncio.sleep(0.2)
+                checks: Any = body["checks"]
+                why: Any = body["reasons"]
+                assert checks["workers"] is False and checks["stratum"] is True, body
+                assert "worker 1" in why["workers"] and "no_such_key" in why["workers"], body
+                # worker 0 still serves miners
+                _r, w = await asyncio.open_connection("127.0.0.1", p.port)
+                w.close()
+                cfg.write_text(good)
+                await until(lambda: p.count(r"worker 1 ready") >= 2, 60, "worker 1 back")
+                deadline = time.monotonic() + 5
+                while (await readyz())[0] != 200:
+                    assert time.monotonic() < deadline, await readyz()
+                    await asyncio.sleep(0.2)
+        finally:
+            await p.stop()
+        assert p.proc.returncode == 0, p.tail()

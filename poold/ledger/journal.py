@@ -387,3 +387,21 @@ def _index_spill(path: Path) -> tuple[dict[int, tuple[int, int, int, float]], in
                           path, offset, exc)
         offset += length
     return batches, top + 1
+
+
+def adopt_spill(src: Path, target: Path) -> int:
+    """Move the pending batches of the share spill `src` into `target` (renumbered after the
+    target's own: the two files number their batches independently), fsynced, then remove
+    `src`. Blocking: for start-up, before any ledger runs. Returns the shares moved."""
+    pending, _next = _index_spill(src)
+    _tb, start = _index_spill(target)
+    moved = 0
+    raw = _read_or_empty(src)
+    for k, seq in enumerate(sorted(pending)):
+        offset, length, n, _t = pending[seq]
+        rec = json.loads(raw[offset:offset + length])
+        rec["seq"] = start + k
+        _append_fsync(target, json.dumps(rec, separators=(",", ":")).encode() + b"\n")
+        moved += n
+    _unlink(src)
+    return moved
