@@ -321,10 +321,17 @@ async def test_curtailed_miners_keep_their_difficulty(
                     fleet.asics[m["id"]].hashrate_ths() == 0 for m in b["miners"])
 
             await _until("rack001 asleep", rack1_silent, 20, log)
-            await asyncio.sleep(3.0)  # the fleet marks curtailed sessions every 2 s
+
+            async def rack1_marked() -> bool:  # the fleet marks curtailed sessions every 2 s
+                s = await sessions()
+                return all(w["curtailed"] for k, w in s.items() if k.startswith("rack001-"))
+
+            await _until("rack001 sessions marked curtailed", rack1_marked, 20, log)
             before = {k: w["difficulty"] for k, w in (await sessions()).items()}
             accepted = {k: w["accepted"] for k, w in (await sessions()).items()}
-            await asyncio.sleep(20.0)  # > the vardiff window (6 x share_interval_s = 12 s)
+            # What must NOT happen (a retarget of a silent session) needs an observation window
+            # longer than vardiff's (6 x share_interval_s = 12 s); no condition can end it early.
+            await asyncio.sleep(20.0)
             after = await sessions()
             for k, diff in before.items():
                 if k.startswith("rack001-"):
