@@ -67,6 +67,7 @@ class ApiBackend(Protocol):
     async def set_cap(self, scope: str, kw: float) -> JSON: ...
     async def curtail(self, rack: str) -> JSON: ...
     async def restore(self, rack: str) -> JSON: ...
+    async def clear_miner(self, miner: str) -> JSON: ...
     async def grid_signal(self, cap_kw: float | None, ttl_s: float | None) -> JSON: ...
     async def reconnect_worker(self, worker: str) -> JSON: ...
 
@@ -172,6 +173,7 @@ class AdminApi:
         r.add_post("/api/v1/racks/{rack}/curtail", self._write(self.post_curtail))
         r.add_post("/api/v1/racks/{rack}/restore", self._write(self.post_restore))
         r.add_post("/api/v1/grid/signal", self._write(self.post_grid_signal))
+        r.add_post("/api/v1/miners/{miner}/clear", self._write(self.post_clear_miner))
         r.add_post("/api/v1/workers/{worker}/reconnect", self._write(self.post_reconnect))
 
     # -- lifecycle
@@ -325,6 +327,10 @@ class AdminApi:
         await _json_body(request)
         return web.json_response(await self.backend.restore(request.match_info["rack"]))
 
+    async def post_clear_miner(self, request: web.Request) -> web.Response:
+        await _json_body(request)
+        return web.json_response(await self.backend.clear_miner(request.match_info["miner"]))
+
     async def post_grid_signal(self, request: web.Request) -> web.Response:
         body = await _json_body(request)
         cap = _number(body, "cap_kw", minimum=0.0, maximum=1e7, required=False)
@@ -409,6 +415,9 @@ def openapi_document() -> JSON:
             "/api/v1/racks/{rack}/restore": {"post": _op(
                 "Restore a curtailed rack (ramp-limited)", write=True,
                 params=[_path_param("rack")])},
+            "/api/v1/miners/{miner}/clear": {"post": _op(
+                "Clear a miner's faulty and not-following marks (it is planned and commanded "
+                "again at once)", write=True, params=[_path_param("miner")])},
             "/api/v1/grid/signal": {"post": _op(
                 "Grid signal heartbeat with an optional site cap", write=True, body=grid)},
             "/api/v1/workers/{worker}/reconnect": {"post": _op(

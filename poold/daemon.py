@@ -278,6 +278,8 @@ class DaemonBackend:
             checks["ledger"] = bool(self.ledger.writable)
         if self.fleet is not None:
             checks["fleet"] = not self.fleet_failed
+            for node in self.fleet.unverified():
+                checks[f"fleet_under_cap:{node}"] = False  # not shown under its cap
         if self.peers is not None:
             checks["workers"] = not self.peers.down
         return checks
@@ -371,6 +373,9 @@ class DaemonBackend:
 
     async def restore(self, rack: str) -> dict[str, Any]:
         return await self._fleet().restore(rack)
+
+    async def clear_miner(self, miner: str) -> dict[str, Any]:
+        return await self._fleet().clear_miner(miner)
 
     async def grid_signal(self, cap_kw: float | None, ttl_s: float | None) -> dict[str, Any]:
         return await self._fleet().grid_signal(cap_kw, ttl_s)

@@ -170,6 +170,15 @@ class Metrics:
         self.rack_hashrate = Gauge(
             "poold_rack_hashrate_hashes_per_second", "Rack hashrate verified by the pool",
             ["rack"], registry=r)
+        self.rack_commanded_watts = Gauge(
+            "poold_rack_commanded_watts", "Rack power the controller has commanded (asked "
+            "of the firmware; the meters are poold_rack_power_watts)", ["rack"], registry=r)
+        self.rack_blind_miners = Gauge(
+            "poold_rack_blind_miners", "Miners of the rack without fresh telemetry (counted "
+            "at their worst case)", ["rack"], registry=r)
+        self.rack_over_cap_seconds = Counter(
+            "poold_rack_over_cap_seconds", "Seconds the rack's meters were above its cap past "
+            "its over_cap_allowed_s", ["rack"], registry=r)
         self.site_power_watts = Gauge(
             "poold_site_power_watts", "Site power from telemetry", registry=r)
         self.site_cap_watts = Gauge(
@@ -187,6 +196,8 @@ class Metrics:
             "poold_grid_signal_age_seconds", "Seconds since the last grid signal heartbeat",
             registry=r)
 
+        self._grid_age_shown = True
+
         # -- Process
         self.native_core = Info("poold_share_core", "Share core in use", registry=r)
         self.start_time = Gauge(
@@ -199,6 +210,17 @@ class Metrics:
         """Export `poold_worker_accepted_difficulty_total{worker}` from `source` (pairs of
         worker name and accepted difficulty), for at most `limit` workers plus "_other"."""
         self.registry.register(_PerWorkerCollector(source, limit))
+
+    def show_grid_signal_age(self, on: bool) -> None:
+        """Export poold_grid_signal_age_seconds only where a grid signal is configured (or
+        one was received): elsewhere its age would grow forever and page someone."""
+        if on == self._grid_age_shown:
+            return
+        if on:
+            self.registry.register(self.grid_signal_age)
+        else:
+            self.registry.unregister(self.grid_signal_age)
+        self._grid_age_shown = on
 
     def add_scrape_hook(self, hook: Callable[[], None]) -> None:
         """Call `hook` (which sets gauges from live state) before every scrape."""

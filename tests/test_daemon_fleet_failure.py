@@ -1,6 +1,7 @@
 """A failing fleet controller does not take the pool down: the miners get the safe cap, /readyz
 says the fleet is not ready, and the daemon's task ends normally (nothing propagates to the
-TaskGroup that also runs the Stratum server)."""
+TaskGroup that also runs the Stratum server). /readyz names every node the fleet cannot show
+under its cap."""
 
 from __future__ import annotations
 
@@ -10,15 +11,21 @@ from typing import Any
 from poold.daemon import DaemonBackend, _run_fleet
 
 
-class FailingFleet:
-    def __init__(self) -> None:
+class Fleet:
+    def __init__(self, over: list[str] | None = None) -> None:
         self.stopped_with: float | None = None
-
-    async def run(self, **kw: Any) -> None:
-        raise RuntimeError("driver bug")
+        self.over = over or []
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         self.stopped_with = timeout_s
+
+    def unverified(self) -> list[str]:
+        return self.over
+
+
+class FailingFleet(Fleet):
+    async def run(self, **kw: Any) -> None:
+        raise RuntimeError("driver bug")
 
 
 def pool() -> Any:
@@ -40,3 +47,12 @@ async def test_controller_failure_is_contained(caplog: Any) -> None:
     assert backend.readiness()["fleet"] is False
     assert any("fleet controller failed" in r.message and r.levelname == "CRITICAL"
                for r in caplog.records)
+
+
+def test_readyz_names_every_node_not_shown_under_its_cap() -> None:
+    backend = DaemonBackend(pool(), None, Fleet(["rack7", "site"]))  # type: ignore[arg-type]
+    checks = backend.readiness()
+    assert checks["fleet"] is True
+    assert checks["fleet_under_cap:rack7"] is False
+    assert checks["fleet_under_cap:site"] is False
+    assert not all(checks.values())

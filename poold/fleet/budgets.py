@@ -43,6 +43,7 @@ class Budgets:
         self._grid_ttl_s: float | None = None  # the last grid message's own heartbeat limit
         self._last_heartbeat = clock.now()
         self._forced_safe = False
+        self._grid_received = False
         self.version = 0  # bumps on every explicit change (API, grid value, safe)
 
     def reconfigure(self, cfg: FleetConfig) -> None:
@@ -98,6 +99,7 @@ class Budgets:
         if ttl_s is not None and not ttl_s > 0:
             raise ValueError("grid signal ttl must be > 0")
         self._grid_ttl_s = ttl_s
+        self._grid_received = True
         self._last_heartbeat = self.clock.now()
         new = None if site_cap_kw is None else site_cap_kw * 1000.0
         if new != self._grid_w:
@@ -106,6 +108,11 @@ class Budgets:
 
     def heartbeat(self) -> None:
         self._last_heartbeat = self.clock.now()
+
+    @property
+    def grid_signal_in_use(self) -> bool:
+        """A grid signal is configured, or one has been received: its age means something."""
+        return self.cfg.grid_heartbeat_timeout_s is not None or self._grid_received
 
     def grid_signal_age(self) -> float:
         return self.clock.now() - self._last_heartbeat

@@ -25,6 +25,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from poold.fleet.budgets import Budgets
 from poold.fleet.clock import Clock
@@ -40,6 +41,27 @@ from poold.fleet.state import FleetStatus, MinerState, NodeStatus
 from poold.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StopReport:
+    """What `stop()` did: safe-cap commands started, acknowledged, failed, unanswered at the
+    deadline, and the site's projected power against its safe cap afterwards."""
+
+    commands: int
+    ok: int
+    failed: int
+    unanswered: int
+    site_w: float
+    safe_w: float
+
+    def describe(self) -> str:
+        where = (f"site projected {self.site_w / 1000:.1f} kW, safe cap "
+                 f"{self.safe_w / 1000:.1f} kW")
+        if self.commands == 0:
+            return f"no command needed ({where})"
+        return (f"{self.commands} safe-cap commands sent: {self.ok} acknowledged, "
+                f"{self.failed} failed, {self.unanswered} unanswered ({where})")
 
 
 class FleetController:
@@ -124,6 +146,11 @@ class FleetController:
     def rack_pool_hashrate_hs(self, rack: str, now: float) -> float:
         return self.guard.rack_pool_hashrate_hs(rack, now)
 
+    def unverified(self) -> list[str]:
+        """Nodes (site, containers, racks) that cannot be shown under their cap: their meters,
+        blind miners at worst case, are over it past their allowance (/readyz names them)."""
+        return self.guard.unverified(self.clock.now())
+
     # -- lifecycle and the API surface ----------------------------------------------------------
 
     async def start(self) -> None:
@@ -143,28 +170,37 @@ class FleetController:
             self.cycle_spans.append((cpu0, cpu1))
             await self.clock.sleep(self.cfg.guard_interval_s)
 
-    async def stop(self, *, settle_timeout_s: float = 30.0) -> None:
-        """Leave the site at its safe cap (style rule 3), then stop all loops."""
+    async def stop(self, *, settle_timeout_s: float = 30.0) -> StopReport:
+        """Leave the site at its safe cap, then stop all loops; says what it did."""
         self._stopping.set()
         self.budgets.force_safe(True)
         self.planner.mark()
         self.optimize()
+        disp = self.dispatcher
+        ok0, failed0, started = disp.commands_sent, disp.commands_failed, 0
         # Send the safe plan; a miner busy with an earlier command gets its safe setting when
         # that one is done. Wait for the commands themselves (not for their confirmation reads).
         deadline = self.clock.now() + settle_timeout_s
         while True:
             now = self.clock.now()
-            self.dispatcher.hold_increases(now)  # no increases on the way out
-            self.reconcile(now)
-            if not self.dispatcher.busy or now >= deadline:
+            disp.hold_increases(now)  # no increases on the way out
+            started += self.reconcile(now)
+            if not disp.busy or now >= deadline:
                 break
             await self.clock.sleep(0.1)
-        self.dispatcher.cancel_all()
+        now = self.clock.now()
+        report = StopReport(
+            commands=started, ok=disp.commands_sent - ok0, failed=disp.commands_failed - failed0,
+            unanswered=sum(m.inflight for m in self.miners.values()),
+            site_w=self.proj.node_power(now)[self.cfg.site],
+            safe_w=self.budgets.caps()[self.cfg.site].watts)
+        disp.cancel_all()
         for m in self.miners.values():
             try:
                 await m.driver.close()
             except DriverError as exc:
                 log.debug("closing %s: %s", m.spec.id, exc)
+        return report
 
     def set_cap(self, node: str, cap_kw: float | None, *, until: float | None = None) -> None:
         """The API method for budget updates (validated; takes effect at the next guard tick)."""
@@ -223,7 +259,7 @@ class FleetController:
     def status(self) -> FleetStatus:
         now = self.clock.now()
         caps = self.budgets.caps()
-        power = self.node_power(now)
+        power = self.proj.node_metered(now)
         nodes = []
         for node, cap in caps.items():
             if node in self.topo.rack_miners:

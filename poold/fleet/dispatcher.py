@@ -25,7 +25,7 @@ import random
 from collections.abc import Callable, Mapping
 
 from poold.fleet.clock import Clock
-from poold.fleet.drivers.base import Desired, DriverError, Telemetry
+from poold.fleet.drivers.base import Capabilities, Desired, DriverError, Telemetry
 from poold.fleet.health import ShareRateEstimator, ambient_adjusted_limit, thermal_cap
 from poold.fleet.inventory import FleetConfig, MinerSpec
 from poold.fleet.planner import Planner
@@ -43,6 +43,38 @@ POWER_LIE_RATIO = 0.75  # reported watts below 75 % of what the hashrate needs: 
 # The pool's hashrate of a miner is a count of shares (relative error ≈ 1/√n): it contradicts
 # the miner only with its lower bound at this many standard errors.
 POOL_SIGMAS = 2.0
+SETTLED_FRACTION = 0.03  # a reading within 3 % (or 50 W) of the command: settled
+WARN_EVERY_S = 60.0  # at most one WARNING a minute per miner about the same trouble
+
+
+def settle_bound(caps: Capabilities, desired: Desired, prev: Desired | None) -> float:
+    """The longest the firmware takes to reach `desired` from `prev` (the driver's maxima,
+    from its vendor's documentation): to sleep, to wake, or to a new target or level."""
+    if desired.sleep:
+        return caps.sleep_settle_s
+    if prev is not None and prev.sleep:
+        return caps.wake_settle_s
+    return caps.settle_s
+
+
+def converged(m: MinerState, tel: Telemetry) -> bool:
+    """The reading shows the commanded state reached (settled before its bound)."""
+    c, cw = m.commanded, m.commanded_w
+    if c is None or m.caps is None:
+        return False
+    if c.sleep:
+        return tel.sleeping and (tel.power_w is None or tel.power_w <= max(
+            1.5 * m.caps.sleep_w, 100.0))
+    if tel.sleeping or tel.power_w is None or cw is None:
+        return False
+    return abs(tel.power_w - cw) <= max(SETTLED_FRACTION * cw, 50.0)
+
+
+def reason(exc: BaseException, timeout_s: float) -> str:
+    """What went wrong, never empty (asyncio's TimeoutError has no message)."""
+    if isinstance(exc, TimeoutError):
+        return f"timed out after {timeout_s:g} s"
+    return str(exc) or exc.__class__.__name__
 
 
 class Dispatcher:
@@ -69,9 +101,19 @@ class Dispatcher:
         self._ramp_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.commands_sent = 0
+        self.commands_failed = 0
         self.rack_hs: dict[str, float] = dict.fromkeys(proj.topo.rack_miners, 0.0)
         self._poll_heap: list[tuple[float, str]] = sorted(
             (m.next_poll, mid) for mid, m in miners.items())
+
+    def _over(self, m: MinerState, over: set[str]) -> bool:
+        """Its rack, its container or the site is over its cap (a decrease cannot wait)."""
+        if not over:
+            return False
+        topo = self.proj.topo
+        rack = m.spec.rack
+        return rack in over or topo.site in over or any(
+            rack in rids for cid, rids in topo.container_racks.items() if cid in over)
 
     def reset_poll_phases(self, now: float) -> None:
         """Spread the next polls over one interval from `now` (after the start-up read)."""
@@ -112,9 +154,9 @@ class Dispatcher:
         for mid in list(self.planner.pending):
             m = self.miners[mid]
             a, desired = m.plan, m.plan_desired
-            if m.inflight:
-                continue  # looked at again when the command is done
-            if a is None or desired is None or m.health.faulty or m.caps is None:
+            if m.inflight or m.health.backing_off(now):
+                continue  # looked at again when the command is done / the back-off is over
+            if a is None or desired is None or m.caps is None:
                 self.planner.pending.discard(mid)
                 continue
             prev = m.commanded
@@ -125,6 +167,11 @@ class Dispatcher:
                 self.planner.pending.discard(mid)  # done, or not worth a command (hysteresis)
                 continue
             delta = a.watts - self.proj.miner_w(m, now)
+            settling = now < m.settle_until or m.health.received_at < m.settle_until
+            if settling and not (a.sleep or (delta < 0 and self._over(m, over))):
+                # One new target per settle period, and not before a reading has shown where
+                # the last one got to (the "not following" verdict is made on it): pending.
+                continue
             if a.sleep or delta <= 0:
                 lowers.append((m.spec.rack not in over, delta, m, desired, a.watts))
             elif delta >= MIN_RAISE_FRACTION * m.spec.nameplate_w or prev is None or prev.sleep:
@@ -157,7 +204,8 @@ class Dispatcher:
         prev = (m.commanded, m.commanded_w, m.settle_until)
         m.inflight = True
         m.commanded, m.commanded_w = desired, planned_w
-        m.settle_until = self.clock.now() + caps.settle_s + self.cfg.command_timeout_s
+        m.settle_until = self.clock.now() + settle_bound(caps, desired, prev[0]) \
+            + self.cfg.command_timeout_s
         task = asyncio.get_running_loop().create_task(self._command(m, desired, prev))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -176,28 +224,37 @@ class Dispatcher:
             m.commanded, m.commanded_w, m.settle_until = prev
             m.inflight = False
             self.planner.pending.add(m.spec.id)
-            self.metrics.controller_commands.labels(m.driver.kind, "error").inc()
-            if m.health.record_failure(str(exc), FAULTY_AFTER):
-                log.warning("miner %s marked faulty after %d failures: %s", m.spec.id,
-                            FAULTY_AFTER, exc)
+            self.commands_failed += 1
+            result = "timeout" if isinstance(exc, TimeoutError) else "error"
+            self.metrics.controller_commands.labels(m.driver.kind, result).inc()
+            why = reason(exc, self.cfg.command_timeout_s)
+            now = self.clock.now()
+            if m.health.record_failure(why, FAULTY_AFTER, now):
+                log.warning("miner %s marked faulty after %d failed commands (last: %s); "
+                            "tried again in %.0f s", m.spec.id, FAULTY_AFTER, why,
+                            m.health.backoff_s())
                 self.planner.mark(m)
             else:
-                log.info("command to %s failed: %s", m.spec.id, exc)
+                self.warn(m, now, "command %s to miner %s failed: %s; tried again in %.0f s",
+                          desired, m.spec.id, why, m.health.backoff_s())
             return
         now = self.clock.now()
         self.commands_sent += 1
         self.metrics.controller_commands.labels(m.driver.kind, "ok").inc()
         self.metrics.controller_command_seconds.labels(m.driver.kind).observe(now - t0)
-        m.health.record_success()
-        m.settle_until = now + caps.settle_s
+        if m.health.record_success():
+            log.info("miner %s takes commands again: no longer faulty", m.spec.id)
+        bound = settle_bound(caps, desired, prev[0])
+        m.settle_until = now + bound
         if going_to_sleep:
             m.sleeps.append(self.clock.wall())
+            m.slept_at = now
         m.inflight = False
         if m.plan_desired is not None and m.plan_desired != desired:
             self.planner.pending.add(m.spec.id)  # the plan moved on while we were busy
         self.take(m, tel, now, steady=False)
         # Confirm from telemetry once the miner has had time to settle.
-        await self.clock.sleep(caps.settle_s + 0.5)
+        await self.clock.sleep(bound + 0.5)
         if m.commanded is desired and not m.inflight:
             await self.poll(m)  # _take checks that the miner followed
 
@@ -287,6 +344,15 @@ class Dispatcher:
                 m.commanded_w = tel.target_w
             if m.plan_desired is not None and m.plan_desired != m.commanded:
                 self.planner.pending.add(m.spec.id)
+        if steady and h.faulty and not h.backing_off(now):
+            # Its back-off is over: plan it again; with nothing to command, a good reading is
+            # the proof it answers correctly again.
+            if m.plan_desired is not None and m.plan_desired == m.commanded:
+                h.record_success()
+                log.info("miner %s answers correctly again: no longer faulty", m.spec.id)
+            self.planner.mark(m)
+        if steady and now < m.settle_until and not m.inflight and converged(m, tel):
+            m.settle_until = now  # its meter is there: settled, before the bound
         if steady and now >= m.settle_until and not m.inflight:
             self._check_following(m, now)
         if steady and not tel.sleeping and tel.power_w is not None and now >= m.settle_until \
@@ -307,21 +373,42 @@ class Dispatcher:
                      tel.max_temp_c or 0.0)
             self.planner.mark(m)
 
+    def warn(self, m: MinerState, now: float, msg: str, *args: object) -> None:
+        """A WARNING about this miner, at most one a minute (the rest at DEBUG)."""
+        if now - m.warned_at >= WARN_EVERY_S:
+            m.warned_at = now
+            log.warning(msg, *args)
+        else:
+            log.debug(msg, *args)
+
     async def poll(self, m: MinerState) -> None:
         was_stale = m.health.stale(self.clock.now(), self.cfg.stale_after_s)
+        call = "read"
         try:
             async with self._sem:
                 async with asyncio.timeout(self.cfg.command_timeout_s):
                     if m.caps is None:
+                        call = "capabilities"
                         m.caps = await m.driver.capabilities()
                         self.planner.mark(m)
+                        call = "read"
                     tel = await m.driver.read()
         except (DriverError, TimeoutError) as exc:
-            log.debug("telemetry from %s failed: %s", m.spec.id, exc)
-            if m.health.stale(self.clock.now(), self.cfg.stale_after_s) != was_stale:
+            now = self.clock.now()
+            m.read_failures += 1
+            self.warn(m, now, "miner %s: telemetry %s failed (%d in a row): %s; counted at its "
+                      "worst case %.0f W until it answers", m.spec.id, call, m.read_failures,
+                      reason(exc, self.cfg.command_timeout_s), m.worst_w)
+            if m.health.stale(now, self.cfg.stale_after_s) != was_stale:
                 self.planner.mark(m)
             return
-        self.take(m, tel, self.clock.now(), steady=True)
+        now = self.clock.now()
+        if m.read_failures:
+            log.info("miner %s: telemetry back after %d failed reads", m.spec.id,
+                     m.read_failures)
+            m.read_failures = 0
+            m.warned_at = -math.inf
+        self.take(m, tel, now, steady=True)
         if was_stale:
             self.planner.mark(m)  # back from stale: it can be planned again
 

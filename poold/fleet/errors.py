@@ -20,3 +20,7 @@ class FleetRequestError(PooldError):
 
 class UnknownRack(FleetRequestError):
     """The request names a rack or container the inventory does not have (the API's 404)."""
+
+
+class UnknownMiner(UnknownRack):
+    """The request names a miner the inventory does not have (the API's 404)."""

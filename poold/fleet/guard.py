@@ -1,10 +1,19 @@
-"""Guard: every `guard_interval_s` (≈1 s) the caps are checked against the projection.
+"""Guard: every `guard_interval_s` (≈1 s) the caps are checked against the miners.
 
-A tick re-plans the racks that are due (dirty, or next in the round-robin), reconciles plan
-and miners (poold.fleet.dispatcher), then, for every node still over its cap once the queued
-decreases are counted, sheds in bounded steps: sleeps the least efficient miners under it,
-only as much as the breach, and re-plans. It tracks how long each node has been over its cap
-and exports the rack series.
+A tick
+1. re-plans the racks that are due (dirty, or next in the round-robin) and reconciles plan and
+   miners (poold.fleet.dispatcher);
+2. commands every blind miner (no fresh telemetry; counted at its worst case) down to its
+   lowest setting: it cannot be shown to be lower, so it is asked to be;
+3. sheds where the projection (commands in flight counted as they will settle) is still over
+   a cap once the queued decreases are counted: sleeps the least efficient miners under the
+   node, only as much as the breach;
+4. escalates where the meters say a node will not be under its cap within its
+   `over_cap_allowed_s` at the pace of the commands in flight (a watt target ramps over tens
+   of seconds): at the last moment a sleep (and a reading showing it) still fits before the
+   deadline, deeper steps for miners that can settle in the time left, sleep for the rest;
+5. tracks each node's time over its cap on the meters; time past the allowance is counted
+   (`poold_rack_over_cap_seconds_total`) and the breach logged once; and exports the series.
 """
 
 from __future__ import annotations
@@ -19,8 +28,9 @@ from poold.fleet.drivers.base import Desired
 from poold.fleet.health import ShareRateEstimator
 from poold.fleet.inventory import FleetConfig
 from poold.fleet.planner import Planner
-from poold.fleet.policy import Allocation, shed_order
+from poold.fleet.policy import Actuator, Allocation, shed_order
 from poold.fleet.projection import Projection
+from poold.fleet.state import MinerState
 from poold.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -48,10 +58,16 @@ class Guard:
         self.metrics = metrics
         self.shares = shares
         self.allowed = allowances(cfg)
+        #: Since when each node's meters are over its cap (None: under).
         self._over_since: dict[str, float | None] = dict.fromkeys(self.allowed)
         self.over_max_s: dict[str, float] = dict.fromkeys(self.allowed, 0.0)
-        #: Each node's projected watts at the last tick.
+        self._breached: set[str] = set()  # nodes past their allowance (logged once)
+        self._tracked_at: float | None = None
+        self._escalated_until: dict[str, float] = {}
+        #: Each node's projected and metered watts at the last tick.
         self.last_projection: dict[str, float] = {}
+        self.last_metered: dict[str, float] = {}
+        self.blind: dict[str, int] = dict.fromkeys(self.topo.rack_miners, 0)
         #: CPU allowed to re-planning per tick; the rest waits for the next tick (racks over
         #: their cap go first), so a cycle stays bounded at any fleet size.
         self.optimize_budget_s = 0.06
@@ -62,8 +78,15 @@ class Guard:
         self.allowed = allowances(cfg)
 
     def over_s(self, node: str, now: float) -> float:
+        """How long the node's meters have been over its cap (0 when under)."""
         since = self._over_since.get(node)
         return 0.0 if since is None else now - since
+
+    def unverified(self, now: float) -> list[str]:
+        """Nodes whose meters (blind miners at worst case) have been over their cap for
+        longer than their allowance: they cannot be shown to be under it."""
+        return [n for n in self._over_since
+                if self.over_s(n, now) > self.allowed.get(n, 0.0)]
 
     def tick(self) -> None:
         now = self.clock.now()
@@ -71,6 +94,7 @@ class Guard:
         self.planner.mark_round_robin()
         self.planner.optimize(budget_s=self.optimize_budget_s, projection=self.last_projection)
         self.disp.reconcile(now, self.last_projection)
+        self._command_blind_down(now)
         power = self.proj.node_power(now)
         shed = False
         for node, cap in caps.items():
@@ -83,10 +107,50 @@ class Guard:
             if committed > cap.watts:
                 shed |= self._shed(node, cap, committed - cap.watts * self.cfg.target_fraction,
                                    now)
+        metered = self.proj.node_metered(now)
+        shed |= self._escalate(metered, caps, now)
         if shed:
             power = self.proj.node_power(now)
-        self._track_over(power, caps, now)
-        self._export(power, caps, now)
+        self._track_over(metered, caps, now)
+        self.last_projection = power
+        self.last_metered = metered
+        self._export(metered, caps, now)
+
+    # -- blind miners ---------------------------------------------------------------------------
+
+    def _command_blind_down(self, now: float) -> None:
+        stale = self.cfg.stale_after_s
+        for rid, ms in self.topo.rack_miners.items():
+            n = 0
+            for m in ms:
+                if m.health.stale(now, stale):
+                    n += 1
+                    self._down(m, now, "blind (no fresh telemetry)")
+            self.blind[rid] = n
+
+    def _down(self, m: MinerState, now: float, why: str) -> bool:
+        """Command `m` to its lowest setting (sleep when that is all it has)."""
+        caps = m.caps
+        if caps is None or caps.read_only or m.inflight or m.health.backing_off(now) \
+                or self.cfg.dry_run:
+            return False
+        if m.commanded is not None and m.commanded.sleep:
+            return False
+        if caps.actuator is Actuator.WATTS:
+            desired, w = Desired(watts=caps.min_w), caps.min_w
+        elif caps.levels and caps.actuator is not Actuator.ONOFF:
+            desired, w = Desired(level=caps.levels[0].name), caps.levels[0].watts
+        elif caps.can_sleep:
+            desired, w = Desired(sleep=True), caps.sleep_w
+        else:
+            return False
+        if m.commanded == desired:
+            return False
+        log.info("miner %s %s: commanding it down to %.0f W", m.spec.id, why, w)
+        self.disp.start(m, desired, w)
+        return True
+
+    # -- shedding and escalation ----------------------------------------------------------------
 
     def _committed_w(self, racks: list[str], now: float) -> float:
         """Projected power once the planned decreases still queued for dispatch are sent:
@@ -101,11 +165,25 @@ class Guard:
                 total += p
         return total
 
+    def _candidates(self, node: str, now: float) -> list[MinerState]:
+        return [m for m in self.topo.miners_under(node)
+                if not m.inflight and m.caps is not None and not m.caps.read_only
+                and not m.health.backing_off(now)
+                and not m.health.stale(now, self.cfg.stale_after_s)]
+
+    def _sleep(self, m: MinerState) -> float:
+        """Start sleeping `m` (planned so, and re-planned later); returns its sleep watts."""
+        assert m.caps is not None
+        self.disp.start(m, Desired(sleep=True), m.caps.sleep_w)
+        m.plan = Allocation(m.spec.id, True, m.caps.sleep_w, 0.0)
+        m.plan_desired = Desired(sleep=True)
+        self.planner.mark(m)
+        return m.caps.sleep_w
+
     def _shed(self, node: str, cap: Cap, deficit_w: float, now: float) -> bool:
         """Sleep miners under `node`, least efficient first, until `deficit_w` is covered."""
-        ms = [m for r in self.topo.racks_under(node) for m in self.topo.rack_miners[r]]
-        cands = [(self.planner.input(m, now), self.proj.miner_w(m, now)) for m in ms
-                 if not m.inflight and m.caps is not None and not m.health.faulty]
+        ms = self._candidates(node, now)
+        cands = [(self.planner.input(m, now), self.proj.miner_w(m, now)) for m in ms]
         by_id = {m.spec.id: m for m in ms}
         freed = 0.0
         acted = False
@@ -113,44 +191,137 @@ class Guard:
             if freed >= deficit_w:
                 break
             m = by_id[mid]
-            assert m.caps is not None
             w = self.proj.miner_w(m, now)
-            self.disp.start(m, Desired(sleep=True), m.caps.sleep_w)
-            m.plan = Allocation(mid, True, m.caps.sleep_w, 0.0)
-            m.plan_desired = Desired(sleep=True)
-            self.planner.mark(m)
-            freed += w - m.caps.sleep_w
+            freed += w - self._sleep(m)
             acted = True
         if acted:
             log.warning("guard: %s over cap (%.0f W > %.0f W); shed %.0f W", node,
                         deficit_w + cap.watts * self.cfg.target_fraction, cap.watts, freed)
         return acted
 
-    def _track_over(self, power: dict[str, float], caps: dict[str, Cap], now: float) -> None:
+    def _at(self, m: MinerState, now: float, deadline: float) -> float:
+        """What `m` will draw at `deadline`: its projection if its command settles by then;
+        otherwise its meter moving toward the command as a first-order lag whose settle
+        bound is three time constants (a Braiins power target: τ ≈ 10 s, settled ≈ 30 s),
+        never below the projection."""
+        proj = self.proj.miner_w(m, now)
+        if m.settle_until <= deadline:
+            return proj
+        meter = self.proj.metered_w(m, now)
+        cw = m.commanded_w
+        if cw is None or m.caps is None or meter <= cw or m.health.stale(
+                now, self.cfg.stale_after_s):
+            return max(meter, proj)
+        bound = (m.caps.sleep_settle_s if m.commanded is not None and m.commanded.sleep
+                 else m.caps.settle_s)
+        tau = max(bound / 3.0, 1e-3)
+        return max(proj, cw + (meter - cw) * math.exp(-max(0.0, deadline - now) / tau))
+
+    def _escalate(self, metered: dict[str, float], caps: dict[str, Cap], now: float) -> bool:
+        """Where the meters are over a cap and the commands in flight will not bring them
+        under within the node's allowance, step deeper now: the lowest setting for miners
+        that can settle in the time left, sleep for the others."""
+        acted = False
+        for node, cap in caps.items():
+            if metered[node] <= cap.watts or now < self._escalated_until.get(node, -math.inf):
+                continue
+            since = self._over_since.get(node)
+            deadline = (now if since is None else since) + self.allowed.get(node, 0.0)
+            ms = self.topo.miners_under(node)
+            expected = sum(self._at(m, now, deadline) for m in ms)
+            deficit = expected - cap.watts * self.cfg.target_fraction
+            if expected <= cap.watts or deficit <= 0:
+                continue
+            left = max(0.0, deadline - now)
+            cands = self._candidates(node, now)
+            # The last responsible moment: while a sleep (and a reading to see it) still fits
+            # before the deadline, let the ramps in flight show on the meters first.
+            lead = max((m.caps.sleep_settle_s for m in cands if m.caps is not None),
+                       default=0.0) + self.cfg.telemetry_interval_s + self.cfg.guard_interval_s
+            if left > lead:
+                continue
+            inputs = [(self.planner.input(m, now), self._at(m, now, deadline)) for m in cands]
+            by_id = {m.spec.id: m for m in cands}
+            freed, stepped, slept, wait = 0.0, 0, 0, 0.0
+            for mid in shed_order(inputs):
+                if freed >= deficit:
+                    break
+                m = by_id[mid]
+                assert m.caps is not None
+                w = self._at(m, now, deadline)
+                low = m.caps.min_w if m.caps.actuator is Actuator.WATTS else None
+                if low is not None and m.caps.settle_s <= left and w - low > 0.02 * w \
+                        and self._down(m, now, f"escalation on {node}"):
+                    freed += w - low
+                    stepped += 1
+                    wait = max(wait, m.caps.settle_s)
+                else:
+                    freed += w - self._sleep(m)
+                    slept += 1
+                    wait = max(wait, m.caps.sleep_settle_s)
+            if stepped or slept:
+                acted = True
+                self._escalated_until[node] = now + max(wait, self.cfg.guard_interval_s)
+                log.warning("guard: %s meters %.0f W > cap %.0f W and would still be over at "
+                            "its %.0f s allowance: %d miners stepped to their lowest setting, "
+                            "%d put to sleep (%.0f W)", node, metered[node], cap.watts,
+                            self.allowed.get(node, 0.0), stepped, slept, freed)
+        return acted
+
+    # -- accounting and export ------------------------------------------------------------------
+
+    def _track_over(self, metered: dict[str, float], caps: dict[str, Cap], now: float) -> None:
+        dt = 0.0 if self._tracked_at is None else max(0.0, now - self._tracked_at)
+        self._tracked_at = now
         for node, cap in caps.items():
             since = self._over_since.get(node)
-            if power[node] > cap.watts + 1e-6:
+            if metered[node] > cap.watts + 1e-6:
                 if since is None:
                     self._over_since[node] = now
-                else:
-                    self.over_max_s[node] = max(self.over_max_s[node], now - since)
+                    continue
+                over = now - since
+                self.over_max_s[node] = max(self.over_max_s[node], over)
+                allowed = self.allowed.get(node, 0.0)
+                if over <= allowed:
+                    continue
+                if node in self.topo.rack_miners:
+                    self.metrics.rack_over_cap_seconds.labels(node).inc(min(dt, over - allowed))
+                if node not in self._breached:
+                    self._breached.add(node)
+                    log.warning("%s has been over its cap for %.0f s, past its allowance of "
+                                "%.0f s: meters %.0f W, cap %.0f W (%d blind miners at worst "
+                                "case)", node, over, allowed, metered[node], cap.watts,
+                                sum(self.blind.get(r, 0) for r in self.topo.racks_under(node)))
             else:
+                if node in self._breached:
+                    self._breached.discard(node)
+                    log.warning("%s is back under its cap after %.0f s over it", node,
+                                now - since if since is not None else 0.0)
                 self._over_since[node] = None
-        self.last_projection = power
 
-    def _export(self, power: dict[str, float], caps: dict[str, Cap], now: float) -> None:
+    def _export(self, metered: dict[str, float], caps: dict[str, Cap], now: float) -> None:
         met = self.metrics
         pool_due = self.shares is not None and now - self._last_pool_export >= 10.0
-        for rid in self.topo.rack_miners:
-            met.rack_power_watts.labels(rid).set(power[rid])
+        for rid, ms in self.topo.rack_miners.items():
+            met.rack_power_watts.labels(rid).set(metered[rid])
             met.rack_cap_watts.labels(rid).set(caps[rid].watts)
+            met.rack_commanded_watts.labels(rid).set(sum(
+                m.commanded_w if m.commanded_w is not None else self.proj.metered_w(m, now)
+                for m in ms))
+            met.rack_blind_miners.labels(rid).set(self.blind.get(rid, 0))
             if self.shares is None:
                 met.rack_hashrate.labels(rid).set(self.disp.rack_hs[rid] * 1e12)
             elif pool_due:
                 met.rack_hashrate.labels(rid).set(self.rack_pool_hashrate_hs(rid, now))
         if pool_due:
             self._last_pool_export = now
-        met.grid_signal_age.set(self.budgets.grid_signal_age())
+        site = self.topo.site
+        met.site_power_watts.set(metered[site])
+        met.site_cap_watts.set(caps[site].watts)
+        shown = self.budgets.grid_signal_in_use
+        met.show_grid_signal_age(shown)
+        if shown:
+            met.grid_signal_age.set(self.budgets.grid_signal_age())
 
     def rack_pool_hashrate_hs(self, rack: str, now: float) -> float:
         """The rack's hashrate as the pool sees it (firmware figure where no shares yet)."""

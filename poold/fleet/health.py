@@ -7,8 +7,10 @@ and the pool's share-based hashrate per worker (the ground truth the controller 
   (fleet.md §5.3): above the limit → 85 % of present power; 10 °C above → sleep; the cap is
   released with 5 °C of hysteresis. The limit is lowered on hot ambient days.
 - `ActionLimiter` rate-limits operator actions (reboot, restart, set pool) per miner.
-- A miner that fails `faulty_after` commands in a row is marked faulty and left alone until an
-  operator clears it.
+- Failed commands back off exponentially (`BACKOFF_BASE_S` doubling, at most `BACKOFF_MAX_S`);
+  a miner that fails `faulty_after` commands in a row is marked faulty and left alone until its
+  back-off has passed; then it is tried again, and the first command it takes (or, with nothing
+  to command, the first good reading) clears it. An operator can clear it by hand at any time.
 - `ShareRateEstimator` turns accepted share difficulty into H/s per worker (2^32 hashes per
   difficulty-1 share) over a sliding window; `expected_shares` says how trustworthy it is.
 """
@@ -22,6 +24,8 @@ from dataclasses import dataclass, field
 from poold.fleet.drivers.base import Telemetry
 
 HASHES_PER_DIFF1 = 2.0**32
+BACKOFF_BASE_S = 2.0
+BACKOFF_MAX_S = 300.0
 THERMAL_SLEEP_MARGIN_C = 10.0
 THERMAL_RELEASE_C = 5.0
 THERMAL_STEP = 0.85
@@ -46,22 +50,41 @@ class MinerHealth:
     def stale(self, now: float, stale_after_s: float) -> bool:
         return self.telemetry is None or self.age(now) > stale_after_s
 
-    def record_failure(self, reason: str, faulty_after: int) -> bool:
-        """Count a failed command; True if this marks the miner faulty."""
+    #: No new command before this time (back-off after failures).
+    retry_at: float = -math.inf
+
+    def record_failure(self, reason: str, faulty_after: int, now: float | None = None) -> bool:
+        """Count a failed command (and back off from `now`); True if this marks the miner
+        faulty."""
         self.failures += 1
+        if now is not None:
+            self.retry_at = now + self.backoff_s()
         if not self.faulty and self.failures >= faulty_after:
             self.faulty = True
             self.fault_reason = reason
             return True
         return False
 
-    def record_success(self) -> None:
+    def backoff_s(self) -> float:
+        """The wait after the present run of failures: 2, 4, 8 ... s, at most 5 minutes."""
+        if self.failures <= 0:
+            return 0.0
+        return min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2.0 ** min(self.failures - 1, 20))
+
+    def backing_off(self, now: float) -> bool:
+        return now < self.retry_at
+
+    def record_success(self) -> bool:
+        """A command taken; True if this cleared a faulty mark."""
+        was = self.faulty
         self.failures = 0
+        self.retry_at = -math.inf
+        self.faulty = False
+        self.fault_reason = ""
+        return was
 
     def clear_faulty(self) -> None:
-        self.faulty = False
-        self.failures = 0
-        self.fault_reason = ""
+        self.record_success()
         self.not_following = False
 
 

@@ -16,6 +16,7 @@ frozen `FleetConfig`. Every error is a `ConfigError` naming the dotted key (for 
     stale_after_s = 30.0              # telemetry older than this counts at worst case
     ramp_kw_per_min = 500.0           # restore ramp limit, site-wide
     daily_cycle_budget = 4            # sleep/wake cycles per miner per day
+    min_sleep_s = 600.0               # a slept miner stays asleep at least this long
     target_fraction = 0.97            # optimizer aims at cap × this (hysteresis band)
     command_timeout_s = 15.0
     temp_limit_c = 85.0               # thermal protection threshold (chip/board)
@@ -177,6 +178,7 @@ class FleetConfig:
     stale_after_s: float = 30.0
     ramp_kw_per_min: float = 500.0
     daily_cycle_budget: int = 4
+    min_sleep_s: float = 600.0
     target_fraction: float = 0.97
     command_timeout_s: float = 15.0
     temp_limit_c: float = 85.0
@@ -352,6 +354,7 @@ def parse_fleet(table: Mapping[str, Any], source: str) -> FleetConfig:
         "stale_after_s": r.num("stale_after_s", 30.0, positive=True),
         "ramp_kw_per_min": r.num("ramp_kw_per_min", 500.0, positive=True),
         "daily_cycle_budget": r.int_("daily_cycle_budget", 4),
+        "min_sleep_s": r.num("min_sleep_s", 600.0, minimum=0),
         "target_fraction": r.num("target_fraction", 0.97, positive=True),
         "command_timeout_s": r.num("command_timeout_s", 15.0, positive=True),
         "temp_limit_c": r.num("temp_limit_c", 85.0, positive=True),
@@ -476,6 +479,7 @@ def parse_fleet(table: Mapping[str, Any], source: str) -> FleetConfig:
         stale_after_s=float(opts["stale_after_s"]),
         ramp_kw_per_min=float(opts["ramp_kw_per_min"]),
         daily_cycle_budget=int(opts["daily_cycle_budget"]),
+        min_sleep_s=float(opts["min_sleep_s"]),
         target_fraction=float(opts["target_fraction"]),
         command_timeout_s=float(opts["command_timeout_s"]),
         temp_limit_c=float(opts["temp_limit_c"]),

@@ -86,8 +86,8 @@ class Planner:
 
     def controllable(self, m: MinerState, now: float) -> bool:
         caps, h = m.caps, m.health
-        return not (caps is None or caps.read_only or h.faulty or h.not_following
-                    or h.stale(now, self.cfg.stale_after_s))
+        return not (caps is None or caps.read_only or (h.faulty and h.backing_off(now))
+                    or h.not_following or h.stale(now, self.cfg.stale_after_s))
 
     def thermal_sleep(self, m: MinerState, now: float) -> bool:
         """Too hot to run at all: it must be put to sleep (a fixed input, but a command)."""
@@ -106,6 +106,11 @@ class Planner:
                               fixed_w=self.proj.miner_w(m, now))
         # Never above the inventory's max_w (nameplate unless the operator set more), whatever
         # the firmware offers: a profile above nameplate can trip a breaker or void a warranty.
+        if asleep and now - m.slept_at < self.cfg.min_sleep_s:
+            # Minimum dwell: a miner we just put to sleep is not woken before min_sleep_s
+            # (a sleep/wake cycle is a few-a-day budget; waking at once wastes one).
+            return MinerInput(m.spec.id, curve, caps.actuator, caps.min_w, caps.max_w,
+                              asleep=True, sleep_w=caps.sleep_w, fixed_w=caps.sleep_w)
         levels = allowed_levels(m)
         max_w = min(caps.max_w, m.spec.max_w)
         min_w = max(caps.min_w, min(m.spec.min_w, max_w)) if caps.actuator is Actuator.WATTS \

@@ -11,7 +11,7 @@ sums the per-miner figures up it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from poold.fleet.inventory import FleetConfig
 from poold.fleet.state import MinerState
@@ -65,6 +65,22 @@ def projected_w(m: MinerState, now: float, stale_after_s: float) -> float:
     return measured
 
 
+def metered_w(m: MinerState, now: float, stale_after_s: float) -> float:
+    """What the miner's own meter says it draws now, without credit for a command that has
+    not settled: fresh → measured (raised to what its hashrate needs when implausibly low);
+    blind → its worst case. The series an operator sees and the breach clock run on this."""
+    h = m.health
+    t = h.telemetry
+    measured = None if t is None else t.power_w
+    if measured is None and t is not None and m.caps is not None and m.caps.read_only:
+        measured = m.spec.nameplate_w
+    if h.stale(now, stale_after_s) or measured is None:
+        return max(m.worst_w, measured or 0.0, m.commanded_w or 0.0)
+    if h.implied_w is not None:
+        measured = max(measured, h.implied_w)
+    return measured
+
+
 class Projection:
     """Per-miner and per-node projected watts for one site."""
 
@@ -75,10 +91,20 @@ class Projection:
     def miner_w(self, m: MinerState, now: float) -> float:
         return projected_w(m, now, self.cfg.stale_after_s)
 
+    def metered_w(self, m: MinerState, now: float) -> float:
+        return metered_w(m, now, self.cfg.stale_after_s)
+
     def node_power(self, now: float) -> dict[str, float]:
+        """Projected watts of every node (commands in flight counted as they will settle)."""
+        return self._sum(lambda m: self.miner_w(m, now))
+
+    def node_metered(self, now: float) -> dict[str, float]:
+        """Metered watts of every node (blind miners at their worst case)."""
+        return self._sum(lambda m: self.metered_w(m, now))
+
+    def _sum(self, per_miner: Callable[[MinerState], float]) -> dict[str, float]:
         topo = self.topo
-        rack_w = {rid: sum(self.miner_w(m, now) for m in ms)
-                  for rid, ms in topo.rack_miners.items()}
+        rack_w = {rid: sum(per_miner(m) for m in ms) for rid, ms in topo.rack_miners.items()}
         out = dict(rack_w)
         for cid, rids in topo.container_racks.items():
             out[cid] = sum(rack_w[r] for r in rids)

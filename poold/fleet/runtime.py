@@ -28,7 +28,7 @@ from poold.fleet.clock import LoopClock
 from poold.fleet.controller import FleetController
 from poold.fleet.curtailed_file import CurtailedPublisher, Sessions, mark_curtailed
 from poold.fleet.drivers.base import MinerDriver, Telemetry
-from poold.fleet.errors import FleetRequestError, UnknownRack
+from poold.fleet.errors import FleetRequestError, UnknownMiner, UnknownRack
 from poold.fleet.health import ShareRateEstimator
 from poold.fleet.inventory import FleetConfig, MinerSpec
 from poold.metrics import Metrics
@@ -175,9 +175,10 @@ class FleetRuntime:
         if self.stopped:
             return
         self.stopped = True
+        report = None
         try:
-            await asyncio.wait_for(self.controller.stop(settle_timeout_s=timeout_s * 0.8),
-                                   timeout_s)
+            report = await asyncio.wait_for(
+                self.controller.stop(settle_timeout_s=timeout_s * 0.8), timeout_s)
         except TimeoutError:
             log.error("fleet: safe-cap commands not all acknowledged within %.1f s", timeout_s)
         if self._task is not None and not self._task.done():
@@ -187,7 +188,13 @@ class FleetRuntime:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
-        log.info("fleet controller stopped at the safe cap (%.1f kW site)", self.cfg.safe_cap_kw)
+        if report is None:
+            return
+        if report.failed or report.unanswered or report.site_w > report.safe_w + 1e-6:
+            log.warning("fleet controller stopped, NOT shown at the safe cap: %s",
+                        report.describe())
+        else:
+            log.info("fleet controller stopped: %s", report.describe())
 
     # -- SIGHUP ----------------------------------------------------------------------------------
 
@@ -224,6 +231,10 @@ class FleetRuntime:
         self.controller.reconfigure(new)
         return applied, []
 
+    def unverified(self) -> list[str]:
+        """Nodes that cannot be shown under their cap (for /readyz)."""
+        return self.controller.unverified()
+
     # -- the API ---------------------------------------------------------------------------------
 
     def _rack_or_404(self, rack: str) -> None:
@@ -240,7 +251,7 @@ class FleetRuntime:
         ctl = self.controller
         now = self.clock.now()
         caps = ctl.budgets.caps()
-        power = ctl.node_power(now)
+        power = ctl.proj.node_metered(now)
         status = {n.node: n for n in ctl.status().nodes}
         out = []
         for r in self.cfg.racks:
@@ -255,6 +266,9 @@ class FleetRuntime:
                 "hashrate_hs": ctl.rack_pool_hashrate_hs(r.id, now),
                 "state": state, "over_cap_s": over,
                 "over_cap_allowed_s": r.over_cap_allowed_s,
+                "commanded_w": sum(m.commanded_w if m.commanded_w is not None
+                                   else ctl.proj.metered_w(m, now) for m in ms),
+                "blind": sum(m.health.stale(now, self.cfg.stale_after_s) for m in ms),
                 "miners": len(ms),
                 "asleep": sum(bool(m.commanded and m.commanded.sleep) for m in ms),
             })
@@ -287,7 +301,8 @@ class FleetRuntime:
                 },
                 "telemetry_age_s": None if t is None else max(0.0, h.age(now)),
                 "stale": h.stale(now, self.cfg.stale_after_s),
-                "faulty": h.faulty, "not_following": h.not_following,
+                "faulty": h.faulty, "fault_reason": h.fault_reason,
+                "not_following": h.not_following,
                 "commanded_w": m.commanded_w,
                 "asleep": bool(m.commanded and m.commanded.sleep),
                 "curtailed": bool(worker) and worker in curtailed,
@@ -371,6 +386,17 @@ class FleetRuntime:
         log.warning("API: rack %s restored", rack)
         return {"rack": rack, "curtailed": False,
                 "cap_kw": self.controller.budgets.caps()[rack].watts / 1000.0}
+
+    async def clear_miner(self, miner: str) -> dict[str, Any]:
+        """Clear a miner's faulty and not-following marks by hand."""
+        m = self.controller.miners.get(miner)
+        if m is None:
+            raise UnknownMiner("unknown miner", miner)
+        was = {"faulty": m.health.faulty, "fault_reason": m.health.fault_reason,
+               "not_following": m.health.not_following}
+        self.controller.clear_faulty(miner)
+        log.warning("API: miner %s cleared (was %s)", miner, was)
+        return {"miner": miner, "faulty": False, "not_following": False, "was": was}
 
     async def grid_signal(self, cap_kw: float | None, ttl_s: float | None) -> dict[str, Any]:
         try:

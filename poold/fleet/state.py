@@ -26,8 +26,13 @@ class MinerState:
     inflight: bool = False
     next_poll: float = 0.0
     sleeps: deque[float] = field(default_factory=deque)  # wall times of sleeps, last 24 h
+    slept_at: float = -math.inf  # clock time of our last sleep command taken
     plan: Allocation | None = None
     plan_desired: Desired | None = None
+    #: Failed telemetry reads in a row, and when the last WARNING about this miner was logged
+    #: (at most one a minute per miner).
+    read_failures: int = 0
+    warned_at: float = -math.inf
     nameplate_curve: PowerCurve = field(init=False)
 
     def __post_init__(self) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,13 @@ class FakeDriver:
     applied: list[Desired] = field(default_factory=list)
     reads: int = 0
     now: float = 0.0
+    #: With a clock, the meter follows a new target as a first-order lag of `tau_s`.
+    clock: Any = None
+    tau_s: float = 0.0
+    _from_w: float = 0.0
+    _at: float = 0.0
+    #: (time, watts, meter just before) of every target applied, with a clock
+    targets: list[tuple[float, float, float]] = field(default_factory=list)
 
     def _check(self) -> None:
         if self.fail is not None:
@@ -34,10 +42,18 @@ class FakeDriver:
         self._check()
         return self.caps
 
+    def meter_w(self) -> float:
+        if self.sleeping:
+            return self.caps.sleep_w
+        if self.clock is None or self.tau_s <= 0:
+            return self.power_w
+        dt = self.clock.now() - self._at
+        return self.power_w + (self._from_w - self.power_w) * math.exp(-dt / self.tau_s)
+
     def telemetry(self) -> Telemetry:
-        return Telemetry(time=self.now, power_w=self.caps.sleep_w if self.sleeping
-                         else self.power_w, hashrate_ths=0.0 if self.sleeping
-                         else 100.0 * (self.power_w / 3000.0) ** 0.6, target_w=self.power_w,
+        w = self.meter_w()
+        return Telemetry(time=self.now, power_w=w, hashrate_ths=0.0 if self.sleeping
+                         else 100.0 * (w / 3000.0) ** 0.6, target_w=self.power_w,
                          sleeping=self.sleeping)
 
     async def read(self) -> Telemetry:
@@ -48,11 +64,16 @@ class FakeDriver:
     async def apply(self, desired: Desired) -> Telemetry:
         self._check()
         self.applied.append(desired)
+        before = self.meter_w()
+        if self.clock is not None:
+            self._from_w, self._at = before, self.clock.now()
         self.sleeping = desired.sleep
         if desired.watts is not None:
             self.power_w = desired.watts
         if desired.level is not None:
             self.power_w = next(lv.watts for lv in self.caps.levels if lv.name == desired.level)
+        if self.clock is not None and not desired.sleep:
+            self.targets.append((self.clock.now(), self.power_w, before))
         return self.telemetry()
 
     async def reboot(self) -> None:
@@ -68,8 +89,9 @@ class FakeDriver:
         return None
 
 
-def watts_caps(min_w: float = 1000.0, max_w: float = 3000.0) -> Capabilities:
-    return Capabilities(Actuator.WATTS, min_w, max_w, settle_s=5.0)
+def watts_caps(min_w: float = 1000.0, max_w: float = 3000.0, settle_s: float = 5.0
+               ) -> Capabilities:
+    return Capabilities(Actuator.WATTS, min_w, max_w, settle_s=settle_s)
 
 
 def preset_caps(watts: Sequence[float]) -> Capabilities:
@@ -78,7 +100,7 @@ def preset_caps(watts: Sequence[float]) -> Capabilities:
 
 
 def fleet(racks: Sequence[int], *, nameplate_w: float = 3000.0, cap_factor: float = 1.0,
-          containers: bool = False, **options: Any) -> FleetConfig:
+          containers: bool = False, allowed_s: float = 10.0, **options: Any) -> FleetConfig:
     """racks[i] miners in rack i, each `nameplate_w` at 100 TH/s; cap = factor * nameplates."""
     miners = []
     rack_rows = []
@@ -89,15 +111,15 @@ def fleet(racks: Sequence[int], *, nameplate_w: float = 3000.0, cap_factor: floa
                            "nameplate_w": nameplate_w, "nameplate_ths": 100.0,
                            "min_w": nameplate_w / 3})
         row: dict[str, Any] = {"id": rid, "cap_kw": n * nameplate_w * cap_factor / 1000.0,
-                               "over_cap_allowed_s": 10.0}
+                               "over_cap_allowed_s": allowed_s}
         if containers:
             row["container"] = "c0"
         rack_rows.append(row)
     total = sum(racks) * nameplate_w / 1000.0
     table: dict[str, Any] = {"site": "s", "cap_kw": total, "racks": rack_rows,
-                             "miners": miners, **options}
+                             "over_cap_allowed_s": allowed_s, "miners": miners, **options}
     if containers:
-        table["containers"] = [{"id": "c0", "cap_kw": total, "over_cap_allowed_s": 10.0}]
+        table["containers"] = [{"id": "c0", "cap_kw": total, "over_cap_allowed_s": allowed_s}]
     return parse_fleet(table, "<test>")
 
 

@@ -1,6 +1,6 @@
 """Controller behaviours on virtual time with in-process emulators: thermal protection, dry
-run, safe cap on shutdown and on a lost grid signal, the daily cycle budget, faulty marking,
-operator actions and the curtailment flag the pool's vardiff reads."""
+run, safe cap on shutdown and on a lost grid signal, the daily cycle budget, faulty marking
+and recovery, operator actions and the curtailment flag the pool's vardiff reads."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from poold.fleet.clock import LoopClock, run_virtual
+from poold.fleet.controller import StopReport
 from poold.fleet.drivers.base import Secret
+from poold.fleet.health import BACKOFF_MAX_S
 from poold.sim.simsite import SimSite, build_table
 
 
@@ -60,21 +62,28 @@ def test_dry_run_plans_but_sends_nothing() -> None:
     assert site_run(fn, [["braiins", "luxos", "whatsminer"]], dry_run=True) == 0
 
 
-def test_stop_leaves_the_site_at_its_safe_cap() -> None:
-    async def go() -> tuple[float, float]:
+def test_stop_leaves_the_site_at_its_safe_cap_and_says_what_it_did() -> None:
+    async def go(safe_kw: float | None) -> tuple[float, float, StopReport]:
         clock = LoopClock(wall_at_zero=1_767_225_600.0)
         table = build_table([["braiins"] * 4], over_cap_allowed_s=30.0, telemetry_interval_s=5.0)
-        table["safe_cap_kw"] = 6.0
+        if safe_kw is not None:
+            table["safe_cap_kw"] = safe_kw
         site = await SimSite.create(table, clock, tcp=False, rng=random.Random(1))
         run = asyncio.get_running_loop().create_task(site.controller.run())
         await clock.sleep(30)
-        await site.controller.stop(settle_timeout_s=30.0)
+        report = await site.controller.stop(settle_timeout_s=30.0)
         run.cancel()
         await clock.sleep(30)  # physics settles after the last command
-        return site.true_power_w(), 6000.0
+        return site.true_power_w(), table["safe_cap_kw"] * 1000 if safe_kw else 0.0, report
 
-    power, safe = run_virtual(go())
+    power, safe, report = run_virtual(go(6.0))
     assert power <= safe
+    assert report.commands >= 2 and report.ok == report.commands
+    assert report.failed == report.unanswered == 0 and report.site_w <= report.safe_w == safe
+    assert report.describe().startswith(f"{report.commands} safe-cap commands sent")
+    # The safe cap is the site cap and the site is under it: nothing to send, and it says so.
+    _, _, idle = run_virtual(go(None))
+    assert idle.commands == 0 and idle.describe().startswith("no command needed")
 
 
 def test_lost_grid_signal_goes_to_safe_cap_and_returns_with_the_ramp() -> None:
@@ -109,33 +118,40 @@ def test_daily_cycle_budget_prefers_throttling_then_holds_sleepers() -> None:
             await clock.sleep(200)
         return [len(m.sleeps) for m in site.controller.miners.values()]
 
-    cycles = site_run(fn, [["braiins"] * 4], daily_cycle_budget=2, ramp_kw_per_min=600.0)
+    cycles = site_run(fn, [["braiins"] * 4], daily_cycle_budget=2, ramp_kw_per_min=600.0,
+                      min_sleep_s=120.0)
     # Without the budget the least efficient miner would take all six; with it, they rotate.
     assert max(cycles) <= 2
     assert sum(cycles) >= 6
 
 
-def test_failing_miner_is_marked_faulty_and_left_alone_until_cleared() -> None:
-    async def fn(site: SimSite, clock: LoopClock) -> tuple[bool, int, bool]:
+def test_failing_miner_backs_off_is_marked_faulty_and_recovers_by_itself() -> None:
+    async def fn(site: SimSite, clock: LoopClock) -> tuple[float, int, bool, bool]:
         bad = site.cfg.miners[0].id
         site.asics[bad].faults.ignore_commands = True
         await clock.sleep(10)
         site.controller.set_cap(site.cfg.racks[0].id, site.cfg.racks[0].cap_kw * 0.6)
-        await clock.sleep(60)
+        t_cut = clock.now()
         m = site.controller.miners[bad]
-        faulty = m.health.faulty
+        while not m.health.faulty:
+            await clock.sleep(1)
+        to_faulty = clock.now() - t_cut
         sent = site.asics[bad].commands_received
         await clock.sleep(120)
-        left_alone = site.asics[bad].commands_received == sent
-        site.asics[bad].faults.ignore_commands = False
-        site.controller.clear_faulty(bad)
+        retries = site.asics[bad].commands_received - sent
+        site.asics[bad].faults.ignore_commands = False  # the other client let go
+        deadline = clock.now() + BACKOFF_MAX_S + 60
+        while m.health.faulty and clock.now() < deadline:
+            await clock.sleep(5)
         await clock.sleep(60)
-        return faulty and left_alone, site.asics[bad].commands_received - sent, \
+        return to_faulty, retries, not m.health.faulty, \
             site.true_power_w() <= site.cfg.racks[0].cap_kw * 600
 
-    faulty_and_left, after_clear, under_cap = site_run(fn, [["braiins"] * 4])
-    assert faulty_and_left
-    assert after_clear > 0
+    to_faulty, retries, recovered, under_cap = site_run(fn, [["braiins"] * 4])
+    # Back-off 2, 4, 8, 16 s between the five failures: not "5 failures in 4 s".
+    assert to_faulty >= 2 + 4 + 8 + 16
+    assert 1 <= retries <= 3  # tried again, with growing pauses (32, 64 s ...)
+    assert recovered  # no operator needed
     assert under_cap
 
 

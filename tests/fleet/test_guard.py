@@ -3,11 +3,14 @@ the rack series."""
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from prometheus_client import CollectorRegistry
 
 from poold.fleet.clock import LoopClock, run_virtual
 from poold.metrics import Metrics
-from tests.fleet.fakes import controller, feed, fleet
+from tests.fleet.fakes import controller, feed, fleet, watts_caps
 
 
 def test_a_cap_below_what_throttling_reaches_is_met_by_shedding() -> None:
@@ -39,15 +42,79 @@ def test_over_cap_time_is_tracked_and_the_rack_series_exported() -> None:
         feed(ctl, drivers, clock.now())
         for m in ctl.miners.values():
             m.health.faulty = True  # nothing can be commanded: the breach stays
+            m.health.retry_at = 1e9
         ctl.budgets.set_cap("r0", 3.0)
         for _ in range(6):
             ctl.guard.tick()
             await clock.sleep(1.0)
         ctl.dispatcher.cancel_all()
         return (ctl.guard.over_s("r0", clock.now()), ctl.guard.over_max_s["r0"],
-                ctl.proj.node_power(clock.now())["r0"])
+                ctl.proj.node_metered(clock.now())["r0"])
 
     over, over_max, power = run_virtual(go())
     assert over >= 5.0 and over_max >= 4.0
     assert registry.get_sample_value("poold_rack_power_watts", {"rack": "r0"}) == power
     assert registry.get_sample_value("poold_rack_cap_watts", {"rack": "r0"}) == 3000.0
+
+
+def test_the_allowance_is_kept_on_the_meters_against_slow_ramps() -> None:
+    """Watt targets settle as a 10 s lag; a 60 % cut with 10 s allowed cannot be met by
+    ramps alone: the guard escalates in time, and the meters are under the cap by then."""
+    registry = CollectorRegistry()
+
+    async def go() -> tuple[float | None, float, int]:
+        clock = LoopClock(wall_at_zero=1_767_225_600.0)
+        cfg = fleet([5], allowed_s=10.0, telemetry_interval_s=1.0, stale_after_s=5.0)
+        ctl, drivers = controller(cfg, caps=watts_caps(settle_s=30.0), clock=clock,
+                                  metrics=Metrics(registry))
+        for d in drivers.values():
+            d.clock, d.tau_s = clock, 10.0
+        run = asyncio.get_running_loop().create_task(ctl.run())
+        await clock.sleep(20)
+        cap_w = 15_000 * 0.6
+        ctl.set_cap("r0", cap_w / 1000)
+        t0 = clock.now()
+        under_at = None
+        while clock.now() - t0 < 60:
+            await clock.sleep(0.5)
+            meters = sum(d.meter_w() for d in drivers.values())
+            if meters <= cap_w and under_at is None:
+                under_at = clock.now() - t0
+            elif meters > cap_w:
+                under_at = None
+        run.cancel()
+        await ctl.stop(settle_timeout_s=1.0)
+        asleep = sum(d.sleeping for d in drivers.values())
+        return under_at, ctl.guard.over_max_s["r0"], asleep
+
+    under_at, over_max, asleep = run_virtual(go())
+    assert under_at is not None and under_at <= 10.0 + 1.0, under_at
+    assert over_max <= 10.0 + 1.0
+    assert asleep >= 1  # ramps alone were too slow
+    assert (registry.get_sample_value("poold_rack_over_cap_seconds_total", {"rack": "r0"})
+            or 0.0) == 0.0
+
+
+def test_a_breach_past_the_allowance_is_counted_and_logged_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    registry = CollectorRegistry()
+
+    async def go() -> None:
+        clock = LoopClock(wall_at_zero=1_767_225_600.0)
+        ctl, drivers = controller(fleet([2], allowed_s=5.0), clock=clock,
+                                  metrics=Metrics(registry))
+        feed(ctl, drivers, clock.now())
+        for m in ctl.miners.values():
+            m.health.faulty, m.health.retry_at = True, 1e9  # nothing can be commanded
+        ctl.budgets.set_cap("r0", 3.0)
+        for _ in range(20):
+            feed(ctl, drivers, clock.now())
+            ctl.guard.tick()
+            await clock.sleep(1.0)
+        ctl.dispatcher.cancel_all()
+
+    run_virtual(go())
+    past = registry.get_sample_value("poold_rack_over_cap_seconds_total", {"rack": "r0"})
+    assert past is not None and 13.0 <= past <= 15.0  # 19 s over, 5 allowed
+    logged = [r for r in caplog.records if "past its allowance" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].levelname == "WARNING"

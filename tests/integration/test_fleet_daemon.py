@@ -148,6 +148,19 @@ async def test_fleet_in_poold_run(tmp_path: Path, devnet: Devnet, emulators: Fle
             assert not any(m["asleep"] for m in miners["miners"])  # watts down, none off
             status, _ = await _get(http, "/api/v1/miners?rack=nope")
             assert status == 404
+            # Clearing a miner's marks by hand: token-protected, 404 for an unknown miner.
+            mid = miners["miners"][0]["id"]
+            async with http.post(f"/api/v1/miners/{mid}/clear", json={}) as resp:
+                assert resp.status == 200, await resp.text()
+                cleared = await resp.json()
+            assert cleared["miner"] == mid and cleared["faulty"] is False
+            async with http.post("/api/v1/miners/nope/clear", json={}) as resp:
+                assert resp.status == 404
+            async with aiohttp.ClientSession(base) as anon, \
+                    anon.post(f"/api/v1/miners/{mid}/clear", json={}) as resp:
+                assert resp.status == 401
+            _, doc = await _get(http, "/api/v1/openapi.json")
+            assert "/api/v1/miners/{miner}/clear" in doc["paths"]
 
             # Energy accounting from the telemetry so far, through the ledger: both racks drew
             # ~15 kW for seconds (tens of kJ); a bad window is a 400.
@@ -185,7 +198,9 @@ async def test_fleet_in_poold_run(tmp_path: Path, devnet: Devnet, emulators: Fle
         assert _set_w(fleet) <= safe_w, (_set_w(fleet), safe_w, [
             (mid, a.spec.firmware, a.reported_sleep(), a.reported_target_w(), a.power_w())
             for mid, a in fleet.asics.items()])
-        assert "stopped at the safe cap" in _read(log)
+        stopped = re.search(r"fleet controller stopped: (\d+) safe-cap commands sent: "
+                            r"(\d+) acknowledged, 0 failed, 0 unanswered", _read(log))
+        assert stopped and int(stopped.group(1)) > 0, _read(log)[-3000:]
     finally:
         if proc.returncode is None:
             proc.kill()
@@ -321,17 +336,10 @@ async def test_curtailed_miners_keep_their_difficulty(
                     fleet.asics[m["id"]].hashrate_ths() == 0 for m in b["miners"])
 
             await _until("rack001 asleep", rack1_silent, 20, log)
-
-            async def rack1_marked() -> bool:  # the fleet marks curtailed sessions every 2 s
-                s = await sessions()
-                return all(w["curtailed"] for k, w in s.items() if k.startswith("rack001-"))
-
-            await _until("rack001 sessions marked curtailed", rack1_marked, 20, log)
+            await asyncio.sleep(3.0)  # the fleet marks curtailed sessions every 2 s
             before = {k: w["difficulty"] for k, w in (await sessions()).items()}
             accepted = {k: w["accepted"] for k, w in (await sessions()).items()}
-            # What must NOT happen (a retarget of a silent session) needs an observation window
-            # longer than vardiff's (6 x share_interval_s = 12 s); no condition can end it early.
-            await asyncio.sleep(20.0)
+            await asyncio.sleep(20.0)  # > the vardiff window (6 x share_interval_s = 12 s)
             after = await sessions()
             for k, diff in before.items():
                 if k.startswith("rack001-"):

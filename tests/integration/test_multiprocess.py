@@ -32,7 +32,6 @@ from tests.integration.conftest import StratumClient, new_address
 from tests.integration.conftest import write_config as write_pool_config
 from tests.poold_process import free_port, log_tail, poold_command, spawn
 from tests.poold_process import stop as stop_process
-from tests.waiting import until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -234,13 +233,6 @@ async def ledger_rows(url: str) -> tuple[dict[str, float], list[tuple[str, int, 
     return totals, blocks
 
 
-async def credited(url: str, miners: list[StratumMiner]) -> bool:
-    """Whether the ledger holds every share each miner saw accepted (at least its difficulty)."""
-    totals, _ = await ledger_rows(url)
-    return all(totals.get(m.username, 0.0) >= m.stats.accepted_difficulty * (1 - 1e-9)
-               for m in miners)
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 async def test_two_workers_one_port_one_ledger(devnet: Any, tmp_path: Path,
                                                backend: str) -> None:
@@ -275,8 +267,7 @@ async def test_two_workers_one_port_one_ledger(devnet: Any, tmp_path: Path,
         miners = [m for ms in by_worker.values() for m in ms]
         await _until(lambda: all(m.stats.accepted >= 3 for m in miners), 60, "shares")
         await stop_all(miners)
-        await until(lambda: credited(p.ledger_url, miners), 10.0,
-                    "every accepted share in the ledger (flushed every 100 ms)")
+        await asyncio.sleep(0.5)  # the ledgers' 100 ms flush window, with margin
         totals, blocks = await ledger_rows(p.ledger_url)
         for w, ms in by_worker.items():
             for m in ms:
@@ -482,8 +473,7 @@ async def test_two_instances_one_postgres(devnet: Any, tmp_path: Path) -> None:
         assert prefixes == {3, 4}, "distinct instance_id, distinct extranonce prefix"
         await _until(lambda: all(m.stats.accepted >= 3 for m in miners), 60, "shares")
         await stop_all(miners)
-        await until(lambda: credited(url, miners), 10.0,
-                    "every accepted share in the ledger (flushed every 100 ms)")
+        await asyncio.sleep(0.5)
 
         ledger = Ledger(LedgerConfig(url=url, state_dir=str(tmp_path), payout="pplns",
                                      network="regtest", fee_address=new_address()))
