@@ -19,6 +19,7 @@ from poold.bitcoin.coinbase import build_coinbase
 from poold.bitcoin.header import BlockHeader
 from poold.bitcoin.merkle import merkle_root
 from poold.bitcoin.target import bits_to_target, target_to_difficulty
+from poold.bitcoin.template import parse_gbt
 from poold.bitcoin.tx import TxOut
 from poold.cli import main
 from poold.ledger import proof
@@ -26,7 +27,6 @@ from poold.ledger.config import LedgerConfig
 from poold.ledger.ledger import Ledger
 from poold.ledger.records import FoundBlock
 from poold.node.reader import NodeReader
-from poold.node.templates import parse_gbt
 from tests.ledger.helpers import share
 
 
