@@ -3,7 +3,8 @@
 The ledger plans the split from its cached PPLNS window (poold.ledger.planner; at most ~100 ms
 waiting on the database). Whatever happens to that plan, the pool never stays on old work: a plan
 that raises or does not arrive within `PLAN_DEADLINE_S` is replaced by the safe coinbase (the whole
-reward to `pool.fee_address`), the template goes out at once, the failure is logged with its
+reward to `pool.fee_address`, followed by the ledger's chain commitment as every split coinbase
+is, docs/AUDIT.md), the template goes out at once, the failure is logged with its
 reason (at most once a minute while it lasts) and counted in
 `poold_payout_plan_fallbacks_total{reason}`, and /readyz reports `payout_plan: false` until a plan
 succeeds again. Answers that arrive after a newer template's are dropped.
@@ -37,13 +38,15 @@ class CoinbasePlanning:
 
     def __init__(self, server: StratumServer, payouts: PlannedPayout, planner: Planner,
                  fee_script: bytes, *, metrics: Metrics | None = None,
-                 deadline_s: float = PLAN_DEADLINE_S) -> None:
+                 deadline_s: float = PLAN_DEADLINE_S,
+                 commitment: Callable[[], tuple[bytes, int]] | None = None) -> None:
         self.server = server
         self.payouts = payouts
         self.planner = planner
         self.fee_script = fee_script
         self.metrics = metrics
         self.deadline_s = deadline_s
+        self.commitment = commitment
         self.healthy = True  # the last plan succeeded (/readyz)
         self.failures = 0
         self.last_error = ""
@@ -89,7 +92,10 @@ class CoinbasePlanning:
             log.error("payout plan for height %d failed (%s); this template pays the whole "
                       "coinbase to pool.fee_address (%d failure(s) in a row)", template.height,
                       why, self.failures)
-        return [(self.fee_script, template.coinbase_value)]
+        outputs = [(self.fee_script, template.coinbase_value)]
+        if self.commitment is not None:
+            outputs.append(self.commitment())
+        return outputs
 
     async def aclose(self) -> None:
         """Cancel plans in flight (shutdown)."""

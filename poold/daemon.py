@@ -26,7 +26,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -139,6 +139,7 @@ def build_pool(
     clock: Any = time.time,
     difficulty: DifficultyPolicy | None = None,
     planner: Planner | None = None,
+    commitment: Callable[[], tuple[bytes, int]] | None = None,
     worker: int | None = None,
     **server_overrides: Any,
 ) -> Pool:
@@ -214,7 +215,7 @@ def build_pool(
         # split: the fee address takes the whole coinbase whenever no plan can be made
         planning = CoinbasePlanning(server, book.payouts, planner,
                                     address_to_script(cfg.pool.fee_address, cfg.pool.network),
-                                    metrics=metrics)
+                                    metrics=metrics, commitment=commitment)
         nodes.subscribe(planning.on_template)
     else:
         nodes.subscribe(server.on_template)
@@ -525,7 +526,8 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
     # Descriptors: raise the soft limit, fit max_connections under it (WARNING if lowered).
     max_connections = fit_max_connections(cfg.stratum.max_connections)
     pool = build_pool(cfg, nodes, metrics=metrics, share_sink=share_sink, block_sink=ledger,
-                      planner=planner, worker=worker, max_connections=max_connections)
+                      planner=planner, commitment=ledger.chain_commitment, worker=worker,
+                      max_connections=max_connections)
     server = pool.server
     server.ctx.engine.pressure = ledger.pressure  # back-pressure while the ledger lags
     if cfg.metrics.per_worker:

@@ -78,13 +78,15 @@ async def test_a_failed_plan_sends_the_safe_coinbase_at_once(
             raise ValueError("account 'bob' has no payout address")
         return [(script(), template.coinbase_value)]
 
-    r, planning, metrics = setup(planner, deadline_s=0.2)
+    head = (b"\x6a\x2d" + bytes(45), 0)  # the ledger's chain commitment (docs/AUDIT.md)
+    r, planning, metrics = setup(planner, deadline_s=0.2, commitment=lambda: head)
     first = regtest_template(curtime=1000)
     planning.on_template(first, True)
     await wait_for_template(r, first)
     job = r.engine.book.job_for(b"", r.clock.now)  # type: ignore[attr-defined]
     assert [(o.script_pubkey, o.value) for o in job.work.outputs if o.value] == [
         (FEE, first.coinbase_value)]
+    assert any(o.script_pubkey == head[0] for o in job.work.outputs)
     assert not planning.healthy
     reason = "timeout" if failure == "hangs" else "error"
     assert metrics.payout_plan_fallbacks.labels(reason)._value.get() == 1
