@@ -21,6 +21,7 @@ from poold.fleet.share_relay import (
     encode,
 )
 from poold.metrics import Metrics
+from tests.waiting import until
 
 
 def test_encode_decode_round_trip_and_split() -> None:
@@ -39,14 +40,6 @@ def test_encode_decode_round_trip_and_split() -> None:
 def test_decode_refuses_garbage(bad: bytes) -> None:
     with pytest.raises(ValueError):
         decode(bad)
-
-
-async def _until(cond: object, within_s: float = 5.0) -> None:
-    assert callable(cond)
-    deadline = asyncio.get_running_loop().time() + within_s
-    while not cond():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 class _Share:
@@ -73,7 +66,7 @@ async def test_sums_reach_worker_zero_and_survive_its_restart(tmp_path: Path) ->
             sender.record_share(_Share("a.rig1", 0.25))
         sender.record_share(_Share("b.rig2", 2.0))
         sender.record_share(_Share("", 9.0))  # an unauthorized session's share: no worker
-        await _until(lambda: len(got) >= 4)
+        await until(lambda: len(got) >= 4, 5.0, "four relayed sums", seen=lambda: got)
         # Each share counted (the controller's confidence depends on how many), with the mean
         # difficulty of its interval.
         assert sorted((s.worker, s.difficulty) for s in got) == [
@@ -86,7 +79,8 @@ async def test_sums_reach_worker_zero_and_survive_its_restart(tmp_path: Path) ->
         await receiver.start()
         got.clear()
         sender.record_share(_Share("a.rig1", 1.0))
-        await _until(lambda: got == [RelayedShares("a.rig1", 1.0)])
+        await until(lambda: got == [RelayedShares("a.rig1", 1.0)], 5.0, "a.rig1 relayed",
+                    seen=lambda: got)
 
         # Garbage from anyone on the socket is counted and ignored.
         loop = asyncio.get_running_loop()
@@ -94,7 +88,8 @@ async def test_sums_reach_worker_zero_and_survive_its_restart(tmp_path: Path) ->
             asyncio.DatagramProtocol, remote_addr=str(path), family=socket.AF_UNIX)
         transport.sendto(b"not json")
         transport.sendto(json.dumps({"d": {"c.rig3": [4.0, 2]}}).encode())
-        await _until(lambda: got.count(RelayedShares("c.rig3", 2.0)) == 2)
+        await until(lambda: got.count(RelayedShares("c.rig3", 2.0)) == 2, 5.0,
+                    "c.rig3 relayed twice", seen=lambda: got)
         transport.close()
     finally:
         task.cancel()
