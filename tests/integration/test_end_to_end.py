@@ -27,6 +27,7 @@ from poold.sim.miner import (
     prevhash_from_stratum_hex,
 )
 from tests.integration.conftest import Pool, StratumClient, new_address
+from tests.waiting import reading
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -212,13 +213,17 @@ async def test_session_resume_keeps_extranonce1(pool: Pool) -> None:
     sub = await c.request("mining.subscribe", ["e2e-test/1"])
     en1 = sub["result"][1]
     await c.close()
-    await asyncio.sleep(0.2)
-    c2 = await StratumClient.connect(pool)
-    try:
-        sub2 = await c2.request("mining.subscribe", ["e2e-test/1", en1])
-        assert sub2["result"][1] == en1
-    finally:
-        await c2.close()
+
+    async def resumed() -> str:  # free once the pool has seen the first session close
+        c2 = await StratumClient.connect(pool)
+        try:
+            sub2 = await c2.request("mining.subscribe", ["e2e-test/1", en1])
+            return str(sub2["result"][1])
+        finally:
+            await c2.close()
+
+    await reading(resumed, lambda got: got == en1, 5.0, f"extranonce1 {en1} resumed",
+                  poll_s=0.05)
 
 
 async def test_string_and_null_ids_are_echoed(pool: Pool) -> None:
