@@ -25,6 +25,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.waiting import reading
+
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).parents[2]
@@ -183,16 +185,20 @@ async def _check_live(prom: str) -> None:
         else:
             pytest.fail("Prometheus never saw a healthy demo with racks and accepted shares")
         print("scraping a healthy demo; evaluating panels and alerts")
-        await asyncio.sleep(20)  # a few rate windows' worth of samples
 
-        empty = []
-        for title, expr in _panels():
-            result = await _query(s, prom, _grafana_to_promql(expr))
-            if not result and title not in EXPECTED_EMPTY:
-                empty.append((title, expr))
-            if result and title in EXPECTED_EMPTY:
-                pytest.fail(f"panel {title!r} has data now: drop it from EXPECTED_EMPTY")
-        assert not empty, f"dashboard queries without data: {empty}"
+        async def panels_without_data() -> list[tuple[str, str]]:
+            empty = []
+            for title, expr in _panels():
+                result = await _query(s, prom, _grafana_to_promql(expr))
+                if not result and title not in EXPECTED_EMPTY:
+                    empty.append((title, expr))
+                if result and title in EXPECTED_EMPTY:
+                    pytest.fail(f"panel {title!r} has data now: drop it from EXPECTED_EMPTY")
+            return empty
+
+        # rate() windows fill as samples arrive: every panel has data within a few scrapes.
+        await reading(panels_without_data, lambda empty: not empty, 60.0,
+                      "dashboard queries with data", poll_s=2.0)
 
         present = {r["metric"]["__name__"] for r in await _query(s, prom, '{__name__=~"poold_.+"}')}
         problems = []
