@@ -8,7 +8,8 @@ module-level, function-level ("lazy") and those under `if TYPE_CHECKING:`. Then:
 - no forbidden edge, counting every import, typing-only ones included (a type is a dependency):
   `bitcoin` imports nothing of poold but itself and the error base (poold.errors); `node` builds
   on `bitcoin` and imports no pool logic (`work`, `stratum`, `ledger`, `fleet`); `work` imports
-  neither `ledger`, `node` nor `stratum`; the fleet does not import the simulator, and the
+  neither `ledger`, `node` nor `stratum`, and `stratum` (built on `work`) imports neither
+  `ledger`, `node` nor `fleet`; the fleet does not import the simulator, and the
   simulator imports the fleet only in its documented seams (`SIM_SEAMS`); no package imports
   the daemon or the CLI;
 - the pure modules import no asyncio, aiohttp, zmq or database driver.
@@ -49,6 +50,8 @@ FORBIDDEN: tuple[tuple[str, str, str], ...] = (
     ("poold.fleet", "poold.sim", "the fleet controls real firmware; the simulator is a test part"),
     ("poold.fleet", "poold.api", "the fleet raises its own errors; the API maps them to HTTP"),
     ("poold.stratum", "poold.ledger", "the Stratum side hands shares to a sink (work/)"),
+    ("poold.stratum", "poold.node", "the Stratum side gets templates through work/, not nodes"),
+    ("poold.stratum", "poold.fleet", "the fleet marks sessions through their own seam"),
 )
 TOP_ONLY = ("poold.daemon", "poold.cli")  # wiring and entry points: imported by no package
 
