@@ -201,14 +201,19 @@ class Ledger:
             self._spill_task = None
         if self._task is not None:
             # Let the flusher finish its cycle (a write in flight is completed, not cut off);
-            # only a store hung past the grace period gets the task cancelled (the batch is
-            # then put back and spilled below).
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), _STOP_GRACE_S)
-            except TimeoutError:
+            # only a store hung past the grace period (short when the store is known to be
+            # failing) gets the task cancelled, and a driver slow to honour that is not waited
+            # for: the batch in flight is spilled below with its chain link.
+            grace = _STOP_GRACE_S if self._health.healthy else PROBE_TIMEOUT_S
+            done, _ = await asyncio.wait((self._task,), timeout=grace)
+            if not done:
                 self._task.cancel()
+                done, _ = await asyncio.wait((self._task,), timeout=PROBE_TIMEOUT_S)
+            if done:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+                    self._task.result()
+            else:
+                self._task.add_done_callback(retrieve)
             self._task = None
         if self._critical:  # block records still being written (their callers may be gone)
             await asyncio.gather(*self._critical, return_exceptions=True)
@@ -217,8 +222,10 @@ class Ledger:
                 await self._health.bounded(self._open_store(), PROBE_TIMEOUT_S * 5, "ledger-open")
         if self._store_open and self._health.healthy:
             try:
-                await asyncio.wait_for(self._shares.flush(), _STOP_GRACE_S)
-                await asyncio.wait_for(self.flush_energy(), _STOP_GRACE_S)
+                await self._health.bounded(self._shares.flush(), _STOP_GRACE_S,
+                                           "ledger-final-flush")
+                await self._health.bounded(self.flush_energy(), _STOP_GRACE_S,
+                                           "ledger-final-energy")
             except (StoreUnavailable, TimeoutError) as exc:
                 log.error("ledger: final flush failed: %s", reason_of(exc))
         if self._shares.in_memory:
@@ -744,26 +751,31 @@ class Ledger:
             return self._planner.accounts.address_of(account)
 
         watcher = payments.PaymentWatcher(self.store, Network(self.config.network), address_of)
-        leading: bool | None = None
-        while True:
-            try:
-                lead = await self.store.lead("reconcile")
-                if lead != leading:
-                    log.info("reconcile: %s", "this instance reconciles found blocks" if lead
-                             else "another instance on this ledger reconciles found blocks")
-                    leading = lead
-                if not lead:
-                    await asyncio.sleep(interval_s)
-                    continue
+        leading: list[bool | None] = [None]
+
+        async def one_round() -> None:
+            lead = await self.store.lead("reconcile")
+            if lead != leading[0]:
+                log.info("reconcile: %s", "this instance reconciles found blocks" if lead
+                         else "another instance on this ledger reconciles found blocks")
+                leading[0] = lead
+            if lead:
                 rep = await self.reconcile(node)
                 if rep.changed or rep.mismatches:
                     log.info("reconcile: %d blocks checked, changed %s, mismatches %s",
                              rep.checked, rep.changed, rep.mismatches)
                 await watcher.scan(node)
-            except StoreUnavailable as exc:
-                log.error("reconcile: ledger unavailable: %s", exc)
+
+        while True:
+            try:
+                # Bounded, and cancelled at once at shutdown even if the driver is stuck in a
+                # call to a hung server (the daemon's TaskGroup waits for this task).
+                await self._health.bounded(one_round(), max(interval_s, 30.0),
+                                           "ledger-reconcile")
+            except (StoreUnavailable, TimeoutError) as exc:
+                log.error("reconcile: ledger unavailable: %s", reason_of(exc))
             except Exception as exc:  # node errors come in the node client's own types
-                log.error("reconcile: %s: %s", type(exc).__name__, exc)
+                log.error("reconcile: %s", reason_of(exc))
             await asyncio.sleep(interval_s)
 
     async def export(self, fmt: str, since: float = 0.0) -> str:

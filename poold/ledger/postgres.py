@@ -100,12 +100,29 @@ _DRIVER_LOG_INTERVAL_S = 60.0
 _DRIVER_NOISE = _DriverNoise()
 
 
+class _DriverTasks(logging.Filter):
+    """On the `asyncio` logger: an asyncpg-internal task that failed while the server was away
+    ("Task exception was never retrieved ... asyncpg/pool.py") goes through `_DriverNoise`;
+    everything else passes untouched."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "asyncpg" not in record.getMessage():
+            return True
+        return _DRIVER_NOISE.filter(record)
+
+
+_DRIVER_TASKS = _DriverTasks()
+
+
 def quiet_driver_logs() -> None:
-    """Install the asyncpg log filter (idempotent)."""
+    """Install the asyncpg log filters (idempotent)."""
     for name in ("asyncpg", "asyncpg.pool", "asyncpg.connection"):
         logger = logging.getLogger(name)
         if _DRIVER_NOISE not in logger.filters:
             logger.addFilter(_DRIVER_NOISE)
+    aio = logging.getLogger("asyncio")
+    if _DRIVER_TASKS not in aio.filters:
+        aio.addFilter(_DRIVER_TASKS)
 
 
 def _q(sql: str) -> str:
@@ -223,7 +240,7 @@ class PostgresStore:
         if pool is not None:
             # A hung server would hold a graceful close (it waits for busy connections).
             try:
-                await asyncio.wait_for(pool.close(), self._connect_timeout)
+                await asyncio.wait_for(pool.close(), min(2.0, self._connect_timeout))
             except TimeoutError:
                 pool.terminate()
 

@@ -35,8 +35,9 @@ log = logging.getLogger("poold.ledger")
 
 # Shares not committed this long after they were accepted go to the spill file.
 SPILL_AFTER_S = 1.0
-# Lag (s) at which back-pressure starts: pressure = lag / this, from 1 up to PRESSURE_MAX.
-PRESSURE_LAG_S = 1.0
+# Lag (s) at which back-pressure starts (a busy but healthy ledger stays well below it):
+# pressure = lag / this, from 1 up to PRESSURE_MAX.
+PRESSURE_LAG_S = 2.0
 PRESSURE_MAX = 16.0
 _LOST_LOG_INTERVAL_S = 10.0
 _share_time = attrgetter("time")
@@ -75,6 +76,7 @@ class ShareBuffer:
         self._head_known = False
         # A batch whose commit failed or was cancelled: (its link, shares, spill seq or None).
         self._held: tuple[chain.Link, list[AcceptedShare], int | None] | None = None
+        self._writing: tuple[chain.Link, list[AcceptedShare], int | None] | None = None
         self.lost = 0
         self.committed = 0
         self.spilled = 0
@@ -97,9 +99,10 @@ class ShareBuffer:
 
     @property
     def in_memory(self) -> int:
-        """Shares only in memory: buffered, or held after a commit that went unanswered."""
-        held = self._held
-        return len(self._buffer) + (len(held[1]) if held is not None and held[2] is None
+        """Shares only in memory: buffered, being committed, or held after a commit that
+        failed or went unanswered."""
+        unsure = self._held if self._held is not None else self._writing
+        return len(self._buffer) + (len(unsure[1]) if unsure is not None and unsure[2] is None
                                     else 0)
 
     @property
@@ -187,18 +190,19 @@ class ShareBuffer:
         self._inflight_oldest = batch[0].time
         # Hashed here, once per batch, never on the share path.
         link = chain.share_link(self.chain, self.head, batch, self._clock())
+        self._writing = (link, batch, seq)
         try:
             await self.store.insert_shares(batch, link)
         except asyncio.CancelledError:
             # Cancelled mid-write (shutdown past its grace period): not known to be committed.
             self._inflight_oldest = None
             self._head_known = False
-            self._held = (link, batch, seq)
+            self._held, self._writing = (link, batch, seq), None
             raise
         except (StoreUnavailable, TimeoutError) as exc:
             self._inflight_oldest = None
             self._head_known = False
-            self._held = (link, batch, seq)
+            self._held, self._writing = (link, batch, seq), None
             self.last_error = reason_of(exc)
             if not self._write_failing:
                 self._write_failing = True
@@ -208,6 +212,7 @@ class ShareBuffer:
             return False
         self.head = link
         self._inflight_oldest = None
+        self._writing = None
         if self._write_failing:
             self._write_failing = False
             log.warning("ledger: share batches commit again (%d buffered, %d in the spill file)",
@@ -269,9 +274,12 @@ class ShareBuffer:
         """Shutdown: everything still buffered goes to the spill file; a batch whose commit
         went unanswered goes with its link (the next start checks it against the head)."""
         n = 0
-        if self._held is not None and self._held[2] is None:
-            link, held, _seq = self._held
-            self._held = None
+        # A commit still unanswered (a hung store that did not honour the cancel) counts as
+        # held: its outcome is unknown.
+        unsure = self._held if self._held is not None else self._writing
+        if unsure is not None and unsure[2] is None:
+            link, held, _seq = unsure
+            self._held = self._writing = None
             try:
                 await self.spill.append(held, link.hash.hex())
                 n += len(held)

@@ -51,7 +51,7 @@ async def test_kill_9_around_the_submit_with_the_store_hung(pg_url: str, tmp_pat
                     await asyncio.sleep(1.0)  # mining with a healthy store first
                     proxy.freeze()
                     height = dn.height
-                    deadline = time.monotonic() + 20
+                    deadline = time.monotonic() + 45
                     while dn.height == height:  # a block the node accepted
                         assert time.monotonic() < deadline, log_tail(log)
                         await asyncio.sleep(0.002)
