@@ -59,6 +59,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_ports(n: int) -> int:
+    """A base port with n consecutive free ports (the admin APIs of `--processes n`: base + I),
+    below the ephemeral range like `free_port`."""
+    rng = random.Random()
+    low = _ephemeral_low()
+    for _ in range(500):
+        base = rng.randrange(10_000, max(10_001, low - n))
+        if any(base + i in _GIVEN for i in range(n)):
+            continue
+        socks = []
+        try:
+            for i in range(n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", base + i))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        _GIVEN.update(base + i for i in range(n))
+        return base
+    raise AssertionError(f"no run of {n} free loopback ports below {low}")
+
+
 def nodes_toml(devnet: Any) -> str:
     """The config's `[[nodes]]` table for an in-process `poold.devnet.Devnet`."""
     return f"""[[nodes]]

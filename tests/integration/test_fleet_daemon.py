@@ -25,10 +25,10 @@ import pytest
 import pytest_asyncio
 
 from poold.bitcoin.address import Network, p2wpkh_address
-from poold.demo import _free_port, write_config
+from poold.demo import write_config
 from poold.devnet import Devnet
 from poold.sim.fleet_demo import PASSWORD, PASSWORD_ENV, FleetDemo
-from tests.poold_process import wait_listening
+from tests.poold_process import free_port, free_ports, wait_listening
 
 TOKEN = "fleet-test-token"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
@@ -46,7 +46,9 @@ async def emulators() -> AsyncIterator[FleetDemo]:
 
 async def _start(tmp: Path, devnet: Devnet, fleet: FleetDemo, *args: str
                  ) -> tuple[asyncio.subprocess.Process, Path, int, int]:
-    port, api = _free_port(), _free_port()
+    # below the ephemeral range, where the emulators' and workers' outgoing connections take
+    # their ports; worker I of --processes serves its API on api + I
+    port, api = free_port(), free_ports(2)
     cfg = write_config(tmp, devnet, port, 1e-4, fleet.fleet_toml(), api=("127.0.0.1", api),
                        api_token=TOKEN)
     log = (tmp / "poold.log").open("wb")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import re
 import shutil
 import signal
@@ -30,7 +29,7 @@ from poold.sim.miner import StratumMiner
 from poold.work.extranonce import WORKER_BITS
 from tests.integration.conftest import StratumClient, new_address
 from tests.integration.conftest import write_config as write_pool_config
-from tests.poold_process import free_port, log_tail, poold_command, spawn
+from tests.poold_process import free_port, free_ports, log_tail, poold_command, spawn
 from tests.poold_process import stop as stop_process
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -44,26 +43,6 @@ HASHRATE = 500_000  # CPU hashes/s per miner: a share (on regtest also a block) 
 def worker_of(en1: bytes) -> int:
     """The worker field of a worker process's extranonce1 (poold.work.extranonce)."""
     return int.from_bytes(en1[1:], "big") >> (8 * (len(en1) - 1) - WORKER_BITS)
-
-
-def free_ports(n: int) -> int:
-    """A base port with n consecutive free ports (the workers' admin APIs: base + I), below
-    the ephemeral range: there, an outgoing connection of worker 0 could take base + 1."""
-    for _ in range(100):
-        base = random.randrange(20000, 32000)
-        socks = []
-        try:
-            for i in range(n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", base + i))
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-        return base
-    raise AssertionError("no run of free ports")
 
 
 async def _until(predicate: Callable[[], bool], limit_s: float, what: str = "") -> None:
