@@ -39,6 +39,7 @@ import os
 import re
 import resource
 import select
+import signal
 import socket
 import sys
 import tempfile
@@ -63,6 +64,7 @@ from tests.bench.stratum_throughput import (
 
 RESERVE_FDS = 256  # poold.stratum.limits.RESERVE_FDS
 PER_GEN_MAX = 15_000  # connections per generator process (fds, and the epoll loop's length)
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux, ip(7)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,13 +112,26 @@ def gen_main(args: argparse.Namespace) -> None:
         prevhash.pop(fd, None)
         closed.append((time.monotonic() - started, what))
 
+    progress_at = started + 10.0
+    hello_late = 0  # hellos sent more than 10 s after their connect (the generator was behind)
+    connect_at: dict[int, float] = {}
     while True:
         now = time.monotonic()
-        due = min(args.conns, int((now - started) * args.rate) + 1)
+        if now > progress_at:
+            progress_at = now + 10.0
+            print(f"gen {args.source} pid {os.getpid()} at {now - started:.0f} s: opened "
+                  f"{opened}, connecting {len(pending)}, ready {len(prevhash)}, closed "
+                  f"{len(closed)}, hellos late {hello_late}", file=sys.stderr, flush=True)
+        # On schedule, in passes of at most 100 ms worth of connects (I/O is served between).
+        due = min(args.conns, int((now - started) * args.rate) + 1,
+                  opened + max(1, int(args.rate / 10)))
         while opened < due:
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.setblocking(False)
             try:
+                # The port is picked at connect() (4-tuple unique), not at bind(): a bind to
+                # port 0 reserves a port for good and searches for one linearly (ip(7)).
+                s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
                 s.bind((args.source, 0))
                 code = s.connect_ex((args.host, args.port))
             except OSError as exc:
@@ -129,17 +144,25 @@ def gen_main(args: argparse.Namespace) -> None:
                 continue
             fd = s.fileno()
             socks[fd] = s
-            pending[fd] = True
             bufs[fd] = b""
-            ep.register(fd, select.EPOLLOUT | select.EPOLLIN)
-        if not announced and opened == args.conns and (
-            len(prevhash) + len(closed) + sum(failed.values()) >= args.conns
-            or now > ready_deadline
-        ):
+            try:
+                # On loopback the handshake is usually done within connect(): say hello at
+                # once, as a miner does, instead of one poll later.
+                s.send(hello)
+            except OSError:
+                pending[fd] = True
+                connect_at[fd] = now
+                ep.register(fd, select.EPOLLOUT | select.EPOLLIN)
+            else:
+                ep.register(fd, select.EPOLLIN)
+        if not announced and (now > ready_deadline or (
+            opened == args.conns
+            and len(prevhash) + len(closed) + sum(failed.values()) >= args.conns
+        )):
             emit({"event": "ready", "opened": opened, "ready": len(prevhash),
                   "closed": len(closed), "failed": failed,
                   "closed_at": [round(t, 1) for t, _ in closed[:50]],
-                  "closed_how": _counts(w for _, w in closed),
+                  "closed_how": _counts(w for _, w in closed), "hello_late": hello_late,
                   "seconds": round(now - started, 1)})
             announced = True
         if watching and (len(stamped) >= len(prevhash) or now > deadline):
@@ -175,6 +198,8 @@ def gen_main(args: argparse.Namespace) -> None:
                     continue
                 if ev & select.EPOLLOUT:
                     del pending[fd]
+                    if time.monotonic() - connect_at.pop(fd, now) > 10.0:
+                        hello_late += 1
                     try:
                         s.send(hello)
                     except OSError as exc:
@@ -456,6 +481,11 @@ def main() -> None:
     if args.gen:
         gen_main(args)
         return
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM: stop the pool and the generators on the way out
+
+    signal.signal(signal.SIGTERM, interrupt)
     raise SystemExit(asyncio.run(run(args)))
 
 
