@@ -8,8 +8,12 @@ included: they inherit the supervisor's affinity); the load generators, several 
 (descriptor limits are per process) each bound to one of the loopback source addresses
 127.0.0.1..127.0.0.<addresses> (ephemeral ports run out near 28,000 per address), run on CPU 1.
 They open `--miners` connections at `--rate` per second in total, each one subscribing and
-authorizing at once; a miner is ready when it holds a job (its first `mining.notify`). The
-generators count every connection the pool closed (EOF or reset) and when.
+authorizing at once (the subscribe goes out with the connect, as a miner's does); a miner is
+ready when it holds a job (its first `mining.notify`). The generators count every connection the
+pool closed (EOF or reset) and when, and every subscribe they sent late (a starved generator
+looks silent to the pool). `ready` is counted at the generators' deadline (printed) and again
+after the blocks (the figure on the last line: on a busy machine the pool may still be working
+through the connect burst at the deadline).
 
 Then `--blocks` blocks are mined on the devnet. t0 = this process receiving the devnet's ZMQ
 `hashblock`; each miner is stamped when it has parsed a clean notify on the new prevhash.
@@ -362,7 +366,6 @@ async def phase(dn: Any, address: str, pool_pid: int, port: int, api_port: int,
             first = sorted(t for g in gens for t in g.ready["closed_at"])[:10]
             print(f"  first closes at (s after the generator started): {first}", flush=True)
         await asyncio.sleep(2.0)
-        rss1 = pool_rss_kb(pool_pid)
         lasts: list[float] = []
         counts: list[int] = []
         async with zmq_stamps(dn.zmq_url) as stamps:
@@ -384,6 +387,18 @@ async def phase(dn: Any, address: str, pool_pid: int, port: int, api_port: int,
                       f"{lasts[-1]:.0f} ms after the hashblock", flush=True)
                 await asyncio.sleep(1.0)
         drops = await scrape_drops(api_port, processes)
+        # Miners holding a job now, after the blocks (the pool may still have been working
+        # through the connect burst when the generators' deadline passed).
+        statuses = []
+        for g in gens:
+            await g.send("status")
+            statuses.append(await g.event(30))
+        final = sum(int(st["ready"]) for st in statuses)
+        closed = sum(int(st["closed"]) for st in statuses)
+        print(f"  ready {ready} at the generators' deadline, {final} after the blocks; closed by "
+              f"the pool in all: {closed}", flush=True)
+        ready = final
+        rss1 = pool_rss_kb(pool_pid)  # with every ready miner connected
         return Phase(miners, ready, closed, how, failed, connect_s,
                      (rss1 - rss0) / max(ready, 1), lasts, counts, drops)
     finally:
