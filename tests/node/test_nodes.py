@@ -182,8 +182,7 @@ async def test_node_restart_is_survived(fake: FakeNode) -> None:
         ns.subscribe(got)
         await wait_zmq(ns, "a")
         await fake.stop()
-        await asyncio.sleep(0.3)
-        assert not ns.healthy()
+        await eventually(lambda: not ns.healthy())
         assert metrics.registry.get_sample_value("poold_node_up", {"node": "a"}) == 0
         # Mined while we could not see it (its ZMQ publisher is down too).
         fake.hashes.append("ab" * 32)

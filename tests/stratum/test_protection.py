@@ -332,3 +332,28 @@ async def test_subscribe_timeout_spares_a_miner_the_pool_has_not_read_yet(
     assert disconnects(pool, "subscribe_timeout") == 1
     for c in (silent, waiting):
         await c.close()
+
+
+FIT = """
+import logging, resource, sys
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+resource.setrlimit(resource.RLIMIT_NOFILE, (300, 1000))
+from poold.stratum.limits import fit_max_connections
+print(fit_max_connections(int(sys.argv[1])), *resource.getrlimit(resource.RLIMIT_NOFILE))
+"""
+
+
+@pytest.mark.parametrize(("asked", "fits", "soft", "warned"), [
+    (500, 500, 756, False),  # raised just enough: 500 miners + 256 for the rest
+    (5000, 744, 1000, True),  # raised to the hard limit, and still short: lowered, loudly
+])
+async def test_descriptor_limit_is_raised_and_max_connections_fitted(
+    asked: int, fits: int, soft: int, warned: bool,
+) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", FIT, str(asked),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    assert out.split() == [str(fits).encode(), str(soft).encode(), b"1000"]
+    assert (b"LimitNOFILE" in err) is warned, err
