@@ -2,16 +2,9 @@
 
 Contract (INTERFACES.md, poold/ledger):
 
-- `record_share(share)` is synchronous and never blocks: the share path (poold.ledger.sharebuffer)
-  buffers it; a flusher task commits in batches every `flush_interval_ms` (default 100 ms), in
-  order. Shares not committed within `SPILL_AFTER_S` (the store down, hung or behind) go to an
-  fsynced spill file under the state directory and are committed from there first when the store
-  takes writes again, so a `kill -9` loses at most that in-memory window and the batch in flight;
-  shutdown spills what the store did not take. `pressure()` (>= 1 while the ledger lags) is read
-  by the share engine's vardiff: new jobs carry a higher difficulty until the ledger catches up.
-  A share is only lost when memory and the spill file both fail it; each loss is counted
-  (`poold_ledger_lost_shares`) and logged with its reason. `poold_ledger_lag_seconds` is the age
-  of the oldest uncommitted share.
+- `record_share(share)` is synchronous and never blocks (poold.ledger.sharebuffer: batches
+  every `flush_interval_ms`, in order; past a 1 s window shares spill to an fsynced file;
+  `pressure()` is the share engine's back-pressure; losses counted with their reason).
 - `journal_block(block)` appends a found block to the local block journal (poold.ledger.journal)
   and fsyncs it; the block submitter awaits it *before* the block goes to any node, so a block a
   node accepted is always on disk here. `record_block(block)` then commits it to the store
@@ -21,8 +14,7 @@ Contract (INTERFACES.md, poold/ledger):
 - Every pending journal record is replayed as soon as the store takes a write or answers a
   probe (and at start); replay is idempotent. `poold_ledger_journal_pending` and
   `poold_ledger_journal_oldest_age_seconds` show what waits.
-- `writable` (/readyz, `poold_ledger_writable`) is the truth within about 2 s: the store must
-  have answered a write or a probe (every PROBE_INTERVAL_S, PROBE_TIMEOUT_S each) recently.
+- `writable` (/readyz, `poold_ledger_writable`) is the truth within ~2 s (poold.ledger.health).
 
 Also fronted here: PPLNS windows and credits at maturity and the split coinbase
 (`coinbase_outputs`, which poold run's planner calls per template), computed by the owned

@@ -105,3 +105,29 @@ async def test_kill_9_with_database_down_keeps_every_block(tmp_path: Path) -> No
         assert not journal.exists()
     finally:
         await ledger.stop()
+
+
+@pytest.mark.slow
+async def test_kill_9_during_an_outage_keeps_the_spilled_shares(tmp_path: Path) -> None:
+    """The database is unreachable: accepted shares past the 1 s in-memory window are in the
+    spill file, so a kill -9 loses only that window; the next start commits them in order."""
+    from poold.ledger.ledger import SPILL_CHECK_S
+    from poold.ledger.sharebuffer import SPILL_AFTER_S
+
+    down = "postgresql://poold:poold@127.0.0.1:9/none"
+    killed_at, _blocks = await run_child(down, tmp_path, rate=5_000, run_s=3.0)
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    ledger = Ledger(LedgerConfig(url=url, state_dir=str(tmp_path)))
+    await ledger.start()
+    try:
+        assert await ledger.flush()
+        count = await ledger.store.share_count()
+        newest = (await ledger.store.shares_page(killed_at + 10, None, 1))[0].time
+    finally:
+        await ledger.stop()
+    lost_window = killed_at - newest
+    print(f"{count} shares kept through the outage; the newest {lost_window * 1000:.0f} ms "
+          "before the kill")
+    assert count > 5_000
+    assert lost_window <= SPILL_AFTER_S + SPILL_CHECK_S + SLACK_S + 0.4
+    await assert_gap_free(url, count)
