@@ -1,9 +1,9 @@
-"""Every byte-order conversion poold needs, in one place (STYLE.md #4).
+"""Every byte-order conversion poold needs, in one place.
 
 Names: `x` = internal bytes (sha256d output order, as in headers and merkle trees), `x_hex` =
 RPC/display hex (the byte-reverse of internal), `x_int` = internal bytes read as a little-endian
 integer (what targets compare against), `x_stratum` = the `mining.notify` prevhash: internal
-bytes with each 4-byte word byte-reversed (pools.md §3.7). Stratum's version/nbits/ntime/nonce
+bytes with each 4-byte word byte-reversed (docs/STRATUM.md §6). Stratum's version/nbits/ntime/nonce
 are the big-endian hex of a uint32 (`u32_to_hex`).
 """
 

@@ -1,6 +1,6 @@
 """The pool's coinbase transaction, split into Stratum's coinb1/coinb2 around the extranonce.
 
-Layout (legacy serialization, pools.md §3.8):
+Layout (legacy serialization, docs/STRATUM.md §7):
 `version | 01 | null prevout | len | scriptSig | ffffffff | n_out | outputs | locktime`, with
 scriptSig = BIP34 height push (Core's `CScript() << height`) || tag || extranonce1 || extranonce2.
 coinb1 ends exactly where extranonce1 starts, coinb2 starts right after extranonce2. Outputs are

@@ -5,10 +5,10 @@ Given a job (coinb1, coinb2, merkle branch, version, prevhash, nbits, network ta
 sent), rebuild the coinbase, fold the merkle branch, build the 80-byte header, hash it with
 SHA-256d and compare the hash, as a little-endian 256-bit integer, with the share target and the
 network target (`hash <= target`, as Bitcoin Core's CheckProofOfWork). Wire formats: Stratum V1
-mining.notify/mining.submit (reference/pools.md §3.7, §3.9) and BIP310 version rolling:
+mining.notify/mining.submit (docs/STRATUM.md §6, §8) and BIP310 version rolling:
 `version = (job_version & ~mask) | (bits & mask)`, bits outside the mask are rejected.
 
-Two implementations with one signature (STYLE.md #11):
+Two implementations with one signature:
 
 * `poold._sharecore` (Cython + C, `native/`): SHA-NI when CPUID reports it, portable C otherwise;
   the batch entry point hashes two shares at a time.

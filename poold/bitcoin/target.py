@@ -3,7 +3,7 @@
 nBits follows Bitcoin Core's arith_uint256 SetCompact/GetCompact. Difficulty is the pool
 ("bdiff") convention: difficulty 1 = 0x00000000FFFF0000...0000 = 0xFFFF * 2**208, share target
 for difficulty D = floor(diff1 / D), and a hash meets a target iff its little-endian integer is
-<= the target (pools.md §3.6). Fractional difficulties (down to 1e-8 and below, for regtest and
+<= the target (docs/STRATUM.md §5). Fractional difficulties (down to 1e-8 and below, for regtest and
 tests) are converted with exact rational arithmetic, never float division.
 """
 

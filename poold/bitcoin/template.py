@@ -4,8 +4,8 @@ Parses a BIP22/BIP23 `getblocktemplate` answer (with the BIP9 `rules` negotiatio
 `default_witness_commitment`) into a frozen value object, and builds the coinbase-only template
 that lets miners switch to a new tip before the full template is ready.
 
-Pure: no I/O. Byte order follows STYLE.md #4: `prevhash`, `txid`, `wtxid` are internal bytes, the
-RPC's display hex goes through `poold.bitcoin.byteorder`.
+Pure: no I/O. Byte order is in the name (see `poold.bitcoin`): `prevhash`, `txid`, `wtxid` are
+internal bytes, the RPC's display hex goes through `poold.bitcoin.byteorder`.
 """
 
 from __future__ import annotations

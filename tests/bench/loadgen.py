@@ -36,7 +36,7 @@ import sys
 import time
 from collections import deque
 
-# job_id, prevhash, ... ntime, clean_jobs of a mining.notify (params = 9 items, pools.md §3.7).
+# job_id, prevhash, ... ntime, clean_jobs of a mining.notify (params = 9 items, docs/STRATUM.md §6).
 NOTIFY_RE = re.compile(
     rb'"params"\s*:\s*\[\s*"([^"]*)"\s*,\s*"([0-9a-fA-F]{64})"\s*,.*\]\s*,'
     rb'\s*"[0-9a-fA-F]{8}"\s*,\s*"[0-9a-fA-F]{8}"\s*,\s*"([0-9a-fA-F]{8})"\s*,\s*(true|false)\s*\]'

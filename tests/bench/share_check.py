@@ -1,7 +1,7 @@
 """Share-check throughput: native single call, native batch, pure twin; one process, round-robin.
 
-Run: `python -m tests.bench.share_check [--rounds N]`. The share has the shape measured in
-reference/perf.md: a 250-byte coinbase (coinb1 52 B with a BIP34 height and a tag, extranonce1
+Run: `python -m tests.bench.share_check [--rounds N]`. The share has the shape of a typical
+pool's: a 250-byte coinbase (coinb1 52 B with a BIP34 height and a tag, extranonce1
 4 B, extranonce2 8 B, coinb2 186 B with four outputs including the witness commitment) and a
 12-step merkle branch: 45 SHA-256 compressions per share. Each method checks the same kind of
 random submits (extranonce2, ntime, nonce, BIP320 version bits) against a difficulty-1 target.

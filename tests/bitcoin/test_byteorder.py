@@ -18,8 +18,8 @@ from poold.bitcoin.byteorder import (
     u32_to_hex,
 )
 
-# pools.md §3.7 worked example (public-pool job from the ESP-Miner #203 log): the notify prevhash
-# and the display hash it stands for.
+# docs/STRATUM.md §6 worked example (a public-pool job logged in ESP-Miner issue #203): the
+# notify prevhash and the display hash it stands for.
 PREV_STRATUM = "9e81c964520c42f237a10b2ad1141c5e38eaf83a0002224a0000000000000000"
 PREV_DISPLAY = "00000000000000000002224a38eaf83ad1141c5e37a10b2a520c42f29e81c964"
 
@@ -45,7 +45,7 @@ def test_pools_md_prevhash_example() -> None:
 
 
 def test_stratum_prevhash_is_word_reversed_display() -> None:
-    # pools.md's other description: the display hash's eight 8-hex groups in reverse order.
+    # The equivalent description: the display hash's eight 8-hex groups in reverse order.
     groups = [PREV_DISPLAY[i : i + 8] for i in range(0, 64, 8)]
     assert "".join(reversed(groups)) == PREV_STRATUM
 
@@ -58,7 +58,7 @@ def test_prevhash_roundtrip(h: bytes) -> None:
 
 
 def test_u32_hex() -> None:
-    # Stratum wire: big-endian, 8 chars, zero padded (pools.md §3.7: version "20000000").
+    # Stratum wire: big-endian, 8 chars, zero padded (docs/STRATUM.md §6: version "20000000").
     assert u32_to_hex(0x20000000) == "20000000"
     assert u32_to_hex(0x1D00FFFF) == "1d00ffff"
     assert u32_to_hex(5) == "00000005"

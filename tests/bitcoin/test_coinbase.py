@@ -21,7 +21,7 @@ COMMIT = witness_commitment_script(bytes(range(32)))
 
 
 def test_public_pool_coinb1_layout() -> None:
-    # pools.md §3.7 (public-pool job, ESP-Miner #203 log): height 846646, tag "Public-Pool",
+    # docs/STRATUM.md §6 (public-pool job, ESP-Miner issue #203): height 846646, tag "Public-Pool",
     # 8 bytes of extranonce1||extranonce2 to come; coinb1 ends exactly before them.
     parts = build_coinbase(
         846646,

@@ -89,8 +89,8 @@ def test_rolling_changes_the_hash() -> None:
 # -- BIP310 version rolling ---------------------------------------------------------------------
 
 
-def test_pools_md_rolling_example() -> None:
-    # pools.md §3.9: job version 0x20000000 with bits 0x038f4000 -> 0x238f4000. The bits lie
+def test_bip310_rolling_example() -> None:
+    # docs/STRATUM.md §4: job version 0x20000000 with bits 0x038f4000 -> 0x238f4000. The bits lie
     # inside the BIP320 pool mask 0x1fffe000, so the formula (v & ~m) | (b & m) gives exactly that.
     assert 0x038F4000 & ~0x1FFFE000 == 0
     assert rolled_version(0x20000000, 0x038F4000, 0x1FFFE000) == 0x238F4000
@@ -100,7 +100,7 @@ def test_pools_md_rolling_example() -> None:
 
 def test_rolling_replaces_bits_inside_mask() -> None:
     # A job version with bits inside the mask (e.g. a BIP9 signal) is overridden by the miner's
-    # bits, not OR-ed (the XOR/OR pool variants in pools.md differ exactly here).
+    # bits, not OR-ed (pools that XOR or OR the bits in differ exactly here).
     assert rolled_version(0x20002000, 0x00000000, 0x1FFFE000) == 0x20000000
     assert rolled_version(0x20002000, 0x00004000, 0x1FFFE000) == 0x20004000
 

@@ -56,7 +56,7 @@ def test_bip34_real_coinbases() -> None:
     _, txs = parse_block(load_hex("mainnet-block-542213.hex"))
     assert txs[0].inputs[0].script_sig.startswith(bip34_height_push(542213))
     assert bip34_height_push(542213) == bytes.fromhex("03054608")
-    # pools.md §3.7 public-pool job at 846646 (03 36eb0c); block 227931, the first height where
+    # docs/STRATUM.md §6 public-pool job at 846646 (03 36eb0c); block 227931, the first height where
     # mainnet enforced BIP34 (03 5b7a03).
     assert bip34_height_push(846646) == bytes.fromhex("0336eb0c")
     assert bip34_height_push(227931) == bytes.fromhex("035b7a03")

@@ -3,7 +3,7 @@ between the native core (both SHA-256 paths: SHA-NI and portable C) and the pure
 
 The oracle is never the code under test: block hashes are the real mainnet ones (and the header
 of each block meets its own nbits), and random cases are checked against a reference written here
-with hashlib and struct, step by step as reference/pools.md §3.9 describes the share check.
+with hashlib and struct, step by step as docs/STRATUM.md §8 describes the share check.
 """
 
 from __future__ import annotations
@@ -644,7 +644,7 @@ def test_cores_agree_on_arbitrary_text(en2: str, ntime: str, nonce: str, bits: s
 
 
 def test_large_coinbase(core: Core) -> None:
-    """Firmware takes coinbases of up to 16 KB (reference/pools.md §3.8): many cached blocks
+    """Firmware takes coinbases of up to 16 KB (docs/STRATUM.md §7): many cached blocks
     before the extranonces and many constant blocks after them."""
     rng = __import__("random").Random(16)
     coinb1, en1, coinb2 = rng.randbytes(1000), rng.randbytes(8), rng.randbytes(16_000)

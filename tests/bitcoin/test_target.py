@@ -1,4 +1,4 @@
-"""target.py: nBits per Core's arith_uint256 vectors, pool difficulty per pools.md §3.6, exact
+"""target.py: nBits per Core's arith_uint256 vectors, pool difficulty per docs/STRATUM.md §5, exact
 fractional difficulty targets, and Hypothesis round trips."""
 
 from __future__ import annotations

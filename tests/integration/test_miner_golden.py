@@ -2,7 +2,7 @@
 
 The miner (poold.sim.miner) is poold's independent check of its Stratum encoding, so its own
 byte-order handling is pinned here to real mainnet blocks and the worked examples of
-pools.md §3.7/§3.9 without using poold.bitcoin; a property test then checks that the two
+docs/STRATUM.md §6/§8 without using poold.bitcoin; a property test then checks that the two
 independent implementations (the miner's and poold.bitcoin's) agree on arbitrary inputs.
 """
 
@@ -49,7 +49,7 @@ B100K_HASH_HEX = "000000000003ba27aa200b1cecaad478d2b00432346c3f1f3986da1afd33e5
 
 
 def _stratum_prevhash(display_hex: str) -> str:
-    # pools.md §3.7: the display hash with its eight 8-hex-char groups in reverse order.
+    # docs/STRATUM.md §6: the display hash with its eight 8-hex-char groups in reverse order.
     groups = [display_hex[i : i + 8] for i in range(0, 64, 8)]
     return "".join(reversed(groups))
 
@@ -100,7 +100,7 @@ def test_block100000_merkle_fold_and_header() -> None:
 
 
 def test_version_rolling_bitaxe_example() -> None:
-    # pools.md §3.9: job version 0x20000000 with submitted bits 0x038f4000 -> 0x238f4000.
+    # docs/STRATUM.md §4: job version 0x20000000 with submitted bits 0x038f4000 -> 0x238f4000.
     assert rolled_version(0x20000000, 0x038F4000, 0x1FFFE000) == 0x238F4000
     # Bits outside the mask never reach the header; bits of the job inside the mask are replaced.
     assert rolled_version(0x20000000, 0xFFFFFFFF, 0x1FFFE000) == 0x3FFFE000
