@@ -10,7 +10,7 @@ the byte order on every connection is unchanged (poold.stratum.server, `Connecti
 blocking; the result lists, in order of i, every i not sent completely: `sent >= 0` bytes went out
 (0 when the socket buffer was full), `sent < 0` is -errno of a failed send (EPIPE, ECONNRESET...).
 
-Two implementations with one contract (STYLE.md #11): `poold._fanout` (Cython, `native/`), and
+Two implementations with one contract, parity-tested: `poold._fanout` (Cython, `native/`), and
 `pure_send_many` below (`os.write`, which is send() without flags on a socket; a broken pipe is an
 error, not a signal, because Python ignores SIGPIPE). `POOLD_PURE_FANOUT=1` selects the pure one;
 `SENDER` names the one in use.

@@ -1,4 +1,4 @@
-"""Newline framing of the Stratum byte stream (reference/pools.md §3.1): bytes in, lines out.
+"""Newline framing of the Stratum byte stream (docs/STRATUM.md §1): bytes in, lines out.
 
 A line longer than `max_line` (16 KiB by default; ckpool allows 1 KiB, MiningCore 32 KiB) is a
 session-level protocol violation: `LineTooLong` tells the server to drop that connection. Empty

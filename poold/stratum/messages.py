@@ -1,6 +1,6 @@
 """One class per Stratum V1 method (client requests) and builders for server messages.
 
-Client -> pool (reference/pools.md §3.2-3.10, BIP310): `mining.subscribe`, `mining.authorize`,
+Client -> pool (docs/STRATUM.md §2-§8, BIP310): `mining.subscribe`, `mining.authorize`,
 `mining.configure`, `mining.suggest_difficulty`, `mining.suggest_target`,
 `mining.extranonce.subscribe`, `mining.submit`, `mining.ping`. Each class parses its `params`
 with `from_params` and raises `MalformedParams` (a reply-level error, code 20) on bad shapes.

@@ -2,11 +2,11 @@
 
 States: CONNECTED -> (subscribe) SUBSCRIBED, (authorize) AUTHORIZED flag, both -> WORKING (jobs
 flow). Firmware sends subscribe / configure / authorize / suggest_difficulty in any order
-(reference/pools.md §3.2), so every request is accepted in any state and answered exactly once,
+(docs/STRATUM.md §2), so every request is accepted in any state and answered exactly once,
 with its id echoed verbatim; work starts as soon as the session is both subscribed and authorized.
 Unknown methods get error 20 and the session goes on.
 
-Error tiers (STYLE.md #7): reply-level errors are `[code, reason, null]`; session-level problems
+Error tiers: reply-level errors are `[code, reason, null]`; session-level problems
 (too many invalid shares in a row, a line too long) set `close_reason`, which the server acts on
 after writing the replies of the current read. The invalid-share ladder: after half of
 `invalid_limit` consecutive rejected shares with none accepted since, a `client.show_message`
