@@ -1,6 +1,6 @@
 """Found blocks: assembly from a winning share, submission to every node, record and check.
 
-Assembly (reference/pools.md §3.8-3.9): coinbase = coinb1 ‖ extranonce1 ‖ extranonce2 ‖ coinb2
+Assembly (docs/STRATUM.md §7-§8): coinbase = coinb1 ‖ extranonce1 ‖ extranonce2 ‖ coinb2
 with the BIP141 witness reserved value as its witness; merkle root from the coinbase txid and the
 job's branch; header with the rolled version (BIP310); then the template transactions unchanged
 (so GBT's `default_witness_commitment` stays valid). The assembled header must hash to what the

@@ -9,7 +9,7 @@ Sources, strongest first:
    `d=` set the current difficulty when they arrive (floats allowed, also before authorize),
    clamped by 1-2. A later suggestion replaces an earlier one.
 4. **Vardiff** then moves the difficulty toward the configured share interval, within 1-2. It is
-   not frozen by a suggestion (users of pools that do that complain: reference/pools.md §4.1).
+   not frozen by a suggestion (users of pools that do that complain: docs/STRATUM.md §5).
 
 The difficulty in force when a job is sent is the one its shares are judged against.
 """

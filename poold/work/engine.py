@@ -1,6 +1,6 @@
 """The share path: judge one `mining.submit` against its job, credit it, and spot blocks.
 
-Order of checks (cheapest first; each failure is a `RejectReason`, reference/pools.md §3.9):
+Order of checks (cheapest first; each failure is a `RejectReason`, docs/STRATUM.md §8):
 job known and sent to this payout group (21) -> ntime in [template mintime, now + 7200] (20) ->
 native check (malformed hex 20, version bits outside the session's mask 20) -> duplicate (22,
 keyed on the header hash, which covers extranonce1/2, ntime, nonce and version bits) -> block? ->

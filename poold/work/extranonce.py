@@ -3,7 +3,7 @@
 extranonce1 = instance_id (prefix_bytes, big-endian) ‖ counter (the remaining bytes), so several
 poold instances behind one ledger never hand out the same coinbase space (DESIGN.md). The session
 id given to miners in the `mining.subscribe` result is the extranonce1 hex, as in ckpool; a miner
-that reconnects with it within `resume_window_s` (600 s, ckpool's figure; reference/pools.md §3.3)
+that reconnects with it within `resume_window_s` (600 s, ckpool's figure; docs/STRATUM.md §3)
 gets the same extranonce1 back, unless another live session holds it.
 
 Worker processes (`poold run --processes N`, or the `poold@.service` template unit; see

@@ -2,7 +2,7 @@
 
 One `JobWork` per (template, payout group): the coinbase split around the extranonce, the merkle
 branch, the native `JobCore` and the set of accepted header hashes (duplicate detection: the
-header hash covers extranonce1/2, ntime, nonce and the rolled version, reference/pools.md §4.4).
+header hash covers extranonce1/2, ntime, nonce and the rolled version, docs/STRATUM.md §8).
 A payout group is the set of sessions whose coinbase is identical: one per payout script in solo
 mode (the miner's address), a single group when the pool pays one script.
 
@@ -12,7 +12,7 @@ difficulty from the next job on and the pool judges every share against the diff
 when its job id was sent (DESIGN.md). Job sequence numbers grow monotonically, which is what the
 per-session difficulty table in `poold.work.engine` keys on.
 
-`mining.notify` params (reference/pools.md §3.7): [job_id, prevhash_stratum, coinb1, coinb2,
+`mining.notify` params (docs/STRATUM.md §6): [job_id, prevhash_stratum, coinb1, coinb2,
 merkle_branch (internal order hex), version, nbits, ntime (8-hex big-endian), clean_jobs]. The
 bytes are built once per job, never per miner.
 """

@@ -1,7 +1,7 @@
 """Why a share (or a share-adjacent request) is refused: one enum, also the metric label.
 
-Codes follow the Stratum V1 convention shared by MiningCore and public-pool (reference/pools.md
-§3.1): 20 other, 21 job not found / stale, 22 duplicate, 23 low difficulty, 24 unauthorized
+Codes follow the Stratum V1 convention shared by MiningCore and public-pool (docs/STRATUM.md
+§1): 20 other, 21 job not found / stale, 22 duplicate, 23 low difficulty, 24 unauthorized
 worker, 25 not subscribed. The member *name* is the `reason` label of `poold_shares_total`, so
 names are lower-case and stable; the message is what firmware shows to the operator.
 """
