@@ -54,7 +54,8 @@ class Journal:
     def __init__(self, path: Path, clock: Callable[[], float]) -> None:
         self.path = path
         self._clock = clock
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # file operations
+        self._replay_lock = asyncio.Lock()
         # key -> (record, time appended); insertion order = file order (a block before its
         # submit results).
         self._pending: dict[str, tuple[dict[str, Any], float]] = {}
@@ -148,9 +149,11 @@ class Journal:
         rest stays pending)."""
         await self.load()
         applied = 0
-        async with self._lock:
+        # One replay at a time, but appends are never held up by one: a found block must reach
+        # the journal (and then the nodes) while a replay waits on a slow store.
+        async with self._replay_lock:
             for key, (rec, _t) in list(self._pending.items()):
-                if key in skip:
+                if key in skip or key not in self._pending:
                     continue
                 try:
                     done = await apply(rec)
@@ -159,10 +162,10 @@ class Journal:
                               self.path, key, type(exc).__name__, exc, self._unreadable_path)
                     line = json.dumps(rec, separators=(",", ":"), sort_keys=True) + "\n"
                     await asyncio.to_thread(_append_fsync, self._unreadable_path, line.encode())
-                    await self._retire_locked(key)
+                    await self.retire(key)
                     continue
                 if done:
-                    await self._retire_locked(key)
+                    await self.retire(key)
                     applied += 1
         if applied:
             log.warning("ledger journal: %d records replayed into the store (%d pending)",

@@ -245,3 +245,26 @@ async def test_block_is_journaled_before_it_is_submitted(proxy: FreezableProxy,
     finally:
         proxy.thaw()
         await ledger.stop()
+
+
+async def test_a_replay_stuck_on_the_store_does_not_hold_up_a_new_block(tmp_path: Path) -> None:
+    """The journal append before a submission must not wait for a replay that waits on a hung
+    store (the block would reach the nodes only after the driver gives up)."""
+    j = journal.Journal(tmp_path / "ledger-journal-1.jsonl", time.time)
+    await j.load()
+    await j.append(journal.block_record(block(1), 1.0, time.time(), []))
+    release = asyncio.Event()
+
+    async def hung_apply(rec: dict[str, Any]) -> bool:
+        await release.wait()
+        return True
+
+    replay = asyncio.create_task(j.replay(hung_apply))
+    await asyncio.sleep(0.05)  # the replay is inside apply now
+    t = time.monotonic()
+    await asyncio.wait_for(j.append(journal.block_record(block(2), 1.0, time.time(), [])), 1.0)
+    assert time.monotonic() - t < 0.5
+    assert j.pending == 2
+    release.set()
+    assert await replay == 1  # block 1; block 2 came after the pass began: the next one's
+    assert j.pending == 1
