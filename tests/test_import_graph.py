@@ -32,12 +32,6 @@ SIM_SEAMS: Mapping[str, str] = {
     "poold.sim.driver": "SimDriver: the fleet's MinerDriver protocol over a SimAsic, no sockets",
 }
 
-# Moved modules whose old path re-exports the new one for code written against it elsewhere;
-# each entry goes when nothing imports the old path any more.
-MOVED: Mapping[str, str] = {
-    "poold.fleet.simsite": "poold.sim.simsite",
-}
-
 # (importer prefix, imported prefix, why not). A prefix matches the module and its submodules.
 FORBIDDEN: tuple[tuple[str, str, str], ...] = (
     ("poold.work", "poold.ledger", "work/ produces shares and blocks; the ledger consumes them"),
@@ -191,8 +185,6 @@ def violations(imports: Iterable[Import]) -> list[str]:
     out: list[str] = []
     for imp in imports:
         s, t = imp.source, imp.target
-        if MOVED.get(s) == t:
-            continue
         for src, dst, why in FORBIDDEN:
             if _within(s, src) and _within(t, dst):
                 out.append(f"{imp}: {why}")
@@ -239,7 +231,6 @@ def test_checker_finds_a_cycle_and_a_forbidden_edge() -> None:
            Import("poold.sim.miner", "poold.fleet.clock", 5, False),
            Import("poold.bitcoin.tx", "poold.metrics", 6, False),
            Import("poold.bitcoin.tx", "poold.errors", 6, False),
-           Import("poold.fleet.simsite", "poold.sim.simsite", 9, False),
            Import("poold.fleet.other", "poold.sim.simsite", 10, False),
            Import("poold.ledger.cli", "poold.cli", 7, False),
            Import("poold.bitcoin.hashes", "asyncio", 8, False)]
@@ -275,9 +266,9 @@ def test_no_forbidden_edges() -> None:
     assert not found, "\n".join(found)
 
 
-def test_seams_and_moved_modules_exist() -> None:
+def test_sim_seams_exist() -> None:
     def path(m: str) -> Path:
         return (PACKAGE / Path(*m.split(".")[1:])).with_suffix(".py")
 
-    missing = [m for m in [*SIM_SEAMS, *MOVED, *MOVED.values()] if not path(m).exists()]
+    missing = [m for m in SIM_SEAMS if not path(m).exists()]
     assert not missing, missing
