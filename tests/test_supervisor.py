@@ -126,3 +126,33 @@ async def test_a_worker_that_cannot_start_is_retried_while_the_other_serves(
         finally:
             await p.stop()
         assert p.proc.returncode == 0, p.tail()
+
+
+async def test_adopted_share_spills_keep_every_pending_batch(tmp_path: Path) -> None:
+    """Going from 3 processes to 1: the spills of workers 1 and 2 move into worker 0's, their
+    batches renumbered after its own, retired batches left behind."""
+    from poold.ledger.journal import ShareSpill
+    from tests.ledger.helpers import share
+
+    base = cfg(tmp_path)
+    name = "ledger-spill-5.jsonl"
+    expected = 0
+    for i in (0, 1, 2):
+        spill = ShareSpill(tmp_path / f"worker-{i}" / name)
+        await spill.load()
+        for b in range(3):
+            await spill.append([share(100 * i + 10 * b + k) for k in range(4)])
+        await spill.retire(2)  # committed: must not come back
+        expected += 8
+    assert adopt_journals(base, keep=1) == 0  # type: ignore[arg-type]  # no block journals
+    assert not (tmp_path / "worker-2" / name).exists()
+    assert not (tmp_path / "worker-1" / name).exists()
+    merged = ShareSpill(tmp_path / "worker-0" / name)
+    assert await merged.load() == expected
+    jobs = []
+    while (got := await merged.oldest()) is not None:
+        seq, shares, _link = got
+        jobs += [s.job_id for s in shares]
+        await merged.retire(seq)
+    assert sorted(jobs) == sorted(str(100 * i + 10 * b + k) for i in (0, 1, 2)
+                                  for b in (0, 2) for k in range(4))
