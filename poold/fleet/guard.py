@@ -68,6 +68,8 @@ class Guard:
         self.last_projection: dict[str, float] = {}
         self.last_metered: dict[str, float] = {}
         self.blind: dict[str, int] = dict.fromkeys(self.topo.rack_miners, 0)
+        for rid in self.topo.rack_miners:  # exported from the start: 0 until a breach
+            metrics.rack_over_cap_seconds.labels(rid)
         #: CPU allowed to re-planning per tick; the rest waits for the next tick (racks over
         #: their cap go first), so a cycle stays bounded at any fleet size.
         self.optimize_budget_s = 0.06
@@ -217,10 +219,20 @@ class Guard:
         tau = max(bound / 3.0, 1e-3)
         return max(proj, cw + (meter - cw) * math.exp(-max(0.0, deadline - now) / tau))
 
+    def _lowest(self, m: MinerState) -> float | None:
+        """The watts of the miner's lowest awake setting (None: on/off only)."""
+        caps = m.caps
+        if caps is None or caps.actuator is Actuator.ONOFF:
+            return None
+        if caps.actuator is Actuator.WATTS:
+            return caps.min_w
+        return caps.levels[0].watts if caps.levels else None
+
     def _escalate(self, metered: dict[str, float], caps: dict[str, Cap], now: float) -> bool:
         """Where the meters are over a cap and the commands in flight will not bring them
-        under within the node's allowance, step deeper now: the lowest setting for miners
-        that can settle in the time left, sleep for the others."""
+        under within the node's allowance: first deeper steps (each miner's lowest setting,
+        which a first-order lag approaches faster; reversible, no sleep cycle spent), least
+        efficient first; then, at the last moment a sleep still fits, sleep."""
         acted = False
         for node, cap in caps.items():
             if metered[node] <= cap.watts or now < self._escalated_until.get(node, -math.inf):
@@ -234,29 +246,38 @@ class Guard:
                 continue
             left = max(0.0, deadline - now)
             cands = self._candidates(node, now)
-            # The last responsible moment: while a sleep (and a reading to see it) still fits
-            # before the deadline, let the ramps in flight show on the meters first.
-            lead = max((m.caps.sleep_settle_s for m in cands if m.caps is not None),
-                       default=0.0) + self.cfg.telemetry_interval_s + self.cfg.guard_interval_s
-            if left > lead:
-                continue
             inputs = [(self.planner.input(m, now), self._at(m, now, deadline)) for m in cands]
             by_id = {m.spec.id: m for m in cands}
-            freed, stepped, slept, wait = 0.0, 0, 0, 0.0
-            for mid in shed_order(inputs):
+            order = shed_order(inputs)
+            freed, stepped, slept = 0.0, 0, 0
+            for mid in order:  # deeper steps
                 if freed >= deficit:
                     break
                 m = by_id[mid]
                 assert m.caps is not None
+                low = self._lowest(m)
+                if low is None or (m.commanded_w is not None and m.commanded_w <= low + 1e-6):
+                    continue
                 w = self._at(m, now, deadline)
-                low = m.caps.min_w if m.caps.actuator is Actuator.WATTS else None
-                if low is not None and m.caps.settle_s <= left and w - low > 0.02 * w \
-                        and self._down(m, now, f"escalation on {node}"):
-                    freed += w - low
+                tau = max(m.caps.settle_s / 3.0, 1e-3)
+                there = low + (self.proj.metered_w(m, now) - low) * math.exp(-left / tau)
+                if w - there > 0.02 * w and self._down(m, now, f"escalation on {node}"):
+                    freed += w - there
                     stepped += 1
-                    wait = max(wait, m.caps.settle_s)
-                else:
-                    freed += w - self._sleep(m)
+            # The last responsible moment for sleep: while a sleep (and a reading showing it)
+            # still fits before the deadline, let the steps and ramps show on the meters.
+            lead = max((m.caps.sleep_settle_s for m in cands if m.caps is not None),
+                       default=0.0) + self.cfg.telemetry_interval_s + self.cfg.guard_interval_s
+            wait = 0.0
+            if freed < deficit and left <= lead:
+                for mid in order:
+                    if freed >= deficit:
+                        break
+                    m = by_id[mid]
+                    if m.inflight:
+                        continue  # just stepped
+                    assert m.caps is not None
+                    freed += self._at(m, now, deadline) - self._sleep(m)
                     slept += 1
                     wait = max(wait, m.caps.sleep_settle_s)
             if stepped or slept:

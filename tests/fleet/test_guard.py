@@ -84,13 +84,14 @@ def test_the_allowance_is_kept_on_the_meters_against_slow_ramps() -> None:
                 under_at = None
         run.cancel()
         await ctl.stop(settle_timeout_s=1.0)
-        asleep = sum(d.sleeping for d in drivers.values())
-        return under_at, ctl.guard.over_max_s["r0"], asleep
+        deeper = sum(any(x.sleep or (x.watts or 1e9) <= 1000.0 for x in d.applied)
+                     for d in drivers.values())
+        return under_at, ctl.guard.over_max_s["r0"], deeper
 
-    under_at, over_max, asleep = run_virtual(go())
+    under_at, over_max, deeper = run_virtual(go())
     assert under_at is not None and under_at <= 10.0 + 1.0, under_at
     assert over_max <= 10.0 + 1.0
-    assert asleep >= 1  # ramps alone were too slow
+    assert deeper >= 1  # ramps to the plan alone were too slow: deeper steps (or sleep)
     assert (registry.get_sample_value("poold_rack_over_cap_seconds_total", {"rack": "r0"})
             or 0.0) == 0.0
 

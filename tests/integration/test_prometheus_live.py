@@ -4,6 +4,9 @@ alert expression is evaluated through Prometheus's HTTP API.
 A panel query must return data, unless it is listed in EXPECTED_EMPTY with the reason the demo
 cannot produce it. An alert expression must evaluate, every poold metric it watches must exist
 in the scraped data, and it must not fire on the healthy demo (unless listed in EXPECTED_FIRING).
+Every metric README.md's table lists must have been written with a real value during the run: a
+counter or histogram exported, a gauge (or info) away from its initial 0 at some scrape, unless
+listed in NOT_WRITTEN with the reason the demo cannot write it.
 """
 
 from __future__ import annotations
@@ -34,11 +37,31 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "poold.json"
 RULES = ROOT / "deploy" / "prometheus" / "poold-alerts.yml"
 
 # Panel title -> why the demo leaves it empty.
-EXPECTED_EMPTY: dict[str, str] = {}
+EXPECTED_EMPTY: dict[str, str] = {
+    "Grid signal age": "the demo configures no grid signal; the age is exported only where "
+                       "one is configured or was received",
+}
 # Alert name -> why it fires on the demo.
 EXPECTED_FIRING: dict[str, str] = {}
 # Metrics an alert watches that the demo never creates, with the reason.
-ABSENT_METRICS: dict[str, str] = {}
+ABSENT_METRICS: dict[str, str] = {
+    "poold_grid_signal_age_seconds": "the demo configures no grid signal; the age is exported "
+                                     "only where one is configured or was received",
+}
+README = ROOT / "README.md"
+# README metrics the demo cannot write with a real value, with the reason.
+NOT_WRITTEN: dict[str, str] = {
+    "poold_grid_signal_age_seconds": ABSENT_METRICS["poold_grid_signal_age_seconds"],
+    "poold_worker_accepted_difficulty_total": "opt-in ([metrics] per_worker), off in the demo",
+    "poold_rack_blind_miners": "0 is the truth on the demo: every emulated miner answers "
+                               "(tests/fleet/test_blind.py writes 1)",
+}
+
+
+def readme_metrics() -> dict[str, str]:
+    """README's metrics table: name -> type (gauge, counter, histogram, info)."""
+    rows = re.findall(r"^\| `(poold_[a-z_]+)` \| (\w+) \|", README.read_text(), re.M)
+    return dict(rows)
 
 
 def _free_port() -> int:
@@ -149,6 +172,12 @@ def _alerts() -> list[tuple[str, str]]:
     return out
 
 
+def test_readme_lists_metrics_with_their_type() -> None:
+    rows = readme_metrics()
+    assert len(rows) > 20 and set(rows.values()) <= {"gauge", "counter", "histogram", "info"}
+    assert set(NOT_WRITTEN) <= set(rows)
+
+
 def test_rules_parse_into_every_alert() -> None:
     names = re.findall(r"- alert: (\w+)", RULES.read_text())
     assert [n for n, _ in _alerts()] == names
@@ -211,3 +240,29 @@ async def _check_live(prom: str) -> None:
                 if base not in present and metric not in present and metric not in ABSENT_METRICS:
                     problems.append(f"{name} watches {metric}, which the daemon does not export")
         assert not problems, "\n".join(problems)
+        await _check_readme_metrics(s, prom)
+
+
+async def _check_readme_metrics(s: aiohttp.ClientSession, prom: str) -> None:
+    """Every README-listed metric written with a real value at some point of the run (the
+    demo's rack cut comes a minute in: wait for it, with a deadline, then name what is not)."""
+    exprs = {}
+    for name, kind in readme_metrics().items():
+        if name in NOT_WRITTEN:
+            continue
+        if kind == "histogram":
+            exprs[name] = f"max_over_time({name}_count[15m]) > 0"
+        elif kind == "info":
+            exprs[name] = f"{name}_info"
+        elif kind == "counter":
+            exprs[name] = name if name.endswith("_total") else f"{name}_total"
+        else:  # a gauge stuck at its initial 0 was never written
+            exprs[name] = f"max_over_time((abs({name}) > 0)[15m:1s])"
+    deadline = time.monotonic() + 150
+    while True:
+        never = [f"{n} ({readme_metrics()[n]}): {e}" for n, e in exprs.items()
+                 if not await _query(s, prom, e)]
+        if not never or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(5)
+    assert not never, "README metrics never written with a real value:\n" + "\n".join(never)
