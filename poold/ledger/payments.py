@@ -30,6 +30,7 @@ from poold.bitcoin.address import AddressError, Network, address_to_script
 from poold.bitcoin.block import parse_block
 from poold.bitcoin.tx import Tx
 from poold.errors import PooldError
+from poold.ledger.audit import NodeClient
 from poold.ledger.store import LedgerStore
 
 log = logging.getLogger("poold.ledger.payments")
@@ -46,12 +47,6 @@ class PaymentError(PooldError):
 
 class _Caller(Protocol):
     async def call(self, method: str, *params: Any) -> Any: ...
-
-
-class _Node(Protocol):
-    async def getblockhash(self, height: int) -> str: ...
-    async def getblockheader(self, hash_hex: str) -> dict[str, Any] | None: ...
-    async def getblock(self, hash_hex: str, verbosity: int) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,14 +176,14 @@ class PaymentWatcher:
         self.clock = clock
         self.scanned: int | None = None  # height of the last block looked at
 
-    async def tip_height(self, node: _Node) -> int:
+    async def tip_height(self, node: NodeClient) -> int:
         # The genesis block's confirmations count the whole best chain (no extra RPC method).
         genesis = await node.getblockheader(await node.getblockhash(0))
         if genesis is None:
             raise PaymentError("the node does not know its own genesis block")
         return int(genesis["confirmations"]) - 1
 
-    async def scan(self, node: _Node) -> list[Payment]:
+    async def scan(self, node: NodeClient) -> list[Payment]:
         tip = await self.tip_height(node)
         if self.scanned is None or self.scanned > tip:  # first call, or the chain got shorter
             self.scanned = max(-1, tip - self.lookback)

@@ -25,16 +25,11 @@ import json
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from poold.bitcoin.block import parse_block
 from poold.ledger import chain, payouts
-
-
-class NodeReader(Protocol):
-    async def getblockheader(self, hash_hex: str) -> dict[str, Any] | None: ...
-
-    async def getblock(self, hash_hex: str, verbosity: int) -> Any: ...
+from poold.ledger.audit import NodeClient
 
 
 def paying_values(outputs: Sequence[tuple[bytes, int]]) -> list[int]:
@@ -170,7 +165,7 @@ def _from_csv(text: str) -> list[dict[str, Any]]:
 # -- checking against a node
 
 
-async def verify_export(blocks: Sequence[dict[str, Any]], node: NodeReader) -> list[str]:
+async def verify_export(blocks: Sequence[dict[str, Any]], node: NodeClient) -> list[str]:
     """Problems found checking `blocks` (load_export) against `node`; empty if none. Each
     names its block and the first item that does not match."""
     problems: list[str] = []
@@ -181,7 +176,7 @@ async def verify_export(blocks: Sequence[dict[str, Any]], node: NodeReader) -> l
     return problems
 
 
-async def _verify_block(b: dict[str, Any], node: NodeReader) -> str | None:
+async def _verify_block(b: dict[str, Any], node: NodeClient) -> str | None:
     header = await node.getblockheader(str(b["hash"]))
     if header is None:
         return "not found on the node"
