@@ -4,7 +4,7 @@ The cap in force on a node (site, container or rack) is the minimum of every sou
 applies: its configured cap, an active schedule entry, an API override (which may only lower a
 cap: the configured one is the breaker), and for the site the grid operator's dispatch signal.
 The grid signal carries a heartbeat; if it is silent for `heartbeat_timeout_s` the site drops
-to `safe_cap_kw` (fail-safe, as Proto Fleet does with its 240 s MQTT watchdog, fleet.md §4.3).
+to `safe_cap_kw` (fail-safe, as Proto Fleet does with its 240 s MQTT watchdog, docs/FLEET.md §5).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ and the pool's share-based hashrate per worker (the ground truth the controller 
 - `MinerHealth` holds one miner's latest telemetry with its receipt time; older than the stale
   limit it is stale and the controller counts the miner at worst case.
 - `thermal_cap` lowers a miner's allowed watts before the firmware's own protection trips
-  (fleet.md §5.3): above the limit → 85 % of present power; 10 °C above → sleep; the cap is
+  (docs/FLEET.md §4): above the limit → 85 % of present power; 10 °C above → sleep; the cap is
   released with 5 °C of hysteresis. The limit is lowered on hot ambient days.
 - `ActionLimiter` rate-limits operator actions (reboot, restart, set pool) per miner.
 - Failed commands back off exponentially (`BACKOFF_BASE_S` doubling, at most `BACKOFF_MAX_S`);
@@ -41,7 +41,7 @@ class MinerHealth:
     thermal_cap_w: float | None = None  # None = no thermal limit; 0 = sleep
     not_following: bool = False
     #: Watts the reported hashrate needs on the nameplate curve, when the reported power is
-    #: implausibly below it (a firmware under-reporting its power, fleet.md §7.3).
+    #: implausibly below it (a firmware under-reporting its power).
     implied_w: float | None = None
 
     def age(self, now: float) -> float:
@@ -90,7 +90,7 @@ class MinerHealth:
 
 def ambient_adjusted_limit(limit_c: float, ambient_c: float | None) -> float:
     """Lower the temperature limit 0.5 °C per °C of ambient above 30 °C (hot-day margin:
-    firmware derates sooner when inlet air is hot, fleet.md §5.3), never below limit - 10."""
+    firmware derates sooner when inlet air is hot, docs/FLEET.md §4), never below limit - 10."""
     if ambient_c is None or ambient_c <= 30.0:
         return limit_c
     return max(limit_c - 10.0, limit_c - 0.5 * (ambient_c - 30.0))
@@ -178,5 +178,5 @@ class ShareRateEstimator:
 
 def expected_shares(hashrate_hs: float, difficulty: float, window_s: float) -> float:
     """Shares a worker at `hashrate_hs` finds at `difficulty` in `window_s` (Poisson mean);
-    the relative error of a rate estimate is ≈ 1/√N (fleet.md §5.4)."""
+    the relative error of a rate estimate is ≈ 1/√N (docs/FLEET.md §5)."""
     return hashrate_hs * window_s / (difficulty * HASHES_PER_DIFF1)

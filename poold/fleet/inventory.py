@@ -11,7 +11,7 @@ frozen `FleetConfig`. Every error is a `ConfigError` naming the dotted key (for 
     safe_cap_kw = 400.0               # grid signal lost / shutdown level (default = cap_kw)
     dry_run = false                   # plan and log, send no command
     guard_interval_s = 1.0            # fast guard tick
-    optimizer_interval_s = 30.0       # 30–60 s (fleet.md §8.2)
+    optimizer_interval_s = 30.0       # 30–60 s (docs/FLEET.md §5)
     telemetry_interval_s = 10.0       # per-miner poll period, staggered
     stale_after_s = 30.0              # telemetry older than this counts at worst case
     ramp_kw_per_min = 500.0           # restore ramp limit, site-wide
@@ -84,7 +84,7 @@ from poold.errors import ConfigError
 
 DRIVERS = ("braiins", "luxos", "whatsminer", "cgminer", "pyasic", "sim")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-DEFAULT_MIN_FRACTION = 0.34  # lowest VNish S19 preset / nameplate (fleet.md §5.2)
+DEFAULT_MIN_FRACTION = 0.34  # lowest VNish S19 preset / nameplate (docs/FLEET.md §3)
 
 
 @dataclass(frozen=True, slots=True)

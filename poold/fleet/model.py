@@ -1,6 +1,6 @@
-"""Per-miner power → hashrate curves, and how they are learned (fleet.md §5.2).
+"""Per-miner power → hashrate curves, and how they are learned (docs/FLEET.md §3).
 
-The law is the one fitted to vendor presets and under-clock measurements in fleet.md §5.2:
+The law is the one fitted to vendor presets and under-clock measurements (docs/FLEET.md §3):
 below nameplate ``H(P) = k · P^α`` with ``α ≈ 0.6`` (so ``k = H_nom / P_nom^α``). Because
 ``0 < α < 1`` the curve is concave, which is what makes water-filling (equal marginal hashrate
 per watt) the optimal way to spread a cap (poold.fleet.policy).

@@ -1,4 +1,4 @@
-"""Pure power allocation: spread a watt budget over miners to maximise hashrate (fleet.md §7, §8).
+"""Pure power allocation: spread a watt budget over miners to maximise hashrate (docs/FLEET.md §3).
 
 Hashrate is concave in power (poold.fleet.model), so the optimum under a cap equalises the
 marginal hashrate per watt λ across miners (water-filling, the KKT condition of
@@ -33,7 +33,7 @@ from poold.fleet.model import PowerCurve
 
 
 class Actuator(StrEnum):
-    """How a firmware lets us set power (fleet.md §3.0)."""
+    """How a firmware lets us set power (docs/FLEET.md §1)."""
 
     WATTS = "watts"  # exact watt target (Braiins OS, Whatsminer v3)
     PRESETS = "presets"  # discrete profiles named by watts (LuxOS, VNish)
@@ -100,7 +100,7 @@ class Plan:
 
 
 #: Minimum relative hashrate gain for sleeping a miner that could stay awake (a sleep/wake
-#: cycle costs thermal stress, fleet.md §7.6).
+#: cycle costs thermal stress, docs/FLEET.md §5).
 SLEEP_GAIN = 0.002
 #: ... and for swapping which miner sleeps (two state changes; hysteresis against churn).
 SWAP_GAIN = 0.02

@@ -11,7 +11,8 @@ from poold.fleet.model import CurveLearner, PowerCurve
 
 
 def test_nameplate_curve_matches_the_vnish_s19_table() -> None:
-    # fleet.md §5.1: 3200 W -> 102 TH, 1100 W -> 53 TH; the fitted law predicts within 5 %.
+    # docs/FLEET.md §3 (VNish S19 presets): 3200 W -> 102 TH, 1100 W -> 53 TH; the fitted law
+    # predicts within 5 %.
     c = PowerCurve.from_nameplate(3200, 102)
     assert c.hashrate(1100) == pytest.approx(53, rel=0.05)
     assert c.power_for(c.hashrate(2000)) == pytest.approx(2000)

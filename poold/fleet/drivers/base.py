@@ -1,4 +1,4 @@
-"""The one async interface every firmware driver implements (fleet.md §8.1), and its values.
+"""The one async interface every firmware driver implements, and its values.
 
 A driver declares what it can do (`Capabilities`: actuator class, min/max watts, levels,
 settle time, whether a change reboots the miner), reads `Telemetry`, and applies a `Desired`
@@ -153,8 +153,8 @@ async def with_timeout(seconds: float, what: str, fn: Callable[[], Awaitable[T]]
 
 
 def loads_lenient(raw: bytes, what: str) -> Any:
-    """Parse a firmware's JSON, forgiving the quirks real cgminer-family APIs emit (fleet.md
-    §3.1: trailing NUL, newlines inside strings); anything else is a FirmwareProtocolError."""
+    """Parse a firmware's JSON, forgiving the quirks real cgminer-family APIs emit (docs/FLEET.md
+    §2: trailing NUL, newlines inside strings); anything else is a FirmwareProtocolError."""
     text = raw.rstrip(b"\x00 \r\n\t").decode("utf-8", errors="replace").replace("\n", " ")
     text = text.replace(",}", "}")
     try:

@@ -1,6 +1,6 @@
 """Optional adapter to pyasic (extra ``poold[pyasic]``) for models the native drivers lack.
 
-pyasic's ``set_power_limit`` means different things per backend (fleet.md §2.2: exact watts,
+pyasic's ``set_power_limit`` means different things per backend (docs/FLEET.md §1: exact watts,
 "highest preset ≤ W", a reboot, or a full-config rewrite), so this adapter is telemetry plus
 sleep/wake only, declared as an on/off actuator; it is imported only when configured.
 """
