@@ -68,7 +68,7 @@ class AsicSpec:
     max_w: float = 3050.0
     sleep_w: float = 30.0
     boot_w: float = 80.0
-    beta_per_c: float = 0.0012  # fraction of watts per °C (fleet.md §5.3)
+    beta_per_c: float = 0.0012  # fraction of watts per °C (docs/FLEET.md §4)
     t_ref_c: float = 60.0
     ambient_c: float = 25.0
     c_per_w: float = 0.013  # board °C above ambient per W of draw (≈65 °C at 3 kW)

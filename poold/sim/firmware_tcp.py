@@ -1,4 +1,4 @@
-"""Emulated firmware APIs over raw TCP for a `SimAsic` (fleet.md §3.1, §3.4, §3.6).
+"""Emulated firmware APIs over raw TCP for a `SimAsic` (docs/FLEET.md §1, §2).
 
 - `CgminerServer`: cgminer/bmminer RPC, one JSON request per connection, read-only (privileged
   commands are refused with code 45 as stock Antminers do), replies end with a NUL byte.
@@ -327,7 +327,7 @@ class LuxosServer(CgminerServer):
 
 
 def wm3_token(cmd: str, password: str, salt: str, ts: int) -> str:
-    """Whatsminer API v3 command token (fleet.md §3.6)."""
+    """Whatsminer API v3 command token (docs/FLEET.md §1)."""
     digest = hashlib.sha256(f"{cmd}{password}{salt}{ts}".encode()).digest()
     return base64.b64encode(digest).decode()[:8]
 

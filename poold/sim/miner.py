@@ -1,4 +1,4 @@
-"""A Stratum V1 client that mines real shares on the CPU (pools.md §3; BIP310 version rolling).
+"""A Stratum V1 client that mines real shares on the CPU (docs/STRATUM.md; BIP310 version rolling).
 
 `StratumMiner` speaks the dialect ASICs speak (subscribe with a user agent, `mining.configure`
 version-rolling, `mining.suggest_difficulty`, authorize; it follows set_difficulty, notify,
@@ -40,7 +40,7 @@ HandshakeStep = Literal["configure", "subscribe", "suggest", "authorize", "xnsub
 DEFAULT_HANDSHAKE: tuple[HandshakeStep, ...] = ("configure", "subscribe", "authorize", "suggest")
 
 # ---------------------------------------------------------------------------------------------
-# Header reconstruction from the wire strings (pools.md §3.7 and §3.9), deliberately standalone.
+# Header reconstruction from the wire strings (docs/STRATUM.md §6, §8), deliberately standalone.
 
 
 def _sha256d(b: bytes) -> bytes:

@@ -42,7 +42,7 @@ from poold.sim.driver import SimDriver
 
 log = logging.getLogger(__name__)
 
-#: Model templates (fleet.md §5.1 nameplates).
+#: Model templates (nameplates: docs/FLEET.md §3).
 MODELS: dict[str, AsicSpec] = {
     "braiins": AsicSpec(model="S19j Pro", p_nom_w=3050, h_nom_ths=100, min_w=1040, max_w=3050,
                         firmware="braiins", actuator=Actuator.WATTS),

@@ -1,4 +1,4 @@
-"""ASIC emulator physics and faults (poold.sim.asic; fleet.md §5)."""
+"""ASIC emulator physics and faults (poold.sim.asic; docs/FLEET.md §3-§5)."""
 
 from __future__ import annotations
 
