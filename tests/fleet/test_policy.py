@@ -103,7 +103,8 @@ def test_close_to_brute_force_optimum(raw: list[MinerInput], frac: float) -> Non
 
 
 def test_spreading_beats_switching_off() -> None:
-    """docs/FLEET.md §3 (a concave H(P) favours spreading), on numbers: 10 equal miners at 60 % of their power."""
+    """docs/FLEET.md §3 (a concave H(P) favours spreading), on numbers: 10 equal miners at
+    60 % of their power."""
     ms = [watts_miner(i) for i in range(10)]
     plan = allocate(ms, 0.6 * 10 * 3000)
     spread = plan.hashrate_ths
