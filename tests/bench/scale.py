@@ -373,12 +373,12 @@ async def phase(dn: Any, address: str, pool_pid: int, port: int, api_port: int,
                 for g in gens:
                     await g.send("watch 60")
                 for g in gens:
-                    await g.event(30)  # watching
+                    await g.event(180)  # watching (a starved generator answers late)
                 while not stamps.empty():
                     stamps.get_nowait()
                 await dn.generate(1, address)
                 t0 = await asyncio.wait_for(stamps.get(), 30)
-                cleans = [await g.event(90) for g in gens]
+                cleans = [await g.event(180) for g in gens]
                 last = max(float(c["last"]) for c in cleans if c["count"])
                 count = sum(int(c["count"]) for c in cleans)
                 lasts.append(1000 * (last - t0))
@@ -392,7 +392,7 @@ async def phase(dn: Any, address: str, pool_pid: int, port: int, api_port: int,
         statuses = []
         for g in gens:
             await g.send("status")
-            statuses.append(await g.event(30))
+            statuses.append(await g.event(180))
         final = sum(int(st["ready"]) for st in statuses)
         closed = sum(int(st["closed"]) for st in statuses)
         print(f"  ready {ready} at the generators' deadline, {final} after the blocks; closed by "
