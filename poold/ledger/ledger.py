@@ -1,6 +1,6 @@
 """The Ledger: the pool's one front to the share ledger, found-block records and payouts.
 
-Contract (INTERFACES.md, poold/ledger):
+Contract:
 
 - `record_share(share)` is synchronous and never blocks (poold.ledger.sharebuffer: batches
   every `flush_interval_ms`, in order; past a 1 s window shares spill to an fsynced file;
