@@ -1,6 +1,6 @@
 """`poold run -c FILE`: the daemon. One wiring function, one TaskGroup, ordered shutdown.
 
-Start order (STYLE.md #2-3): config -> metrics -> ledger (replays its block journal) -> nodes
+Start order: config -> metrics -> ledger (replays its block journal) -> nodes
 (checked: auth, chain, a template that parses; a wrong chain is a clean exit) -> the first
 template builds jobs -> Stratum listens -> admin API -> READY to systemd. SIGINT/SIGTERM only set
 an Event; SIGHUP re-reads the file and applies the reloadable keys (difficulty bounds, share

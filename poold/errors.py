@@ -1,4 +1,5 @@
-"""Process-level errors shared by every area (the third of the three error tiers in STYLE.md).
+"""Process-level errors shared by every area (the third error tier, after reply-level and
+session-level errors: see poold.stratum.session).
 
 A `ConfigError` ends the process cleanly with the offending key and file named; it is raised by
 `poold.config` and by the areas that parse their own config tables (fleet inventory, ledger URL).

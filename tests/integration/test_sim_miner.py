@@ -103,7 +103,7 @@ async def test_pool_shutdown_moves_the_miner_with_client_reconnect(
     pool: Pool, tmp_path: Path
 ) -> None:
     """Stopping a pool sends `client.reconnect` to its configured successor; the miner follows
-    and keeps mining there (STYLE.md #3: shutdown order)."""
+    and keeps mining there (the shutdown order in poold/daemon.py)."""
     async with run_pool(tmp_path / "b", pool.devnet, instance_id=9) as successor:
         extra = f'reconnect_host = "127.0.0.1"\nreconnect_port = {successor.port}'
         async with run_pool(tmp_path / "a", pool.devnet, instance_id=8,
