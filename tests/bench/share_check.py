@@ -7,8 +7,8 @@ pool's: a 250-byte coinbase (coinb1 52 B with a BIP34 height and a tag, extranon
 random submits (extranonce2, ntime, nonce, BIP320 version bits) against a difficulty-1 target.
 
 Figures are CPU time of this process (time.process_time), so other load on the machine matters
-less than for wall time; medians over the rounds. The last line is the summary that the issue asks
-for; its ratios compare methods measured in the same rounds.
+less than for wall time; medians over the rounds. The last line is the summary; its ratios
+compare methods measured in the same rounds.
 """
 
 from __future__ import annotations
