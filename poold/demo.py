@@ -459,36 +459,36 @@ async def _mine(
     try:
         while outcome is None:
             blocks = sum(verified)
+            fleet_pending = args.fleet and not ctx.fleet_done.is_set()
             failure = watch()
+            failed_task = next((t for t in tasks if t.done() and not t.cancelled()
+                                and t.exception() is not None), None)
             if failure:
                 outcome = Outcome(1, f"FAILED: {failure}; {blocks} block(s) found before")
+            elif failed_task is not None:
+                say(f"{failed_task.get_name()} failed: {failed_task.exception()!r}")
+                outcome = Outcome(1, f"FAILED: {failed_task.get_name()} failed")
             elif stop.is_set():
                 outcome = Outcome(0 if not args.blocks or blocks >= args.blocks else 1,
                                   f"stopped: {blocks} block(s) found and accepted")
-            elif args.blocks and blocks >= args.blocks:
-                if not args.fleet or ctx.fleet_done.is_set():
-                    extra = "; the fleet's rack cut was met" if args.fleet else ""
-                    outcome = Outcome(0, f"done: {blocks} block(s) found and accepted "
-                                         f"(--blocks {args.blocks}{extra})")
-                elif not waiting_for_fleet:
+            elif args.blocks and blocks >= args.blocks and not fleet_pending:
+                extra = "; the fleet's rack cut was met" if args.fleet else ""
+                outcome = Outcome(0, f"done: {blocks} block(s) found and accepted "
+                                     f"(--blocks {args.blocks}{extra})")
+            elif args.duration and time.monotonic() - started >= args.duration:
+                short = args.blocks and (blocks < args.blocks or fleet_pending)
+                why = ("" if not short else f" of --blocks {args.blocks}" if blocks < args.blocks
+                       else "; the fleet's rack cut was not met")
+                outcome = Outcome(1 if short else 0,
+                                  f"{'FAILED' if short else 'done'}: {args.duration:g} s "
+                                  f"elapsed, {blocks} block(s) found and accepted{why}")
+            else:
+                if args.blocks and blocks >= args.blocks and not waiting_for_fleet:
                     waiting_for_fleet = True
                     say(f"{blocks} block(s) found and accepted; going on until the fleet's "
                         f"rack caps are cut (at {ctx.fleet_cut_at_s:g} s) and met")
-            elif args.duration and time.monotonic() - started >= args.duration:
-                outcome = Outcome(0 if not args.blocks else 1,
-                                  f"{'done' if not args.blocks else 'FAILED'}: "
-                                  f"{args.duration:g} s elapsed, {blocks} block(s) found and "
-                                  f"accepted" + (f" of --blocks {args.blocks}"
-                                                 if args.blocks else ""))
-            else:
-                for t in tasks:
-                    if t.done() and not t.cancelled() and t.exception() is not None:
-                        say(f"{t.get_name()} failed: {t.exception()!r}")
-                        outcome = Outcome(1, f"FAILED: {t.get_name()} failed")
-                        break
-                else:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), 0.2)
+                with contextlib.suppress(TimeoutError):  # every pass waits: 0.2 s at most
+                    await asyncio.wait_for(stop.wait(), 0.2)
     finally:
         stop.set()
         for m in miners:

@@ -160,3 +160,26 @@ async def test_demo_shows_the_error_of_a_pool_that_cannot_start() -> None:
     # the pool's own last lines, on the demo's output
     assert any("address already in use" in line and line.startswith("  | ") for line in tail), (
         out.stdout)
+
+
+def test_demo_waiting_for_the_fleet_still_serves_its_loop_and_its_duration() -> None:
+    # Blocks come in seconds, the cut only at 30 s: while the demo waits for the fleet with
+    # enough blocks, its loop must keep running (narration, the fleet task) and --duration
+    # must still end it, saying what was missing.
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "poold", "demo", "--fleet", "--miners", "1", "--blocks", "1",
+         "--fleet-cut-at", "30", "--duration", "12"],
+        check=False, capture_output=True, text=True, timeout=90, env=_env(),
+    )  # fmt: skip
+    took = time.monotonic() - started
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stdout.strip().splitlines()
+    waiting = next(i for i, line in enumerate(lines) if "going on until the fleet's" in line)
+    # the fleet's status lines go on after the demo started waiting for it
+    assert any(line.split("] ", 1)[1].startswith("fleet: rack000 ") for line in lines[waiting:])
+    final = FINAL.match(lines[-1])
+    assert final is not None and final.group(1) == "FAILED", lines[-1]
+    assert final.group(2).startswith("12 s elapsed, ") and final.group(2).endswith(
+        "; the fleet's rack cut was not met"), lines[-1]
+    assert took < 60, took
