@@ -39,6 +39,7 @@ from poold.bitcoin.byteorder import hash_from_hex
 from poold.sim.miner import MinerEvent, StratumMiner
 
 FLEET_CPU_MINER_HS = 100_000.0
+N = "\x00blocks\x00"  # in an outcome's line: the number of blocks verified when all is done
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -464,16 +465,16 @@ async def _mine(
             failed_task = next((t for t in tasks if t.done() and not t.cancelled()
                                 and t.exception() is not None), None)
             if failure:
-                outcome = Outcome(1, f"FAILED: {failure}; {blocks} block(s) found before")
+                outcome = Outcome(1, f"FAILED: {failure}; {N} block(s) found before")
             elif failed_task is not None:
                 say(f"{failed_task.get_name()} failed: {failed_task.exception()!r}")
                 outcome = Outcome(1, f"FAILED: {failed_task.get_name()} failed")
             elif stop.is_set():
                 outcome = Outcome(0 if not args.blocks or blocks >= args.blocks else 1,
-                                  f"stopped: {blocks} block(s) found and accepted")
+                                  f"stopped: {N} block(s) found and accepted")
             elif args.blocks and blocks >= args.blocks and not fleet_pending:
                 extra = "; the fleet's rack cut was met" if args.fleet else ""
-                outcome = Outcome(0, f"done: {blocks} block(s) found and accepted "
+                outcome = Outcome(0, f"done: {N} block(s) found and accepted "
                                      f"(--blocks {args.blocks}{extra})")
             elif args.duration and time.monotonic() - started >= args.duration:
                 short = args.blocks and (blocks < args.blocks or fleet_pending)
@@ -481,7 +482,7 @@ async def _mine(
                        else "; the fleet's rack cut was not met")
                 outcome = Outcome(1 if short else 0,
                                   f"{'FAILED' if short else 'done'}: {args.duration:g} s "
-                                  f"elapsed, {blocks} block(s) found and accepted{why}")
+                                  f"elapsed, {N} block(s) found and accepted{why}")
             else:
                 if args.blocks and blocks >= args.blocks and not waiting_for_fleet:
                     waiting_for_fleet = True
@@ -501,6 +502,9 @@ async def _mine(
             for task in tasks:
                 task.cancel()
         await asyncio.gather(*tasks, *pending, return_exceptions=True)
+    # The final line counts every block verified, those whose check ended after the decision
+    # too, so that it agrees with the summary.
+    outcome.line = outcome.line.replace(N, str(sum(verified)))
     acc = sum(m.accepted for m in miners)
     rej = sum(m.rejected for m in miners)
     rate = sum(m.stats.hashes for m in miners) / max(time.monotonic() - started, 1e-9)
