@@ -5,9 +5,11 @@ Physics (evaluated lazily at each query, so 10,000 emulated miners cost nothing 
 - hashrate ``H = H_nom · (P_eff/P_nom)^α`` below nameplate (α ≈ 0.6), ``α_above`` ≈ 0.5 above;
 - heat costs watts: ``P_draw = P_clock · (1 + β (T − T_ref))``. Watt-target firmware regulates
   the draw to its target (so heat costs hashrate); fixed-clock presets drift up in watts;
-- power follows a setting with first-order lag (τ_down, τ_up) after a command delay; board
-  temperature follows power with τ_T; sleep draws `sleep_w`; a reboot draws `boot_w` for
-  `reboot_s` then comes back with the setting it had.
+- after a command delay, power follows each action with the firmware's own first-order lag
+  (`Dynamics`, per firmware, real time by default; `AsicSpec.speed` runs them faster for
+  tests): a Braiins power target τ ≈ 10 s (settled ≈ 30 s), a LuxOS profile ≈ 5 s, sleep to
+  `sleep_w` in 1–3 s, wake ≈ 30 s to hashing at the setting again; board temperature follows
+  power with τ_T; a reboot draws `boot_w` for `reboot_s` then comes back with its setting.
 
 Faults (`Faults`, mutable at run time): `timeout` (API never answers), `malformed` (garbled
 reply), `ignore_commands` (acknowledges, changes nothing), `false_power` (reports watts × factor),
@@ -56,6 +58,73 @@ class Preset:
 
 
 @dataclass(frozen=True, slots=True)
+class Dynamics:
+    """How fast one firmware's power follows each action, in seconds of simulated time.
+
+    ``cmd_delay_s`` passes before the firmware acts; then power moves with a first-order lag
+    whose τ depends on the action: a new watt target or level (``tau_down_s`` / ``tau_up_s``),
+    sleep (``sleep_tau_s``) or wake (``wake_tau_s``). A lag is within 5 % of its end after 3 τ.
+    """
+
+    cmd_delay_s: float
+    tau_down_s: float
+    tau_up_s: float
+    sleep_tau_s: float
+    wake_tau_s: float
+    reboot_s: float
+
+    def faster(self, speed: float) -> Dynamics:
+        """The same dynamics `speed`× faster (tests; 1.0 = the firmware's real time)."""
+        if not speed > 0:
+            raise ValueError("speed must be > 0")
+        return Dynamics(self.cmd_delay_s / speed, self.tau_down_s / speed,
+                        self.tau_up_s / speed, self.sleep_tau_s / speed,
+                        self.wake_tau_s / speed, self.reboot_s / speed)
+
+    @property
+    def settle_s(self) -> float:
+        """A new watt target or level: within 5 % of its end."""
+        return self.cmd_delay_s + 3.0 * max(self.tau_down_s, self.tau_up_s)
+
+    @property
+    def sleep_settle_s(self) -> float:
+        """Asleep: from nameplate to 1.5 × `sleep_w` (≈ 4.6 τ from 3 kW to 45 W)."""
+        return self.cmd_delay_s + 5.0 * self.sleep_tau_s
+
+    @property
+    def wake_settle_s(self) -> float:
+        """Awake and hashing at its setting again (within 5 %)."""
+        return self.cmd_delay_s + 3.0 * self.wake_tau_s
+
+
+#: The firmware's documented (or reported) dynamics at real time.
+#: - Braiins OS applies a power target on the fly and its tuner ramps the draw to it, settled
+#:   in about 30 s (first-order, τ ≈ 10 s, as measured on S19-class units); pause/resume ramp
+#:   with the firmware's "quick ramping" times (PerformanceService/SetQuickRamping, up_s and
+#:   down_s: https://github.com/braiins/bos-plus-api/releases/tag/1.7.0,
+#:   https://github.com/braiins/bos-plus-api/blob/main/proto/bos/v1/performance.proto):
+#:   hashboards off in seconds, back and hashing in tens of seconds.
+#: - LuxOS `profileset` steps frequency and voltage in a few seconds
+#:   (https://docs.luxor.tech/firmware/api/luxminer/profileset); `curtail sleep` turns off
+#:   the hashboards and the PSU, `curtail wakeup` ramps like a reboot unless mode=unsafe
+#:   (https://docs.luxor.tech/firmware/api/luxminer/curtail).
+#: - Whatsminer: no documented ramp time for a power limit (taken as Braiins'); `power_off`
+#:   stops the hashboards and keeps the control board on
+#:   (https://www.buywhatsminer.com/download/whatsminer-api-v2-0-5/).
+#: - cgminer-only (stock Antminer): on/off alone.
+FIRMWARE_DYNAMICS: dict[str, Dynamics] = {
+    "braiins": Dynamics(cmd_delay_s=0.5, tau_down_s=10.0, tau_up_s=10.0, sleep_tau_s=0.4,
+                        wake_tau_s=10.0, reboot_s=120.0),
+    "luxos": Dynamics(cmd_delay_s=0.5, tau_down_s=1.5, tau_up_s=1.5, sleep_tau_s=0.4,
+                      wake_tau_s=10.0, reboot_s=120.0),
+    "whatsminer": Dynamics(cmd_delay_s=0.5, tau_down_s=10.0, tau_up_s=10.0, sleep_tau_s=0.4,
+                           wake_tau_s=10.0, reboot_s=120.0),
+    "cgminer": Dynamics(cmd_delay_s=0.5, tau_down_s=2.0, tau_up_s=6.0, sleep_tau_s=0.4,
+                        wake_tau_s=10.0, reboot_s=120.0),
+}
+
+
+@dataclass(frozen=True, slots=True)
 class AsicSpec:
     """A model's nameplate and physics parameters."""
 
@@ -73,13 +142,31 @@ class AsicSpec:
     ambient_c: float = 25.0
     c_per_w: float = 0.013  # board °C above ambient per W of draw (≈65 °C at 3 kW)
     tau_t_s: float = 60.0
-    tau_down_s: float = 2.0
-    tau_up_s: float = 6.0
-    cmd_delay_s: float = 1.0
-    reboot_s: float = 120.0
+    # Dynamics: None = the firmware's own (FIRMWARE_DYNAMICS). A spec that sets a faster
+    # target lag is never slower to sleep or wake than it (fast test rigs stay fast).
+    tau_down_s: float | None = None
+    tau_up_s: float | None = None
+    cmd_delay_s: float | None = None
+    sleep_tau_s: float | None = None
+    wake_tau_s: float | None = None
+    reboot_s: float | None = None
+    speed: float = 1.0  # dynamics run this many times faster than the firmware's (tests)
     firmware: str = "braiins"  # which API it speaks: braiins | luxos | whatsminer | cgminer
     actuator: str = WATTS  # WATTS | PRESETS | MODES | ONOFF
     presets: tuple[float, ...] = ()  # watts per preset (PRESETS / MODES)
+
+    def dynamics(self) -> Dynamics:
+        fw = FIRMWARE_DYNAMICS.get(self.firmware, FIRMWARE_DYNAMICS["braiins"])
+        down = fw.tau_down_s if self.tau_down_s is None else self.tau_down_s
+        up = fw.tau_up_s if self.tau_up_s is None else self.tau_up_s
+        sleep = self.sleep_tau_s if self.sleep_tau_s is not None else (
+            fw.sleep_tau_s if self.tau_down_s is None else min(fw.sleep_tau_s, down))
+        wake = self.wake_tau_s if self.wake_tau_s is not None else (
+            fw.wake_tau_s if self.tau_up_s is None else min(fw.wake_tau_s, up))
+        return Dynamics(
+            fw.cmd_delay_s if self.cmd_delay_s is None else self.cmd_delay_s, down, up,
+            sleep, wake, fw.reboot_s if self.reboot_s is None else self.reboot_s,
+        ).faster(self.speed)
 
     def hashrate_at(self, p_eff_w: float) -> float:
         if p_eff_w <= 0:
@@ -89,7 +176,7 @@ class AsicSpec:
 
     @property
     def settle_s(self) -> float:
-        return self.cmd_delay_s + 3.0 * max(self.tau_down_s, self.tau_up_s)
+        return self.dynamics().settle_s
 
 
 def default_presets(p_nom_w: float, n: int = 9, lowest: float = 0.36) -> tuple[float, ...]:
@@ -128,6 +215,8 @@ class SimAsic:
         self.username = username
         self.password = password
         self.faults = Faults()
+        self.dyn = spec.dynamics()
+        self._mode = "change"  # the action power is following: change | sleep | wake
         t = clock.now()
         self._t = t
         self._boot_t = t
@@ -167,12 +256,19 @@ class SimAsic:
         if dt <= 0:
             return
         s = self.spec
+        d = self.dyn
         if t1 < self._reboot_until:
             target = s.boot_w
-            tau = s.tau_down_s
+            tau = d.sleep_tau_s
         else:
             target = self._setpoint()
-            tau = s.tau_down_s if target < self._clock_w else s.tau_up_s
+            down = target < self._clock_w
+            if self._mode == "sleep":
+                tau = d.sleep_tau_s
+            elif self._mode == "wake" and not down:
+                tau = d.wake_tau_s
+            else:
+                tau = d.tau_down_s if down else d.tau_up_s
         p0 = self._clock_w
         self._clock_w = target + (p0 - target) * math.exp(-dt / tau)
         self.energy_j += 0.5 * (p0 + self._clock_w) * dt
@@ -190,12 +286,19 @@ class SimAsic:
             self._evolve(t)
             if kind == "watts":
                 self.target_w = value
+                if not self.sleeping:
+                    self._mode = "change"
             elif kind == "level":
                 self.level_index = int(value)
+                if not self.sleeping:
+                    self._mode = "change"
             elif kind == "sleep":
+                if bool(value) != self.sleeping:
+                    self._mode = "sleep" if value else "wake"
                 self.sleeping = bool(value)
             elif kind == "reboot":
-                self._reboot_until = t + self.spec.reboot_s
+                self._reboot_until = t + self.dyn.reboot_s
+                self._mode = "wake"
                 self._boot_t = t
         if self._reboot_until > self._t and self._reboot_until <= now:
             self._evolve(self._reboot_until)
@@ -218,7 +321,7 @@ class SimAsic:
     def hashrate_ths(self) -> float:
         """True hashrate now (what the pool would see on average)."""
         self.advance()
-        if self.rebooting:
+        if self.rebooting or self.sleeping:  # a paused miner stops hashing at once
             return 0.0
         p = self._clock_w
         if p <= self.spec.sleep_w * 1.5:
@@ -253,7 +356,7 @@ class SimAsic:
         now = self.clock.now()
         if self.faults.reboot_on_command and kind in ("watts", "level"):
             self._pending.append((now, "reboot", 0.0))
-        self._pending.append((now + self.spec.cmd_delay_s, kind, value))
+        self._pending.append((now + self.dyn.cmd_delay_s, kind, value))
         self._pending.sort(key=lambda e: e[0])
         return True
 

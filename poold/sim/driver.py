@@ -41,7 +41,9 @@ def capabilities_of(asic: SimAsic) -> Capabilities:
         levels=(tuple(Level(p.name, p.watts, p.ths) for p in asic.levels())
                 if s.actuator != WATTS else ()),
         sleep_w=s.sleep_w,
-        settle_s=s.settle_s,
+        settle_s=asic.dyn.settle_s,
+        sleep_settle_s=asic.dyn.sleep_settle_s,
+        wake_settle_s=asic.dyn.wake_settle_s,
         reboots_on_change=asic.faults.reboot_on_command,
     )
 
