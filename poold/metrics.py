@@ -195,6 +195,13 @@ class Metrics:
         self.grid_signal_age = Gauge(
             "poold_grid_signal_age_seconds", "Seconds since the last grid signal heartbeat",
             registry=r)
+        self.grid_response_seconds = Gauge(
+            "poold_grid_response_seconds", "Last grid event (a lower level, or the signal "
+            "lost): seconds from the signal to the site under the level on the meters",
+            registry=r)
+        self.grid_response_misses = Counter(
+            "poold_grid_response_misses", "Grid events whose level was not met on the meters "
+            "within [fleet.grid_signal] response_s", registry=r)
 
         self._grid_age_shown = True
 

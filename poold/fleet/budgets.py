@@ -42,6 +42,7 @@ class Budgets:
         self._grid_w: float | None = None
         self._grid_ttl_s: float | None = None  # the last grid message's own heartbeat limit
         self._last_heartbeat = clock.now()
+        self._grid_changed_at = clock.now()
         self._forced_safe = False
         self._grid_received = False
         self.version = 0  # bumps on every explicit change (API, grid value, safe)
@@ -104,6 +105,7 @@ class Budgets:
         new = None if site_cap_kw is None else site_cap_kw * 1000.0
         if new != self._grid_w:
             self._grid_w = new
+            self._grid_changed_at = self._last_heartbeat
             self.version += 1
 
     def heartbeat(self) -> None:
@@ -117,10 +119,21 @@ class Budgets:
     def grid_signal_age(self) -> float:
         return self.clock.now() - self._last_heartbeat
 
-    def grid_lost(self) -> bool:
-        hb = self._grid_ttl_s if self._grid_ttl_s is not None else (
+    def _heartbeat_limit_s(self) -> float | None:
+        return self._grid_ttl_s if self._grid_ttl_s is not None else (
             self.cfg.grid_heartbeat_timeout_s)
+
+    def grid_lost(self) -> bool:
+        hb = self._heartbeat_limit_s()
         return hb is not None and self.grid_signal_age() > hb
+
+    def grid_changed_at(self, source: Source) -> float:
+        """When the grid asked for the site cap now in force from `source`: the message that
+        set its level (GRID), or the moment its heartbeat or ttl ran out (SAFE)."""
+        hb = self._heartbeat_limit_s()
+        if source is Source.SAFE and hb is not None:
+            return self._last_heartbeat + hb
+        return self._grid_changed_at
 
     def force_safe(self, on: bool = True) -> None:
         """Shutdown: hold the site at its safe cap regardless of other sources."""

@@ -195,6 +195,7 @@ class FleetController:
             site_w=self.proj.node_power(now)[self.cfg.site],
             safe_w=self.budgets.caps()[self.cfg.site].watts)
         disp.cancel_all()
+        self.guard.grid.cancel()
         for m in self.miners.values():
             try:
                 await m.driver.close()

@@ -45,6 +45,8 @@ POWER_LIE_RATIO = 0.75  # reported watts below 75 % of what the hashrate needs: 
 POOL_SIGMAS = 2.0
 SETTLED_FRACTION = 0.03  # a reading within 3 % (or 50 W) of the command: settled
 WARN_EVERY_S = 60.0  # at most one WARNING a minute per miner about the same trouble
+#: A planned increase: (miner, setting, planned watts, watts above its projection).
+Raise = tuple[MinerState, Desired, float, float]
 
 
 def settle_bound(caps: Capabilities, desired: Desired, prev: Desired | None) -> float:
@@ -103,6 +105,8 @@ class Dispatcher:
         self.commands_sent = 0
         self.commands_failed = 0
         self.rack_hs: dict[str, float] = dict.fromkeys(proj.topo.rack_miners, 0.0)
+        #: Filters the increases `reconcile` may start (the grid response's slow step).
+        self.admit: Callable[[list[Raise], float], list[Raise]] | None = None
         self._poll_heap: list[tuple[float, str]] = sorted(
             (m.next_poll, mid) for mid, m in miners.items())
 
@@ -150,7 +154,7 @@ class Dispatcher:
         over = {n for n, p in projection.items()
                 if p > self.planner.plan_caps.get(n, math.inf)}
         lowers: list[tuple[bool, float, MinerState, Desired, float]] = []
-        raises: list[tuple[MinerState, Desired, float, float]] = []
+        raises: list[Raise] = []
         for mid in list(self.planner.pending):
             m = self.miners[mid]
             a, desired = m.plan, m.plan_desired
@@ -184,6 +188,8 @@ class Dispatcher:
             self.start(m, desired, w)
         started = min(budget, len(lowers))
         self._rng.shuffle(raises)
+        if self.admit is not None and raises:
+            raises = self.admit(raises, now)
         for m, desired, w, delta in raises:
             if self._ramp_tokens <= 0 or started >= budget:
                 break

@@ -14,6 +14,8 @@ A tick
    deadline, deeper steps for miners that can settle in the time left, sleep for the rest;
 5. tracks each node's time over its cap on the meters; time past the allowance is counted
    (`poold_rack_over_cap_seconds_total`) and the breach logged once; and exports the series.
+Before all that it hands the site cap to the grid response (poold.fleet.grid_response), which
+sleeps miners at once when the grid lowers the level, and gates raises while it binds.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from poold.fleet.budgets import Budgets, Cap
 from poold.fleet.clock import Clock
 from poold.fleet.dispatcher import Dispatcher
 from poold.fleet.drivers.base import Desired
+from poold.fleet.grid_response import GridResponse
 from poold.fleet.health import ShareRateEstimator
 from poold.fleet.inventory import FleetConfig
 from poold.fleet.planner import Planner
@@ -74,10 +77,21 @@ class Guard:
         #: their cap go first), so a cycle stays bounded at any fleet size.
         self.optimize_budget_s = 0.06
         self._last_pool_export = -math.inf
+        self.grid = GridResponse(cfg, clock, budgets, planner.miners, metrics)
+        self.grid.poll = disp.poll
+        self.grid.start_sleep = self._grid_sleep
+        self.grid.planner_mark = planner.mark
+        disp.admit = self.grid.admit
+
+    def _grid_sleep(self, m: MinerState) -> None:
+        assert m.caps is not None
+        self.disp.start(m, Desired(sleep=True), m.caps.sleep_w)
+        self.planner.mark(m)
 
     def reconfigure(self, cfg: FleetConfig) -> None:
         self.cfg = cfg
         self.allowed = allowances(cfg)
+        self.grid.cfg = cfg
 
     def over_s(self, node: str, now: float) -> float:
         """How long the node's meters have been over its cap (0 when under)."""
@@ -93,6 +107,7 @@ class Guard:
     def tick(self) -> None:
         now = self.clock.now()
         caps = self.budgets.caps()
+        self.grid.tick(caps[self.cfg.site], now)
         self.planner.mark_round_robin()
         self.planner.optimize(budget_s=self.optimize_budget_s, projection=self.last_projection)
         self.disp.reconcile(now, self.last_projection)

@@ -26,6 +26,8 @@ frozen `FleetConfig`. Every error is a `ConfigError` naming the dotted key (for 
 
     [fleet.grid_signal]
     heartbeat_timeout_s = 240.0       # silent longer ⇒ site goes to safe_cap_kw
+    response_s = 5.0                  # a lower grid level (or its loss) met on the meters
+                                      # within this (fast step: sleep; counted if missed)
 
     [[fleet.schedule]]                # time-of-day caps, UTC, end exclusive, may wrap midnight
     start = "17:00"
@@ -183,6 +185,7 @@ class FleetConfig:
     command_timeout_s: float = 15.0
     temp_limit_c: float = 85.0
     grid_heartbeat_timeout_s: float | None = None
+    grid_response_s: float = 5.0
     pool_hashrate_scale: float = 1.0
 
     def rack(self, rack_id: str) -> RackSpec:
@@ -367,9 +370,11 @@ def parse_fleet(table: Mapping[str, Any], source: str) -> FleetConfig:
 
     grid = r._get("grid_signal", {})
     hb: float | None = None
+    response_s = 5.0
     if grid:
         g = _Reader(grid, "fleet.grid_signal", source)
         hb = g.num("heartbeat_timeout_s", 240.0, positive=True)
+        response_s = g.num("response_s", 5.0, positive=True)
         g.check_unknown()
 
     containers: list[ContainerSpec] = []
@@ -472,6 +477,7 @@ def parse_fleet(table: Mapping[str, Any], source: str) -> FleetConfig:
         site=site, cap_kw=cap_kw, over_cap_allowed_s=over_s, safe_cap_kw=safe_cap_kw,
         containers=tuple(containers), racks=tuple(racks), miners=tuple(miners),
         schedule=tuple(schedule), credentials=creds, grid_heartbeat_timeout_s=hb,
+        grid_response_s=response_s,
         dry_run=bool(opts["dry_run"]),
         guard_interval_s=float(opts["guard_interval_s"]),
         optimizer_interval_s=float(opts["optimizer_interval_s"]),

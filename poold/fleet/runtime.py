@@ -219,7 +219,7 @@ class FleetRuntime:
                              "guard_interval_s", "optimizer_interval_s", "telemetry_interval_s",
                              "stale_after_s", "ramp_kw_per_min", "daily_cycle_budget",
                              "target_fraction", "command_timeout_s", "temp_limit_c",
-                             "grid_heartbeat_timeout_s", "schedule")
+                             "grid_heartbeat_timeout_s", "grid_response_s", "schedule")
                    if getattr(old, k) != getattr(new, k)]
         for a, b in zip(old.containers, new.containers, strict=True):
             if a != b:

@@ -1,0 +1,196 @@
+"""Grid response in seconds (poold.fleet.grid_response): a lower grid level, or the signal lost,
+met on the miners' own meters within `response_s`, then the hashrate given back without
+crossing the level again. The emulated firmware runs at its real dynamics (a Braiins power
+target τ ≈ 10 s, LuxOS profiles ≈ 5 s, sleep 1-3 s, wake ≈ 30 s); "meters" are the emulators'
+own power, not poold's telemetry."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+import pytest
+
+from poold.fleet.clock import Clock, LoopClock, run_virtual
+from poold.fleet.model import PowerCurve
+from poold.fleet.policy import Actuator, MinerInput, allocate
+from poold.metrics import Metrics
+from poold.sim.simsite import SimSite, build_table
+
+MIX = [["braiins", "luxos", "braiins", "luxos", "braiins"],
+       ["luxos", "braiins", "luxos", "braiins", "luxos"]]
+
+
+def optimum_ths(site: SimSite, level_w: float) -> float:
+    """The model optimum under `level_w`: every emulator's true curve, watts spread by equal
+    marginal hashrate (poold.fleet.policy), no sleep/wake constraint."""
+    ins = []
+    for mid, a in site.asics.items():
+        s = a.spec
+        k = s.h_nom_ths * a.unit_factor / s.p_nom_w ** s.alpha
+        act = Actuator(s.actuator)
+        levels = s.presets if act is not Actuator.WATTS else ()
+        ins.append(MinerInput(mid, PowerCurve(k, s.alpha), act, s.min_w, s.max_w,
+                              levels=levels, sleep_w=s.sleep_w))
+    return allocate(ins, level_w).hashrate_ths
+
+
+async def wait_until(clock: Clock, cond: Any, limit_s: float, what: str,
+                     step_s: float = 0.1) -> float:
+    t0 = clock.now()
+    while not cond():
+        if clock.now() - t0 > limit_s:
+            raise AssertionError(f"{what}: not within {limit_s} s")
+        await clock.sleep(step_s)
+    return clock.now() - t0
+
+
+def table(**kw: Any) -> dict[str, Any]:
+    t = build_table(MIX, over_cap_allowed_s=10.0, telemetry_interval_s=5.0, stale_after_s=15.0,
+                    ramp_kw_per_min=600.0, grid_signal={"heartbeat_timeout_s": 600.0,
+                                                        "response_s": 5.0}, **kw)
+    t["safe_cap_kw"] = round(t["cap_kw"] * 0.4, 3)
+    return t
+
+
+def test_signal_to_half_is_met_in_seconds_and_the_hashrate_comes_back() -> None:
+    async def go() -> dict[str, float]:
+        clock = LoopClock(wall_at_zero=1_767_225_600.0)
+        metrics = Metrics()
+        site = await SimSite.create(table(), clock, tcp=False, rng=random.Random(5),
+                                    metrics=metrics)
+        ctl = site.controller
+        run = asyncio.get_running_loop().create_task(ctl.run())
+        try:
+            await clock.sleep(60)
+            level = 0.5 * site.cfg.cap_kw * 1000.0
+            t0 = clock.now()
+            ctl.budgets.grid_signal(level / 1000.0)
+            to_level = await wait_until(clock, lambda: site.true_power_w() <= level, 30,
+                                        "site under the level on the meters")
+            peak, recovered = 0.0, None
+            opt = optimum_ths(site, level)
+            while clock.now() - t0 < 300:
+                await clock.sleep(0.5)
+                peak = max(peak, site.true_power_w())
+                if recovered is None and site.true_hashrate_ths() >= 0.97 * opt:
+                    recovered = clock.now() - t0
+            ev = ctl.guard.grid.event
+            assert ev is not None
+            return {"to_level": to_level, "peak": peak, "level": level,
+                    "recovered": -1.0 if recovered is None else recovered,
+                    "ratio": site.true_hashrate_ths() / opt,
+                    "plan_ms": ev.plan_ms, "slept": len(ev.slept),
+                    "gauge": metrics.grid_response_seconds._value.get(),
+                    "misses": metrics.grid_response_misses._value.get()}
+        finally:
+            run.cancel()
+            await ctl.stop(settle_timeout_s=1.0)
+
+    r = run_virtual(go())
+    print(r)
+    assert r["to_level"] <= 5.0, r
+    assert r["slept"] >= 1 and r["plan_ms"] < 50.0, r
+    assert r["peak"] <= r["level"], r  # never crossed again on the way back
+    assert 0 < r["recovered"] <= 300.0 and r["ratio"] >= 0.97, r
+    assert 0 < r["gauge"] <= 5.0 and r["misses"] == 0, r
+
+
+def test_ttl_lost_goes_to_the_safe_cap_through_the_fast_step() -> None:
+    async def go() -> tuple[float, float]:
+        clock = LoopClock(wall_at_zero=1_767_225_600.0)
+        site = await SimSite.create(table(), clock, tcp=False, rng=random.Random(6))
+        ctl = site.controller
+        run = asyncio.get_running_loop().create_task(ctl.run())
+        try:
+            await clock.sleep(40)
+            ctl.budgets.grid_signal(None, ttl_s=10.0)  # heartbeat with its own ttl, then silence
+            expiry = clock.now() + 10.0
+            safe = site.cfg.safe_cap_kw * 1000.0
+            await wait_until(clock, lambda: clock.now() >= expiry, 20, "ttl")
+            took = await wait_until(clock, lambda: site.true_power_w() <= safe, 30,
+                                    "site under the safe cap")
+            return took, safe
+        finally:
+            run.cancel()
+            await ctl.stop(settle_timeout_s=1.0)
+
+    took, _ = run_virtual(go())
+    assert took <= 5.0
+
+
+def test_a_late_miner_is_counted_and_named(caplog: pytest.LogCaptureFixture) -> None:
+    async def go() -> tuple[float, list[str], str]:
+        clock = LoopClock(wall_at_zero=1_767_225_600.0)
+        metrics = Metrics()
+        site = await SimSite.create(table(), clock, tcp=False, rng=random.Random(7),
+                                    metrics=metrics)
+        ctl = site.controller
+        run = asyncio.get_running_loop().create_task(ctl.run())
+        try:
+            await clock.sleep(40)
+            for a in site.asics.values():
+                a.faults.stuck = True  # acknowledges and shows sleep; the hardware draws on
+            ctl.budgets.grid_signal(0.5 * site.cfg.cap_kw)
+            await clock.sleep(10)
+            ev = ctl.guard.grid.event
+            assert ev is not None
+            return (metrics.grid_response_misses._value.get(), ev.late, ev.slept[0])
+        finally:
+            run.cancel()
+            await ctl.stop(settle_timeout_s=1.0)
+
+    with caplog.at_level(logging.WARNING, logger="poold.fleet.grid_response"):
+        misses, late, first = run_virtual(go())
+    assert misses == 1 and first in late
+    assert any("not under" in r.getMessage() and first in r.getMessage()
+               for r in caplog.records)
+
+
+async def test_over_real_sockets_at_real_speed_signal_then_loss() -> None:
+    """10 emulated miners (Braiins REST, LuxOS TCP) on loopback at the firmware's real
+    dynamics: a signal to 50 % of nameplate, then a signal whose ttl runs out."""
+    clock = LoopClock()
+    metrics = Metrics()
+    t = table()
+    t["safe_cap_kw"] = round(t["cap_kw"] * 0.2, 3)  # well under what the 50 % step left
+    async with SimSite.started(t, clock, tcp=True, rng=random.Random(8),
+                               metrics=metrics) as site:
+        ctl = site.controller
+        await wait_until(clock, lambda: ctl.status().stale == 0 and ctl.commands_sent >= 0
+                         and all(m.health.telemetry is not None for m in ctl.miners.values()),
+                         20, "every miner read")
+        await clock.sleep(3.0)
+        level = 0.5 * site.cfg.cap_kw * 1000.0
+        ctl.budgets.grid_signal(level / 1000.0)
+        to_level = await wait_until(clock, lambda: site.true_power_w() <= level, 15,
+                                    "site under 50 % on the meters", step_s=0.05)
+        assert to_level <= 5.0
+        await wait_until(clock, lambda: metrics.grid_response_seconds._value.get() > 0, 10,
+                         "poold saw it on telemetry")
+        assert metrics.grid_response_misses._value.get() == 0
+        ctl.budgets.grid_signal(None, ttl_s=3.0)  # back to no limit, then silence
+        expiry = clock.now() + 3.0
+        safe = site.cfg.safe_cap_kw * 1000.0
+        await wait_until(clock, lambda: clock.now() >= expiry, 10, "ttl")
+        loss_to_safe = await wait_until(clock, lambda: site.true_power_w() <= safe, 15,
+                                        "site under the safe cap on the meters", step_s=0.05)
+        print(f"over TCP: to_level {to_level:.2f} s, loss_to_safe {loss_to_safe:.2f} s")
+        assert loss_to_safe <= 5.0
+
+
+def test_response_s_is_read_from_the_grid_signal_table() -> None:
+    from poold.errors import ConfigError
+    from poold.fleet.inventory import parse_fleet
+
+    assert parse_fleet(table(), "<t>").grid_response_s == 5.0
+    t = table()
+    t["grid_signal"]["response_s"] = 2.5
+    assert parse_fleet(t, "<t>").grid_response_s == 2.5
+    del t["grid_signal"]
+    assert parse_fleet(t, "<t>").grid_response_s == 5.0
+    t["grid_signal"] = {"response_s": 0}
+    with pytest.raises(ConfigError, match=r"fleet\.grid_signal\.response_s"):
+        parse_fleet(t, "<t>")
