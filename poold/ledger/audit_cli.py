@@ -14,6 +14,7 @@ import asyncio
 import sys
 from pathlib import Path
 
+from poold.config import DEFAULT_PATH
 from poold.errors import ConfigError
 from poold.ledger import audit
 from poold.ledger import cli as ledger_cli
@@ -21,9 +22,8 @@ from poold.ledger.store import StoreUnavailable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", type=Path, default=Path("/etc/poold/poold.toml"),
-                        help="config file naming the ledger (export; default "
-                        "/etc/poold/poold.toml)")
+    parser.add_argument("-c", "--config", type=Path, default=DEFAULT_PATH,
+                        help=f"config file naming the ledger (export; default {DEFAULT_PATH})")
     sub = parser.add_subparsers(dest="audit_command", metavar="ACTION", required=True,
                                 help="export | verify")
     exp = sub.add_parser("export", help="the per-block audit export (docs/AUDIT.md), from the "

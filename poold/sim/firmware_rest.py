@@ -153,19 +153,21 @@ class BraiinsRestServer:
         return web.json_response(body)
 
     async def _stats(self, request: web.Request) -> web.StreamResponse:
+        # GetMinerStatsResponse: Power.watt is an integer; the minimum carries no pool_stats.
         a = self.asic
         ths = a.hashrate_ths()
         p = a.reported_power_w()
-        return web.json_response(
-            {
-                "miner_stats": {"real_hashrate": {"last_5s": {"gigahash_per_second": ths * 1000}}},
-                "power_stats": {
-                    "approximated_consumption": {"watt": round(p, 1)},
-                    "efficiency": {"joule_per_terahash": round(p / ths, 2) if ths > 0 else 0},
-                },
-                "pool_stats": {"connected": not a.reported_sleep() and not a.rebooting},
-            }
-        )
+        body: dict[str, Any] = {
+            "miner_stats": {"real_hashrate": {"last_5s": {"gigahash_per_second": ths * 1000}}},
+            "power_stats": {"approximated_consumption": {"watt": round(p)}},
+        }
+        if not self.minimal:
+            body["power_stats"]["efficiency"] = {
+                "joule_per_terahash": round(p / ths, 2) if ths > 0 else 0}
+            body["pool_stats"] = {"accepted_shares": 0, "rejected_shares": 0, "stale_shares": 0,
+                                  "last_difficulty": 0, "best_share": 0, "generated_work": 0,
+                                  "best_share_str": "0"}
+        return web.json_response(body)
 
     async def _cooling(self, request: web.Request) -> web.StreamResponse:
         t = self.asic.temp_c()

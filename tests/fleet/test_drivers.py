@@ -19,6 +19,7 @@ from poold.fleet.drivers.base import (
     FirmwareProtocolError,
     MinerDriver,
     Secret,
+    Telemetry,
     UnsupportedError,
     VerifyError,
 )
@@ -30,6 +31,7 @@ from poold.fleet.policy import Actuator
 from poold.sim.asic import AsicSpec, SimAsic, default_presets
 from poold.sim.firmware_rest import BraiinsRestServer
 from poold.sim.firmware_tcp import LuxosServer, server_for
+from tests.waiting import reading, until
 
 PASSWORD = "correct horse"
 FAST = {"cmd_delay_s": 0.05, "tau_down_s": 0.05, "tau_up_s": 0.05, "reboot_s": 0.5}
@@ -99,17 +101,19 @@ async def test_capabilities_read_apply_and_read_back(rig: Rig) -> None:
     desired = watts_for(rig, 0.6)
     t = await rig.driver.apply(desired)
     assert (t.target_w == desired.watts) if desired.watts else (t.level == desired.level)
-    await asyncio.sleep(0.5)
-    t = await rig.driver.read()
-    assert t.power_w is not None and t.power_w < rig.asic.spec.p_nom_w * 0.7
+    t = await reading(rig.driver.read,
+                      lambda t: t.power_w is not None and t.power_w < rig.asic.spec.p_nom_w * 0.7,
+                      5.0, "the power down to 60 %")
     # Idempotent: the same desired state sends no command.
     before = rig.asic.commands_received
     await rig.driver.apply(desired)
     assert rig.asic.commands_received == before
     t = await rig.driver.apply(Desired(sleep=True))
     assert t.sleeping
-    await asyncio.sleep(0.5)
-    assert (await rig.driver.read()).power_w == pytest.approx(rig.asic.spec.sleep_w, rel=0.2)
+    sleep_w = rig.asic.spec.sleep_w
+    await reading(rig.driver.read,
+                  lambda t: t.power_w is not None and abs(t.power_w - sleep_w) <= 0.2 * sleep_w,
+                  5.0, "the miner at its sleep power")
     t = await rig.driver.apply(watts_for(rig, 1.0))
     assert not t.sleeping
 
@@ -172,9 +176,16 @@ async def test_fault_reboot_on_command(rig: Rig) -> None:
     # The miner goes away mid-command: the driver reports an error, never a false success.
     with pytest.raises(DriverError):
         await rig.driver.apply(watts_for(rig, 0.5))
-    await asyncio.sleep(0.8)  # back after reboot_s with the new setting
-    t = await rig.driver.read()
-    assert t.power_w is not None and t.power_w < rig.asic.spec.p_nom_w * 0.7
+
+    async def read_when_back() -> Telemetry | None:  # refused while it reboots (reboot_s)
+        try:
+            return await rig.driver.read()
+        except DriverError:
+            return None
+
+    await reading(read_when_back, lambda t: t is not None and t.power_w is not None
+                  and t.power_w < rig.asic.spec.p_nom_w * 0.7, 5.0,
+                  "the miner back from its reboot with the new setting")
 
 
 async def test_operator_actions(rig: Rig) -> None:
@@ -186,8 +197,7 @@ async def test_operator_actions(rig: Rig) -> None:
         assert rig.asic.pool[0].startswith("stratum+tcp://p:3333") or "p:3333" in str(
             rig.asic.pool)
     await rig.driver.reboot()
-    await asyncio.sleep(0.05)
-    assert rig.asic.rebooting
+    await until(lambda: rig.asic.rebooting, 2.0, "the miner rebooting")
 
 
 async def test_credentials_are_never_logged_or_in_reprs(rig: Rig,

@@ -308,3 +308,20 @@ async def test_a_hanging_optional_call_neither_blinds_nor_slows_the_polling() ->
     finally:
         await d.close()
         await srv.stop()
+
+
+def test_the_factory_hands_every_driver_its_max_w() -> None:
+    from poold.fleet.drivers import build_drivers
+    from poold.fleet.inventory import parse_fleet
+
+    miners = [{"id": f"m-{d}", "rack": "r0", "host": "10.0.0.1", "driver": d, "model": "S21",
+               "nameplate_w": 3500, "nameplate_ths": 200}
+              for d in ("braiins", "luxos", "whatsminer", "cgminer")]
+    miners[1]["max_w"] = 4300  # an explicit per-miner max_w above nameplate
+    cfg = parse_fleet({"site": "s", "cap_kw": 20, "racks": [{"id": "r0", "cap_kw": 20}],
+                       "miners": miners}, "<test>")
+    drivers = build_drivers(cfg, {})
+    assert drivers["m-braiins"].max_w == 3500  # type: ignore[attr-defined]
+    assert drivers["m-luxos"].max_w == 4300  # type: ignore[attr-defined]
+    assert drivers["m-whatsminer"].max_w == 3500  # type: ignore[attr-defined]
+    assert drivers["m-cgminer"].nameplate_w == 3500  # type: ignore[attr-defined]
