@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("poold.daemon")
 
+FIRST_TEMPLATE_S = 10.0  # start-up: how long Stratum waits for work before listening anyway
 FLEET_STOP_S = 5.0  # safe-cap commands on shutdown; the whole shutdown must fit in 10 s
 TEMPLATE_STALE_FACTOR = 3.0  # /readyz: a template older than 3 fee refreshes is not fresh
 
@@ -543,11 +544,14 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
             log.error("bitcoind check failed: %s", exc)
             return 1
         # The first template reaches the pool through the subscription (split payouts plan it
-        # asynchronously first): listen only once there is work to hand out.
-        for _ in range(200):
-            if server.ctx.engine.book.template is not None:
-                break
-            await asyncio.sleep(0.05)
+        # asynchronously first): listen once there is work to hand out, or say why not.
+        try:
+            async with asyncio.timeout(FIRST_TEMPLATE_S):
+                await server.has_work.wait()
+        except TimeoutError:
+            log.warning("no block template within %.0f s of start; listening anyway (miners get "
+                        "work as soon as one arrives; /readyz says template=false until then)",
+                        FIRST_TEMPLATE_S)
         if relay_in is not None:
             try:
                 await relay_in.start()
@@ -575,29 +579,28 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
         notifier.ready(f"stratum on {', '.join(server.addresses)}")
         log.info("poold running: %s", ", ".join(server.addresses))
         async with asyncio.TaskGroup() as tg:
-            sweeper = tg.create_task(server.run_sweeper(), name="stratum-sweeper")
-            watchdog = tg.create_task(_watchdog(notifier), name="systemd-watchdog")
-            reconcile = tg.create_task(
-                ledger.reconcile_forever(NodeReader.of(nodes)) if owns_singletons(worker)
-                else asyncio.sleep(0),
-                name="ledger-reconcile")
-            peers = tg.create_task(backend.peers.run() if backend.peers is not None
-                                   else asyncio.sleep(0), name="worker-status")
-            reloader = tg.create_task(_reload_loop(pool, cfg, hup, fleet, ledger, worker),
-                                      name="config-reload")
-            relay = tg.create_task(relay_out.run() if relay_out is not None
-                                   else asyncio.sleep(0), name="share-relay")
-            follower = tg.create_task(
-                CurtailedFollower(curtailed_path(cfg)).run(server, server.clock)
-                if relay_out is not None else asyncio.sleep(0), name="fleet-curtailed")
-            fleet_task: asyncio.Task[None] | None = None
+            # The long-lived loops of this process, cancelled together once the miners drained.
+            loops = [tg.create_task(server.run_sweeper(), name="stratum-sweeper"),
+                     tg.create_task(_watchdog(notifier), name="systemd-watchdog"),
+                     tg.create_task(_reload_loop(pool, cfg, hup, fleet, ledger, worker),
+                                    name="config-reload")]
+            if owns_singletons(worker):
+                loops.append(tg.create_task(ledger.reconcile_forever(NodeReader.of(nodes)),
+                                            name="ledger-reconcile"))
+            if backend.peers is not None:
+                loops.append(tg.create_task(backend.peers.run(), name="worker-status"))
+            if relay_out is not None:
+                loops.append(tg.create_task(relay_out.run(), name="share-relay"))
+                loops.append(tg.create_task(
+                    CurtailedFollower(curtailed_path(cfg)).run(server, server.clock),
+                    name="fleet-curtailed"))
             if fleet is not None:
-                fleet_task = tg.create_task(
+                loops.append(tg.create_task(
                     _run_fleet(fleet, backend, ledger=ledger, server=server,
                                server_clock=server.clock,
                                curtailed_file=curtailed_path(cfg) if worker is not None
                                else None),
-                    name="fleet")
+                    name="fleet"))
                 log.info("fleet controller running: %d miners in %d racks",
                          len(cfg.fleet.miners) if cfg.fleet else 0,
                          len(cfg.fleet.racks) if cfg.fleet else 0)
@@ -608,15 +611,8 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
                 await asyncio.gather(server.shutdown(), fleet.stop(FLEET_STOP_S))
             else:
                 await server.shutdown()
-            if fleet_task is not None:
-                fleet_task.cancel()
-            sweeper.cancel()
-            watchdog.cancel()
-            reconcile.cancel()
-            reloader.cancel()
-            peers.cancel()
-            relay.cancel()
-            follower.cancel()
+            for task in loops:
+                task.cancel()
         return 0
     finally:
         if fleet is not None:  # also on an error path: leave the miners at the safe cap

@@ -288,6 +288,7 @@ class StratumServer:
         self._block_tasks: set[asyncio.Task[Any]] = set()
         self.block_outcomes: list[BlockOutcome] = []
         self.closing = False
+        self.has_work = asyncio.Event()  # set by the first template (the daemon waits on it)
         self.disconnects = DisconnectLog()
         self._flushed_disconnects: dict[Disconnect, int] = dict.fromkeys(Disconnect, 0)
         self._flushed_accepted = 0
@@ -525,6 +526,7 @@ class StratumServer:
         ctx = self.ctx
         book = ctx.engine.book
         book.set_template(template, new_tip, now)
+        self.has_work.set()
         engine = ctx.engine
         # Per miner: pick the bytes, then either queue the socket for the batch send or, when
         # its transport holds queued bytes (or is closing), write through the transport.

@@ -48,6 +48,7 @@ async def test_planned_payouts_fan_out_in_template_order() -> None:
         return [(script(), template.coinbase_value)]
 
     r, planning, _ = setup(planner)
+    assert not planning.server.has_work.is_set()  # the daemon listens once this is set
     old = regtest_template(curtime=1000)
     new = regtest_template(curtime=2000)
     planning.on_template(old, True)
@@ -55,6 +56,7 @@ async def test_planned_payouts_fan_out_in_template_order() -> None:
     await asyncio.sleep(0)
     gates[2000].set()
     await wait_for_template(r, new)
+    assert planning.server.has_work.is_set()
     gates[1000].set()
     await asyncio.sleep(0.05)
     assert r.engine.book.template is new  # type: ignore[attr-defined]
