@@ -269,6 +269,14 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 SECTIONS = ("pool", "nodes", "templates", "stratum", "ledger", "api", "metrics", "log")
+_DEFAULTS: dict[str, Any] = {o.dotted: o.default for o in OPTIONS}
+
+
+def default(key: str) -> Any:
+    """The documented default of a config key ("section.key"), for the component settings
+    (ServerSettings, SessionSettings, TemplateTiming, LedgerConfig) that tests build directly:
+    one table declares every default (KeyError for a key that is not in it)."""
+    return _DEFAULTS[key]
 ARRAY_SECTIONS = frozenset({"nodes"})
 
 

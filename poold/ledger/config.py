@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from poold.config import OPTIONS, PAYOUTS
+from poold.config import PAYOUTS, default
 from poold.errors import ConfigError
 from poold.ledger.store import resolve_url
 
@@ -21,49 +21,48 @@ if TYPE_CHECKING:
     from poold.config import Config
 
 PAYOUT_SCHEMES = PAYOUTS
-_DEFAULT = {o.dotted: o.default for o in OPTIONS}
 MIN_RETENTION_S = 2 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
 class LedgerConfig:
     url: str = field(default="", repr=False)  # may carry a password
-    state_dir: str = _DEFAULT["pool.state_dir"]
-    instance_id: int = _DEFAULT["pool.instance_id"]
+    state_dir: str = default("pool.state_dir")
+    instance_id: int = default("pool.instance_id")
     # The worker process index of `--processes` (0 if one): each writer has its own share
     # chain, `shares:<instance_id>:<writer>` (poold.ledger.chain).
     writer: int = 0
-    payout: str = _DEFAULT["pool.payout"]
+    payout: str = default("pool.payout")
     network: str = "main"  # poold.bitcoin.address.Network value, for addresses in the audit
     # Share batches are committed at least this often: a kill -9 loses at most this window.
-    flush_interval_ms: float = _DEFAULT["ledger.flush_interval_ms"]
-    buffer_max_shares: int = _DEFAULT["ledger.buffer_max_shares"]
+    flush_interval_ms: float = default("ledger.flush_interval_ms")
+    buffer_max_shares: int = default("ledger.buffer_max_shares")
     # Largest share batch in one commit: bounds the commit latency when the flusher is behind
     # (2-3 us a share: 10k shares commit in ~20-40 ms). Per-commit costs (round trips, the
     # per-account bucket upserts) shrink per share as batches grow: PostgreSQL took ~370k
     # shares/s in batches of 5k, ~450k in batches of 10k (tests/bench/ledger.py).
-    batch_max_shares: int = _DEFAULT["ledger.batch_max_shares"]
-    pplns_window_factor: float = _DEFAULT["ledger.pplns_window_factor"]
-    dust_sat: int = _DEFAULT["ledger.dust_sat"]
-    max_outputs: int = _DEFAULT["ledger.max_outputs"]
-    fee_percent: float = _DEFAULT["pool.fee_percent"]
+    batch_max_shares: int = default("ledger.batch_max_shares")
+    pplns_window_factor: float = default("ledger.pplns_window_factor")
+    dust_sat: int = default("ledger.dust_sat")
+    max_outputs: int = default("ledger.max_outputs")
+    fee_percent: float = default("pool.fee_percent")
     fee_address: str = ""
     reserve_address: str = ""
-    tariff_per_kwh: float = _DEFAULT["ledger.tariff_per_kwh"]
+    tariff_per_kwh: float = default("ledger.tariff_per_kwh")
     # A found block not committed to the store within this goes to the local journal instead.
-    block_write_timeout_s: float = _DEFAULT["ledger.block_write_timeout_s"]
+    block_write_timeout_s: float = default("ledger.block_write_timeout_s")
     # payout = split: how often the cached PPLNS window and balances are re-read.
-    split_refresh_s: float = _DEFAULT["ledger.split_refresh_s"]
+    split_refresh_s: float = default("ledger.split_refresh_s")
     # payout = split: bytes of payout outputs (fee output included) one coinbase may carry.
     # ASIC firmware caps the coinbase (730 bytes: DATUM's generic Antminer class, the default of
     # poold.bitcoin.coinbase); the rest of a coinbase (a scriptSig of up to 100 bytes, the
     # witness commitment output, the fixed fields) takes up to 200: 730 - 200 = 530. The
     # ledger's chain commitment (an OP_RETURN output of 47 bytes, docs/AUDIT.md) is part of it.
-    split_max_output_bytes: int = _DEFAULT["ledger.split_max_output_bytes"]
+    split_max_output_bytes: int = default("ledger.split_max_output_bytes")
     # Shares older than this are rolled up per (worker, account, hour) and deleted; 0 keeps
     # every share. It must cover the PPLNS window and the 100 blocks until maturity: at least
     # two days is enforced (a small pool's window can span longer: size it to the pool).
-    share_retention_s: float = _DEFAULT["ledger.share_retention_s"]
+    share_retention_s: float = default("ledger.share_retention_s")
     # pplns/split: login name -> payout address (poold.accounts); other accounts must be
     # addresses themselves to be paid
     accounts: tuple[tuple[str, str], ...] = ()

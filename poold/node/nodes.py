@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from poold.bitcoin.byteorder import hash_from_hex, hash_to_hex
 from poold.bitcoin.encoding import sha256d
 from poold.bitcoin.template import Template, TemplateError, empty_template_for_tip, parse_gbt
+from poold.config import default
 from poold.node.rpc import (
     RPC_IN_WARMUP,
     Backoff,
@@ -122,9 +123,9 @@ class TemplateTiming:
     Negative: never publish an empty template.
     """
 
-    poll_interval_s: float = 0.25
-    refresh_s: float = 30.0
-    empty_first_ms: float = 2.0
+    poll_interval_s: float = default("templates.poll_interval_s")
+    refresh_s: float = default("templates.refresh_s")
+    empty_first_ms: float = default("templates.empty_first_ms")
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from poold.bitcoin.coinbase import CoinbaseError
+from poold.config import default
 from poold.stratum import messages
 from poold.stratum.disconnects import Disconnect, DisconnectLog
 from poold.stratum.fanout import send_many
@@ -72,25 +73,26 @@ SEND_BATCH = 512
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 3333
-    max_connections: int = 100_000
-    max_per_ip: int = 1000
-    max_line_bytes: int = 16 * 1024
-    subscribe_timeout_s: float = 30.0
-    idle_timeout_s: float = 900.0
-    write_buffer_limit: int = 1 << 20  # bytes queued for one miner before it is dropped
+    max_connections: int = default("stratum.max_connections")
+    max_per_ip: int = default("stratum.max_per_ip")
+    max_line_bytes: int = default("stratum.max_line_bytes")
+    subscribe_timeout_s: float = default("stratum.subscribe_timeout_s")
+    idle_timeout_s: float = default("stratum.idle_timeout_s")
+    # bytes queued for one miner before it is dropped
+    write_buffer_limit: int = default("stratum.max_write_buffer_bytes")
     sweep_interval_s: float = 1.0
     ban_after_kicks: int = 3  # invalid-share disconnects from one IP within ban_window_s ...
     ban_window_s: float = 600.0
     ban_s: float = 60.0  # ... refuse that IP for this long
-    reconnect_host: str = ""
-    reconnect_port: int = 0
+    reconnect_host: str = default("stratum.reconnect_host")
+    reconnect_port: int = default("stratum.reconnect_port")
     drain_timeout_s: float = 5.0
-    reuse_port: bool = False
+    reuse_port: bool = default("stratum.reuse_port")
     backlog: int = 4096
     # Messages (lines) per second a connection may send on average, and in one burst; beyond
     # that it is dropped ("rate limit"). 0 = no limit. Honest miners send a few a second.
-    max_messages_per_s: float = 200.0
-    message_burst: int = 2000
+    max_messages_per_s: float = default("stratum.max_messages_per_s")
+    message_burst: int = default("stratum.message_burst")
 
     @classmethod
     def from_config(cls, cfg: StratumConfig, **overrides: Any) -> ServerSettings:

@@ -27,6 +27,7 @@ from time import perf_counter
 from typing import Any
 
 from poold.bitcoin.target import DIFF1_TARGET
+from poold.config import default
 from poold.stratum import codec, messages
 from poold.stratum.auth import Authorizer, Identity, StratumAuthError
 from poold.stratum.messages import MalformedParams
@@ -57,10 +58,11 @@ class State(enum.IntEnum):
 class SessionSettings:
     """The per-connection knobs (from `[stratum]`)."""
 
-    version_mask: int = BIP320_MASK
-    accept_unnegotiated_version_bits: bool = True
-    extranonce2_size: int = 8
-    invalid_limit: int = 100  # consecutive invalid shares before disconnect; 0 = never
+    version_mask: int = default("stratum.version_mask")
+    accept_unnegotiated_version_bits: bool = default("stratum.accept_unnegotiated_version_bits")
+    extranonce2_size: int = default("stratum.extranonce2_size")
+    # consecutive invalid shares before disconnect; 0 = never
+    invalid_limit: int = default("stratum.invalid_share_limit")
     max_workers: int = 16  # authorized usernames per connection
 
 
