@@ -20,42 +20,68 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import enum
 import gc
 import logging
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from poold import supervisor
 from poold.accounts import AccountBook
+from poold.api import AdminApi
+from poold.api_backend import DaemonBackend
+from poold.bitcoin import sharecore
 from poold.bitcoin.address import address_to_script
+from poold.bitcoin.coinbase import CoinbaseError, build_coinbase
 from poold.bitcoin.target import target_to_difficulty
+from poold.bitcoin.tx import TxOut
 from poold.coinbase_planning import CoinbasePlanning, Planner
+from poold.config import load_config, reload_diff
 from poold.errors import ConfigError
+from poold.fleet.curtailed_file import CurtailedFollower
+from poold.fleet.runtime import FleetRuntime
+from poold.fleet.share_relay import ShareRelayReceiver, ShareRelaySender
+from poold.ledger import Ledger, LedgerConfig
+from poold.ledger.payouts import fee_ppm
+from poold.metrics import Metrics
+from poold.node.nodes import NodeSet
+from poold.node.reader import NodeReader
+from poold.node.rpc import NodeCheckError, NodeUnavailable
+from poold.pool import Pool
 from poold.stratum.auth import Authorizer
+from poold.stratum.limits import fit_max_connections
+from poold.stratum.server import ServerSettings, StratumServer
+from poold.stratum.session import SessionContext, SessionSettings
+from poold.supervisor import (
+    PeerStatus,
+    curtailed_path,
+    owns_singletons,
+    relay_path,
+    worker_config,
+)
+from poold.systemd import Notifier, listen_sockets
+from poold.work.blocks import BlockSubmitter, LogBlockSink
+from poold.work.difficulty import DifficultyPolicy
+from poold.work.engine import ShareEngine, TeeShareSink
+from poold.work.extranonce import ExtranonceAllocator
+from poold.work.jobs import FixedPayout, JobBook, PlannedPayout, SoloPayout
+from poold.work.vardiff import Vardiff
 
 if TYPE_CHECKING:
     from poold.bitcoin.template import Template
     from poold.config import Config
-    from poold.fleet.runtime import FleetRuntime
-    from poold.ledger.ledger import Ledger
-    from poold.metrics import Metrics
-    from poold.node.nodes import NodeSet
-    from poold.stratum.server import StratumServer
     from poold.work.blocks import BlockSink
-    from poold.work.difficulty import DifficultyPolicy
     from poold.work.engine import ShareSink
     from poold.work.jobs import PayoutPolicy
+
 
 log = logging.getLogger("poold.daemon")
 
 FIRST_TEMPLATE_S = 10.0  # start-up: how long Stratum waits for work before listening anyway
 FLEET_STOP_S = 5.0  # safe-cap commands on shutdown; the whole shutdown must fit in 10 s
-TEMPLATE_STALE_FACTOR = 3.0  # /readyz: a template older than 3 fee refreshes is not fresh
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,8 +96,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from poold import supervisor
-    from poold.config import load_config
 
     worker: int | None = getattr(args, "worker_index", None)
     try:
@@ -102,8 +126,6 @@ def run(args: argparse.Namespace) -> int:
 
 def payout_policy(cfg: Config) -> PayoutPolicy:
     """Who the coinbase pays, from `pool.payout`."""
-    from poold.ledger.payouts import fee_ppm
-    from poold.work.jobs import FixedPayout, PlannedPayout, SoloPayout
 
     p = cfg.pool
     if p.payout == "solo":
@@ -119,15 +141,6 @@ def payout_policy(cfg: Config) -> PayoutPolicy:
         # pplns: the pool wallet is paid and pays balances later (poold.ledger.payouts).
         return FixedPayout(address_to_script(p.fee_address, p.network))
     raise ConfigError("pool.fee_address", f"required for pool.payout = {p.payout!r}", cfg.source)
-
-
-@dataclass(slots=True)
-class Pool:
-    """The wired Stratum side: what `serve` runs and tests drive."""
-
-    server: StratumServer
-    nodes: NodeSet
-    planning: CoinbasePlanning | None = None  # payout = split
 
 
 def build_pool(
@@ -150,17 +163,6 @@ def build_pool(
     1e-8 minimum so that every hash is a share); `server_overrides` are `ServerSettings` fields
     plus `invalid_limit` (the session ladder); `worker` is the index of a worker process
     (poold.supervisor), which gives it its own extranonce1 range."""
-    from poold.bitcoin.coinbase import CoinbaseError, build_coinbase
-    from poold.bitcoin.tx import TxOut
-    from poold.node.reader import NodeReader
-    from poold.stratum.server import ServerSettings, StratumServer
-    from poold.stratum.session import SessionContext, SessionSettings
-    from poold.work.blocks import BlockSubmitter, LogBlockSink
-    from poold.work.difficulty import DifficultyPolicy
-    from poold.work.engine import ShareEngine
-    from poold.work.extranonce import ExtranonceAllocator
-    from poold.work.jobs import JobBook, PlannedPayout
-    from poold.work.vardiff import Vardiff
 
     s = cfg.stratum
     tag = cfg.pool.coinbase_tag.encode()
@@ -232,173 +234,11 @@ def authorizer(cfg: Config) -> Authorizer:
                       if pooled else None)
 
 
-def _jsonable(value: Any) -> Any:
-    """Dataclasses, enums, bytes and tuples as JSON-ready values (bytes as hex)."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, enum.Enum):
-        return value.value
-    return value
-
-
-class DaemonBackend:
-    """`poold.api.ApiBackend` over the pool, the ledger and the fleet controller. Fleet
-    endpoints answer 404 without a `[fleet]` table (or in a worker process that does not run
-    the controller: `fleet_elsewhere`)."""
-
-    def __init__(self, pool: Pool, ledger: Any | None = None, fleet: FleetRuntime | None = None,
-                 *, fleet_elsewhere: bool = False, refresh_s: float = 30.0) -> None:
-        self.pool_ = pool
-        self.ledger = ledger
-        self.fleet = fleet
-        self.fleet_elsewhere = fleet_elsewhere
-        self.fleet_failed = False
-        self.refresh_s = refresh_s
-        self.peers: Any | None = None  # poold.supervisor.PeerStatus under --processes
-        self.started = time.time()
-
-    def readiness(self) -> dict[str, bool]:
-        server = self.pool_.server
-        latest = self.pool_.nodes.latest
-        checks = {
-            "nodes": self.pool_.nodes.healthy(),
-            "template": server.ctx.engine.book.template is not None,
-            # Fresh: refreshed for fees every templates.refresh_s; three missed refreshes is stale.
-            "template_fresh": latest is not None
-            and time.time() - latest.received_at < TEMPLATE_STALE_FACTOR * self.refresh_s,
-            "stratum": bool(server.addresses) and not server.closing,
-        }
-        if self.pool_.planning is not None:
-            checks["payout_plan"] = self.pool_.planning.healthy
-        if self.ledger is not None:
-            checks["ledger"] = bool(self.ledger.writable)
-        if self.fleet is not None:
-            checks["fleet"] = not self.fleet_failed
-            for node in self.fleet.unverified():
-                checks[f"fleet_under_cap:{node}"] = False  # not shown under its cap
-        if self.peers is not None:
-            checks["workers"] = not self.peers.down
-        return checks
-
-    def readiness_reasons(self) -> dict[str, str]:
-        """Why a failed check fails, where known (/readyz `reasons`)."""
-        reasons = {}
-        if self.ledger is not None and not self.ledger.writable:
-            reasons["ledger"] = str(self.ledger.unwritable_reason)
-        if self.peers is not None and self.peers.down:
-            reasons["workers"] = self.peers.reason
-        return reasons
-
-    def pool(self) -> dict[str, Any]:
-        server = self.pool_.server
-        book = server.ctx.engine.book
-        t = book.template
-        counters = server.ctx.counters
-        return {
-            "stratum": server.addresses,
-            "connections": len(server.connections),
-            "hashrate_hs": server.hashrate,
-            "shares": {
-                "accepted": counters.accepted,
-                "rejected": {r.name: n for r, n in counters.by_reason().items() if n},
-            },
-            "template": None if t is None else {
-                "height": t.height, "prevhash": t.prevhash_hex, "transactions": len(t.transactions),
-                "coinbase_value": t.coinbase_value, "age_s": max(0.0, time.time() - t.received_at),
-            },
-            "jobs": len(book.jobs),
-            "blocks_submitted": [_jsonable(o) for o in server.block_outcomes[-10:]],
-            "nodes": [_jsonable(st) for st in self.pool_.nodes.status()],
-            "uptime_s": time.time() - self.started,
-        }
-
-    def workers(self) -> list[dict[str, Any]]:
-        return self.pool_.server.workers()
-
-    async def blocks(self, since: float | None) -> list[dict[str, Any]]:
-        if self.ledger is None:
-            return []
-        rows: list[dict[str, Any]] = await self.ledger.audit_blocks(since)
-        return rows
-
-    async def public_windows(self, since: float | None) -> list[dict[str, Any]]:
-        rows = None if self.ledger is None else await self.ledger.public_windows(since)
-        if rows is None:
-            from poold.api import ApiError
-
-            raise ApiError(404, "not published", "api.public_windows is off")
-        return list(rows)
-
-    async def energy(self, start: float, end: float) -> dict[str, Any]:
-        if self.ledger is None:
-            from poold.api import ApiError
-
-            raise ApiError(404, "no ledger in this daemon")
-        # Telemetry not yet metered, then what the meter holds, is committed first, so the
-        # answer reaches up to now.
-        if self.fleet is not None:
-            await self.fleet.push_power(self.ledger)
-        await self.ledger.flush_energy()
-        report = await self.ledger.energy_report(start, end)
-        out: dict[str, Any] = dict(report.as_dict())
-        return out
-
-    def _fleet(self) -> FleetRuntime:
-        if self.fleet is not None:
-            return self.fleet
-        from poold.api import ApiError
-
-        if self.fleet_elsewhere:
-            raise ApiError(404, "the fleet controller runs in worker process 0 (its API port)")
-        raise ApiError(404, "no fleet configured in this daemon")
-
-    def racks(self) -> list[dict[str, Any]]:
-        return self._fleet().racks()
-
-    def miners(self, rack: str | None) -> list[dict[str, Any]]:
-        return self._fleet().miners(rack)
-
-    def budgets(self) -> dict[str, Any]:
-        return self._fleet().budgets()
-
-    async def set_cap(self, scope: str, kw: float) -> dict[str, Any]:
-        return await self._fleet().set_cap(scope, kw)
-
-    async def curtail(self, rack: str) -> dict[str, Any]:
-        return await self._fleet().curtail(rack)
-
-    async def restore(self, rack: str) -> dict[str, Any]:
-        return await self._fleet().restore(rack)
-
-    async def clear_miner(self, miner: str) -> dict[str, Any]:
-        return await self._fleet().clear_miner(miner)
-
-    async def grid_signal(self, cap_kw: float | None, ttl_s: float | None) -> dict[str, Any]:
-        return await self._fleet().grid_signal(cap_kw, ttl_s)
-
-    async def reconnect_worker(self, worker: str) -> dict[str, Any]:
-        n = self.pool_.server.reconnect_worker(worker)
-        if n == 0:
-            from poold.api import ApiError
-
-            raise ApiError(404, "no connected session for this worker", worker)
-        return {"worker": worker, "reconnected": n}
-
-
 def apply_reload(pool: Pool, old: Config, new: Config,
                  fleet: FleetRuntime | None = None, ledger: Ledger | None = None) -> list[str]:
     """Apply the reloadable keys of `new` (SIGHUP); the keys that changed but need a restart
     are logged and kept at their old values. Returns the applied keys (fleet changes one
     entry each, as "fleet.<key>: old -> new")."""
-    from poold.config import reload_diff
-    from poold.work.difficulty import DifficultyPolicy
-    from poold.work.vardiff import Vardiff
 
     applied, ignored = reload_diff(old, new)
     s = new.stratum
@@ -446,8 +286,6 @@ def apply_reload(pool: Pool, old: Config, new: Config,
 async def _reload_loop(pool: Pool, cfg: Config, hup: asyncio.Event,
                        fleet: FleetRuntime | None = None, ledger: Ledger | None = None,
                        worker: int | None = None) -> None:
-    from poold.config import load_config
-    from poold.supervisor import worker_config
 
     while True:
         await hup.wait()
@@ -473,18 +311,6 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
     worker process `worker` of poold.supervisor (`cfg` from `worker_config`); only worker 0 (or
     a plain process) runs the singletons: the ledger's reconcile loop and the fleet
     controller."""
-    from poold.api import AdminApi
-    from poold.bitcoin import sharecore
-    from poold.fleet.curtailed_file import CurtailedFollower
-    from poold.fleet.share_relay import ShareRelayReceiver, ShareRelaySender
-    from poold.ledger import Ledger, LedgerConfig
-    from poold.metrics import Metrics
-    from poold.node.nodes import NodeSet
-    from poold.node.reader import NodeReader
-    from poold.node.rpc import NodeCheckError, NodeUnavailable
-    from poold.stratum.limits import fit_max_connections
-    from poold.supervisor import curtailed_path, owns_singletons, relay_path
-    from poold.systemd import Notifier, listen_sockets
 
     stop = stop if stop is not None else asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -506,15 +332,12 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
     relay_in: ShareRelayReceiver | None = None
     relay_out: ShareRelaySender | None = None
     if cfg.fleet is not None and owns_singletons(worker):
-        from poold.fleet.runtime import FleetRuntime
-        from poold.work.engine import TeeShareSink
 
         fleet = FleetRuntime.build(cfg.fleet, metrics)  # ConfigError: missing credentials
         share_sink = TeeShareSink(ledger, fleet.share_sink)
         if worker is not None:  # worker 0 of --processes: the others forward their shares
             relay_in = ShareRelayReceiver(relay_path(cfg), fleet.share_sink.record_share)
     elif cfg.fleet is not None and worker is not None:
-        from poold.work.engine import TeeShareSink
 
         relay_out = ShareRelaySender(relay_path(cfg), dropped=metrics.share_relay_dropped)
         share_sink = TeeShareSink(ledger, relay_out)
@@ -563,7 +386,6 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
                                 fleet_elsewhere=cfg.fleet is not None and fleet is None,
                                 refresh_s=cfg.templates.refresh_s)
         if worker is not None:
-            from poold.supervisor import PeerStatus
 
             backend.peers = PeerStatus(cfg, worker)
         api = AdminApi(backend, metrics.registry,

@@ -8,7 +8,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from poold.daemon import DaemonBackend, _run_fleet
+from poold.api_backend import DaemonBackend
+from poold.daemon import _run_fleet
 
 
 class Fleet:

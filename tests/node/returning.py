@@ -24,9 +24,10 @@ from pathlib import Path
 
 from poold.bitcoin.address import Network, p2wpkh_address
 from poold.config import config_from_dict
-from poold.daemon import Pool, build_pool
+from poold.daemon import build_pool
 from poold.devnet.node import Devnet
 from poold.node.nodes import NodeSet
+from poold.pool import Pool
 from poold.sim.miner import MinerEvent, StratumMiner
 from poold.work.difficulty import DifficultyPolicy
 from tests.node.fakenode import free_port

@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 
 from poold.config import config_from_dict
-from poold.daemon import Pool, build_pool
+from poold.daemon import build_pool
 from poold.metrics import Metrics
 from poold.node.nodes import NodeSet
+from poold.pool import Pool
 from poold.stratum.disconnects import Disconnect, DisconnectLog
 from poold.work.difficulty import DifficultyPolicy
 from tests.stratum.client import StratumClient

@@ -17,8 +17,9 @@ from poold.bitcoin.block import parse_block
 from poold.bitcoin.byteorder import hash_from_hex
 from poold.bitcoin.target import bits_to_target
 from poold.config import config_from_dict
-from poold.daemon import Pool, build_pool
+from poold.daemon import build_pool
 from poold.node.nodes import NodeSet
+from poold.pool import Pool
 from poold.work.difficulty import DifficultyPolicy
 from tests.stratum.client import StratumClient
 from tests.work.builders import MAINNET_BITS
