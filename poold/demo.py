@@ -369,6 +369,7 @@ async def demo(args: argparse.Namespace) -> int:
                     "ERROR" if pool_log is None else "INFO", "run", "-c", str(cfg), env=env,
                     cwd=tmp, stdout=pool_log or asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.STDOUT,
+                    preexec_fn=_die_with_parent if sys.platform == "linux" else None,
                 )  # fmt: skip
             finally:
                 if pool_log is not None:  # the child has its own copy of the descriptor
@@ -520,6 +521,21 @@ async def _fleet(ctx: DemoContext) -> None:
     from poold.sim.fleet_demo import attach
 
     await attach(ctx)
+
+
+def _die_with_parent() -> None:
+    """In the demo's pool process, before it runs (Linux): be sent SIGTERM when the demo dies,
+    even by kill -9, so that a killed demo leaves no pool behind holding its ports
+    (prctl(2) PR_SET_PDEATHSIG). The devnet's kernel process exits when its stdin closes."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the demo died before the call: nothing will signal us
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def run(args: argparse.Namespace) -> int:

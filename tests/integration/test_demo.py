@@ -140,6 +140,32 @@ async def test_demo_stops_within_2_s_when_its_pool_or_devnet_dies(victim: str) -
         assert final.group(2).startswith("devnet kernel process exited (code -9)"), text
 
 
+async def test_a_demo_killed_with_sigkill_leaves_no_pool_or_devnet_behind() -> None:
+    """The pool is told to go when the demo dies (PR_SET_PDEATHSIG), the kernel process when
+    its stdin closes: nothing keeps holding ports or CPU after a demo killed with -9."""
+    proc, _, pool_pid = await _start_demo("--hashrate", "1000")
+    kernels = [p for p, cmd in _children(proc.pid) if "poold.devnet.kernel_process" in cmd]
+    assert len(kernels) == 1, _children(proc.pid)
+    proc.kill()
+    await proc.wait()
+    left: list[int] = []
+    for _ in range(200):  # 20 s at most; a pool shuts down in well under its 10 s budget
+        left = [p for p in (pool_pid, kernels[0]) if _state(p) != "(Z)"]
+        if not left:
+            break
+        await asyncio.sleep(0.1)
+    assert not left, f"still running after the demo was killed: {left}"
+
+
+def _state(pid: int) -> str:
+    """The process state letter in parentheses; "(Z)" also for a process that is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "(Z)"
+    return f"({stat.rsplit(')', 1)[1].split()[0]})"
+
+
 async def test_demo_shows_the_error_of_a_pool_that_cannot_start() -> None:
     # The admin API port is taken: `poold run` fails, and the demo says why instead of mining on.
     with socket.socket() as held:
