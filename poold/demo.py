@@ -20,10 +20,8 @@ import argparse
 import asyncio
 import contextlib
 import os
-import random
 import secrets
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -37,6 +35,7 @@ from poold.bitcoin.address import Network, address_to_script, p2wpkh_address
 from poold.bitcoin.block import parse_block
 from poold.bitcoin.byteorder import hash_from_hex
 from poold.sim.miner import MinerEvent, StratumMiner
+from poold.sim.ports import free_port
 
 FLEET_CPU_MINER_HS = 100_000.0
 N = "\x00blocks\x00"  # in an outcome's line: the number of blocks verified when all is done
@@ -141,35 +140,12 @@ class Narrator:
             self.say(f"shares: {self.accepted} accepted, {self.rejected} rejected")
 
 
-_GIVEN: set[int] = set()
-
-
-def _free_port() -> int:
-    """A loopback port free now, below the kernel's ephemeral range (32768 up by default), so
-    that no outgoing connection on a busy machine takes it before the pool binds it; never
-    the same one twice (bind(0) may hand a just-closed port out again)."""
-    for _ in range(500):
-        port = random.randrange(10_000, 32_768)
-        if port in _GIVEN:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _GIVEN.add(port)
-        return port
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def write_config(workdir: Path, devnet: Any, port: int, difficulty: float, extra: str = "", *,
                  api: tuple[str, int] | None = None, api_token: str = "",
                  share_interval_s: float = 2.0) -> Path:
     """A `poold run` config for the devnet (regtest, solo payout, tiny difficulties); `extra`
     is appended (the `[fleet]` table), `api_token` becomes the admin API's write token."""
-    api_host, api_port = api if api is not None else ("127.0.0.1", _free_port())
+    api_host, api_port = api if api is not None else ("127.0.0.1", free_port())
     tokens = f"write_tokens = [{api_token!r}]\n" if api_token else ""
     cfg = workdir / "poold.toml"
     cfg.write_text(
@@ -341,8 +317,8 @@ async def demo(args: argparse.Namespace) -> int:
         async with Devnet() as dn:
             await dn.generate(1)
             say(f"devnet up: regtest at height {dn.height}, RPC {dn.rpc_url}, ZMQ {dn.zmq_url}")
-            port = _free_port()
-            api = args.api_listen or ("127.0.0.1", _free_port())
+            port = free_port()
+            api = args.api_listen or ("127.0.0.1", free_port())
             token = secrets.token_hex(16)
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             fleet = None

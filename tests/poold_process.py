@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
-import socket
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -21,67 +19,6 @@ from typing import Any
 import pytest
 
 STOP_S = 20.0  # SIGTERM to SIGKILL: a graceful stop drains sessions and flushes the ledger
-
-
-_GIVEN: set[int] = set()  # ports this process handed out: never the same one twice
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768  # Linux's default range is 32768-60999
-
-
-def free_port() -> int:
-    """A loopback port free now, for a server started a moment later.
-
-    Below the kernel's ephemeral range: a port picked by bind(0) comes from that range, where
-    every outgoing connection on the machine takes its local port, and on a busy machine (tens
-    of thousands of sockets in TIME_WAIT) one took it before the server bound it. Never the
-    same port twice in one process (the kernel may hand a just-closed port out again).
-    """
-    rng = random.Random()
-    low = _ephemeral_low()
-    for _ in range(500):
-        port = rng.randrange(10_000, max(10_001, low))
-        if port in _GIVEN:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _GIVEN.add(port)
-        return port
-    with socket.socket() as s:  # nothing free below the range: the kernel's pick
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_ports(n: int) -> int:
-    """A base port with n consecutive free ports (the admin APIs of `--processes n`: base + I),
-    below the ephemeral range like `free_port`."""
-    rng = random.Random()
-    low = _ephemeral_low()
-    for _ in range(500):
-        base = rng.randrange(10_000, max(10_001, low - n))
-        if any(base + i in _GIVEN for i in range(n)):
-            continue
-        socks = []
-        try:
-            for i in range(n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", base + i))
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-        _GIVEN.update(base + i for i in range(n))
-        return base
-    raise AssertionError(f"no run of {n} free loopback ports below {low}")
 
 
 def nodes_toml(devnet: Any) -> str:

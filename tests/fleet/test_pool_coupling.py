@@ -30,9 +30,10 @@ import pytest
 
 from poold.fleet.clock import ScaledClock
 from poold.fleet.health import ShareRateEstimator
+from poold.sim.ports import free_port
 from poold.sim.simsite import SimSite, build_table
 from tests.integration.conftest import new_address, write_config
-from tests.poold_process import free_port, poold_run
+from tests.poold_process import poold_run
 
 SPEED = 10.0
 HASH_SCALE = 1e-11  # 100 TH/s of emulated ASIC -> 1 kH/s of real CPU hashing

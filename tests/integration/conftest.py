@@ -21,7 +21,8 @@ import pytest
 import pytest_asyncio
 
 from poold.bitcoin.address import Network, p2wpkh_address
-from tests.poold_process import free_port, log_tail, nodes_toml, poold_run
+from poold.sim.ports import free_port
+from tests.poold_process import log_tail, nodes_toml, poold_run
 
 START_DIFFICULTY = 1e-5
 MIN_DIFFICULTY = 1e-8

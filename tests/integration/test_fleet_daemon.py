@@ -28,7 +28,8 @@ from poold.bitcoin.address import Network, p2wpkh_address
 from poold.demo import write_config
 from poold.devnet import Devnet
 from poold.sim.fleet_demo import PASSWORD, PASSWORD_ENV, FleetDemo
-from tests.poold_process import free_port, free_ports, wait_listening
+from poold.sim.ports import free_port, free_ports
+from tests.poold_process import wait_listening
 
 TOKEN = "fleet-test-token"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}

@@ -26,10 +26,11 @@ import pytest
 import pytest_asyncio
 
 from poold.sim.miner import StratumMiner
+from poold.sim.ports import free_port, free_ports
 from poold.work.extranonce import WORKER_BITS
 from tests.integration.conftest import StratumClient, new_address
 from tests.integration.conftest import write_config as write_pool_config
-from tests.poold_process import free_port, free_ports, log_tail, poold_command, spawn
+from tests.poold_process import log_tail, poold_command, spawn
 from tests.poold_process import stop as stop_process
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

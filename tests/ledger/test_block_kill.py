@@ -15,9 +15,10 @@ import pytest
 
 from poold.bitcoin.address import Network, p2wpkh_address
 from poold.ledger.store import open_store
+from poold.sim.ports import free_port
 from tests.ledger.proxy import FreezableProxy
 from tests.ledger.test_poold_run_crash import write_config
-from tests.poold_process import free_port, log_tail, poold_run
+from tests.poold_process import log_tail, poold_run
 
 
 @pytest.mark.slow

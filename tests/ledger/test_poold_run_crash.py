@@ -22,7 +22,8 @@ import pytest
 
 from poold.bitcoin.address import Network, p2wpkh_address
 from poold.ledger.store import open_store
-from tests.poold_process import free_port, nodes_toml, poold_run
+from poold.sim.ports import free_port
+from tests.poold_process import nodes_toml, poold_run
 
 if TYPE_CHECKING:
     from poold.sim.miner import StratumMiner

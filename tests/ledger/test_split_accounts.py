@@ -23,9 +23,10 @@ from poold.bitcoin.block import parse_block
 from poold.ledger.records import BlockEvent, Credit
 from poold.ledger.store import open_store
 from poold.sim.miner import StratumError, StratumMiner
+from poold.sim.ports import free_port
 from tests.ledger.helpers import block
 from tests.ledger.test_poold_run_crash import write_config
-from tests.poold_process import free_port, log_tail, poold_run
+from tests.poold_process import log_tail, poold_run
 
 NET = Network.REGTEST
 

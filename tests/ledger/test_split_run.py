@@ -14,8 +14,9 @@ import pytest
 from poold.bitcoin.address import Network, address_to_script, p2wpkh_address
 from poold.ledger.config import LedgerConfig
 from poold.ledger.ledger import Ledger
+from poold.sim.ports import free_port
 from tests.ledger.test_poold_run_crash import mine_for, write_config
-from tests.poold_process import free_port, log_tail, poold_run
+from tests.poold_process import log_tail, poold_run
 
 
 @pytest.mark.slow

@@ -16,9 +16,10 @@ import pytest
 from poold.bitcoin.address import Network, p2wpkh_address
 from poold.ledger.config import LedgerConfig
 from poold.ledger.ledger import Ledger
+from poold.sim.ports import free_port
 from tests.ledger.test_poold_run_crash import mine_for
 from tests.ledger.test_poold_run_crash import write_config as write_ledger_config
-from tests.poold_process import free_port, poold_run
+from tests.poold_process import poold_run
 
 
 def write_config(workdir: Path, dn: Any, port: int, url: str, instance_id: int,
