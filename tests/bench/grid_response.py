@@ -16,8 +16,9 @@ the real drivers, all on real time. The "meters" are the emulators' own power, s
    the site under `safe_cap_kw` (30 % of nameplate) on the meters.
 `sleep_cycles`: sleep commands spent (each a sleep/wake cycle of the daily budget);
 `plan_ms`: the fast step's planning time (the worst of the two events).
-Baseline, measured in the same run at the smallest size: the same signal met by lower watt
-targets alone (the fast step off), as before this benchmark existed.
+Baseline, measured in the same run at the smallest size: the same signal with the fast step
+off (the planner's lower watt targets, and the guard's own escalation when the meters say a
+node will not be under its cap within its allowance).
 """
 
 # ruff: noqa: RUF002  (math notation in docstrings is intended)
@@ -166,7 +167,7 @@ def main() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 2 sockets per miner and more
     sizes = [int(x) for x in args.sizes.split(",")]
     base = asyncio.run(run_size(sizes[0], args.seed, args.recover_max_s, fast=False))
-    print(f"baseline (lower watt targets alone) miners={sizes[0]} "
+    print(f"baseline (no fast step: lower targets, guard escalation) miners={sizes[0]} "
           f"to_level_s={base['to_level_s']:.2f}", flush=True)
     last = ""
     for n in sizes:
