@@ -59,6 +59,10 @@ NOT_WRITTEN: dict[str, str] = {
                               "appears with a node's first error)",
     "poold_ledger_spilled_shares": "0 is the truth on the demo: the store never fails, nothing "
                                    "is spilled",
+    "poold_grid_response_seconds": "the demo sends no grid signal "
+                                   "(tests/integration/test_grid_response.py writes it)",
+    "poold_grid_response_misses_total": "no grid event on the demo, so none missed "
+                                        "(tests/integration/test_grid_response.py counts one)",
 }
 
 
