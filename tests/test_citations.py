@@ -13,7 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SCANNED = ("poold", "tests", "deploy", "docs", "native", "README.md", "setup.py", ".ci")
-SKIP_DIRS = {"__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache", "build"}
+# caches and build output, and the virtualenv .ci/run makes in .ci/venv (third-party code)
+SKIP_DIRS = {"__pycache__", ".mypy_cache", ".ruff_cache", ".pytest_cache", "build", "venv"}
 SKIP_SUFFIXES = {".so", ".pyc", ".o", ".html"}
 
 # "reference/" only when it is not a URL path segment (developer.bitcoin.org/reference/rpc is a

@@ -59,6 +59,11 @@ NOT_WRITTEN: dict[str, str] = {
                               "appears with a node's first error)",
     "poold_ledger_spilled_shares": "0 is the truth on the demo: the store never fails, nothing "
                                    "is spilled",
+    "poold_ledger_journal_pending": "0 is the truth on the demo: each journaled block is retired "
+                                    "within milliseconds, between two scrapes "
+                                    "(tests/ledger/test_durability.py writes 5)",
+    "poold_ledger_journal_oldest_age_seconds": "0 on the demo for the same reason "
+                                               "(tests/ledger/test_durability.py writes > 0.3)",
     "poold_grid_response_seconds": "the demo sends no grid signal "
                                    "(tests/integration/test_grid_response.py writes it)",
     "poold_grid_response_misses_total": "no grid event on the demo, so none missed "
