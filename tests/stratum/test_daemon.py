@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import sys
@@ -228,4 +229,6 @@ async def test_log_level_from_the_config_applies_at_start_and_in_workers(
     workers = await _run_until_serving(devnet, tmp_path, "WARNING", ["run", "--processes", "2"])
     assert " INFO " not in workers, workers
     debug = await _run_until_serving(devnet, tmp_path, "DEBUG", ["run", "--processes", "2"])
-    assert "[worker 1]" in debug and " DEBUG " in debug
+    # A worker (not only the supervisor) logs at DEBUG. Which one is up when the port first
+    # answers is the kernel's choice (SO_REUSEPORT), so no particular worker is named.
+    assert re.search(r" DEBUG \[worker \d+\] ", debug), debug
