@@ -5,13 +5,16 @@ Run as its own process (the benchmarks pin it to the core the server does not us
     python -m tests.bench.loadgen --port 3333 --conns 1000 --pipeline 4 --user ADDR
 
 Protocol with the parent on stdin/stdout (one JSON object per line on stdout):
-  -> {"event": "ready", "connected": n, "subscribed": n}    after every handshake completed
+  -> {"event": "ready", "connected": n, "pid": p}    after every handshake completed
+     (--idle: {"event": "ready", "opened": n, "ready": n, "closed": n, "failed": {...}, ...}
+     once every connection holds a job, was closed or failed, or at the deadline)
   <- "go <seconds> [rate]"   submit for that long: closed loop, or `rate` submits/s open loop
   -> {"event": "done", "answered": n, "accepted": n, "rejected": n, "seconds": s,
       "p50_ms": x, "p99_ms": y}
   <- "watch <limit_s>"   stamp each connection's first clean job on a new prevhash:
   -> {"event": "watching"}, later
   -> {"event": "clean", "first": t, "last": t, "count": n}  (time.time() stamps)
+  <- "status" (--idle)  -> {"event": "status", "ready": n, "closed": n, "closed_how": {...}}
   <- "quit"
 
 Efficiency matters more than elegance here: raw asyncio Protocols, one write per reply batch,
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import random
@@ -35,12 +39,15 @@ import socket
 import sys
 import time
 from collections import deque
+from typing import Any
 
 # job_id, prevhash, ... ntime, clean_jobs of a mining.notify (params = 9 items, docs/STRATUM.md §6).
 NOTIFY_RE = re.compile(
     rb'"params"\s*:\s*\[\s*"([^"]*)"\s*,\s*"([0-9a-fA-F]{64})"\s*,.*\]\s*,'
     rb'\s*"[0-9a-fA-F]{8}"\s*,\s*"[0-9a-fA-F]{8}"\s*,\s*"([0-9a-fA-F]{8})"\s*,\s*(true|false)\s*\]'
 )
+
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux, ip(7)
 
 
 def raise_nofile() -> None:
@@ -358,50 +365,106 @@ async def main_async(args: argparse.Namespace) -> None:
 def idle_main(args: argparse.Namespace) -> None:
     """Idle miners on plain non-blocking sockets and one epoll loop (no asyncio): the cheapest
     way to notice, per connection, the moment a clean notify arrives, so the fan-out figure is
-    the server's and not the generator's event loop. Same stdin/stdout protocol ("watch")."""
-    user = args.user.encode()
+    the server's and not the generator's event loop. Opens `--conns` connections from
+    `--source` at `--rate`/s (0: as fast as it can), and reports over stdout: "ready" once every
+    connection holds a job, was closed or failed (or at the deadline), then "watch" as above."""
     hello = (
         b'{"id":1,"method":"mining.subscribe","params":["poold-loadgen/1"]}\n'
-        b'{"id":2,"method":"mining.authorize","params":["' + user + b'","x"]}\n'
+        b'{"id":2,"method":"mining.authorize","params":["' + args.user.encode() + b'","x"]}\n'
     )
     ep = select.epoll()
     socks: dict[int, socket.socket] = {}
-    prevhash: dict[int, bytes] = {}
+    pending: dict[int, bool] = {}  # connecting: hello not sent yet
     bufs: dict[int, bytes] = {}
-    for _ in range(args.conns):
-        s = socket.create_connection((args.host, args.port))
-        s.setblocking(False)
-        s.sendall(hello)
-        socks[s.fileno()] = s
-        bufs[s.fileno()] = b""
-        ep.register(s.fileno(), select.EPOLLIN)
+    prevhash: dict[int, bytes] = {}
+    closed: list[tuple[float, str]] = []  # (time, what) of connections the pool ended
+    failed: dict[str, int] = {}
     ep.register(sys.stdin.fileno(), select.EPOLLIN)
+    started = time.monotonic()
+    opened = 0
     watching = False
     watch_from: dict[int, bytes] = {}
     stamped: dict[int, float] = {}
     deadline = 0.0
     announced = False
+    paced = args.rate > 0
+    ready_deadline = started + (args.conns / args.rate if paced else 0.0) + args.ready_limit_s
+
+    def lost(fd: int, what: str) -> None:
+        with contextlib.suppress(OSError, KeyError):
+            ep.unregister(fd)
+        s = socks.pop(fd, None)
+        if s is not None:
+            s.close()
+        pending.pop(fd, None)
+        bufs.pop(fd, None)
+        prevhash.pop(fd, None)
+        closed.append((time.monotonic() - started, what))
+
+    progress_at = started + 10.0
+    hello_late = 0  # hellos sent more than 10 s after their connect (the generator was behind)
+    connect_at: dict[int, float] = {}
     while True:
-        if not announced and len(prevhash) == len(socks):
-            emit({"event": "ready", "connected": len(socks), "pid": os.getpid()})
+        now = time.monotonic()
+        if now > progress_at:
+            progress_at = now + 10.0
+            print(f"gen {args.source} pid {os.getpid()} at {now - started:.0f} s: opened "
+                  f"{opened}, connecting {len(pending)}, ready {len(prevhash)}, closed "
+                  f"{len(closed)}, hellos late {hello_late}", file=sys.stderr, flush=True)
+        # On schedule, in passes of at most 100 ms worth of connects (I/O is served between).
+        due = min(args.conns, int((now - started) * args.rate) + 1 if paced else args.conns,
+                  opened + (max(1, int(args.rate / 10)) if paced else 1000))
+        while opened < due:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                # The port is picked at connect() (4-tuple unique), not at bind(): a bind to
+                # port 0 reserves a port for good and searches for one linearly (ip(7)).
+                s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+                s.bind((args.source, 0))
+                code = s.connect_ex((args.host, args.port))
+            except OSError as exc:
+                code = exc.errno or -1
+            opened += 1
+            if code not in (0, errno.EINPROGRESS):
+                name = errno.errorcode.get(code, str(code))
+                failed[name] = failed.get(name, 0) + 1
+                s.close()
+                continue
+            fd = s.fileno()
+            socks[fd] = s
+            bufs[fd] = b""
+            try:
+                # On loopback the handshake is usually done within connect(): say hello at
+                # once, as a miner does, instead of one poll later.
+                s.send(hello)
+            except OSError:
+                pending[fd] = True
+                connect_at[fd] = now
+                ep.register(fd, select.EPOLLOUT | select.EPOLLIN)
+            else:
+                ep.register(fd, select.EPOLLIN)
+        if not announced and (now > ready_deadline or (
+            opened == args.conns
+            and len(prevhash) + len(closed) + sum(failed.values()) >= args.conns
+        )):
+            emit({"event": "ready", "opened": opened, "ready": len(prevhash),
+                  "closed": len(closed), "failed": failed,
+                  "closed_at": [round(t, 1) for t, _ in closed[:50]],
+                  "closed_how": _counts(w for _, w in closed), "hello_late": hello_late,
+                  "seconds": round(now - started, 1)})
             announced = True
-        if watching and (len(stamped) == len(socks) or time.monotonic() > deadline):
+        if watching and (len(stamped) >= len(prevhash) or now > deadline):
             seen = sorted(stamped.values())
-            emit(
-                {
-                    "event": "clean",
-                    "count": len(seen),
-                    "first": seen[0] if seen else None,
-                    "last": seen[-1] if seen else None,
-                }
-            )
+            emit({"event": "clean", "count": len(seen), "first": seen[0] if seen else None,
+                  "last": seen[-1] if seen else None, "live": len(prevhash)})
             watching = False
-        for fd, _ in ep.poll(0.05):
+        for fd, ev in ep.poll(0.01):
             if fd == sys.stdin.fileno():
                 line = sys.stdin.readline().strip()
                 if not line or line == "quit":
-                    for s in socks.values():
-                        s.close()
+                    for open_sock in socks.values():
+                        open_sock.close()
                     return
                 cmd, *rest = line.split()
                 if cmd == "watch":
@@ -410,23 +473,55 @@ def idle_main(args: argparse.Namespace) -> None:
                     deadline = time.monotonic() + (float(rest[0]) if rest else 30.0)
                     watching = True
                     emit({"event": "watching"})
+                elif cmd == "status":
+                    emit({"event": "status", "ready": len(prevhash), "closed": len(closed),
+                          "closed_how": _counts(w for _, w in closed)})
                 continue
+            sock = socks.get(fd)
+            if sock is None:
+                continue
+            if pending.get(fd):
+                err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    lost(fd, "connect " + errno.errorcode.get(err, str(err)))
+                    continue
+                if ev & select.EPOLLOUT:
+                    del pending[fd]
+                    if time.monotonic() - connect_at.pop(fd, now) > 10.0:
+                        hello_late += 1
+                    try:
+                        sock.send(hello)
+                    except OSError as exc:
+                        lost(fd, "send " + errno.errorcode.get(exc.errno or 0, "?"))
+                        continue
+                    ep.modify(fd, select.EPOLLIN)
+                if not ev & select.EPOLLIN:
+                    continue
             try:
-                data = socks[fd].recv(1 << 16)
+                data = sock.recv(1 << 16)
             except BlockingIOError:
                 continue
-            if not data:
-                ep.unregister(fd)
-                socks.pop(fd).close()
+            except OSError as exc:
+                lost(fd, errno.errorcode.get(exc.errno or 0, "recv error"))
                 continue
-            now = time.time()
+            if not data:
+                lost(fd, "EOF")
+                continue
+            stamp = time.time()
             buf = bufs[fd] + data
             cut = buf.rfind(b"\n") + 1
             bufs[fd] = buf[cut:]
             for m in NOTIFY_RE.finditer(buf, 0, cut):
                 prevhash[fd] = m.group(2)
                 if watching and m.group(4) == b"true" and m.group(2) != watch_from.get(fd):
-                    stamped.setdefault(fd, now)
+                    stamped.setdefault(fd, stamp)
+
+
+def _counts(items: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        out[item] = out.get(item, 0) + 1
+    return out
 
 
 def main() -> None:
@@ -438,6 +533,11 @@ def main() -> None:
     p.add_argument("--user", default="bcrt1qloadgen")
     p.add_argument("--cpu", type=int, default=None, help="pin to this CPU")
     p.add_argument("--idle", action="store_true", help="idle miners only (epoll, no asyncio)")
+    p.add_argument("--source", default="127.0.0.1", help="--idle: local address to connect from")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="--idle: connections per second (0: as fast as possible)")
+    p.add_argument("--ready-limit-s", type=float, default=120.0,
+                   help="--idle: after the last connect, how long miners may take to be ready")
     args = p.parse_args()
     raise_nofile()
     if args.cpu is not None:

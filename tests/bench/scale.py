@@ -36,13 +36,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
-import json
 import math
 import os
 import re
 import resource
-import select
 import signal
 import socket
 import sys
@@ -52,12 +49,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.bench.loadgen import NOTIFY_RE
 from tests.bench.multiprocess import pool_pids
 from tests.bench.notify_fanout import zmq_stamps
 from tests.bench.stratum_throughput import (
     LOADGEN_CPU,
     SERVER_CPU,
+    LoadGenProc,
     config_port,
     poold_config,
     raise_nofile,
@@ -68,209 +65,16 @@ from tests.bench.stratum_throughput import (
 
 RESERVE_FDS = 256  # poold.stratum.limits.RESERVE_FDS
 PER_GEN_MAX = 15_000  # connections per generator process (fds, and the epoll loop's length)
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux, ip(7)
-
-
-# ---------------------------------------------------------------------------------------------
-# The generator process: plain non-blocking sockets and one epoll loop.
-
-
-def gen_main(args: argparse.Namespace) -> None:
-    """Open `--conns` connections from `--source` at `--rate`/s; report over stdout."""
-    raise_nofile()
-    with contextlib.suppress(OSError):
-        os.sched_setaffinity(0, {LOADGEN_CPU})
-    hello = (
-        b'{"id":1,"method":"mining.subscribe","params":["poold-scale/1"]}\n'
-        b'{"id":2,"method":"mining.authorize","params":["' + args.user.encode() + b'","x"]}\n'
-    )
-    ep = select.epoll()
-    socks: dict[int, socket.socket] = {}
-    pending: dict[int, bool] = {}  # connecting: hello not sent yet
-    bufs: dict[int, bytes] = {}
-    prevhash: dict[int, bytes] = {}
-    closed: list[tuple[float, str]] = []  # (time, what) of connections the pool ended
-    failed: dict[str, int] = {}
-    ep.register(sys.stdin.fileno(), select.EPOLLIN)
-    started = time.monotonic()
-    opened = 0
-    watching = False
-    watch_from: dict[int, bytes] = {}
-    stamped: dict[int, float] = {}
-    deadline = 0.0
-    announced = False
-    ready_deadline = started + args.conns / args.rate + args.ready_limit_s
-
-    def emit(obj: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(obj) + "\n")
-        sys.stdout.flush()
-
-    def lost(fd: int, what: str) -> None:
-        with contextlib.suppress(OSError, KeyError):
-            ep.unregister(fd)
-        s = socks.pop(fd, None)
-        if s is not None:
-            s.close()
-        pending.pop(fd, None)
-        bufs.pop(fd, None)
-        prevhash.pop(fd, None)
-        closed.append((time.monotonic() - started, what))
-
-    progress_at = started + 10.0
-    hello_late = 0  # hellos sent more than 10 s after their connect (the generator was behind)
-    connect_at: dict[int, float] = {}
-    while True:
-        now = time.monotonic()
-        if now > progress_at:
-            progress_at = now + 10.0
-            print(f"gen {args.source} pid {os.getpid()} at {now - started:.0f} s: opened "
-                  f"{opened}, connecting {len(pending)}, ready {len(prevhash)}, closed "
-                  f"{len(closed)}, hellos late {hello_late}", file=sys.stderr, flush=True)
-        # On schedule, in passes of at most 100 ms worth of connects (I/O is served between).
-        due = min(args.conns, int((now - started) * args.rate) + 1,
-                  opened + max(1, int(args.rate / 10)))
-        while opened < due:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.setblocking(False)
-            try:
-                # The port is picked at connect() (4-tuple unique), not at bind(): a bind to
-                # port 0 reserves a port for good and searches for one linearly (ip(7)).
-                s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-                s.bind((args.source, 0))
-                code = s.connect_ex((args.host, args.port))
-            except OSError as exc:
-                code = exc.errno or -1
-            opened += 1
-            if code not in (0, errno.EINPROGRESS):
-                name = errno.errorcode.get(code, str(code))
-                failed[name] = failed.get(name, 0) + 1
-                s.close()
-                continue
-            fd = s.fileno()
-            socks[fd] = s
-            bufs[fd] = b""
-            try:
-                # On loopback the handshake is usually done within connect(): say hello at
-                # once, as a miner does, instead of one poll later.
-                s.send(hello)
-            except OSError:
-                pending[fd] = True
-                connect_at[fd] = now
-                ep.register(fd, select.EPOLLOUT | select.EPOLLIN)
-            else:
-                ep.register(fd, select.EPOLLIN)
-        if not announced and (now > ready_deadline or (
-            opened == args.conns
-            and len(prevhash) + len(closed) + sum(failed.values()) >= args.conns
-        )):
-            emit({"event": "ready", "opened": opened, "ready": len(prevhash),
-                  "closed": len(closed), "failed": failed,
-                  "closed_at": [round(t, 1) for t, _ in closed[:50]],
-                  "closed_how": _counts(w for _, w in closed), "hello_late": hello_late,
-                  "seconds": round(now - started, 1)})
-            announced = True
-        if watching and (len(stamped) >= len(prevhash) or now > deadline):
-            seen = sorted(stamped.values())
-            emit({"event": "clean", "count": len(seen), "first": seen[0] if seen else None,
-                  "last": seen[-1] if seen else None, "live": len(prevhash)})
-            watching = False
-        for fd, ev in ep.poll(0.01):
-            if fd == sys.stdin.fileno():
-                line = sys.stdin.readline().strip()
-                if not line or line == "quit":
-                    for s in socks.values():
-                        s.close()
-                    return
-                cmd, *rest = line.split()
-                if cmd == "watch":
-                    watch_from = dict(prevhash)
-                    stamped = {}
-                    deadline = time.monotonic() + (float(rest[0]) if rest else 30.0)
-                    watching = True
-                    emit({"event": "watching"})
-                elif cmd == "status":
-                    emit({"event": "status", "ready": len(prevhash), "closed": len(closed),
-                          "closed_how": _counts(w for _, w in closed)})
-                continue
-            s = socks.get(fd)
-            if s is None:
-                continue
-            if pending.get(fd):
-                err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err:
-                    lost(fd, "connect " + errno.errorcode.get(err, str(err)))
-                    continue
-                if ev & select.EPOLLOUT:
-                    del pending[fd]
-                    if time.monotonic() - connect_at.pop(fd, now) > 10.0:
-                        hello_late += 1
-                    try:
-                        s.send(hello)
-                    except OSError as exc:
-                        lost(fd, "send " + errno.errorcode.get(exc.errno or 0, "?"))
-                        continue
-                    ep.modify(fd, select.EPOLLIN)
-                if not ev & select.EPOLLIN:
-                    continue
-            try:
-                data = s.recv(1 << 16)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                lost(fd, errno.errorcode.get(exc.errno or 0, "recv error"))
-                continue
-            if not data:
-                lost(fd, "EOF")
-                continue
-            stamp = time.time()
-            buf = bufs[fd] + data
-            cut = buf.rfind(b"\n") + 1
-            bufs[fd] = buf[cut:]
-            for m in NOTIFY_RE.finditer(buf, 0, cut):
-                prevhash[fd] = m.group(2)
-                if watching and m.group(4) == b"true" and m.group(2) != watch_from.get(fd):
-                    stamped.setdefault(fd, stamp)
-
-
-def _counts(items: Any) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for item in items:
-        out[item] = out.get(item, 0) + 1
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# The parent.
 
 
 @dataclass
 class Gen:
-    proc: asyncio.subprocess.Process
+    """One idle-miner generator process (`tests.bench.loadgen --idle`) bound to `source`."""
+
+    proc: LoadGenProc
     source: str
     conns: int
     ready: dict[str, Any] = field(default_factory=dict)
-
-    async def event(self, limit_s: float) -> dict[str, Any]:
-        assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), limit_s)
-        if not line:
-            raise RuntimeError(f"generator {self.source} exited ({await self.proc.wait()})")
-        result: dict[str, Any] = json.loads(line)
-        return result
-
-    async def send(self, cmd: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(cmd.encode() + b"\n")
-        await self.proc.stdin.drain()
-
-    async def close(self) -> None:
-        with contextlib.suppress(OSError, ConnectionError):
-            await self.send("quit")
-        try:
-            await asyncio.wait_for(self.proc.wait(), 30)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
 
 
 @dataclass
@@ -339,16 +143,14 @@ async def phase(dn: Any, address: str, pool_pid: int, port: int, api_port: int,
     started = time.monotonic()
     for i in range(n_gens):
         conns = base + (1 if i < extra else 0)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.bench.scale", "--gen", "--port", str(port),
-            "--conns", str(conns), "--rate", str(rate / n_gens), "--source",
-            sources[i % len(sources)], "--user", address, "--ready-limit-s", str(ready_limit_s),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        proc = await LoadGenProc.start(
+            port, conns, 1, address, "--idle", "--rate", str(rate / n_gens), "--source",
+            sources[i % len(sources)], "--ready-limit-s", str(ready_limit_s))
         gens.append(Gen(proc, sources[i % len(sources)], conns))
     try:
         limit = miners / rate + ready_limit_s + 60
         for g in gens:
-            g.ready = await g.event(limit)
+            g.ready = await g.proc.event(limit)
         connect_s = time.monotonic() - started
         ready = sum(int(g.ready["ready"]) for g in gens)
         closed = sum(int(g.ready["closed"]) for g in gens)
@@ -371,14 +173,14 @@ async def phase(dn: Any, address: str, pool_pid: int, port: int, api_port: int,
         async with zmq_stamps(dn.zmq_url) as stamps:
             for b in range(blocks):
                 for g in gens:
-                    await g.send("watch 60")
+                    await g.proc.send("watch 60")
                 for g in gens:
-                    await g.event(180)  # watching (a starved generator answers late)
+                    await g.proc.event(180)  # watching (a starved generator answers late)
                 while not stamps.empty():
                     stamps.get_nowait()
                 await dn.generate(1, address)
                 t0 = await asyncio.wait_for(stamps.get(), 30)
-                cleans = [await g.event(180) for g in gens]
+                cleans = [await g.proc.event(180) for g in gens]
                 last = max(float(c["last"]) for c in cleans if c["count"])
                 count = sum(int(c["count"]) for c in cleans)
                 lasts.append(1000 * (last - t0))
@@ -391,8 +193,8 @@ async def phase(dn: Any, address: str, pool_pid: int, port: int, api_port: int,
         # through the connect burst when the generators' deadline passed).
         statuses = []
         for g in gens:
-            await g.send("status")
-            statuses.append(await g.event(180))
+            await g.proc.send("status")
+            statuses.append(await g.proc.event(180))
         final = sum(int(st["ready"]) for st in statuses)
         closed = sum(int(st["closed"]) for st in statuses)
         print(f"  ready {ready} at the generators' deadline, {final} after the blocks; closed by "
@@ -402,7 +204,7 @@ async def phase(dn: Any, address: str, pool_pid: int, port: int, api_port: int,
         return Phase(miners, ready, closed, how, failed, connect_s,
                      (rss1 - rss0) / max(ready, 1), lasts, counts, drops)
     finally:
-        await asyncio.gather(*(g.close() for g in gens))
+        await asyncio.gather(*(g.proc.close() for g in gens))
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -485,17 +287,7 @@ def main() -> None:
     p.add_argument("--baseline", type=int, default=1000)
     p.add_argument("--ready-limit-s", type=float, default=120.0,
                    help="after the last connect, how long miners may take to be ready")
-    # generator process
-    p.add_argument("--gen", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--host", default="127.0.0.1", help=argparse.SUPPRESS)
-    p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--conns", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--source", default="127.0.0.1", help=argparse.SUPPRESS)
-    p.add_argument("--user", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.gen:
-        gen_main(args)
-        return
 
     def interrupt(*_: object) -> None:
         raise KeyboardInterrupt  # SIGTERM: stop the pool and the generators on the way out
