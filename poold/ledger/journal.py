@@ -1,7 +1,7 @@
 """The ledger's local write-ahead files under the state directory: the block journal and the
 share spill. Both are append-only, fsynced JSON lines; this module owns their line formats, the
 fsynced appends, the index of what is still pending, and retiring records once the store has
-them. What a record means for the store is the Ledger's business (`Ledger._replay_one`).
+them. What a record means for the store is poold.ledger.blocks' business (`BlockRecorder.replay`).
 
 Block journal (`ledger-journal-<instance>.jsonl`): every found block is appended and fsynced
 *before* it is submitted to the nodes, and retired once the store committed it; a node's submit

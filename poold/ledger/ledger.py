@@ -5,11 +5,12 @@ Contract:
 - `record_share(share)` is synchronous and never blocks (poold.ledger.sharebuffer: batches
   every `flush_interval_ms`, in order; past a 1 s window shares spill to an fsynced file;
   `pressure()` is the share engine's back-pressure; losses counted with their reason).
-- `journal_block(block)` appends a found block to the local block journal (poold.ledger.journal)
-  and fsyncs it; the block submitter awaits it *before* the block goes to any node, so a block a
-  node accepted is always on disk here. `record_block(block)` then commits it to the store
-  within `block_write_timeout_s` (honoured whatever the driver does on cancel: a late write is
-  abandoned, not awaited) and retires the journal record once the store has it.
+- `journal_block(block)` (poold.ledger.blocks) appends a found block to the local block
+  journal (poold.ledger.journal) and fsyncs it; the block submitter awaits it *before* the block
+  goes to any node, so a block a node accepted is always on disk here. `record_block(block)`
+  then commits it to the store within `block_write_timeout_s` (honoured whatever the driver
+  does on cancel: a late write is abandoned, not awaited) and retires the journal record once
+  the store has it.
 - `record_submit_result(hash, node, result)` records each node's answer the same way.
 - Every pending journal record is replayed as soon as the store takes a write or answers a
   probe (and at start); replay is idempotent. `poold_ledger_journal_pending` and
@@ -34,20 +35,18 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from poold.bitcoin.address import Network, script_to_address
 from poold.ledger import audit, chain, journal, payments, payouts
+from poold.ledger.blocks import BlockRecorder
 from poold.ledger.config import LedgerConfig
 from poold.ledger.energy import EnergyMeter, EnergyReport, PowerSample, report
-from poold.ledger.foundblock import network_difficulty_of, with_block_coinbase
 from poold.ledger.health import PROBE_TIMEOUT_S, StoreHealth, retrieve
 from poold.ledger.planner import PayoutPlanner, payout_key
 from poold.ledger.records import (
     AcceptedShare,
-    BlockEvent,
-    BlockOutput,
     BlockRecord,
     BlockStatus,
     Credit,
@@ -55,37 +54,17 @@ from poold.ledger.records import (
     SubmitResult,
 )
 from poold.ledger.sharebuffer import ShareBuffer, reason_of
-from poold.ledger.store import Commitment, LedgerStore, StoreUnavailable, open_store, redact
+from poold.ledger.store import LedgerStore, StoreUnavailable, open_store, redact
 from poold.metrics import Metrics
 
 log = logging.getLogger("poold.ledger")
 
-# BIP22 answers that mean the node has the block (None is plain success).
-_ACCEPTED_RESULTS = frozenset({None, "duplicate", "inconclusive"})
 _MAX_BACKOFF_S = 1.0
 _ENERGY_FLUSH_S = 60.0
 _PRUNE_STEP_S = 10.0
 _STOP_GRACE_S = 10.0
 _RETENTION_INTERVAL_S = 60.0
 SPILL_CHECK_S = 0.2
-_STALE_JOURNAL_LOG_S = 60.0
-_ENTRIES_KEPT = 256
-
-
-@dataclasses.dataclass(slots=True, eq=False)
-class _BlockEntry:
-    """A found block as the ledger writes it (computed once: the split plan is taken once)."""
-
-    block: FoundBlock
-    netdiff: float
-    outputs: list[BlockOutput]
-    deltas: list[tuple[str, int]]
-    credits: list[Credit]
-    event: BlockEvent
-    commitment: Commitment
-    key: str
-    journaled: asyncio.Future[str]
-    deltas_applied: bool = False
 
 
 class Ledger:
@@ -112,14 +91,8 @@ class Ledger:
         self._spill_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._wake = asyncio.Event()
-        self._journal = journal.Journal(config.journal_path, clock)
         self._shares = ShareBuffer(config, self.store, self.metrics, clock,
                                    journal.ShareSpill(journal.spill_path(config.journal_path)))
-        self._submit_lock = asyncio.Lock()
-        self._critical: set[asyncio.Future[None]] = set()
-        self._entries: dict[str, _BlockEntry] = {}
-        self._writing: set[str] = set()  # journal keys record_block is committing right now
-        self._stale_logged = 0.0
         # The split coinbase's chain commitment comes out of the payout outputs' byte budget.
         self._planner = PayoutPlanner(dataclasses.replace(
             config, split_max_output_bytes=config.split_max_output_bytes
@@ -128,6 +101,11 @@ class Ledger:
         self._recent_heads: OrderedDict[bytes, chain.Link] = OrderedDict()
         self._plan_windows: OrderedDict[tuple[tuple[bytes, int], ...], dict[str, Any]] = (
             OrderedDict())
+        self._blocks = BlockRecorder(config, self.store, self._health, self._planner, clock,
+                                     describe=self._describe, writable=lambda: self.writable,
+                                     unwritable_reason=lambda: self.unwritable_reason,
+                                     commitment_of=self._commitment)
+        self._journal = self._blocks.journal
         self.energy_meter = EnergyMeter()
         self._energy_flushed = time.monotonic()
         self.metrics.add_scrape_hook(self._update_lag)
@@ -207,8 +185,7 @@ class Ledger:
             else:
                 self._task.add_done_callback(retrieve)
             self._task = None
-        if self._critical:  # block records still being written (their callers may be gone)
-            await asyncio.gather(*self._critical, return_exceptions=True)
+        await self._blocks.settle()  # block records still being written
         if not self._store_open:
             with contextlib.suppress(StoreUnavailable, TimeoutError):
                 await self._health.bounded(self._open_store(), PROBE_TIMEOUT_S * 5, "ledger-open")
@@ -310,14 +287,14 @@ class Ledger:
                 self._health.ok()
             elif not self._health.healthy:
                 ok = await self._health.probe()
-        if ok and self._journal.pending > len(self._writing):
+        if ok and self._blocks.replay_wanted:
             try:
                 await self.replay_journal()
             except (StoreUnavailable, TimeoutError) as exc:
                 self._health.fail(reason_of(exc))
                 log.error("ledger journal replay failed: %s", reason_of(exc))
                 ok = False
-        self._check_stale_journal()
+        self._blocks.check_stale()
         if ok and time.monotonic() - self._energy_flushed >= _ENERGY_FLUSH_S:
             self._energy_flushed = time.monotonic()
             try:
@@ -330,15 +307,6 @@ class Ledger:
             except StoreUnavailable as exc:
                 log.error("split: window refresh failed: %s", reason_of(exc))
         return ok
-
-    def _check_stale_journal(self) -> None:
-        age = self._journal.oldest_age()
-        now = time.monotonic()
-        if age >= _STALE_JOURNAL_LOG_S and now - self._stale_logged >= _STALE_JOURNAL_LOG_S:
-            self._stale_logged = now
-            log.warning("ledger: %d journal records still not in the store, the oldest for "
-                        "%.0f s (%s)", self._journal.pending, age,
-                        self.unwritable_reason or "store writable: replay pending")
 
     async def _spill_loop(self) -> None:
         """Moves shares past the in-memory window to the spill file (sharebuffer)."""
@@ -431,99 +399,35 @@ class Ledger:
         m.ledger_spilled_shares.set(self._shares.spill.pending_shares)
         m.ledger_pressure.set(self._shares.pressure())
 
-    # -- blocks
+    # -- blocks and the journal (poold.ledger.blocks, poold.ledger.journal)
 
     async def journal_block(self, block: FoundBlock) -> None:
         """Append a found block to the journal and fsync it (once per block, however often it
         is called). The block submitter awaits this before the block goes to any node."""
-        await asyncio.shield(self._entry(block).journaled)
-
-    def _entry(self, block: FoundBlock) -> _BlockEntry:
-        entry = self._entries.get(block.hash_hex)
-        if entry is not None:
-            return entry
-        now = self._clock()
-        try:
-            netdiff = network_difficulty_of(block.block_hex)
-        except ValueError:
-            netdiff = 0.0  # still record it: the block matters more than its metadata
-        block, note = with_block_coinbase(block)
-        deltas = list(self._planner.take_plan(block.coinbase_outputs))
-        commitment = self._commitment(block)
-        record = journal.block_record(block, netdiff, now, deltas)
-        record["commitment"] = list(commitment)
-        fut = asyncio.ensure_future(self._journal.append(record))
-        fut.add_done_callback(retrieve)
-        entry = _BlockEntry(
-            block=block, netdiff=netdiff, outputs=self._output_rows(block), deltas=deltas,
-            credits=[Credit(block.hash_hex, a, d, "split", block.time) for a, d in deltas],
-            event=BlockEvent(block.hash_hex, now, "recorded",
-                             f"height {block.height} found by {block.worker} on instance "
-                             f"{block.instance_id}{note}"),
-            commitment=commitment, key=journal.record_key(record), journaled=fut)
-        self._entries[block.hash_hex] = entry
-        while len(self._entries) > _ENTRIES_KEPT:
-            del self._entries[next(iter(self._entries))]
-        return entry
+        await self._blocks.journal_block(block)
 
     async def record_block(self, block: FoundBlock) -> None:
         """Make a found block durable (journal first, then the store) before returning.
 
         The write runs shielded: if the caller is cancelled (shutdown), it still completes, and
         `stop()` waits for it before closing the store."""
-        await self._shielded(self._record_block(block))
+        await self._blocks.record_block(block)
 
-    async def _shielded(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(work)
-        self._critical.add(task)
-        task.add_done_callback(self._critical.discard)
-        await asyncio.shield(task)
+    async def record_submit_result(self, block_hash_hex: str, node: str,
+                                   result: str | None) -> None:
+        """Record one node's `submitblock` answer (None = accepted), durably (shielded too)."""
+        await self._blocks.record_submit_result(
+            SubmitResult(block_hash_hex, node, result, self._clock()))
 
-    def _apply_deltas(self, entry: _BlockEntry) -> None:
-        if not entry.deltas_applied:
-            entry.deltas_applied = True
-            self._planner.apply_split_deltas(entry.deltas)
+    @property
+    def journal_pending(self) -> int:
+        """Journal records not yet in the store."""
+        return self._journal.pending
 
-    async def _record_block(self, block: FoundBlock) -> None:
-        entry = self._entry(block)
-        journaled = True
-        try:
-            await asyncio.shield(entry.journaled)
-        except OSError as exc:
-            journaled = False
-            log.critical("block %s NOT written to the journal %s (%s): only the store can "
-                         "keep it now", block.hash_hex, self.config.journal_path,
-                         reason_of(exc))
-        # A store known to be failing is not tried (a block must not wait out a timeout): the
-        # journal has it, and the flusher replays it when the store answers again.
-        reason = self.unwritable_reason
-        if self.writable:
-            self._writing.add(entry.key)
-            try:
-                new = await self._health.bounded(
-                    self.store.insert_block(entry.block, entry.netdiff, entry.outputs,
-                                            entry.event, entry.credits, entry.commitment),
-                    self.config.block_write_timeout_s, "ledger-block-write")
-            except (StoreUnavailable, TimeoutError) as exc:
-                reason = reason_of(exc)
-                self._health.fail(reason)
-            else:
-                self._health.ok()
-                if new:
-                    self._apply_deltas(entry)
-                if journaled:
-                    await self._journal.retire(entry.key)
-                log.info("block %s at height %d recorded", block.hash_hex, block.height)
-                return
-            finally:
-                self._writing.discard(entry.key)
-        if not journaled:
-            raise StoreUnavailable(f"block {block.hash_hex} is neither in the journal nor in "
-                                   f"the store ({reason})")
-        self._apply_deltas(entry)
-        log.critical("block %s at height %d kept in the journal %s until the store takes it "
-                     "(store: %s)", block.hash_hex, block.height, self.config.journal_path,
-                     reason)
+    async def replay_journal(self) -> int:
+        """Apply the journal's pending records to the store (idempotent); returns how many.
+        Records `record_block` is committing right now are left to it."""
+        return await self._blocks.replay()
 
     def _commitment(self, block: FoundBlock) -> tuple[str | None, str, str | None]:
         """What a found block commits to (schema v5, docs/AUDIT.md): the chain head (split:
@@ -549,89 +453,6 @@ class Ledger:
                     "split_max_output_bytes": c.split_max_output_bytes,
                     "fee_address": c.fee_address or None}
         return head, json.dumps(settings, sort_keys=True), window
-
-    def _output_rows(self, block: FoundBlock) -> list[BlockOutput]:
-        """The audit rows of a block's coinbase outputs, with addresses where known."""
-        return [BlockOutput(n=n, script_hex=s.hex(), address=self._describe(s), value=v)
-                for n, (s, v) in enumerate(block.coinbase_outputs)]
-
-    async def record_submit_result(self, block_hash_hex: str, node: str,
-                                   result: str | None) -> None:
-        """Record one node's `submitblock` answer (None = accepted), durably (shielded too)."""
-        await self._shielded(self._record_submit_result(
-            SubmitResult(block_hash_hex, node, result, self._clock())))
-
-    async def _record_submit_result(self, sr: SubmitResult) -> None:
-        block_hash_hex = sr.block_hash_hex
-        if self.writable and not self._journal.is_pending(f"block:{block_hash_hex}"):
-            try:
-                if await self._health.bounded(self._apply_submit(sr),
-                                       self.config.block_write_timeout_s, "ledger-submit-write"):
-                    self._health.ok()
-                    return
-            except (StoreUnavailable, TimeoutError) as exc:
-                self._health.fail(reason_of(exc))
-                log.error("submit result for %s not committed (%s); journaling it",
-                          block_hash_hex, reason_of(exc))
-        await self._journal.append(journal.submit_record(sr))
-
-    async def _apply_submit(self, sr: SubmitResult) -> bool:
-        """Store a submit result and move the block's status; False if the block is not in the
-        store (it is in the journal, so the result goes there too, after it)."""
-        async with self._submit_lock:
-            status = await self.store.block_status(sr.block_hash_hex)
-            if status is None:
-                return False
-            accepted = sr.result in _ACCEPTED_RESULTS
-            new: BlockStatus | None = None
-            if accepted and status in (BlockStatus.RECORDED, BlockStatus.REJECTED):
-                new = BlockStatus.SUBMITTED
-            elif not accepted and status == BlockStatus.RECORDED:
-                new = BlockStatus.REJECTED
-            await self.store.upsert_submit_result(sr, new)
-            return True
-
-    # -- the journal (poold.ledger.journal)
-
-    @property
-    def journal_pending(self) -> int:
-        """Journal records not yet in the store."""
-        return self._journal.pending
-
-    async def replay_journal(self) -> int:
-        """Apply the journal's pending records to the store (idempotent); returns how many.
-        Records `record_block` is committing right now are left to it."""
-        return await self._journal.replay(self._replay_one, skip=set(self._writing))
-
-    async def _replay_one(self, rec: dict[str, Any]) -> bool:
-        """Apply one record; False leaves it pending (a submit result whose block is not in
-        the store yet)."""
-        if rec.get("kind") == "block":
-            block = journal.block_from_json(rec["block"])
-            credits = [Credit(block.hash_hex, str(a), int(d), "split", block.time)
-                       for a, d in rec.get("split_deltas", [])]
-            event = BlockEvent(block.hash_hex, float(rec["recorded_at"]), "recorded",
-                               f"height {block.height} found by {block.worker} on instance "
-                               f"{block.instance_id}; replayed from the journal")
-            commitment = rec.get("commitment")
-            await self.store.insert_block(
-                block, float(rec["network_difficulty"]), self._output_rows(block), event,
-                credits, None if commitment is None else (commitment[0], commitment[1],
-                                                          commitment[2]))
-            return True
-        if rec.get("kind") == "submit":
-            sr = journal.submit_from_record(rec)
-            if await self._apply_submit(sr):
-                return True
-            block_key = f"block:{sr.block_hash_hex}"
-            if block_key in self._writing or self._journal.is_pending(block_key):
-                return False  # its block goes in first
-            log.error("journal: submit result for unknown block %s kept as an event",
-                      sr.block_hash_hex)
-            await self.store.add_events([BlockEvent(
-                sr.block_hash_hex, sr.time, "orphan_submit_result", f"{sr.node}: {sr.result}")])
-            return True
-        raise ValueError(f"unknown record kind {rec.get('kind')!r}")
 
     # -- payouts (poold.ledger.planner)
 
