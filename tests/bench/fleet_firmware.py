@@ -17,8 +17,9 @@ no cooling/state, `miner/details.status` as the MinerStatus number; LuxOS TCP AP
      hashrate, each miner within its range) -- the baseline, computed in the same run;
 2. then one miner of rack001 stops answering, and rack001 is cut to 60 %:
    blind_rack_under_cap = 1 if the rack's true power ends (and stays, 20 s) under the cap;
-3. then `--miners` emulated miners (served by a child process, so that only the controller's
-   work is measured here) are polled and controlled by this one process on real time:
+3. then `--miners` emulated miners (served by child processes, tests.bench.farm, so that
+   only the controller's work is measured here) are polled and controlled by this one
+   process on real time:
    poll_cpu_us_per_miner = this process's CPU ÷ telemetry readings taken, extrapolated to a
    2 GW site (570,000 miners at 3.5 kW) at the configured poll interval.
 
@@ -33,21 +34,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import random
-import sys
 import time
 from typing import Any
 
 from poold.fleet.clock import LoopClock, ScaledClock
 from poold.fleet.controller import FleetController
-from poold.fleet.drivers.base import MinerDriver, Secret, Telemetry
-from poold.fleet.drivers.braiins import BraiinsDriver
-from poold.fleet.drivers.luxos import LuxosDriver
+from poold.fleet.drivers.base import MinerDriver, Telemetry
 from poold.fleet.inventory import MinerSpec, parse_fleet
 from poold.sim.asic import WATTS, SimAsic
-from poold.sim.simsite import MODELS, SimSite, build_table, sample_asic
+from poold.sim.simsite import MODELS, SimSite, build_table
+from tests.bench.farm import Farm, drivers_for
 
 ALLOWED_S = 10.0
 CUT = 0.6
@@ -173,56 +171,31 @@ async def small_site(speed: float, seed: int) -> dict[str, Any]:
     return out
 
 
-# -- part 3: many miners, served by a child process -----------------------------------------------
-
-
-async def serve(n: int, seed: int) -> None:
-    """Child: `n` emulated miners, half Braiins, half LuxOS, documented-minimum firmware."""
-    from poold.sim.firmware_rest import BraiinsRestServer
-    from poold.sim.firmware_tcp import server_for
-
-    rng = random.Random(seed)
-    clock = ScaledClock(1.0)
-    rows = []
-    servers: list[Any] = []
-    for i in range(n):
-        kind = "braiins" if i % 2 == 0 else "luxos"
-        mid = f"m{i:05d}"
-        a = sample_asic(kind, clock, mid, rng)
-        a.password = PASSWORD
-        srv = await (BraiinsRestServer(a, minimal=True).start() if kind == "braiins"
-                     else server_for(a, minimal=True).start())
-        servers.append(srv)
-        rows.append({"id": mid, "kind": kind, "port": srv.port})
-    sys.stdout.write(json.dumps(rows) + "\n")
-    sys.stdout.flush()
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    for s in servers:
-        await s.stop()
+# -- part 3: many miners, served by child processes (tests.bench.farm) ----------------------
 
 
 async def many(n: int, seed: int, window_s: float) -> dict[str, Any]:
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.bench.fleet_firmware", "--serve", str(n),
-        "--seed", str(seed), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        limit=2**24)
-    assert child.stdout is not None and child.stdin is not None
-    line = await asyncio.wait_for(child.stdout.readline(), 600)
-    rows = json.loads(line)
+    kinds_flat = ["braiins" if i % 2 == 0 else "luxos" for i in range(n)]
+    async with Farm.started([(f"m{i:05d}", k) for i, k in enumerate(kinds_flat)], seed=seed,
+                            minimal=True, password=PASSWORD) as farm:
+        return await _control(farm, window_s)
+
+
+async def _control(farm: Farm, window_s: float) -> dict[str, Any]:
+    n = len(farm.miners)
     per_rack = 20
-    kinds = [[r["kind"] for r in rows[i:i + per_rack]] for i in range(0, len(rows), per_rack)]
+    kinds = [[m.kind for m in farm.miners[i:i + per_rack]] for i in range(0, n, per_rack)]
     table = build_table(kinds, over_cap_allowed_s=ALLOWED_S, telemetry_interval_s=10.0,
                         stale_after_s=30.0, command_timeout_s=15.0)
-    for m, r in zip(table["miners"], rows, strict=True):
-        m["host"] = f"127.0.0.1:{r['port']}"
+    for m, r in zip(table["miners"], farm.miners, strict=True):
+        m["host"] = r.address
     cfg = parse_fleet(table, "<bench>")
-    drivers: dict[str, MinerDriver] = {}
-    for m, r in zip(cfg.miners, rows, strict=True):
-        if r["kind"] == "braiins":
-            drivers[m.id] = BraiinsDriver("127.0.0.1", r["port"], password=Secret(PASSWORD),
-                                          timeout_s=5.0, max_w=m.max_w)
-        else:
-            drivers[m.id] = LuxosDriver("127.0.0.1", r["port"], timeout_s=5.0, max_w=m.max_w)
+    # The cfg's ids are the table's (rackNNN-mNNN), the farm's are mNNNNN: same order.
+    by_cfg = {m.id: r for m, r in zip(cfg.miners, farm.miners, strict=True)}
+    served = drivers_for(farm, {r.id: m.max_w for m, r in zip(cfg.miners, farm.miners,
+                                                               strict=True)},
+                         LoopClock(), password=PASSWORD, settle=False)
+    drivers: dict[str, MinerDriver] = {mid: served[r.id] for mid, r in by_cfg.items()}
     readings = [0]
 
     def count(_spec: MinerSpec, _tel: Telemetry) -> None:
@@ -248,12 +221,8 @@ async def many(n: int, seed: int, window_s: float) -> dict[str, Any]:
     stale = sum(m.health.stale(clock.now(), cfg.stale_after_s) for m in ctl.miners.values())
     await ctl.stop(settle_timeout_s=5.0)
     run.cancel()
-    child.stdin.close()
-    try:
-        await asyncio.wait_for(child.wait(), 60)
-    except TimeoutError:
-        child.kill()
-        await child.wait()
+    for d in drivers.values():
+        await d.close()
     return {"miners": n, "read": read, "start_s": start_s, "cpu_s": cpu, "polls": polls,
             "wall_s": wall, "commands": commands, "stale_at_end": stale,
             "interval_s": cfg.telemetry_interval_s,
@@ -266,15 +235,11 @@ def main() -> None:
     ap.add_argument("--speed", type=float, default=5.0, help="simulated time speed, parts 1-2")
     ap.add_argument("--window", type=float, default=60.0, help="measured seconds, part 3")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
     # The blind miner's server holds its unanswered connections until it is stopped; asyncio
     # logs each one cancelled then. Expected here, not news.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-    if args.serve:
-        asyncio.run(serve(args.serve, args.seed))
-        return
     small = asyncio.run(small_site(args.speed, args.seed))
     print(f"10 miners (Braiins + LuxOS, documented minimum): read {small['read']}/"
           f"{small['miners']}; settings above nameplate: {small['over_nameplate']}")
