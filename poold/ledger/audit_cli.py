@@ -15,10 +15,8 @@ import sys
 from pathlib import Path
 
 from poold.config import DEFAULT_PATH
-from poold.errors import ConfigError
 from poold.ledger import audit
 from poold.ledger import cli as ledger_cli
-from poold.ledger.store import StoreUnavailable
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,19 +60,8 @@ def run(args: argparse.Namespace) -> int:
         return _verify(args)
     if args.json:
         args.fmt = "json"
-    try:
-        text = _from_api(args) if args.api else ledger_cli.export_text(args, args.fmt)
-    except (ConfigError, ValueError, OSError) as exc:
-        print(f"poold audit: {exc}", file=sys.stderr)
-        return 2
-    except StoreUnavailable as exc:
-        print(f"poold audit: the ledger database is unavailable: {exc}", file=sys.stderr)
-        return 1
-    if args.output is None:
-        sys.stdout.write(text)
-    else:
-        args.output.write_text(text)
-    return 0
+    return ledger_cli.emit("poold audit", args, lambda: _from_api(args) if args.api
+                           else ledger_cli.export_text(args, args.fmt))
 
 
 def _from_api(args: argparse.Namespace) -> str:

@@ -12,13 +12,16 @@
   to owed accounts (`poold.ledger.payments`).
 
 `add_arguments()` adds the options, `run()` reads the ledger named by the config file (or
-`--ledger-url`) and writes to stdout or `--output`.
+`--ledger-url`) and writes to stdout or `--output`. `emit()` and `guarded()` are the output
+writing and the error mapping (exit 2: config, argument or file; exit 1: ledger database
+unavailable, payment not matched) that `poold audit` shares.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from poold.errors import ConfigError
@@ -143,37 +146,54 @@ def _tariff(args: argparse.Namespace) -> float:
     return load_config(args.config).ledger.tariff_per_kwh
 
 
-def run(args: argparse.Namespace) -> int:
-    fmt = "json" if args.json else args.fmt
+def guarded(prog: str, work: Callable[[], int]) -> int:
+    """Run one ledger CLI action; the ledger CLIs' one error mapping: a config, argument or
+    file error exits 2, an unavailable ledger database or an unmatched payment exits 1, each
+    named on stderr after `prog`."""
     try:
-        if args.action == "payouts":
-            text = payout_report(ledger_url(args), fmt or "text")
-        elif args.action == "record-payment":
-            text = payments.record_payment_cli(args, ledger_url(args), fmt or "text")
-        elif args.action == "energy":
-            import time
-
-            until = audit.parse_since(args.until) if args.until else time.time()
-            text = energy_json(ledger_url(args), audit.parse_since(args.since), until,
-                               _tariff(args))
-        elif args.action == "verify":
-            return run_verify(args)
-        else:
-            text = export_text(args, fmt or "csv")
+        return work()
     except (ConfigError, ValueError, OSError) as exc:
-        print(f"poold ledger: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     except StoreUnavailable as exc:
-        print(f"poold ledger: the ledger database is unavailable: {exc}", file=sys.stderr)
+        print(f"{prog}: the ledger database is unavailable: {exc}", file=sys.stderr)
         return 1
     except payments.PaymentError as exc:
-        print(f"poold ledger: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 1
-    if args.output is None:
-        sys.stdout.write(text)
-    else:
-        args.output.write_text(text)
-    return 0
+
+
+def emit(prog: str, args: argparse.Namespace, produce: Callable[[], str]) -> int:
+    """Write what `produce` returns to stdout or `args.output` (errors as `guarded`)."""
+    def work() -> int:
+        text = produce()
+        if args.output is None:
+            sys.stdout.write(text)
+        else:
+            args.output.write_text(text)
+        return 0
+
+    return guarded(prog, work)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "verify":
+        return guarded("poold ledger", lambda: run_verify(args))
+    return emit("poold ledger", args, lambda: _report(args, "json" if args.json else args.fmt))
+
+
+def _report(args: argparse.Namespace, fmt: str | None) -> str:
+    if args.action == "payouts":
+        return payout_report(ledger_url(args), fmt or "text")
+    if args.action == "record-payment":
+        return payments.record_payment_cli(args, ledger_url(args), fmt or "text")
+    if args.action == "energy":
+        import time
+
+        until = audit.parse_since(args.until) if args.until else time.time()
+        return energy_json(ledger_url(args), audit.parse_since(args.since), until,
+                           _tariff(args))
+    return export_text(args, fmt or "csv")
 
 
 def _ledger_config(args: argparse.Namespace) -> LedgerConfig | None:

@@ -263,3 +263,36 @@ async def test_devnet_reorg_orphans_and_restores_a_block(devnet: Any, tmp_path: 
     finally:
         await rpc.close()
         await ledger.stop()
+
+
+@pytest.mark.parametrize("prog", ["ledger", "audit"])
+def test_cli_ledger_and_audit_share_output_and_error_mapping(
+        prog: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`poold ledger export` and `poold audit export` write and fail alike (ledger.cli.emit):
+    --output gets the text, an unwritable --output exits 2 and an unreachable database 1, each
+    named on stderr."""
+    import argparse
+
+    from poold.ledger import audit_cli, cli
+
+    parser = argparse.ArgumentParser()
+    if prog == "ledger":
+        cli.add_arguments(parser)
+    else:
+        audit_cli.add_arguments(parser)
+
+    def run(*argv: str) -> int:
+        args = parser.parse_args(["export", *argv])
+        return cli.run(args) if prog == "ledger" else audit_cli.run(args)
+
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    out = tmp_path / "export.json"
+    assert run("--json", "--ledger-url", url, "-o", str(out)) == 0
+    assert json.loads(out.read_text())["blocks"] == []
+    assert capsys.readouterr().out == ""
+    assert run("--ledger-url", url, "-o", str(tmp_path)) == 2  # a directory
+    err = capsys.readouterr().err
+    assert err.startswith(f"poold {prog}: ") and str(tmp_path) in err
+    down = "postgresql://poold:poold@127.0.0.1:9/nothing"  # discard port: nothing listens
+    assert run("--ledger-url", down) == 1
+    assert f"poold {prog}: the ledger database is unavailable" in capsys.readouterr().err
