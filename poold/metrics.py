@@ -179,6 +179,9 @@ class Metrics:
         self.rack_over_cap_seconds = Counter(
             "poold_rack_over_cap_seconds", "Seconds the rack's meters were above its cap past "
             "its over_cap_allowed_s", ["rack"], registry=r)
+        self.rack_early_wakes = Counter(
+            "poold_rack_early_wakes", "Slept miners woken before min_sleep_s because no "
+            "other miner could take the rack's budget", ["rack"], registry=r)
         self.site_power_watts = Gauge(
             "poold_site_power_watts", "Site power from telemetry", registry=r)
         self.site_cap_watts = Gauge(

@@ -255,6 +255,13 @@ class Dispatcher:
         if going_to_sleep:
             m.sleeps.append(self.clock.wall())
             m.slept_at = now
+        elif m.early_wake is not None and not desired.sleep and prev[0] is not None \
+                and prev[0].sleep:
+            # Woken before its min_sleep_s dwell because the cap allowed nothing else
+            # (docs/FLEET.md "Minimum dwell"): a spent cycle the operator should see.
+            self.metrics.rack_early_wakes.labels(m.spec.rack).inc()
+            log.info("miner %s woken before its dwell: %s", m.spec.id, m.early_wake)
+            m.early_wake = None
         m.inflight = False
         if m.plan_desired is not None and m.plan_desired != desired:
             self.planner.pending.add(m.spec.id)  # the plan moved on while we were busy

@@ -8,6 +8,13 @@ round-robin every `optimizer_interval_s`; over-cap racks first, within a CPU bud
 
 A miner's allowed watts and levels never exceed its inventory `max_w` (nameplate unless the
 operator set more): a firmware that offers higher profiles does not get them.
+
+A miner the controller put to sleep stays asleep for `min_sleep_s` (a sleep/wake cycle is a
+few-a-day budget; docs/FLEET.md "Minimum dwell"), unless the cap allows nothing else: it is woken
+early only into watts of its rack's budget that no other miner can take — with every miner that
+is awake or past its dwell at its plan (at its maximum, or the budget would be spent), the
+budget left over, on the plan and on the meters alike, must run it at its lowest setting. No
+awake miner is turned down to make room for it.
 """
 
 # ruff: noqa: RUF002  (math notation in docstrings is intended)
@@ -23,7 +30,14 @@ from poold.fleet.budgets import Budgets, Cap
 from poold.fleet.clock import Clock
 from poold.fleet.drivers.base import Desired
 from poold.fleet.inventory import FleetConfig
-from poold.fleet.policy import Actuator, Allocation, MinerInput, allocate, split_budget
+from poold.fleet.policy import (
+    Actuator,
+    Allocation,
+    MinerInput,
+    Plan,
+    allocate,
+    split_budget,
+)
 from poold.fleet.projection import Projection, Topology
 from poold.fleet.state import MinerState
 
@@ -94,7 +108,14 @@ class Planner:
         tc = m.health.thermal_cap_w
         return tc is not None and tc <= 0 and self.controllable(m, now)
 
-    def input(self, m: MinerState, now: float) -> MinerInput:
+    def dwelling(self, m: MinerState, now: float) -> bool:
+        """Asleep by our command less than `min_sleep_s` ago (and otherwise controllable)."""
+        asleep = m.commanded.sleep if m.commanded is not None else bool(
+            m.health.telemetry is not None and m.health.telemetry.sleeping)
+        return (asleep and now - m.slept_at < self.cfg.min_sleep_s
+                and self.controllable(m, now) and m.caps is not None)
+
+    def input(self, m: MinerState, now: float, *, dwell: bool = True) -> MinerInput:
         curve = m.learner.curve()
         h = m.health
         asleep = m.commanded.sleep if m.commanded is not None else bool(
@@ -106,7 +127,7 @@ class Planner:
                               fixed_w=self.proj.miner_w(m, now))
         # Never above the inventory's max_w (nameplate unless the operator set more), whatever
         # the firmware offers: a profile above nameplate can trip a breaker or void a warranty.
-        if asleep and now - m.slept_at < self.cfg.min_sleep_s:
+        if dwell and asleep and now - m.slept_at < self.cfg.min_sleep_s:
             # Minimum dwell: a miner we just put to sleep is not woken before min_sleep_s
             # (a sleep/wake cycle is a few-a-day budget; waking at once wastes one).
             return MinerInput(m.spec.id, curve, caps.actuator, caps.min_w, caps.max_w,
@@ -192,6 +213,39 @@ class Planner:
             out.update(zip(rids, shares, strict=True))
         return out
 
+    def wake_early(self, rid: str, ms: list[MinerState], plan: Plan,
+                   now: float) -> list[Allocation]:
+        """The rack's allocations, with miners still in their dwell woken where the cap allows
+        nothing else: only into the watts the plan leaves unused (the others are at their
+        maximum) and the meters confirm are free, spread over them by the same allocator.
+        Sets each miner's `early_wake` (the reason, logged and counted when the wake is
+        taken) or clears it."""
+        allocs = list(plan.allocations)
+        held = [i for i, m in enumerate(ms) if self.dwelling(m, now)]
+        for m in ms:
+            m.early_wake = None
+        if not held:
+            return allocs
+        budget = self.rack_budget[rid]
+        plan_spare = budget - plan.planned_w
+        meter_spare = budget - sum(self.proj.miner_w(m, now) for m in ms)
+        spare = min(plan_spare, meter_spare)
+        inputs = [self.input(ms[i], now, dwell=False) for i in held]
+        if spare <= 0 or min(x.lo - x.sleep_w for x in inputs) > spare + 1e-6:
+            return allocs
+        sub = allocate(inputs, spare + sum(x.sleep_w for x in inputs))
+        for i, a in zip(held, sub.allocations, strict=True):
+            if a.sleep or a.fixed:
+                continue
+            m = ms[i]
+            allocs[i] = a
+            m.early_wake = (
+                f"rack {rid} has {spare:.0f} W of its {budget:.0f} W budget that no miner "
+                f"awake or past its dwell can take (planned {plan.planned_w:.0f} W, "
+                f"projected {budget - meter_spare:.0f} W); slept {now - m.slept_at:.0f} s ago, "
+                f"min_sleep_s {self.cfg.min_sleep_s:.0f}")
+        return allocs
+
     def optimize(self, *, budget_s: float | None = None,
                  projection: Mapping[str, float] | None = None) -> int:
         """Re-plan the dirty racks for the caps in force, over-cap racks (by `projection`)
@@ -216,7 +270,8 @@ class Planner:
                 break
             ms = topo.rack_miners[rid]
             plan = allocate([self.input(m, now) for m in ms], self.rack_budget[rid])
-            for m, a in zip(ms, plan.allocations, strict=True):
+            allocs = self.wake_early(rid, ms, plan, now)
+            for m, a in zip(ms, allocs, strict=True):
                 m.plan = None if a.fixed and not self.thermal_sleep(m, now) else a
                 m.plan_desired = None if m.plan is None else self.desired_of(m, m.plan)
                 if m.plan_desired is not None and m.plan_desired != m.commanded:

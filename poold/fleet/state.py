@@ -29,6 +29,8 @@ class MinerState:
     slept_at: float = -math.inf  # clock time of our last sleep command taken
     plan: Allocation | None = None
     plan_desired: Desired | None = None
+    #: Why the plan wakes this miner before its `min_sleep_s` dwell (None: it does not).
+    early_wake: str | None = None
     #: Failed telemetry reads in a row, and when the last WARNING about this miner was logged
     #: (at most one a minute per miner).
     read_failures: int = 0
