@@ -151,7 +151,7 @@ async def test_adopted_share_spills_keep_every_pending_batch(tmp_path: Path) -> 
     assert await merged.load() == expected
     jobs = []
     while (got := await merged.oldest()) is not None:
-        seq, shares, _link = got
+        seq, shares, _link, _id = got
         jobs += [s.job_id for s in shares]
         await merged.retire(seq)
     assert sorted(jobs) == sorted(str(100 * i + 10 * b + k) for i in (0, 1, 2)

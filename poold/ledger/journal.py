@@ -12,7 +12,9 @@ loud log, never dropped in silence.
 
 Share spill (`ledger-spill-<instance>.jsonl`): accepted shares the store has not committed
 within the in-memory window, in numbered batches; a batch is retired by an fsynced `done` line
-once committed (a replayed batch would be paid twice, so that line is durable).
+once committed. Each batch also carries a random id, stored with its commit (schema v6): a
+crash after the commit and before the `done` line leaves the batch pending, and the store
+recognises the id at the replay instead of paying the batch twice.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import asyncio
 import json
 import logging
 import os
+import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from poold.ledger.records import AcceptedShare, FoundBlock, SubmitResult
 
@@ -173,6 +176,15 @@ class Journal:
         return applied
 
 
+class SpilledBatch(NamedTuple):
+    """A pending batch of the share spill."""
+
+    seq: int
+    shares: list[AcceptedShare]
+    link_hex: str | None  # the link of a commit that went unanswered at shutdown
+    batch_id: str | None  # stable and unique: its commit stores it (None: spilled before v6)
+
+
 class ShareSpill:
     """The share spill file: numbered batches of accepted shares, retired once committed."""
 
@@ -214,8 +226,9 @@ class ShareSpill:
             return self.pending_shares
 
     async def append(self, shares: Sequence[AcceptedShare], link_hex: str | None = None) -> None:
-        """Append a batch; returns once it is fsynced. `link_hex`: the chain link hash of a
-        commit of this batch that went unanswered (poold.ledger.sharebuffer)."""
+        """Append a batch with a new random id; returns once it is fsynced. `link_hex`: the
+        chain link hash of a commit of this batch that went unanswered
+        (poold.ledger.sharebuffer)."""
         if not shares:
             return
         async with self._lock:
@@ -224,19 +237,20 @@ class ShareSpill:
             rows = [(s.instance_id, s.worker, s.account, s.difficulty, s.job_id, s.height,
                      s.time) for s in shares]
             offset, length = await asyncio.to_thread(_spill_append, self.path, seq, rows,
-                                                     link_hex)
+                                                     link_hex, uuid.uuid4().hex)
             self._batches[seq] = (offset, length, len(rows), shares[0].time)
             self.pending_shares += len(rows)
 
-    async def oldest(self) -> tuple[int, list[AcceptedShare], str | None] | None:
-        """The oldest pending batch (seq, shares, link hash hex or None), or None."""
+    async def oldest(self) -> SpilledBatch | None:
+        """The oldest pending batch, or None."""
         async with self._lock:
             seq = self.oldest_seq
             if seq is None:
                 return None
             offset, length, _n, _t = self._batches[seq]
-            shares, link_hex = await asyncio.to_thread(_read_batch, self.path, offset, length)
-            return seq, shares, link_hex
+            shares, link_hex, batch_id = await asyncio.to_thread(_read_batch, self.path, offset,
+                                                                 length)
+            return SpilledBatch(seq, shares, link_hex, batch_id)
 
     async def retire(self, seq: int) -> None:
         """Batch `seq` is committed: an fsynced `done` line (or the file goes, when empty)."""
@@ -345,25 +359,27 @@ def _append_fsync(path: Path, line: bytes) -> tuple[int, int]:
 
 
 def _spill_append(path: Path, seq: int, rows: list[tuple[Any, ...]],
-                  link_hex: str | None) -> tuple[int, int]:
-    rec: dict[str, Any] = {"seq": seq, "rows": rows}
+                  link_hex: str | None, batch_id: str) -> tuple[int, int]:
+    rec: dict[str, Any] = {"seq": seq, "id": batch_id, "rows": rows}
     if link_hex is not None:
         rec["link"] = link_hex
     line = json.dumps(rec, separators=(",", ":")).encode() + b"\n"
     return _append_fsync(path, line)
 
 
-def _read_batch(path: Path, offset: int, length: int) -> tuple[list[AcceptedShare], str | None]:
+def _read_batch(path: Path, offset: int,
+                length: int) -> tuple[list[AcceptedShare], str | None, str | None]:
     fd = os.open(path, os.O_RDONLY)
     try:
         line = os.pread(fd, length, offset)
     finally:
         os.close(fd)
     rec = json.loads(line)
-    link = rec.get("link")
+    link, batch_id = rec.get("link"), rec.get("id")
     return ([AcceptedShare(worker=str(w), account=str(a), difficulty=float(d), job_id=str(j),
                            height=int(h), time=float(t), instance_id=int(i))
-             for i, w, a, d, j, h, t in rec["rows"]], None if link is None else str(link))
+             for i, w, a, d, j, h, t in rec["rows"]], None if link is None else str(link),
+            None if batch_id is None else str(batch_id))
 
 
 def _index_spill(path: Path) -> tuple[dict[int, tuple[int, int, int, float]], int]:

@@ -253,32 +253,41 @@ class PostgresStore:
     # -- shares
 
     async def insert_shares(self, shares: Sequence[AcceptedShare],
-                            link: chain.Link | None = None) -> None:
+                            link: chain.Link | None = None, batch_id: str | None = None) -> bool:
         records = list(map(SHARE_ROW, shares))
         rows = bucket_rows(shares)
         buckets = [[r[i] for r in rows] for i in range(4)]  # one array per column
 
-        async def body(conn: Any) -> None:
+        async def body(conn: Any) -> bool:
             if link is None:
                 await conn.copy_records_to_table("shares", records=records,
                                                  columns=_SHARE_COLUMNS)
             else:
-                link_id = await self._link(conn, link)
+                if batch_id is not None:
+                    row = await conn.fetchrow(_q(schema.BATCH_LINK), batch_id)
+                    if row is not None:  # committed before: as this very link, or another
+                        return (row[0], int(row[1]), bytes(row[2])) == (
+                            link.chain, link.seq, link.hash)
+                link_id = await self._link(conn, link, batch_id)
                 if link_id is None:
-                    return  # this very batch was committed before (a retry)
+                    return True  # this very batch was committed before (a retry)
                 tail = (link_id,)
                 await conn.copy_records_to_table(
                     "shares", records=[r + tail for r in records], columns=_LINKED_COLUMNS)
             await conn.execute(_UPSERT_BUCKETS, *buckets)
+            return True
 
-        await self._tx(body)
+        return await self._tx(body)
 
     @staticmethod
-    async def _link(conn: Any, link: chain.Link) -> int | None:
+    async def _link(conn: Any, link: chain.Link, batch_id: str | None = None) -> int | None:
         """Insert a chain link; its id, or None if this very link is stored already."""
-        link_id = await conn.fetchval(
-            _q(schema.INSERT_LINK) + " RETURNING id", link.chain, link.seq, link.n,
-            link.prev_hash, link.hash, link.time, link.t_first, link.t_last)
+        values = (link.chain, link.seq, link.n, link.prev_hash, link.hash, link.time,
+                  link.t_first, link.t_last)
+        link_id = await (
+            conn.fetchval(_q(schema.INSERT_LINK) + " RETURNING id", *values) if batch_id is None
+            else conn.fetchval(_q(schema.INSERT_LINK_BATCH) + " RETURNING id", *values,
+                               batch_id))
         if link_id is not None:
             return int(link_id)
         stored = await conn.fetchval(_q(schema.LINK_HASH), link.chain, link.seq)

@@ -169,6 +169,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE blocks ADD COLUMN settings TEXT",
         "ALTER TABLE blocks ADD COLUMN payout_window TEXT",
     ),
+    (
+        # v6: a share batch replayed from the spill file carries the stable id it was spilled
+        # with; the id is unique, so a batch whose commit landed but whose fsynced "done" line
+        # did not (a crash in between) is recognised at the next replay and not paid twice.
+        # Batches committed straight from memory have none (NULLs never conflict).
+        "ALTER TABLE chain_links ADD COLUMN batch_id TEXT",
+        "CREATE UNIQUE INDEX chain_links_batch ON chain_links (batch_id)",
+    ),
 )
 
 BUCKET_S = 10.0  # must match the {bucket} expression above
@@ -276,6 +284,11 @@ ENERGY_BETWEEN = ("SELECT worker, rack, t_start, t_end, joules FROM energy"
 INSERT_LINK = ("INSERT INTO chain_links (chain, seq, n, prev_hash, hash, time, t_first, t_last)"
                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (chain, seq) DO NOTHING")
 LINK_HASH = "SELECT hash FROM chain_links WHERE chain = ? AND seq = ?"
+# v6: a spilled batch's link names the batch; the unique index refuses it a second time.
+INSERT_LINK_BATCH = (
+    "INSERT INTO chain_links (chain, seq, n, prev_hash, hash, time, t_first, t_last, batch_id)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (chain, seq) DO NOTHING")
+BATCH_LINK = "SELECT chain, seq, hash FROM chain_links WHERE batch_id = ?"
 CHAIN_HEAD = ("SELECT seq, n, prev_hash, hash, time, t_first, t_last FROM chain_links"
               " WHERE chain = ? ORDER BY seq DESC LIMIT 1")
 INSERT_SHARE_LINKED = ("INSERT INTO shares (instance_id, worker, account, difficulty, job_id,"

@@ -157,14 +157,14 @@ class ShareBuffer:
                 continue
             if got is None:
                 break
-            seq, shares, link_hex = got
+            seq, shares, link_hex, batch_id = got
             if (link_hex is not None and self.head is not None
                     and self.head.hash.hex() == link_hex):
                 # Spilled at shutdown while its commit was unanswered: it did commit.
                 await self.spill.retire(seq)
                 self._count(len(shares))
                 continue
-            if not await self._commit(shares, seq):
+            if not await self._commit(shares, seq, batch_id):
                 return False
             await self.spill.retire(seq)
             wrote = True
@@ -182,17 +182,21 @@ class ShareBuffer:
             wrote = True
         return True if wrote else None
 
-    async def _commit(self, batch: list[AcceptedShare], seq: int | None) -> bool:
+    async def _commit(self, batch: list[AcceptedShare], seq: int | None,
+                      batch_id: str | None = None) -> bool:
         """Commit one batch as the next link of this writer's chain (poold.ledger.chain).
         A batch from the buffer whose commit fails is held aside until the chain head tells
-        whether it landed after all (`_reload_head`); one from the spill stays in the spill."""
+        whether it landed after all (`_reload_head`); one from the spill stays in the spill.
+        A spilled batch's id is stored with its link: if the store has it already (committed
+        before a crash kept its `done` line from the spill file) nothing is written twice and
+        the head stays."""
         started = time.perf_counter()
         self._inflight_oldest = batch[0].time
         # Hashed here, once per batch, never on the share path.
         link = chain.share_link(self.chain, self.head, batch, self._clock())
         self._writing = (link, batch, seq)
         try:
-            await self.store.insert_shares(batch, link)
+            stored = await self.store.insert_shares(batch, link, batch_id)
         except asyncio.CancelledError:
             # Cancelled mid-write (shutdown past its grace period): not known to be committed.
             self._inflight_oldest = None
@@ -210,7 +214,11 @@ class ShareBuffer:
                           "the spill file", len(batch), self.last_error, len(self._buffer),
                           self.spill.pending_shares)
             return False
-        self.head = link
+        if stored is False:
+            log.warning("ledger: spilled share batch %s (%d shares) was committed before its "
+                        "spill record was retired; not storing it twice", seq, len(batch))
+        else:
+            self.head = link
         self._inflight_oldest = None
         self._writing = None
         if self._write_failing:

@@ -224,27 +224,35 @@ class SqliteStore:
     # -- shares
 
     async def insert_shares(self, shares: Sequence[AcceptedShare],
-                            link: chain.Link | None = None) -> None:
-        def body(conn: sqlite3.Connection) -> None:
+                            link: chain.Link | None = None, batch_id: str | None = None) -> bool:
+        def body(conn: sqlite3.Connection) -> bool:
             if link is None:
                 conn.executemany(_INSERT_SHARE, map(SHARE_ROW, shares))
             else:
-                link_id = self._link(conn, link)
+                if batch_id is not None:
+                    row = conn.execute(_q(schema.BATCH_LINK), (batch_id,)).fetchone()
+                    if row is not None:  # committed before: as this very link, or another
+                        return (row[0], int(row[1]), bytes(row[2])) == (
+                            link.chain, link.seq, link.hash)
+                link_id = self._link(conn, link, batch_id)
                 if link_id is None:
-                    return  # this very batch was committed before (a retry)
+                    return True  # this very batch was committed before (a retry)
                 # The link id as a literal: one statement per batch, rows as they come.
                 conn.executemany(_INSERT_SHARE_LINKED.replace("?)", f"{int(link_id)})"),
                                  map(SHARE_ROW, shares))
             conn.executemany(_UPSERT_BUCKET, bucket_rows(shares))
+            return True
 
-        await self._call(lambda conn: self._tx(conn, body))
+        return await self._call(lambda conn: self._tx(conn, body))
 
     @staticmethod
-    def _link(conn: sqlite3.Connection, link: chain.Link) -> int | None:
+    def _link(conn: sqlite3.Connection, link: chain.Link,
+              batch_id: str | None = None) -> int | None:
         """Insert a chain link; its id, or None if this very link is stored already."""
-        cur = conn.execute(_q(schema.INSERT_LINK), (
-            link.chain, link.seq, link.n, link.prev_hash, link.hash, link.time, link.t_first,
-            link.t_last))
+        values = (link.chain, link.seq, link.n, link.prev_hash, link.hash, link.time,
+                  link.t_first, link.t_last)
+        cur = (conn.execute(_q(schema.INSERT_LINK), values) if batch_id is None else
+               conn.execute(_q(schema.INSERT_LINK_BATCH), (*values, batch_id)))
         if cur.rowcount == 1:
             return int(cur.lastrowid or 0)
         row = conn.execute(_q(schema.LINK_HASH), (link.chain, link.seq)).fetchone()

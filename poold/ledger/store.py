@@ -76,13 +76,17 @@ class LedgerStore(Protocol):
 
     async def schema_version(self) -> int: ...
 
-    async def insert_shares(self, shares: Sequence[AcceptedShare],
-                            link: Link | None = None) -> None:
+    async def insert_shares(self, shares: Sequence[AcceptedShare], link: Link | None = None,
+                            batch_id: str | None = None) -> bool:
         """Commit a batch of shares and their bucket sums in one transaction (all or nothing).
 
         With `link` (poold.ledger.chain) the batch is that chain link: if the link is already
         stored with the same hash (a retry of a batch that did commit) nothing is written;
-        if its (chain, seq) holds another hash, ChainConflict."""
+        if its (chain, seq) holds another hash, ChainConflict. With `batch_id` (a batch from
+        the spill file, schema v6) the link is stored with that id, and if a link already
+        holds it under another (chain, seq, hash) the batch was committed before: nothing is
+        written and the result is False (the caller's chain head stays where it is). True:
+        the batch is stored as `link` (or without a link)."""
         ...
 
     async def chain_head(self, chain: str) -> Link | None:

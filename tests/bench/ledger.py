@@ -162,11 +162,12 @@ class TimedStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def insert_shares(self, shares: Sequence[AcceptedShare], *a: Any) -> None:
+    async def insert_shares(self, shares: Sequence[AcceptedShare], *a: Any) -> bool:
         t = time.perf_counter()
-        await self.inner.insert_shares(shares, *a)
+        stored: bool = await self.inner.insert_shares(shares, *a)
         self.commits.append(time.perf_counter() - t)
         self.sizes.append(len(shares))
+        return stored
 
 
 async def ledger_end_to_end(url: str, state_dir: Path, rate: float,

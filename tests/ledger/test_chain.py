@@ -124,11 +124,12 @@ class CommitsThenFails:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def insert_shares(self, shares: Any, *a: Any) -> None:
-        await self.inner.insert_shares(shares, *a)
+    async def insert_shares(self, shares: Any, *a: Any) -> bool:
+        stored: bool = await self.inner.insert_shares(shares, *a)
         if self.fail_next:
             self.fail_next = False
             raise StoreUnavailable("test: connection lost after COMMIT")
+        return stored
 
 
 async def test_a_batch_reported_failed_after_it_committed_is_not_stored_twice(

@@ -39,11 +39,11 @@ class Flaky:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def insert_shares(self, shares: Sequence[AcceptedShare], *a: Any) -> None:
+    async def insert_shares(self, shares: Sequence[AcceptedShare], *a: Any) -> bool:
         await self.stall.wait()
         if self.down:
             raise StoreUnavailable("test: down")
-        await self.inner.insert_shares(shares, *a)
+        return await self.inner.insert_shares(shares, *a)
 
     async def insert_block(self, *a: Any) -> bool:
         if self.down:  # a dead server: the write hangs
