@@ -5,8 +5,16 @@ either `poold ledger record-payment --txid TXID` reads that transaction from bit
 (`getrawtransaction TXID true`, which needs `-txindex` or the transaction still in the mempool,
 or `--blockhash`), or the daemon's reconcile loop sees it in a new block (`PaymentWatcher`).
 Both record, for every output paying the address of an account that is owed, one payment of
-that output's value (summed per account) with the txid; a (txid, account) pair already recorded
-is never recorded again, so the two ways never count a payment twice.
+that output's value (summed per account) with the txid and the block it is in; a (txid,
+account) pair already recorded is never recorded again, so the two ways never count a payment
+twice.
+
+Reorgs: a payment whose block leaves the best chain is flagged orphaned (schema v7
+`orphaned_at`, a WARNING names it) and no longer counts as paid, so `poold ledger payouts`
+shows the account owed again; seen again in a block of the best chain, it counts again. The
+watcher keeps its scan position (height and hash) in the ledger: a restart resumes there, and a
+position a reorg took off the best chain is walked back to the fork, so the new branch is
+scanned too.
 
 "Owed" is what `poold ledger payouts` shows: PPLNS credits of matured blocks minus what was
 paid. An account's address is the account name itself when it is a valid address of the
@@ -30,12 +38,15 @@ from poold.bitcoin.address import AddressError, Network, address_to_script
 from poold.bitcoin.block import parse_block
 from poold.bitcoin.tx import Tx
 from poold.errors import PooldError
+from poold.ledger import schema
 from poold.ledger.audit import NodeClient
 from poold.ledger.store import LedgerStore
 
 log = logging.getLogger("poold.ledger.payments")
 
-SCAN_LOOKBACK_BLOCKS = 144  # on start, the watcher looks this far back (about a day)
+# On its first start on a ledger the watcher looks this far back (about a day); payments this
+# recent are checked for reorgs, and a reorg is followed back at most this far.
+SCAN_LOOKBACK_BLOCKS = 144
 SCAN_MAX_BLOCKS = 20  # blocks fetched per reconcile round, so one round stays short
 
 AddressOf = Callable[[str], str | None]
@@ -105,29 +116,41 @@ def match_outputs(tx: Tx, scripts: Mapping[bytes, tuple[str, str]]
 
 async def record_transactions(store: LedgerStore, txs: Sequence[Tx], network: Network,
                               address_of: AddressOf, clock: Callable[[], float] = time.time,
-                              ) -> list[Payment]:
-    """Record what `txs` paid to owed accounts (each (txid, account) once)."""
+                              block: tuple[str, int] | None = None) -> list[Payment]:
+    """Record what `txs` paid to owed accounts (each (txid, account) once). `block`: the
+    (hash, height) the transactions are in; a payment already recorded from another block
+    (or flagged orphaned) moves to this one, and counts again."""
     scripts = await _owed_scripts(store, network, address_of)
     if not scripts:
         return []
-    done = {(txid, account) for account, _, txid, _ in await store.payments()}
+    done = {(str(t), str(a)): (h, o) for t, a, h, _height, o in
+            await store.query(schema.PAYMENT_BLOCKS)}
     found: list[Payment] = []
     for tx in txs:
         txid = tx.txid_hex
         for account, (address, amount) in sorted(match_outputs(tx, scripts).items()):
-            new = (txid, account) not in done
+            key = (txid, account)
+            new = key not in done
             if new:
-                await store.add_payment(account, amount, txid, clock())
-                done.add((txid, account))
+                await store.add_payment(account, amount, txid, clock(),
+                                        *(block if block is not None else (None, None)))
                 log.info("payment recorded: %s paid %d sat to %s (%s)",
                          txid, amount, account, address)
+            elif block is not None and done[key] != (block[0], None):
+                was_orphaned = done[key][1] is not None
+                await store.set_payment_block(txid, account, block[0], block[1], None)
+                if was_orphaned:
+                    log.warning("payment %s to %s confirmed again in block %s at height %d: "
+                                "it counts as paid again", txid, account, block[0], block[1])
+            done[key] = (block[0] if block is not None else None, None)
             found.append(Payment(account, address, amount, txid, new))
     return found
 
 
 async def fetch_transaction(rpc: _Caller, txid_hex: str, blockhash: str | None = None
-                            ) -> tuple[Tx, int]:
-    """The transaction `txid_hex` from bitcoind and its confirmations (0: in the mempool)."""
+                            ) -> tuple[Tx, int, str | None]:
+    """The transaction `txid_hex` from bitcoind, its confirmations (0: in the mempool) and the
+    hash of its block (None in the mempool)."""
     params: list[Any] = [txid_hex, True] + ([blockhash] if blockhash else [])
     try:
         result = await rpc.call("getrawtransaction", *params)
@@ -141,7 +164,9 @@ async def fetch_transaction(rpc: _Caller, txid_hex: str, blockhash: str | None =
         raise PaymentError(f"transaction {txid_hex} does not decode: {exc}") from None
     if tx.txid_hex != txid_hex.lower():
         raise PaymentError(f"the node answered transaction {tx.txid_hex} for {txid_hex}")
-    return tx, int(result.get("confirmations") or 0)
+    in_block = result.get("blockhash")
+    return tx, int(result.get("confirmations") or 0), in_block if isinstance(in_block,
+                                                                          str) else None
 
 
 async def record_txid(store: LedgerStore, rpc: _Caller, txid_hex: str, network: Network,
@@ -150,20 +175,30 @@ async def record_txid(store: LedgerStore, rpc: _Caller, txid_hex: str, network: 
                       ) -> list[Payment]:
     """`poold ledger record-payment`: read the transaction and record its owed payments.
     A transaction not yet in a block is refused unless `unconfirmed` (it may never be)."""
-    tx, confirmations = await fetch_transaction(rpc, txid_hex, blockhash)
+    tx, confirmations, in_block = await fetch_transaction(rpc, txid_hex, blockhash)
     if confirmations < 1 and not unconfirmed:
         raise PaymentError(f"transaction {txid_hex} is not in a block yet (record it once "
                            "confirmed, or pass --unconfirmed)")
-    return await record_transactions(store, [tx], network, address_of, clock)
+    block = None
+    if confirmations >= 1 and in_block:
+        try:
+            header = await rpc.call("getblockheader", in_block)
+            block = (in_block, int(header["height"]))
+        except Exception as exc:  # the RPC client's own error types
+            raise PaymentError(f"getblockheader {in_block}: {exc}") from None
+    return await record_transactions(store, [tx], network, address_of, clock, block)
 
 
 class PaymentWatcher:
     """Records payouts seen in new blocks of the best chain (the reconcile loop calls `scan`).
 
-    Bounded: it starts `lookback` blocks below the tip, fetches at most `max_blocks` per call,
-    and fetches none while nothing is owed. Its position is kept in memory only: after a
-    restart it looks back again, and the (txid, account) check keeps that harmless.
+    Bounded: it starts `lookback` blocks below the tip on a ledger it never scanned (else at the
+    position kept in the ledger), fetches at most `max_blocks` per call, and fetches none while
+    nothing is owed. Each call first checks that the blocks of the payments recorded in the
+    last `lookback` blocks are still on the best chain, and flags those that are not.
     """
+
+    POSITION = "payments"  # its row in scan_positions
 
     def __init__(self, store: LedgerStore, network: Network, address_of: AddressOf, *,
                  lookback: int = SCAN_LOOKBACK_BLOCKS, max_blocks: int = SCAN_MAX_BLOCKS,
@@ -175,6 +210,7 @@ class PaymentWatcher:
         self.max_blocks = max_blocks
         self.clock = clock
         self.scanned: int | None = None  # height of the last block looked at
+        self._scanned_hash: str | None = None
 
     async def tip_height(self, node: NodeClient) -> int:
         # The genesis block's confirmations count the whole best chain (no extra RPC method).
@@ -185,21 +221,84 @@ class PaymentWatcher:
 
     async def scan(self, node: NodeClient) -> list[Payment]:
         tip = await self.tip_height(node)
-        if self.scanned is None or self.scanned > tip:  # first call, or the chain got shorter
-            self.scanned = max(-1, tip - self.lookback)
-        if self.scanned >= tip:
+        await self.check_reorgs(node, tip)
+        start = await self._position(node, tip)
+        if start >= tip:
             return []
         if not await _owed_scripts(self.store, self.network, self.address_of):
-            self.scanned = tip
+            await self._advance(tip, await node.getblockhash(tip))
             return []
         found: list[Payment] = []
-        for height in range(self.scanned + 1, min(tip, self.scanned + self.max_blocks) + 1):
-            raw = await node.getblock(await node.getblockhash(height), 0)
+        for height in range(start + 1, min(tip, start + self.max_blocks) + 1):
+            hash_hex = await node.getblockhash(height)
+            raw = await node.getblock(hash_hex, 0)
             _, txs = await asyncio.to_thread(parse_block, bytes.fromhex(str(raw)))
             found += await record_transactions(self.store, txs[1:], self.network,
-                                               self.address_of, self.clock)
-            self.scanned = height
+                                               self.address_of, self.clock, (hash_hex, height))
+            await self._advance(height, hash_hex)
         return found
+
+    async def _advance(self, height: int, hash_hex: str) -> None:
+        await self.store.set_scan_position(self.POSITION, height, hash_hex)
+        self.scanned, self._scanned_hash = height, hash_hex
+
+    async def _position(self, node: NodeClient, tip: int) -> int:
+        """The height of the last block scanned that is still on the best chain: the kept
+        position, walked back to the fork when a reorg took it off (the new branch is then
+        scanned); `lookback` below the tip on a ledger never scanned."""
+        if self._scanned_hash is None:
+            rows = await self.store.query(schema.SCAN_POSITION, self.POSITION)
+            if not rows:
+                self.scanned = max(-1, tip - self.lookback)
+                return self.scanned
+            self.scanned, self._scanned_hash = int(rows[0][0]), str(rows[0][1])
+        hash_hex = self._scanned_hash
+        for _ in range(self.lookback + 1):
+            header = await node.getblockheader(hash_hex)
+            if header is None:
+                break
+            if int(header.get("confirmations", -1)) >= 0:
+                height = int(header["height"])
+                if hash_hex != self._scanned_hash:
+                    log.warning("payments: scanned block %s left the best chain; scanning "
+                                "again from the fork at height %d", self._scanned_hash, height)
+                    await self._advance(height, hash_hex)
+                return height
+            prev = header.get("previousblockhash")
+            if not isinstance(prev, str):
+                break
+            hash_hex = prev
+        start = max(-1, tip - self.lookback)
+        log.warning("payments: the node does not have the scanned block %s on its best chain "
+                    "within %d blocks; scanning from height %d", self._scanned_hash,
+                    self.lookback, start + 1)
+        await self._advance(start, await node.getblockhash(max(0, start)))
+        return start
+
+    async def check_reorgs(self, node: NodeClient, tip: int) -> list[tuple[str, str]]:
+        """Flag payments recorded from a block of the last `lookback` that is no longer on the
+        best chain: they stop counting as paid (until seen again in a block). Returns the
+        (txid, account) pairs flagged."""
+        by_block: dict[str, list[tuple[str, str, int]]] = {}
+        for txid, account, block_hash, height, orphaned_at in await self.store.query(
+                schema.PAYMENT_BLOCKS):
+            if block_hash is not None and orphaned_at is None and height is not None \
+                    and int(height) > tip - self.lookback:
+                by_block.setdefault(str(block_hash), []).append(
+                    (str(txid), str(account), int(height)))
+        flagged: list[tuple[str, str]] = []
+        for block_hash, rows in by_block.items():
+            header = await node.getblockheader(block_hash)
+            if header is not None and int(header.get("confirmations", -1)) >= 0:
+                continue
+            for txid, account, height in rows:
+                await self.store.set_payment_block(txid, account, block_hash, height,
+                                                   self.clock())
+                flagged.append((txid, account))
+                log.warning("payments: block %s at height %d, which held payment %s to %s, is "
+                            "no longer on the best chain: the payment no longer counts as "
+                            "paid until it confirms again", block_hash, height, txid, account)
+        return flagged
 
 
 def render_payouts(rows: Sequence[tuple[str, int, int, int]],

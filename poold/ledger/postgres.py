@@ -501,9 +501,25 @@ class PostgresStore:
 
         return await self._with(q)
 
-    async def add_payment(self, account: str, amount: int, txid_hex: str, time: float) -> None:
+    async def add_payment(self, account: str, amount: int, txid_hex: str, time: float,
+                          block_hash_hex: str | None = None, height: int | None = None) -> None:
         async def body(conn: Any) -> None:
-            await conn.execute(_q(schema.INSERT_PAYMENT), account, amount, txid_hex, time)
+            await conn.execute(_q(schema.INSERT_PAYMENT), account, amount, txid_hex, time,
+                               block_hash_hex, height)
+
+        await self._with(body)
+
+    async def set_payment_block(self, txid_hex: str, account: str, block_hash_hex: str | None,
+                                height: int | None, orphaned_at: float | None) -> None:
+        async def body(conn: Any) -> None:
+            await conn.execute(_q(schema.SET_PAYMENT_BLOCK), block_hash_hex, height,
+                               orphaned_at, txid_hex, account)
+
+        await self._with(body)
+
+    async def set_scan_position(self, name: str, height: int, hash_hex: str) -> None:
+        async def body(conn: Any) -> None:
+            await conn.execute(_q(schema.UPSERT_SCAN_POSITION), name, height, hash_hex)
 
         await self._with(body)
 

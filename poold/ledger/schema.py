@@ -177,6 +177,20 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE chain_links ADD COLUMN batch_id TEXT",
         "CREATE UNIQUE INDEX chain_links_batch ON chain_links (batch_id)",
     ),
+    (
+        # v7: a payment seen in a block names it (and its height), so one recorded from a
+        # block that a reorg later took off the best chain is flagged (`orphaned_at`) and no
+        # longer counts as paid until the transaction confirms again (poold.ledger.payments).
+        # The payment watcher's scan position is kept here, so a restart resumes where it
+        # stopped rather than looking back a fixed number of blocks.
+        "ALTER TABLE payments ADD COLUMN block_hash_hex TEXT",
+        "ALTER TABLE payments ADD COLUMN height INTEGER",
+        "ALTER TABLE payments ADD COLUMN orphaned_at {float}",
+        """CREATE TABLE scan_positions (
+            name TEXT PRIMARY KEY,
+            height INTEGER NOT NULL,
+            hash_hex TEXT NOT NULL)""",
+    ),
 )
 
 BUCKET_S = 10.0  # must match the {bucket} expression above
@@ -221,7 +235,8 @@ UPSERT_SUBMIT = (
 INSERT_EVENT = "INSERT INTO block_events (block_hash_hex, time, event, detail) VALUES (?, ?, ?, ?)"
 INSERT_CREDIT = ("INSERT INTO credits (block_hash_hex, account, amount, kind, time)"
                  " VALUES (?, ?, ?, ?, ?) ON CONFLICT (block_hash_hex, account, kind) DO NOTHING")
-INSERT_PAYMENT = "INSERT INTO payments (account, amount, txid_hex, time) VALUES (?, ?, ?, ?)"
+INSERT_PAYMENT = ("INSERT INTO payments (account, amount, txid_hex, time, block_hash_hex, height)"
+                  " VALUES (?, ?, ?, ?, ?, ?)")
 INSERT_ENERGY = ("INSERT INTO energy (worker, rack, t_start, t_end, joules)"
                  " VALUES (?, ?, ?, ?, ?)")
 UPDATE_BLOCK = "UPDATE blocks SET status = ?, confirmations = ?, checked_at = ? WHERE hash_hex = ?"
@@ -274,8 +289,17 @@ BALANCES = (
     "SELECT c.account, SUM(c.amount) FROM credits c JOIN blocks b ON b.hash_hex = c.block_hash_hex"
     " WHERE c.kind IN ({kinds}) AND b.status NOT IN ('orphaned', 'rejected') GROUP BY c.account")
 CREDITS_FOR = "SELECT account, amount FROM credits WHERE block_hash_hex = ? AND kind = ?"
-PAID = "SELECT account, SUM(amount) FROM payments GROUP BY account"
+PAID = "SELECT account, SUM(amount) FROM payments WHERE orphaned_at IS NULL GROUP BY account"
 PAYMENTS = "SELECT account, amount, txid_hex, time FROM payments ORDER BY id"
+# v7: where each payment was seen, and the watcher's position (poold.ledger.payments).
+PAYMENT_BLOCKS = ("SELECT txid_hex, account, block_hash_hex, height, orphaned_at FROM payments"
+                  " ORDER BY id")
+SET_PAYMENT_BLOCK = ("UPDATE payments SET block_hash_hex = ?, height = ?, orphaned_at = ?"
+                     " WHERE txid_hex = ? AND account = ?")
+SCAN_POSITION = "SELECT height, hash_hex FROM scan_positions WHERE name = ?"
+UPSERT_SCAN_POSITION = (
+    "INSERT INTO scan_positions (name, height, hash_hex) VALUES (?, ?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET height = excluded.height, hash_hex = excluded.hash_hex")
 ENERGY_BETWEEN = ("SELECT worker, rack, t_start, t_end, joules FROM energy"
                   " WHERE t_start >= ? AND t_start < ? ORDER BY t_start, id")
 

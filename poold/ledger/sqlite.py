@@ -456,9 +456,21 @@ class SqliteStore:
 
         return await self._call(q)
 
-    async def add_payment(self, account: str, amount: int, txid_hex: str, time: float) -> None:
+    async def add_payment(self, account: str, amount: int, txid_hex: str, time: float,
+                          block_hash_hex: str | None = None, height: int | None = None) -> None:
         await self._call(lambda conn: self._tx(conn, lambda c: c.execute(
-            _q(schema.INSERT_PAYMENT), (account, amount, txid_hex, time)), durable=True))
+            _q(schema.INSERT_PAYMENT), (account, amount, txid_hex, time, block_hash_hex,
+                                        height)), durable=True))
+
+    async def set_payment_block(self, txid_hex: str, account: str, block_hash_hex: str | None,
+                                height: int | None, orphaned_at: float | None) -> None:
+        await self._call(lambda conn: self._tx(conn, lambda c: c.execute(
+            _q(schema.SET_PAYMENT_BLOCK), (block_hash_hex, height, orphaned_at, txid_hex,
+                                           account)), durable=True))
+
+    async def set_scan_position(self, name: str, height: int, hash_hex: str) -> None:
+        await self._call(lambda conn: self._tx(conn, lambda c: c.execute(
+            _q(schema.UPSERT_SCAN_POSITION), (name, height, hash_hex))))
 
     async def paid(self) -> dict[str, int]:
         return await self._call(

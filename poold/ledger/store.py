@@ -170,7 +170,19 @@ class LedgerStore(Protocol):
         """Sum of credits per account over the given kinds, for blocks not orphaned/rejected."""
         ...
 
-    async def add_payment(self, account: str, amount: int, txid_hex: str, time: float) -> None:
+    async def add_payment(self, account: str, amount: int, txid_hex: str, time: float,
+                          block_hash_hex: str | None = None, height: int | None = None) -> None:
+        """Record a payment (durably), with the block it was seen in if known."""
+        ...
+
+    async def set_payment_block(self, txid_hex: str, account: str, block_hash_hex: str | None,
+                                height: int | None, orphaned_at: float | None) -> None:
+        """Move a recorded payment to the block it is now in, or flag it orphaned (its block
+        left the best chain: it no longer counts as paid), durably."""
+        ...
+
+    async def set_scan_position(self, name: str, height: int, hash_hex: str) -> None:
+        """Where a chain scanner (`name`) got to; read back with schema.SCAN_POSITION."""
         ...
 
     async def paid(self) -> dict[str, int]: ...

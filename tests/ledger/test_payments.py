@@ -196,3 +196,97 @@ def test_account_addresses() -> None:
     assert address_of(a) == a  # an address is its own account
     assert address_of("alice") == a
     assert address_of("bob") is None  # a plain name with no address: never matched
+
+
+async def test_watcher_resumes_from_its_kept_position_after_a_restart(
+    devnet: Any, tmp_path: Path
+) -> None:
+    """The scan position is in the ledger: a new watcher (a restart) reads on from it, neither
+    from its lookback (it would miss a payment further back) nor from zero."""
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    store = open_store(url)
+    await store.open()
+    a = addr()
+    await owe(url, {a: 30_000})
+    await devnet.generate(101)
+    calls: list[str] = []
+
+    class CountingNode(NodeReader):
+        async def getblock(self, hash_hex: str, verbosity: int) -> Any:
+            calls.append(hash_hex)
+            return await super().getblock(hash_hex, verbosity)
+
+    rpc = RpcClient(devnet.rpc_url, user=devnet.rpc_user, password=devnet.rpc_password)
+    await rpc.start()
+    try:
+        node = CountingNode([rpc])
+
+        def watcher() -> payments.PaymentWatcher:
+            return payments.PaymentWatcher(store, REGTEST, payments.account_addresses(REGTEST),
+                                           lookback=5, max_blocks=50)
+
+        first = watcher()
+        await first.scan(node)
+        assert first.scanned == devnet.height
+        # While "down": a payment, then more blocks than the lookback.
+        txid = await devnet.send_test_transaction(outputs=[(a, 30_000)])
+        await devnet.generate(12)
+        calls.clear()
+        again = watcher()
+        found = await again.scan(node)
+        assert [(p.account, p.amount, p.txid_hex) for p in found] == [(a, 30_000, txid)]
+        assert len(calls) == 12 and again.scanned == devnet.height  # only the new blocks
+        assert await store.paid() == {a: 30_000}
+    finally:
+        await rpc.close()
+        await store.close()
+
+
+async def test_a_payment_from_an_orphaned_block_is_flagged_until_it_confirms_again(
+    devnet: Any, ledger_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from poold.ledger import schema
+    from tests.ledger.chain import mine
+
+    a = addr()
+    await owe(ledger_url, {a: 40_000})
+    await devnet.generate(101)
+    txid = await devnet.send_test_transaction(outputs=[(a, 40_000)])
+    parent = devnet.tip_hash_hex
+    [paid_in] = await devnet.generate(1)
+    h = devnet.height
+    store = open_store(ledger_url)
+    await store.open()
+    rpc = RpcClient(devnet.rpc_url, user=devnet.rpc_user, password=devnet.rpc_password)
+    await rpc.start()
+    node = NodeReader([rpc])
+    watcher = payments.PaymentWatcher(store, REGTEST, payments.account_addresses(REGTEST),
+                                      lookback=10)
+    try:
+        assert [p.txid_hex for p in await watcher.scan(node)] == [txid]
+        assert await payouts(capsys, ledger_url) == {a: (40_000, 0)}
+
+        # A longer rival branch from the block's parent, without the payment: a reorg.
+        t = int((await rpc.call("getblockheader", parent))["time"]) + 1
+        prev = parent
+        for k in (1, 2):
+            rival = mine(h - 1 + k, prev, [(b"\x51", 1000)], tag=b"/rival/", ntime=t + k)
+            await devnet.submit_block(rival.raw)
+            prev = rival.found.hash_hex
+        assert devnet.tip_hash_hex == prev
+        await watcher.scan(node)
+        [(_t, _a, block_hash, _h, orphaned_at)] = await store.query(schema.PAYMENT_BLOCKS)
+        assert block_hash == paid_in and orphaned_at is not None
+        assert await payouts(capsys, ledger_url) == {a: (0, 40_000)}  # owed again, visibly
+        assert watcher.scanned == h + 1  # the new branch was scanned
+
+        # The transaction is back in the mempool: mined again, the payment counts again.
+        [again] = await devnet.generate(1)
+        await watcher.scan(node)
+        [(_t, _a, block_hash, height, orphaned_at)] = await store.query(schema.PAYMENT_BLOCKS)
+        assert (block_hash, height, orphaned_at) == (again, h + 2, None)
+        assert await payouts(capsys, ledger_url) == {a: (40_000, 0)}
+        assert len(await store.payments()) == 1  # moved, never counted twice
+    finally:
+        await rpc.close()
+        await store.close()

@@ -146,11 +146,15 @@ async def test_sqlite_unusable_path_is_store_unavailable(tmp_path: Path) -> None
         await store.open()
 
 
-# What v5 (the hash chain) added, undone.
+# What v5 (the hash chain), v6 (spilled batch ids, on chain_links) and v7 (payment blocks, the
+# scan position) added, undone.
 UNDO_V5 = ["DROP TABLE chain_links", "ALTER TABLE shares DROP COLUMN link",
            "ALTER TABLE credits DROP COLUMN link", "ALTER TABLE blocks DROP COLUMN chain_head",
            "ALTER TABLE blocks DROP COLUMN settings",
-           "ALTER TABLE blocks DROP COLUMN payout_window"]
+           "ALTER TABLE blocks DROP COLUMN payout_window",
+           "ALTER TABLE payments DROP COLUMN block_hash_hex",
+           "ALTER TABLE payments DROP COLUMN height",
+           "ALTER TABLE payments DROP COLUMN orphaned_at", "DROP TABLE scan_positions"]
 
 
 async def downgrade_to_v1(url: str) -> None:
