@@ -46,6 +46,7 @@ from poold.fleet.runtime import FleetRuntime
 from poold.fleet.share_relay import ShareRelayReceiver, ShareRelaySender
 from poold.ledger import Ledger, LedgerConfig
 from poold.ledger.payouts import fee_ppm
+from poold.lifetime import Lifetime
 from poold.metrics import Metrics
 from poold.node.nodes import NodeSet
 from poold.node.reader import NodeReader
@@ -358,74 +359,69 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
         metrics.enable_per_worker(
             lambda: ((c.worker, c.accepted_difficulty) for c in server.connections if c.worker),
             cfg.metrics.per_worker_max)
-    api: AdminApi | None = None
-    await ledger.start()
     try:
-        try:
-            await nodes.start()
-        except (NodeCheckError, NodeUnavailable) as exc:
-            log.error("bitcoind check failed: %s", exc)
-            return 1
-        # The first template reaches the pool through the subscription (split payouts plan it
-        # asynchronously first): listen once there is work to hand out, or say why not.
-        try:
-            async with asyncio.timeout(FIRST_TEMPLATE_S):
-                await server.has_work.wait()
-        except TimeoutError:
-            log.warning("no block template within %.0f s of start; listening anyway (miners get "
-                        "work as soon as one arrives; /readyz says template=false until then)",
-                        FIRST_TEMPLATE_S)
-        if relay_in is not None:
+        # One owner for every long-lived task (poold.lifetime): started in dependency order,
+        # stopped in the reverse one (docs/DESIGN.md, "Processes and tasks").
+        async with Lifetime() as life:
+            await ledger.start()  # replays its block journal before anything can find a block
+            life.on_close(ledger.stop)
+            if pool.planning is not None:  # split: plans use the ledger, templates feed them
+                life.on_close(pool.planning.aclose)
+            life.start(nodes.run(), "nodes")
+            await nodes.started.wait()  # checked (a wrong chain ends serve()) and a template
+            # The first template reaches the pool through the subscription (split payouts plan
+            # it asynchronously first): listen once there is work to hand out, or say why not.
             try:
-                await relay_in.start()
-            except OSError as exc:  # e.g. a state_dir path too long for a unix socket name
-                log.error("share relay unavailable (%s): the fleet controller sees only "
-                          "worker 0's shares", exc)
-                relay_in = None
-        backend = DaemonBackend(pool, ledger, fleet,
-                                fleet_elsewhere=cfg.fleet is not None and fleet is None,
-                                refresh_s=cfg.templates.refresh_s)
-        if worker is not None:
-
-            backend.peers = PeerStatus(cfg, worker)
-        api = AdminApi(backend, metrics.registry,
-                       read_tokens=cfg.api.read_tokens, write_tokens=cfg.api.write_tokens)
-        # The API binds first: if its port is taken, the process fails before it holds miners
-        # (which a failure after listening would disconnect, every one of them).
-        await api.start(*cfg.api.listen)
-        await server.start(listen_sockets().get("stratum"))
-        # Start-up objects (config, jobs, drivers) live as long as the process: keep them out
-        # of the collector's generations (140-210 ms GC pauses were measured at 10k miners).
-        gc.collect()
-        gc.freeze()
-        notifier.ready(f"stratum on {', '.join(server.addresses)}")
-        log.info("poold running: %s", ", ".join(server.addresses))
-        async with asyncio.TaskGroup() as tg:
-            # The long-lived loops of this process, cancelled together once the miners drained.
-            loops = [tg.create_task(server.run_sweeper(), name="stratum-sweeper"),
-                     tg.create_task(_watchdog(notifier), name="systemd-watchdog"),
-                     tg.create_task(_reload_loop(pool, cfg, hup, fleet, ledger, worker),
-                                    name="config-reload")]
+                async with asyncio.timeout(FIRST_TEMPLATE_S):
+                    await server.has_work.wait()
+            except TimeoutError:
+                log.warning("no block template within %.0f s of start; listening anyway (miners "
+                            "get work as soon as one arrives; /readyz says template=false until "
+                            "then)", FIRST_TEMPLATE_S)
+            if relay_in is not None:
+                try:
+                    await relay_in.start()
+                    life.on_close(relay_in.stop)
+                except OSError as exc:  # e.g. a state_dir path too long for a unix socket name
+                    log.error("share relay unavailable (%s): the fleet controller sees only "
+                              "worker 0's shares", exc)
+            backend = DaemonBackend(pool, ledger, fleet,
+                                    fleet_elsewhere=cfg.fleet is not None and fleet is None,
+                                    refresh_s=cfg.templates.refresh_s)
+            if worker is not None:
+                backend.peers = PeerStatus(cfg, worker)
+            api = AdminApi(backend, metrics.registry,
+                           read_tokens=cfg.api.read_tokens, write_tokens=cfg.api.write_tokens)
+            # The API binds first: if its port is taken, the process fails before it holds
+            # miners (which a failure after listening would disconnect, every one of them).
+            await api.start(*cfg.api.listen)
+            life.on_close(api.stop)
+            await server.start(listen_sockets().get("stratum"))
+            # Start-up objects (config, jobs, drivers) live as long as the process: keep them
+            # out of the collector's generations (140-210 ms GC pauses were measured at 10k
+            # miners).
+            gc.collect()
+            gc.freeze()
+            notifier.ready(f"stratum on {', '.join(server.addresses)}")
+            log.info("poold running: %s", ", ".join(server.addresses))
+            life.start(server.run_sweeper(), "stratum-sweeper")
+            life.start(_watchdog(notifier), "systemd-watchdog")
+            life.start(_reload_loop(pool, cfg, hup, fleet, ledger, worker), "config-reload")
             if owns_singletons(worker):
-                loops.append(tg.create_task(ledger.reconcile_forever(NodeReader.of(nodes)),
-                                            name="ledger-reconcile"))
+                life.start(ledger.reconcile_forever(NodeReader.of(nodes)), "ledger-reconcile")
             if backend.peers is not None:
-                loops.append(tg.create_task(backend.peers.run(), name="worker-status"))
+                life.start(backend.peers.run(), "worker-status")
             if relay_out is not None:
-                loops.append(tg.create_task(relay_out.run(), name="share-relay"))
-                loops.append(tg.create_task(
-                    CurtailedFollower(curtailed_path(cfg)).run(server, server.clock),
-                    name="fleet-curtailed"))
-            if fleet is not None:
-                loops.append(tg.create_task(
-                    _run_fleet(fleet, backend, ledger=ledger, server=server,
-                               server_clock=server.clock,
-                               curtailed_file=curtailed_path(cfg) if worker is not None
-                               else None),
-                    name="fleet"))
+                life.start(relay_out.run(), "share-relay")
+                life.start(CurtailedFollower(curtailed_path(cfg)).run(server, server.clock),
+                           "fleet-curtailed")
+            if fleet is not None:  # cancelled or failed, its run() leaves the safe cap
+                life.start(_run_fleet(fleet, backend, ledger=ledger, server=server,
+                                      server_clock=server.clock,
+                                      curtailed_file=curtailed_path(cfg)
+                                      if worker is not None else None), "fleet")
                 log.info("fleet controller running: %d miners in %d racks",
-                         len(cfg.fleet.miners) if cfg.fleet else 0,
-                         len(cfg.fleet.racks) if cfg.fleet else 0)
+                         len(fleet.cfg.miners), len(fleet.cfg.racks))
             await stop.wait()
             log.info("shutting down: stop listening, reconnect miners, drain")
             notifier.stopping()
@@ -433,22 +429,23 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
                 await asyncio.gather(server.shutdown(), fleet.stop(FLEET_STOP_S))
             else:
                 await server.shutdown()
-            for task in loops:
-                task.cancel()
-        return 0
+            # Leaving the block stops the rest, last started first: the loops and the fleet,
+            # the API, the relay, the nodes, the split planner, then the ledger's last flush.
+    except BaseExceptionGroup as group:
+        bad_node = group.subgroup((NodeCheckError, NodeUnavailable))
+        if bad_node is not None and bad_node.exceptions == group.exceptions:
+            log.error("bitcoind check failed: %s", bad_node.exceptions[0])
+            return 1
+        if len(group.exceptions) == 1:  # the failure itself, as serve() raised it before
+            raise group.exceptions[0] from None
+        raise
     finally:
-        if fleet is not None:  # also on an error path: leave the miners at the safe cap
-            await fleet.stop(FLEET_STOP_S)
-        if relay_in is not None:
-            await relay_in.stop()
-        if api is not None:
-            await api.stop()
-        await nodes.stop()
-        if pool.planning is not None:
-            await pool.planning.aclose()
-        await ledger.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
         notifier.close()
         log.info("poold stopped")
+    return 0
 
 
 async def _run_fleet(fleet: FleetRuntime, backend: DaemonBackend, **kw: Any) -> None:

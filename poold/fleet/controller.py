@@ -194,8 +194,10 @@ class FleetController:
             unanswered=sum(m.inflight for m in self.miners.values()),
             site_w=self.proj.node_power(now)[self.cfg.site],
             safe_w=self.budgets.caps()[self.cfg.site].watts)
-        disp.cancel_all()
-        self.guard.grid.cancel()
+        # The commands and reads still in flight are this controller's tasks: none outlives it.
+        cancelled = disp.cancel_all() + self.guard.grid.cancel()
+        if cancelled:
+            await asyncio.wait(cancelled)
         for m in self.miners.values():
             try:
                 await m.driver.close()

@@ -129,9 +129,12 @@ class Dispatcher:
         """No increases from now on (shutdown: the way out only goes down)."""
         self._ramp_tokens, self._ramp_at = 0.0, now
 
-    def cancel_all(self) -> None:
-        for t in list(self._tasks):
+    def cancel_all(self) -> list[asyncio.Task[None]]:
+        """Cancel every command and poll in flight; the caller awaits the returned tasks."""
+        tasks = list(self._tasks)
+        for t in tasks:
             t.cancel()
+        return tasks
 
     @property
     def busy(self) -> bool:

@@ -190,11 +190,12 @@ class GridResponse:
 
     # -- the deadline, on the meters -------------------------------------------------------
 
-    def cancel(self) -> None:
-        """Stop watching (shutdown)."""
-        for t in [self._task, *self._reads]:
-            if t is not None:
-                t.cancel()
+    def cancel(self) -> list[asyncio.Task[None]]:
+        """Stop watching (shutdown); the caller awaits the returned tasks."""
+        tasks = [t for t in [self._task, *self._reads] if t is not None]
+        for t in tasks:
+            t.cancel()
+        return tasks
 
     def poll_started(self, m: MinerState) -> None:
         """Read one miner in the background (the watch loop does not wait for slow reads)."""

@@ -16,7 +16,6 @@ same inventory.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -90,7 +89,6 @@ class FleetRuntime:
             metrics.controller_command_seconds.labels(kind)
         self._samples: list[Any] = []
         self._curtailed_racks: set[str] = set()
-        self._task: asyncio.Task[None] | None = None
         self.stopped = False
 
     @classmethod
@@ -153,25 +151,25 @@ class FleetRuntime:
     async def run(self, *, ledger: PowerLedger | None = None, server: Sessions | None = None,
                   server_clock: Callable[[], float] = time.time,
                   curtailed_file: Path | None = None) -> None:
-        """The controller until `stop()`, with the energy and session bridges (and, with
-        `curtailed_file`, the curtailed set published for the other worker processes)."""
+        """The controller (until `stop()`) and the energy and session bridges (and, with
+        `curtailed_file`, the curtailed set published for the other worker processes) in this
+        task's TaskGroup, until cancelled; on the way out, cancelled or failed, the safe cap
+        (`stop()`, which the daemon has usually done already while the miners drained)."""
         publish = CurtailedPublisher(curtailed_file) if curtailed_file is not None else None
-        async with asyncio.TaskGroup() as tg:
-            bridges = []
-            if ledger is not None:
-                bridges.append(tg.create_task(self._energy_loop(ledger), name="fleet-energy"))
-            if server is not None:
-                bridges.append(tg.create_task(self._session_loop(server, server_clock, publish),
-                                              name="fleet-sessions"))
-            self._task = tg.create_task(self.controller.run(), name="fleet-controller")
-            try:
-                await self._task
-            finally:
-                for b in bridges:
-                    b.cancel()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                if ledger is not None:
+                    tg.create_task(self._energy_loop(ledger), name="fleet-energy")
+                if server is not None:
+                    tg.create_task(self._session_loop(server, server_clock, publish),
+                                   name="fleet-sessions")
+                await self.controller.run()  # returns once stop() asked it to
+        finally:
+            await self.stop()
 
     async def stop(self, timeout_s: float = 5.0) -> None:
-        """Safe cap on every miner (the commands sent, bounded by `timeout_s`), loops ended."""
+        """Safe cap on every miner (the commands sent, bounded by `timeout_s`); the controller's
+        loop in `run()` ends at its next tick. Idempotent: `run()` calls it on its way out."""
         if self.stopped:
             return
         self.stopped = True
@@ -181,13 +179,6 @@ class FleetRuntime:
                 self.controller.stop(settle_timeout_s=timeout_s * 0.8), timeout_s)
         except TimeoutError:
             log.error("fleet: safe-cap commands not all acknowledged within %.1f s", timeout_s)
-        if self._task is not None and not self._task.done():
-            # run() leaves its loop at the next guard tick; don't wait longer than that.
-            done, _ = await asyncio.wait({self._task}, timeout=self.cfg.guard_interval_s + 0.5)
-            if not done:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
         if report is None:
             return
         if report.failed or report.unanswered or report.site_w > report.safe_w + 1e-6:

@@ -43,6 +43,7 @@ from poold.bitcoin.byteorder import hash_from_hex, hash_to_hex
 from poold.bitcoin.encoding import sha256d
 from poold.bitcoin.template import Template, TemplateError, empty_template_for_tip, parse_gbt
 from poold.config import default
+from poold.lifetime import start_in_background, stop_background
 from poold.node.rpc import (
     RPC_IN_WARMUP,
     Backoff,
@@ -199,8 +200,10 @@ class NodeSet:
         self._latest_seq = -1
         self._seq = itertools.count()
         self._inflight: set[str] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tg: asyncio.TaskGroup | None = None  # run()'s, while the loops run
+        self._runner: asyncio.Task[None] | None = None  # start()'s task
         self._stopping = False
+        self.started = asyncio.Event()  # the first template is published, the loops run
         self._throttle = ThrottledLog(log)
         self.tip_changes = 0
         if metrics is not None:
@@ -250,13 +253,40 @@ class NodeSet:
                 return node.listener
         raise KeyError(name)
 
-    async def start(self) -> None:
-        """Check every node, get the first template, start the background loops.
+    async def run(self) -> None:
+        """Check every node, publish the first template (then `started` is set), and run the
+        health, poll, ZMQ and refresh loops in this task's TaskGroup until cancelled; the RPC
+        clients are closed on the way out (docs/DESIGN.md, "Processes and tasks").
 
         Raises NodeCheckError if a node is on the wrong chain (a configuration error), and
         NodeUnavailable if no node can give a template. Nodes that are merely unreachable are
         retried in the background.
         """
+        self._stopping = False
+        self.started.clear()
+        try:
+            await self._open()
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                for node in self._nodes:
+                    self._spawn(self._health_loop(node), f"health-{node.name}")
+                    self._spawn(self._poll_loop(node), f"poll-{node.name}")
+                    if node.spec.zmq_hashblock:
+                        node.listener = HashblockListener(
+                            node.name, node.spec.zmq_hashblock, self._zmq_callback(node),
+                            on_disconnect=node.wake.set, context=self._zmq_context,
+                            on_connect=functools.partial(self._sign_of_life, node),
+                        )
+                        self._spawn(node.listener.run(), f"zmq-{node.name}")
+                self._spawn(self._refresh_loop(), "template-refresh")
+                self.started.set()
+        finally:
+            self._stopping = True
+            self._tg = None
+            for node in self._nodes:
+                await node.client.close()
+
+    async def _open(self) -> None:
         for spec in self._specs:
             client = RpcClient(
                 spec.rpc_url, name=spec.name, user=spec.rpc_user, password=spec.rpc_password,
@@ -271,41 +301,26 @@ class NodeSet:
         )
         for result in results:
             if isinstance(result, NodeCheckError):
-                await self.stop()
                 raise result
             if isinstance(result, BaseException) and not isinstance(result, Exception):
-                await self.stop()
                 raise result
         ready = [r for r in results if isinstance(r, Template)]
         if not ready:
             errors = "; ".join(f"{n.name}: {n.last_error}" for n in self._nodes)
-            await self.stop()
             raise NodeUnavailable(f"no node can give a block template ({errors})")
         # Configuration order is the operator's preference.
         self._publish(ready[0], next(self._seq))
         if self._metrics is not None:
             self._metrics.add_scrape_hook(self._export_template_age)
-        for node in self._nodes:
-            self._spawn(self._health_loop(node), f"health-{node.name}")
-            self._spawn(self._poll_loop(node), f"poll-{node.name}")
-            if node.spec.zmq_hashblock:
-                node.listener = HashblockListener(
-                    node.name, node.spec.zmq_hashblock, self._zmq_callback(node),
-                    on_disconnect=node.wake.set, context=self._zmq_context,
-                    on_connect=functools.partial(self._sign_of_life, node),
-                )
-                self._spawn(node.listener.run(), f"zmq-{node.name}")
-        self._spawn(self._refresh_loop(), "template-refresh")
+
+    async def start(self) -> None:
+        """`run()` in a task of its own until started (tests, benchmarks, the CLI); `stop()`
+        ends it. The daemon runs `run()` in its Lifetime instead."""
+        self._runner = await start_in_background(self.run(), self.started, "nodes")
 
     async def stop(self) -> None:
-        self._stopping = True
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
-        for node in self._nodes:
-            await node.client.close()
+        runner, self._runner = self._runner, None
+        await stop_background(runner)
 
     async def __aenter__(self) -> NodeSet:
         await self.start()
@@ -375,7 +390,7 @@ class NodeSet:
         self._throttle.clear(f"down-{node.name}")
         if self._metrics is not None:
             self._metrics.node_up.labels(node=node.name).set(1)
-        if not was_up and self._tasks:
+        if not was_up and self._tg is not None:
             log.info("node %s is back", node.name)
 
     def _mark_down(self, node: _Node, error: BaseException) -> None:
@@ -391,7 +406,7 @@ class NodeSet:
         if self._metrics is not None:
             self._metrics.node_up.labels(node=node.name).set(0)
         latest = self._latest
-        if was_up and self._tasks and latest is not None and latest.source == node.name:
+        if was_up and self._tg is not None and latest is not None and latest.source == node.name:
             # The node our work comes from is gone: take the best live node's template now.
             self._spawn(self._failover(), f"failover-{node.name}")
 
@@ -692,17 +707,23 @@ class NodeSet:
             self._metrics.block_submits.labels(node=node.name, result=result).inc()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        if self._stopping:
+        """A loop, or a tip fetch / failover, in run()'s TaskGroup; dropped once stopping."""
+        tg = self._tg
+        if self._stopping or tg is None:
             coro.close()
             return
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        try:
+            tg.create_task(self._contained(coro, name), name=name)
+        except RuntimeError:  # the TaskGroup is shutting down (run() was cancelled)
+            coro.close()
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("node task %s died", task.get_name(), exc_info=task.exception())
+    @staticmethod
+    async def _contained(coro: Coroutine[Any, Any, None], name: str) -> None:
+        # One loop's bug must not take the others (and the NodeSet) down with it: say so.
+        try:
+            await coro
+        except Exception:
+            log.error("node task %s died", name, exc_info=True)
 
 
 async def _first_of(events: Sequence[asyncio.Event], timeout_s: float) -> None:

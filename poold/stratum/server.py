@@ -353,8 +353,10 @@ class StratumServer:
     async def shutdown(self) -> None:
         """Ordered: stop listening, ask miners to reconnect, drain, close, finish block tasks."""
         self.closing = True
+        addresses = self.addresses
         for server in self._servers:
             server.close()
+        log.info("stratum: stopped listening on %s", ", ".join(addresses) or "-")
         s = self.settings
         if s.reconnect_host:
             bye = messages.reconnect(s.reconnect_host, s.reconnect_port or s.port, 0)
