@@ -363,8 +363,8 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
         # One owner for every long-lived task (poold.lifetime): started in dependency order,
         # stopped in the reverse one (docs/DESIGN.md, "Processes and tasks").
         async with Lifetime() as life:
-            await ledger.start()  # replays its block journal before anything can find a block
-            life.on_close(ledger.stop)
+            life.start(ledger.run(), "ledger")
+            await ledger.started.wait()  # its block journal replayed before a block is found
             if pool.planning is not None:  # split: plans use the ledger, templates feed them
                 life.on_close(pool.planning.aclose)
             life.start(nodes.run(), "nodes")

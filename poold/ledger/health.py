@@ -63,8 +63,9 @@ class StoreHealth:
         self.healthy = False
         self.reason = reason
 
-    async def bounded(self, work: Awaitable[T], limit_s: float, name: str) -> T:
-        """`work`, but no longer than `limit_s`: past it the work is cancelled and left to end
+    async def bounded(self, work: Awaitable[T], limit_s: float | None, name: str) -> T:
+        """`work`, but no longer than `limit_s` (None: no limit; a cancel still does not wait
+        for it): past it the work is cancelled and left to end
         on its own (a driver may take long to honour a cancel: asyncio.timeout would wait for
         it), and TimeoutError is raised."""
         task = asyncio.ensure_future(work)

@@ -43,7 +43,7 @@ from poold.ledger import audit, chain, journal, payments, payouts
 from poold.ledger.blocks import BlockRecorder
 from poold.ledger.config import LedgerConfig
 from poold.ledger.energy import EnergyMeter, EnergyReport, PowerSample, report
-from poold.ledger.health import PROBE_TIMEOUT_S, StoreHealth, retrieve
+from poold.ledger.health import PROBE_TIMEOUT_S, StoreHealth
 from poold.ledger.planner import PayoutPlanner, payout_key
 from poold.ledger.records import (
     AcceptedShare,
@@ -55,6 +55,7 @@ from poold.ledger.records import (
 )
 from poold.ledger.sharebuffer import ShareBuffer, reason_of
 from poold.ledger.store import LedgerStore, StoreUnavailable, open_store, redact
+from poold.lifetime import start_in_background, stop_background
 from poold.metrics import Metrics
 
 log = logging.getLogger("poold.ledger")
@@ -68,7 +69,7 @@ SPILL_CHECK_S = 0.2
 
 
 class Ledger:
-    """Async front of the ledger. Create, `await start()`, use, `await stop()` (flushes)."""
+    """Async front of the ledger: `run()` in the daemon's Lifetime (or `start()` / `stop()`)."""
 
     def __init__(self, config: LedgerConfig, *, metrics: Metrics | None = None,
                  store: LedgerStore | None = None,
@@ -85,10 +86,8 @@ class Ledger:
         self._store_open = False
         self._health = StoreHealth(self.store, redact(config.effective_url),
                                    self._wake_flusher)
-        self._task: asyncio.Task[None] | None = None
-        self._retention_task: asyncio.Task[None] | None = None
-        self._probe_task: asyncio.Task[None] | None = None
-        self._spill_task: asyncio.Task[None] | None = None
+        self._runner: asyncio.Task[None] | None = None  # start()'s
+        self.started = asyncio.Event()  # run() has opened the ledger and runs its loops
         self._stopping = False
         self._wake = asyncio.Event()
         self._shares = ShareBuffer(config, self.store, self.metrics, clock,
@@ -118,15 +117,47 @@ class Ledger:
 
     # -- life cycle
 
-    async def start(self) -> None:
+    async def run(self) -> None:
         """Load the journal and the share spill, open the store (applying migrations) and
-        replay; start the flusher, the spiller and the store probe.
+        replay; then (`started` set) the flusher, the spiller, the store probe and the retention
+        loop in this task's TaskGroup until cancelled. On the way out the loops end in order
+        (the flusher finishes its cycle), what is buffered is committed or spilled, and the
+        store is closed (docs/DESIGN.md, "Processes and tasks").
 
         A store that is down at start is not fatal: shares buffer (and spill), blocks stay in
         the journal, and the flusher keeps trying to open it.
         """
+        self.started.clear()
         self._stopping = False
         self._wake = asyncio.Event()
+        await self._open()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                flusher = tg.create_task(self._flush_loop(), name="ledger-flush")
+                spiller = tg.create_task(self._spill_loop(), name="ledger-spill")
+                side = [tg.create_task(self._health.run(lambda: self._store_open),
+                                       name="ledger-probe")]
+                if self.config.share_retention_s:
+                    side.append(tg.create_task(self._retention_loop(), name="ledger-retention"))
+                self.started.set()
+                try:
+                    await asyncio.Future()  # until cancelled
+                finally:
+                    await self._end_loops(flusher, spiller, side)
+        finally:
+            await self._close()
+
+    async def start(self) -> None:
+        """`run()` in a task of its own until started (tests, benchmarks, the CLI); `stop()`
+        ends it. The daemon runs `run()` in its Lifetime instead."""
+        self._runner = await start_in_background(self.run(), self.started, "ledger")
+
+    async def stop(self) -> None:
+        """Stop the loops, commit what is buffered (or spill it), close the store."""
+        runner, self._runner = self._runner, None
+        await stop_background(runner)
+
+    async def _open(self) -> None:
         try:
             pending = await self._journal.load()
             spilled = await self._shares.spill.load()
@@ -146,55 +177,39 @@ class Ledger:
             log.error("ledger store %s unavailable at start (%s); buffering shares and "
                       "journaling blocks until it is back", redact(self.config.effective_url),
                       reason_of(exc))
-        self._task = asyncio.create_task(self._flush_loop(), name="ledger-flush")
-        self._spill_task = asyncio.create_task(self._spill_loop(), name="ledger-spill")
-        self._probe_task = asyncio.create_task(self._health.run(lambda: self._store_open),
-                                               name="ledger-probe")
-        if self.config.share_retention_s:
-            self._retention_task = asyncio.create_task(self._retention_loop(),
-                                                       name="ledger-retention")
 
-    async def stop(self) -> None:
-        """Stop the loops, commit what is buffered (or spill it), close the store."""
+    async def _end_loops(self, flusher: asyncio.Task[None], spiller: asyncio.Task[None],
+                         side: list[asyncio.Task[None]]) -> None:
         self._stopping = True
         await self._planner.cancel_refresh()
-        for attr in ("_retention_task", "_probe_task"):
-            task = getattr(self, attr)
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                setattr(self, attr, None)
+        for task in side:  # the probe and the retention loop: nothing to finish
+            task.cancel()
+        await asyncio.wait(side)
         self._wake.set()
-        if self._spill_task is not None:  # ends by itself: a spill in progress completes
-            await self._spill_task
-            self._spill_task = None
-        if self._task is not None:
-            # Let the flusher finish its cycle (a write in flight is completed, not cut off);
-            # only a store hung past the grace period (short when the store is known to be
-            # failing) gets the task cancelled, and a driver slow to honour that is not waited
-            # for: the batch in flight is spilled below with its chain link.
-            grace = _STOP_GRACE_S if self._health.healthy else PROBE_TIMEOUT_S
-            done, _ = await asyncio.wait((self._task,), timeout=grace)
-            if not done:
-                self._task.cancel()
-                done, _ = await asyncio.wait((self._task,), timeout=PROBE_TIMEOUT_S)
-            if done:
-                with contextlib.suppress(asyncio.CancelledError):
-                    self._task.result()
-            else:
-                self._task.add_done_callback(retrieve)
-            self._task = None
+        await asyncio.wait((spiller,))  # ends by itself: a spill in progress completes
+        # Let the flusher finish its cycle (a write in flight is completed, not cut off); only a
+        # store hung past the grace period (short when the store is known to be failing) gets it
+        # cancelled. Its cycle runs bounded (StoreHealth): a driver slow to honour the cancel is
+        # not waited for, and the batch in flight is spilled by _close with its chain link.
+        grace = _STOP_GRACE_S if self._health.healthy else PROBE_TIMEOUT_S
+        done, _ = await asyncio.wait((flusher,), timeout=grace)
+        if not done:
+            flusher.cancel()
+            await asyncio.wait((flusher,))
+
+    async def _close(self) -> None:
         await self._blocks.settle()  # block records still being written
         if not self._store_open:
             with contextlib.suppress(StoreUnavailable, TimeoutError):
                 await self._health.bounded(self._open_store(), PROBE_TIMEOUT_S * 5, "ledger-open")
         if self._store_open and self._health.healthy:
             try:
+                n = self._shares.buffered
                 await self._health.bounded(self._shares.flush(), _STOP_GRACE_S,
                                            "ledger-final-flush")
                 await self._health.bounded(self.flush_energy(), _STOP_GRACE_S,
                                            "ledger-final-energy")
+                log.info("ledger: final flush done (%d buffered shares)", n)
             except (StoreUnavailable, TimeoutError) as exc:
                 log.error("ledger: final flush failed: %s", reason_of(exc))
         if self._shares.in_memory:
@@ -211,6 +226,7 @@ class Ledger:
         if self._store_open:
             self._store_open = False
             await self.store.close()
+            log.info("ledger store %s closed", redact(self.config.effective_url))
 
     async def _open_store(self) -> None:
         if not self._store_open:
@@ -253,7 +269,9 @@ class Ledger:
                 return  # stop() does the final flush
             cycle_start = time.monotonic()
             try:
-                ok = await self._cycle()
+                # In a task of its own, so that a cancel (stop, past the grace) does not wait
+                # on a driver slow to honour it: StoreHealth abandons it and settles it later.
+                ok = await self._health.bounded(self._cycle(), None, "ledger-flush-cycle")
             except Exception:
                 # The flusher must outlive any one bad cycle, or shares would pile up unseen.
                 log.exception("ledger flusher cycle failed; retrying")
