@@ -193,9 +193,11 @@ async def test_outage_spills_shares_and_counts_every_one(proxy: FreezableProxy, 
         assert gauge(metrics, "poold_ledger_spilled_shares") > 0
         assert gauge(metrics, "poold_ledger_pressure") > 1.0  # the pool would raise difficulty
         await proxy.up()
-        await wait_for(lambda: ledger.committed_shares == recorded, 20.0, "all committed",
-                       lambda: (ledger.committed_shares, recorded, ledger.backlog))
-        assert not spill.exists()
+        # The spill file goes right after its last batch is retired, which follows the commit.
+        await wait_for(lambda: ledger.committed_shares == recorded and not spill.exists(), 20.0,
+                       "all committed, the spill file gone",
+                       lambda: (ledger.committed_shares, recorded, ledger.backlog,
+                                spill.exists()))
         assert ledger.pressure() == 1.0
     finally:
         await proxy.up() if proxy._server is None else None
