@@ -314,14 +314,7 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
     controller."""
 
     stop = stop if stop is not None else asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
     hup = asyncio.Event()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGHUP, hup.set)
-    notifier = Notifier()
     metrics = Metrics()
     metrics.native_core.info({"core": sharecore.CORE})
     # Each worker process writes its own share chain (poold.ledger.chain).
@@ -359,6 +352,12 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
         metrics.enable_per_worker(
             lambda: ((c.worker, c.accepted_difficulty) for c in server.connections if c.worker),
             cfg.metrics.per_worker_max)
+    # From here on the handlers are removed again and the notifier closed, whatever happens.
+    loop = asyncio.get_running_loop()
+    for sig, event in ((signal.SIGINT, stop), (signal.SIGTERM, stop), (signal.SIGHUP, hup)):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, event.set)
+    notifier = Notifier()
     try:
         # One owner for every long-lived task (poold.lifetime): started in dependency order,
         # stopped in the reverse one (docs/DESIGN.md, "Processes and tasks").

@@ -10,11 +10,13 @@ on one injected `Clock` (real in production, virtual in tests and the benchmark)
 Work per tick is bounded (`optimize_budget_s`, `max_starts_per_tick`), so a cycle stays short
 at any fleet size; what does not fit follows on the next tick.
 
-Wiring (poold.daemon): ``FleetController(cfg.fleet, build_drivers(cfg.fleet), clock=LoopClock(),
-metrics=metrics, shares=estimator)``; ``await run()`` in the TaskGroup, ``await stop()`` at
-shutdown (leaves the safe cap); the share path calls ``estimator.record(worker, difficulty,
-clock.now())``; vardiff / "worker silent" ask ``is_curtailed(worker)``; the API uses
-``set_cap``, ``budgets.grid_signal``, ``status``, ``action``, ``clear_faulty``.
+Wiring (poold.fleet.runtime.FleetRuntime, run by poold.daemon): ``FleetController(cfg.fleet,
+build_drivers(cfg.fleet), clock=LoopClock(), metrics=metrics, shares=estimator)``; ``await run()``
+in the runtime's TaskGroup, ``await stop()`` at shutdown (leaves the safe cap, and awaits the
+command and poll tasks it cancels: none outlives the controller); the share path calls
+``estimator.record(worker, difficulty, clock.now())``; vardiff / "worker silent" ask
+``is_curtailed(worker)``; the API uses ``set_cap``, ``budgets.grid_signal``, ``status``,
+``action``, ``clear_faulty``.
 """
 
 from __future__ import annotations
