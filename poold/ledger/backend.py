@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from poold.errors import PooldError
-from poold.ledger import schema
+from poold.ledger import chain, schema
 from poold.ledger.records import (
     AcceptedShare,
     BlockEvent,
@@ -61,6 +61,29 @@ class ChainConflict(StoreUnavailable):
     """A share link's (chain, seq) is taken by a different link: another writer shares this
     chain name, or the head the caller hashed from is stale. The caller re-reads the head
     (`chain_head`) and hashes the batch again."""
+
+
+class BatchStored(Exception):
+    """A share batch's id is stored already with another chain link: an earlier attempt of
+    this very batch committed (an answer lost to a timeout, a crash before the spill's `done`
+    line). Raised inside the store's transaction, which then writes nothing."""
+
+
+def settle_link(link: chain.Link, batch_row: Sequence[Any] | None,
+                stored_hash: bytes | None) -> None:
+    """Why `link` was not inserted (schema.INSERT_LINK), from the link row holding its batch
+    id (schema.BATCH_LINK: chain, seq, hash) and the hash stored at its (chain, seq): returns
+    if this very link is stored (a retry); BatchStored if its batch id is stored with another
+    link (an earlier attempt of the batch committed); ChainConflict if (chain, seq) holds
+    another hash."""
+    if batch_row is not None:
+        if (batch_row[0], int(batch_row[1]), bytes(batch_row[2])) == (
+                link.chain, link.seq, link.hash):
+            return
+        raise BatchStored(f"this batch is stored already as link {batch_row[1]} of {batch_row[0]}")
+    if stored_hash is not None and bytes(stored_hash) == link.hash:
+        return
+    raise ChainConflict(f"chain {link.chain} link {link.seq} is taken by another writer")
 
 
 # What a found block commits to (schema v5): chain head, settings JSON, payout window JSON.

@@ -12,8 +12,9 @@ loud log, never dropped in silence.
 
 Share spill (`ledger-spill-<instance>.jsonl`): accepted shares the store has not committed
 within the in-memory window, in numbered batches; a batch is retired by an fsynced `done` line
-once committed. Each batch also carries a random id, stored with its commit (schema v6): a
-crash after the commit and before the `done` line leaves the batch pending, and the store
+once committed. Each batch also carries its random id (given when the flusher formed it, or
+when it was spilled), stored with its commit (schema v6): a commit that landed unanswered, or a
+crash after the commit and before the `done` line, leaves the batch pending, and the store
 recognises the id at the replay instead of paying the batch twice.
 """
 
@@ -176,12 +177,17 @@ class Journal:
         return applied
 
 
+def new_batch_id() -> str:
+    """A share batch's id (schema v6): random, so unique across instances and restarts."""
+    return uuid.uuid4().hex
+
+
 class SpilledBatch(NamedTuple):
     """A pending batch of the share spill."""
 
     seq: int
     shares: list[AcceptedShare]
-    link_hex: str | None  # the link of a commit that went unanswered at shutdown
+    link_hex: str | None  # the link of a commit of it that went unanswered
     batch_id: str | None  # stable and unique: its commit stores it (None: spilled before v6)
 
 
@@ -225,10 +231,11 @@ class ShareSpill:
                     await asyncio.to_thread(_unlink, self.path)
             return self.pending_shares
 
-    async def append(self, shares: Sequence[AcceptedShare], link_hex: str | None = None) -> None:
-        """Append a batch with a new random id; returns once it is fsynced. `link_hex`: the
-        chain link hash of a commit of this batch that went unanswered
-        (poold.ledger.sharebuffer)."""
+    async def append(self, shares: Sequence[AcceptedShare], link_hex: str | None = None,
+                     batch_id: str | None = None) -> None:
+        """Append a batch; returns once it is fsynced. `link_hex`: the chain link hash of a
+        commit of this batch that went unanswered; `batch_id`: the id its commits carry
+        (poold.ledger.sharebuffer; a new random one if None)."""
         if not shares:
             return
         async with self._lock:
@@ -237,7 +244,7 @@ class ShareSpill:
             rows = [(s.instance_id, s.worker, s.account, s.difficulty, s.job_id, s.height,
                      s.time) for s in shares]
             offset, length = await asyncio.to_thread(_spill_append, self.path, seq, rows,
-                                                     link_hex, uuid.uuid4().hex)
+                                                     link_hex, batch_id or new_batch_id())
             self._batches[seq] = (offset, length, len(rows), shares[0].time)
             self.pending_shares += len(rows)
 

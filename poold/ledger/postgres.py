@@ -26,12 +26,13 @@ import asyncpg
 from poold.ledger import chain, schema
 from poold.ledger.backend import (
     SHARE_ROW,
-    ChainConflict,
+    BatchStored,
     Commitment,
     StoreUnavailable,
     assemble_blocks,
     bucket_rows,
     redact,
+    settle_link,
 )
 from poold.ledger.records import (
     AcceptedShare,
@@ -263,12 +264,10 @@ class PostgresStore:
                 await conn.copy_records_to_table("shares", records=records,
                                                  columns=_SHARE_COLUMNS)
             else:
-                if batch_id is not None:
-                    row = await conn.fetchrow(_q(schema.BATCH_LINK), batch_id)
-                    if row is not None:  # committed before: as this very link, or another
-                        return (row[0], int(row[1]), bytes(row[2])) == (
-                            link.chain, link.seq, link.hash)
-                link_id = await self._link(conn, link, batch_id)
+                try:
+                    link_id = await self._link(conn, link, batch_id)
+                except BatchStored:
+                    return False
                 if link_id is None:
                     return True  # this very batch was committed before (a retry)
                 tail = (link_id,)
@@ -281,19 +280,20 @@ class PostgresStore:
 
     @staticmethod
     async def _link(conn: Any, link: chain.Link, batch_id: str | None = None) -> int | None:
-        """Insert a chain link; its id, or None if this very link is stored already."""
-        values = (link.chain, link.seq, link.n, link.prev_hash, link.hash, link.time,
-                  link.t_first, link.t_last)
-        link_id = await (
-            conn.fetchval(_q(schema.INSERT_LINK) + " RETURNING id", *values) if batch_id is None
-            else conn.fetchval(_q(schema.INSERT_LINK_BATCH) + " RETURNING id", *values,
-                               batch_id))
+        """Insert a chain link (with its batch's id); its id, or None if this very link is
+        stored already. BatchStored: the batch id is stored with another link; ChainConflict:
+        (chain, seq) holds another hash. A transaction inserting either key and not yet
+        committed makes this wait for its outcome (the unique indexes), so a late commit of
+        an earlier attempt and this one never both land."""
+        link_id = await conn.fetchval(
+            _q(schema.INSERT_LINK) + " RETURNING id", link.chain, link.seq, link.n,
+            link.prev_hash, link.hash, link.time, link.t_first, link.t_last, batch_id)
         if link_id is not None:
             return int(link_id)
-        stored = await conn.fetchval(_q(schema.LINK_HASH), link.chain, link.seq)
-        if stored is not None and bytes(stored) == link.hash:
-            return None
-        raise ChainConflict(f"chain {link.chain} link {link.seq} is taken by another writer")
+        settle_link(link, None if batch_id is None else
+                    await conn.fetchrow(_q(schema.BATCH_LINK), batch_id),
+                    await conn.fetchval(_q(schema.LINK_HASH), link.chain, link.seq))
+        return None
 
     async def chain_head(self, name: str) -> chain.Link | None:
         async def q(conn: Any) -> chain.Link | None:

@@ -170,10 +170,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE blocks ADD COLUMN payout_window TEXT",
     ),
     (
-        # v6: a share batch replayed from the spill file carries the stable id it was spilled
-        # with; the id is unique, so a batch whose commit landed but whose fsynced "done" line
-        # did not (a crash in between) is recognised at the next replay and not paid twice.
-        # Batches committed straight from memory have none (NULLs never conflict).
+        # v6: every share batch carries a random id from when the flusher forms it (kept when
+        # it is spilled, stored with its link); the id is unique, so a batch whose commit
+        # landed unanswered (a timeout), or landed before a crash kept its fsynced "done" line
+        # from the spill file, is recognised at any later attempt and not paid twice.
+        # Links stored before every batch had an id, and credits links, have NULLs (never a
+        # conflict).
         "ALTER TABLE chain_links ADD COLUMN batch_id TEXT",
         "CREATE UNIQUE INDEX chain_links_batch ON chain_links (batch_id)",
     ),
@@ -305,13 +307,13 @@ ENERGY_BETWEEN = ("SELECT worker, rack, t_start, t_end, joules FROM energy"
 
 # -- The hash chain (v5; poold.ledger.chain, docs/AUDIT.md).
 
-INSERT_LINK = ("INSERT INTO chain_links (chain, seq, n, prev_hash, hash, time, t_first, t_last)"
-               " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (chain, seq) DO NOTHING")
-LINK_HASH = "SELECT hash FROM chain_links WHERE chain = ? AND seq = ?"
-# v6: a spilled batch's link names the batch; the unique index refuses it a second time.
-INSERT_LINK_BATCH = (
+# A share link names its batch (v6; credits links have no batch id: NULLs never conflict).
+# Not inserted when either unique key is taken: its (chain, seq), or its batch id (an earlier
+# attempt of the batch committed); the store then reads which (LINK_HASH, BATCH_LINK).
+INSERT_LINK = (
     "INSERT INTO chain_links (chain, seq, n, prev_hash, hash, time, t_first, t_last, batch_id)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (chain, seq) DO NOTHING")
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
+LINK_HASH = "SELECT hash FROM chain_links WHERE chain = ? AND seq = ?"
 BATCH_LINK = "SELECT chain, seq, hash FROM chain_links WHERE batch_id = ?"
 CHAIN_HEAD = ("SELECT seq, n, prev_hash, hash, time, t_first, t_last FROM chain_links"
               " WHERE chain = ? ORDER BY seq DESC LIMIT 1")

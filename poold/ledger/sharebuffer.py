@@ -3,7 +3,10 @@ spill on disk, ordered batch commits, and the back-pressure factor.
 
 - `record` appends to an in-memory buffer (never blocks, never does I/O).
 - `flush` commits the spill's pending batches first (they are the oldest shares), then what is
-  buffered, in batches of at most `batch_max_shares`, in order.
+  buffered, in batches of at most `batch_max_shares`, in order. Each batch gets a random id
+  when it is formed (schema v6), which every commit of it carries and its spill record keeps:
+  a commit that timed out or went unanswered and landed later, and a retry or replay of the
+  same batch, never both count (the store refuses the id a second time), whatever the order.
 - `spill_due` moves shares older than `SPILL_AFTER_S` (or beyond half the buffer bound) to the
   fsynced spill file (poold.ledger.journal.ShareSpill), so a `kill -9` during an outage or while
   the store is behind loses at most that window (and the batch being committed), and shutdown
@@ -23,10 +26,11 @@ import logging
 import time
 from collections.abc import Callable
 from operator import attrgetter
+from typing import NamedTuple
 
 from poold.ledger import chain
 from poold.ledger.config import LedgerConfig
-from poold.ledger.journal import ShareSpill
+from poold.ledger.journal import ShareSpill, new_batch_id
 from poold.ledger.records import AcceptedShare
 from poold.ledger.store import LedgerStore, StoreUnavailable
 from poold.metrics import Metrics
@@ -41,6 +45,16 @@ PRESSURE_LAG_S = 2.0
 PRESSURE_MAX = 16.0
 _LOST_LOG_INTERVAL_S = 10.0
 _share_time = attrgetter("time")
+
+
+class _Attempt(NamedTuple):
+    """A commit of one batch: its link, its shares, its spill seq (None: only in memory) and
+    its batch id (None: a spill record from before v6)."""
+
+    link: chain.Link
+    shares: list[AcceptedShare]
+    seq: int | None
+    batch_id: str | None
 
 
 def reason_of(exc: BaseException) -> str:
@@ -74,9 +88,10 @@ class ShareBuffer:
         self.chain = chain.share_chain(config.instance_id, config.writer)
         self.head: chain.Link | None = None  # the last link of this writer's share chain
         self._head_known = False
-        # A batch whose commit failed or was cancelled: (its link, shares, spill seq or None).
-        self._held: tuple[chain.Link, list[AcceptedShare], int | None] | None = None
-        self._writing: tuple[chain.Link, list[AcceptedShare], int | None] | None = None
+        # The last attempt of a batch whose commit failed or was cancelled (its outcome
+        # unknown until the head is read); one from memory is retried as it is, with its id.
+        self._held: _Attempt | None = None
+        self._writing: _Attempt | None = None
         self.lost = 0
         self.committed = 0
         self.spilled = 0
@@ -102,8 +117,8 @@ class ShareBuffer:
         """Shares only in memory: buffered, being committed, or held after a commit that
         failed or went unanswered."""
         unsure = self._held if self._held is not None else self._writing
-        return len(self._buffer) + (len(unsure[1]) if unsure is not None and unsure[2] is None
-                                    else 0)
+        return len(self._buffer) + (len(unsure.shares) if unsure is not None
+                                    and unsure.seq is None else 0)
 
     @property
     def backlog(self) -> int:
@@ -113,7 +128,7 @@ class ShareBuffer:
     def oldest_time(self) -> float | None:
         held = self._held
         times = [t for t in (self._inflight_oldest, self._spilling_oldest,
-                             self.spill.oldest_time, held[1][0].time if held else None,
+                             self.spill.oldest_time, held.shares[0].time if held else None,
                              self._buffer[0].time if self._buffer else None) if t is not None]
         return min(times) if times else None
 
@@ -144,7 +159,7 @@ class ShareBuffer:
     async def _flush(self) -> bool | None:
         wrote = False
         if not self._head_known and (self._held or self._buffer or self.spill.pending_batches):
-            wrote = await self._reload_head()  # a failed commit returns to the buffer here
+            wrote = await self._reload_head()
         for _ in range(self.spill.pending_batches):
             try:
                 got = await self.spill.oldest()
@@ -158,9 +173,11 @@ class ShareBuffer:
             if got is None:
                 break
             seq, shares, link_hex, batch_id = got
+            if not self._head_known:
+                wrote = await self._reload_head() or wrote
             if (link_hex is not None and self.head is not None
                     and self.head.hash.hex() == link_hex):
-                # Spilled at shutdown while its commit was unanswered: it did commit.
+                # Spilled while its commit was unanswered: it did commit.
                 await self.spill.retire(seq)
                 self._count(len(shares))
                 continue
@@ -168,45 +185,57 @@ class ShareBuffer:
                 return False
             await self.spill.retire(seq)
             wrote = True
+        held = self._held
+        if held is not None and held.seq is None:
+            # Its commit failed and the head says it did not land: again, as the same batch.
+            if not self._head_known:
+                wrote = await self._reload_head() or wrote
+            if self._held is not None:
+                self._held = None
+                if not await self._commit(held.shares, None, held.batch_id):
+                    return False
+                wrote = True
         left = len(self._buffer)
         batch_max = self.config.batch_max_shares
         while self._buffer and left > 0:
+            if not self._head_known:
+                wrote = await self._reload_head() or wrote
             if len(self._buffer) <= batch_max:
                 batch, self._buffer = self._buffer, []
             else:
                 batch = self._buffer[:batch_max]
                 del self._buffer[:batch_max]
-            if not await self._commit(batch, None):
+            if not await self._commit(batch, None, new_batch_id()):
                 return False
             left -= len(batch)
             wrote = True
         return True if wrote else None
 
     async def _commit(self, batch: list[AcceptedShare], seq: int | None,
-                      batch_id: str | None = None) -> bool:
-        """Commit one batch as the next link of this writer's chain (poold.ledger.chain).
-        A batch from the buffer whose commit fails is held aside until the chain head tells
-        whether it landed after all (`_reload_head`); one from the spill stays in the spill.
-        A spilled batch's id is stored with its link: if the store has it already (committed
-        before a crash kept its `done` line from the spill file) nothing is written twice and
-        the head stays."""
+                      batch_id: str | None) -> bool:
+        """Commit one batch as the next link of this writer's chain (poold.ledger.chain),
+        with its batch id. A batch from the buffer whose commit fails is held aside until the
+        chain head tells whether it landed after all (`_reload_head`), then retried as it is;
+        one from the spill stays in the spill. If the store has the id already (an earlier
+        attempt landed unanswered, or before a crash kept its `done` line from the spill
+        file), nothing is written twice and the head is read again before the next link."""
         started = time.perf_counter()
         self._inflight_oldest = batch[0].time
         # Hashed here, once per batch, never on the share path.
         link = chain.share_link(self.chain, self.head, batch, self._clock())
-        self._writing = (link, batch, seq)
+        self._writing = _Attempt(link, batch, seq, batch_id)
         try:
             stored = await self.store.insert_shares(batch, link, batch_id)
         except asyncio.CancelledError:
             # Cancelled mid-write (shutdown past its grace period): not known to be committed.
             self._inflight_oldest = None
             self._head_known = False
-            self._held, self._writing = (link, batch, seq), None
+            self._held, self._writing = self._writing, None
             raise
         except (StoreUnavailable, TimeoutError) as exc:
             self._inflight_oldest = None
             self._head_known = False
-            self._held, self._writing = (link, batch, seq), None
+            self._held, self._writing = self._writing, None
             self.last_error = reason_of(exc)
             if not self._write_failing:
                 self._write_failing = True
@@ -215,8 +244,10 @@ class ShareBuffer:
                           self.spill.pending_shares)
             return False
         if stored is False:
-            log.warning("ledger: spilled share batch %s (%d shares) was committed before its "
-                        "spill record was retired; not storing it twice", seq, len(batch))
+            log.warning("ledger: share batch %s (%d shares) had committed in an earlier "
+                        "attempt whose answer was lost; not storing it twice",
+                        batch_id, len(batch))
+            self._head_known = False  # the stored head is past ours
         else:
             self.head = link
         self._inflight_oldest = None
@@ -234,49 +265,70 @@ class ShareBuffer:
         self.metrics.ledger_committed_shares.inc(n)
 
     async def _reload_head(self) -> bool:
-        """Read this writer's chain head (at start, and after a failed or cancelled commit).
-        The held batch is settled by it: if its link is the stored head it did commit (not
-        stored twice); else it goes back to the front of the buffer (or stays in the spill).
+        """Read this writer's chain head (at start, after a failed or cancelled commit, and
+        after a batch was found committed by an earlier attempt). The held batch is settled
+        by it: if its link is the stored head it did commit (not stored twice); else one from
+        memory stays held, to be retried with its id, and one from the spill stays there.
         Returns whether the held batch had committed."""
         self.head = await self.store.chain_head(self.chain)
         self._head_known = True
-        held, self._held = self._held, None
+        held = self._held
         if held is None:
             return False
-        link, batch, seq = held
-        if self.head is not None and self.head.hash == link.hash:
+        if self.head is not None and self.head.hash == held.link.hash:
+            self._held = None
             log.warning("ledger: a share batch of %d reported failed had committed; not "
-                        "storing it twice", len(batch))
-            if seq is not None:
-                await self.spill.retire(seq)
-            self._count(len(batch))
+                        "storing it twice", len(held.shares))
+            if held.seq is not None:
+                await self.spill.retire(held.seq)
+            self._count(len(held.shares))
             return True
-        if seq is None:
-            self._requeue(batch)
+        if held.seq is not None:
+            self._held = None
         return False
-
-    def _requeue(self, batch: list[AcceptedShare]) -> None:
-        self._buffer[:0] = batch
-        overflow = len(self._buffer) - self._max
-        if overflow > 0:
-            del self._buffer[self._max:]  # keep the oldest: the committed prefix stays gap-free
-            self.lose(overflow, f"in-memory buffer full at {self._max} after a failed commit")
 
     # -- the spill
 
     async def spill_due(self) -> int:
-        """Move shares past the in-memory window to the spill file; returns how many."""
+        """Move shares past the in-memory window to the spill file; returns how many. A batch
+        held after a failed commit goes first, whole, with its link and id."""
         buf = self._buffer
-        if not buf:
-            return 0
-        self.spill_wanted.clear()
-        n = bisect.bisect_left(buf, self._clock() - SPILL_AFTER_S, key=_share_time)
-        n = max(n, len(buf) - self._spill_mark // 2)
+        cutoff = self._clock() - SPILL_AFTER_S
+        n = 0
+        if buf:
+            self.spill_wanted.clear()
+            n = bisect.bisect_left(buf, cutoff, key=_share_time)
+            n = max(n, len(buf) - self._spill_mark // 2)
+        held = self._held
+        done = 0
+        if (held is not None and held.seq is None and (n > 0 or held.shares[0].time < cutoff)
+                and not self._flush_lock.locked()):
+            done = await self._spill_held()
         if n <= 0:
-            return 0
+            return done
         batch = buf[:n]
         del buf[:n]
-        return await self._spill(batch)
+        return done + await self._spill(batch)
+
+    async def _spill_held(self) -> int:
+        """The held batch to the spill file (under the flush lock: the flusher is not
+        retrying it meanwhile)."""
+        async with self._flush_lock:
+            held = self._held
+            if held is None or held.seq is not None:
+                return 0
+            self._spilling_oldest = held.shares[0].time
+            try:
+                await self.spill.append(held.shares, held.link.hash.hex(), held.batch_id)
+            except OSError as exc:
+                log.error("ledger: %d shares not spilled to %s (%s); kept in memory",
+                          len(held.shares), self.spill.path, reason_of(exc))
+                return 0
+            finally:
+                self._spilling_oldest = None
+            self._held = None
+            self.spilled += len(held.shares)
+            return len(held.shares)
 
     async def spill_all(self) -> int:
         """Shutdown: everything still buffered goes to the spill file; a batch whose commit
@@ -285,11 +337,11 @@ class ShareBuffer:
         # A commit still unanswered (a hung store that did not honour the cancel) counts as
         # held: its outcome is unknown.
         unsure = self._held if self._held is not None else self._writing
-        if unsure is not None and unsure[2] is None:
-            link, held, _seq = unsure
+        if unsure is not None and unsure.seq is None:
+            link, held, _seq, batch_id = unsure
             self._held = self._writing = None
             try:
-                await self.spill.append(held, link.hash.hex())
+                await self.spill.append(held, link.hash.hex(), batch_id)
                 n += len(held)
                 self.spilled += len(held)
             except OSError as exc:

@@ -28,11 +28,12 @@ from typing import Any, TypeVar
 from poold.ledger import chain, schema
 from poold.ledger.backend import (
     SHARE_ROW,
-    ChainConflict,
+    BatchStored,
     Commitment,
     StoreUnavailable,
     assemble_blocks,
     bucket_rows,
+    settle_link,
 )
 from poold.ledger.records import (
     AcceptedShare,
@@ -229,12 +230,10 @@ class SqliteStore:
             if link is None:
                 conn.executemany(_INSERT_SHARE, map(SHARE_ROW, shares))
             else:
-                if batch_id is not None:
-                    row = conn.execute(_q(schema.BATCH_LINK), (batch_id,)).fetchone()
-                    if row is not None:  # committed before: as this very link, or another
-                        return (row[0], int(row[1]), bytes(row[2])) == (
-                            link.chain, link.seq, link.hash)
-                link_id = self._link(conn, link, batch_id)
+                try:
+                    link_id = self._link(conn, link, batch_id)
+                except BatchStored:
+                    return False
                 if link_id is None:
                     return True  # this very batch was committed before (a retry)
                 # The link id as a literal: one statement per batch, rows as they come.
@@ -248,17 +247,19 @@ class SqliteStore:
     @staticmethod
     def _link(conn: sqlite3.Connection, link: chain.Link,
               batch_id: str | None = None) -> int | None:
-        """Insert a chain link; its id, or None if this very link is stored already."""
-        values = (link.chain, link.seq, link.n, link.prev_hash, link.hash, link.time,
-                  link.t_first, link.t_last)
-        cur = (conn.execute(_q(schema.INSERT_LINK), values) if batch_id is None else
-               conn.execute(_q(schema.INSERT_LINK_BATCH), (*values, batch_id)))
+        """Insert a chain link (with its batch's id); its id, or None if this very link is
+        stored already. BatchStored: the batch id is stored with another link; ChainConflict:
+        (chain, seq) holds another hash."""
+        cur = conn.execute(_q(schema.INSERT_LINK), (
+            link.chain, link.seq, link.n, link.prev_hash, link.hash, link.time, link.t_first,
+            link.t_last, batch_id))
         if cur.rowcount == 1:
             return int(cur.lastrowid or 0)
-        row = conn.execute(_q(schema.LINK_HASH), (link.chain, link.seq)).fetchone()
-        if row is not None and bytes(row[0]) == link.hash:
-            return None
-        raise ChainConflict(f"chain {link.chain} link {link.seq} is taken by another writer")
+        stored = conn.execute(_q(schema.LINK_HASH), (link.chain, link.seq)).fetchone()
+        settle_link(link, None if batch_id is None else
+                    conn.execute(_q(schema.BATCH_LINK), (batch_id,)).fetchone(),
+                    None if stored is None else stored[0])
+        return None
 
     async def chain_head(self, name: str) -> chain.Link | None:
         def q(conn: sqlite3.Connection) -> chain.Link | None:

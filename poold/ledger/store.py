@@ -82,11 +82,12 @@ class LedgerStore(Protocol):
 
         With `link` (poold.ledger.chain) the batch is that chain link: if the link is already
         stored with the same hash (a retry of a batch that did commit) nothing is written;
-        if its (chain, seq) holds another hash, ChainConflict. With `batch_id` (a batch from
-        the spill file, schema v6) the link is stored with that id, and if a link already
-        holds it under another (chain, seq, hash) the batch was committed before: nothing is
-        written and the result is False (the caller's chain head stays where it is). True:
-        the batch is stored as `link` (or without a link)."""
+        if its (chain, seq) holds another hash, ChainConflict. `batch_id` (schema v6: the
+        flusher gives every batch one, kept when it is spilled) is stored with the link, and
+        if a link already holds it under another (chain, seq, hash), an earlier attempt of
+        the batch committed (its answer lost): nothing is written and the result is False
+        (the caller's chain head is stale). True: the batch is stored as `link` (or without
+        a link)."""
         ...
 
     async def chain_head(self, chain: str) -> Link | None:

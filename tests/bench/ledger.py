@@ -83,9 +83,10 @@ async def store_throughput(store: LedgerStore, batch: int, seconds: float,
         shares = make_shares(batch, t0 + len(lat))
         t = time.perf_counter()
         if chained:
-            # As the flusher does: hash the batch into its chain link, then commit both.
+            # As the flusher does: hash the batch into its chain link, then commit both, with
+            # the batch's id (schema v6).
             head = share_link(chain_name, head, shares, t0)
-            await store.insert_shares(shares, head)
+            await store.insert_shares(shares, head, uuid.uuid4().hex)
         else:
             await store.insert_shares(shares)
         lat.append(time.perf_counter() - t)
