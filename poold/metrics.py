@@ -189,6 +189,9 @@ class Metrics:
         self.controller_commands = Counter(
             "poold_controller_commands", "Firmware commands by driver and outcome",
             ["driver", "result"], registry=r)
+        self.telemetry_reads = Counter(
+            "poold_telemetry_reads", "Telemetry readings of the miners by driver and outcome "
+            "(ok, error, timeout)", ["driver", "result"], registry=r)
         self.controller_command_seconds = Histogram(
             "poold_controller_command_seconds", "Firmware command latency including read-back",
             ["driver"], buckets=_SLOW, registry=r)

@@ -23,9 +23,16 @@ import logging
 import math
 import random
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from poold.fleet.clock import Clock
-from poold.fleet.drivers.base import Capabilities, Desired, DriverError, Telemetry
+from poold.fleet.drivers.base import (
+    Capabilities,
+    Desired,
+    DriverError,
+    DriverTimeout,
+    Telemetry,
+)
 from poold.fleet.health import ShareRateEstimator, ambient_adjusted_limit, thermal_cap
 from poold.fleet.inventory import FleetConfig, MinerSpec
 from poold.fleet.planner import Planner
@@ -59,14 +66,19 @@ def settle_bound(caps: Capabilities, desired: Desired, prev: Desired | None) -> 
     return caps.settle_s
 
 
+def asleep_w(caps: Capabilities) -> float:
+    """The most a miner told to sleep may draw and still count as asleep (the tail of its
+    ramp down, its controller board): settled for `converged` and following for the check."""
+    return max(1.5 * caps.sleep_w, 100.0)
+
+
 def converged(m: MinerState, tel: Telemetry) -> bool:
     """The reading shows the commanded state reached (settled before its bound)."""
     c, cw = m.commanded, m.commanded_w
     if c is None or m.caps is None:
         return False
     if c.sleep:
-        return tel.sleeping and (tel.power_w is None or tel.power_w <= max(
-            1.5 * m.caps.sleep_w, 100.0))
+        return tel.sleeping and (tel.power_w is None or tel.power_w <= asleep_w(m.caps))
     if tel.sleeping or tel.power_w is None or cw is None:
         return False
     return abs(tel.power_w - cw) <= max(SETTLED_FRACTION * cw, 50.0)
@@ -103,6 +115,7 @@ class Dispatcher:
         self._ramp_at: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.commands_sent = 0
+        self._read_counters: dict[tuple[str, str], Any] = {}
         self.commands_failed = 0
         self.rack_hs: dict[str, float] = dict.fromkeys(proj.topo.rack_miners, 0.0)
         #: Filters the increases `reconcile` may start (the grid response's slow step).
@@ -317,7 +330,10 @@ class Dispatcher:
         if not seen:
             return
         measured = max(seen)
-        if measured > cw * FOLLOW_TOLERANCE + 50.0:
+        limit = cw * FOLLOW_TOLERANCE + 50.0
+        if m.commanded is not None and m.commanded.sleep and t.sleeping:
+            limit = max(limit, asleep_w(m.caps))  # as `converged` counts it asleep
+        if measured > limit:
             if pool is not None and pool_w >= measured:  # the pool's shares decided it
                 h.implied_w = max(h.implied_w or 0.0, pool[1])
             if not h.not_following:
@@ -411,6 +427,8 @@ class Dispatcher:
                     tel = await m.driver.read()
         except (DriverError, TimeoutError) as exc:
             now = self.clock.now()
+            self._count_read(m, "timeout" if isinstance(exc, TimeoutError | DriverTimeout)
+                             else "error")
             m.read_failures += 1
             self.warn(m, now, "miner %s: telemetry %s failed (%d in a row): %s; counted at its "
                       "worst case %.0f W until it answers", m.spec.id, call, m.read_failures,
@@ -419,6 +437,7 @@ class Dispatcher:
                 self.planner.mark(m)
             return
         now = self.clock.now()
+        self._count_read(m, "ok")
         if m.read_failures:
             log.info("miner %s: telemetry back after %d failed reads", m.spec.id,
                      m.read_failures)
@@ -427,6 +446,13 @@ class Dispatcher:
         self.take(m, tel, now, steady=True)
         if was_stale:
             self.planner.mark(m)  # back from stale: it can be planned again
+
+    def _count_read(self, m: MinerState, result: str) -> None:
+        key = (m.driver.kind, result)
+        child = self._read_counters.get(key)
+        if child is None:
+            child = self._read_counters[key] = self.metrics.telemetry_reads.labels(*key)
+        child.inc()
 
     def poll_due(self, now: float) -> int:
         """Start the telemetry reads that are due (a heap keeps this O(due), staggered)."""

@@ -86,6 +86,7 @@ class FleetRuntime:
         # Known label values exported from the start (0), so rate() has a series to work on.
         for kind in sorted({m.driver.kind for m in self.controller.miners.values()}):
             metrics.controller_commands.labels(kind, "ok")
+            metrics.telemetry_reads.labels(kind, "ok")
             metrics.controller_command_seconds.labels(kind)
         self._samples: list[Any] = []
         self._curtailed_racks: set[str] = set()

@@ -41,6 +41,22 @@ def _toml_value(v: Any) -> str:
     return json.dumps(str(v))  # a JSON string is a valid TOML basic string
 
 
+def fleet_toml(t: dict[str, Any], password_env: str = PASSWORD_ENV) -> str:
+    """A `[fleet]` table (poold.sim.simsite.build_table's shape, each miner's `host` set) as
+    TOML, with every driver's firmware password read from `password_env`."""
+    lines = ["[fleet]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in t.items()
+              if k not in ("racks", "miners")]
+    for driver in sorted({m["driver"] for m in t["miners"]}):
+        lines += ["", f"[fleet.credentials.{driver}]", 'username = "root"',
+                  f'password_env = "{password_env}"']
+    for section in ("racks", "miners"):
+        for row in t[section]:
+            lines += ["", f"[[fleet.{section}]]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in row.items()]
+    return "\n".join(lines) + "\n"
+
+
 class FleetDemo:
     """Emulated racks of ASICs with their firmware servers, for `poold demo --fleet`."""
 
@@ -91,18 +107,7 @@ class FleetDemo:
 
     def fleet_toml(self) -> str:
         """The `[fleet]` table for the generated `poold run` config."""
-        t = self.table
-        lines = ["[fleet]"]
-        lines += [f"{k} = {_toml_value(v)}" for k, v in t.items()
-                  if k not in ("racks", "miners")]
-        for driver in sorted({m["driver"] for m in t["miners"]}):
-            lines += ["", f"[fleet.credentials.{driver}]", 'username = "root"',
-                      f'password_env = "{PASSWORD_ENV}"']
-        for section in ("racks", "miners"):
-            for row in t[section]:
-                lines += ["", f"[[fleet.{section}]]"]
-                lines += [f"{k} = {_toml_value(v)}" for k, v in row.items()]
-        return "\n".join(lines) + "\n"
+        return fleet_toml(self.table)
 
     def true_power_w(self, rack: str) -> float:
         """Physical power of a rack, from the emulators (not from the daemon's telemetry)."""

@@ -18,8 +18,8 @@ the firmware reports. `drivers_for` builds poold's real drivers for the farm's m
 
 Protocol (one JSON object a line): the parent writes the child's miners as its first line,
 the child answers ``{"rows": [...]}`` once every server listens; then requests
-``{"op": "sample" | "sum" | "fault", ...}`` each get one reply line, in order. EOF on stdin
-stops the child's servers.
+``{"op": "sample" | "sum" | "settings" | "fault", ...}`` each get one reply line, in order.
+EOF on stdin stops the child's servers.
 
 Run alone (a farm for a controller in another process): ``python -m tests.bench.farm
 --miners 2000`` prints one line per miner (id kind host:port) and serves until stdin closes.
@@ -47,7 +47,7 @@ from poold.fleet.drivers.braiins import BraiinsDriver
 from poold.fleet.drivers.cgminer import CgminerDriver
 from poold.fleet.drivers.luxos import LuxosDriver
 from poold.fleet.drivers.whatsminer import WhatsminerDriver
-from poold.sim.asic import AsicSpec, SimAsic
+from poold.sim.asic import WATTS, AsicSpec, SimAsic
 from poold.sim.simsite import sample_asic
 
 PER_CHILD = 500
@@ -174,6 +174,12 @@ class Farm:
         replies = await asyncio.gather(*(c.ask({"op": "sum"}) for c in self._children))
         return (sum(r["w"] for r in replies), sum(r["ths"] for r in replies))
 
+    async def settings(self) -> dict[str, float]:
+        """What every emulated firmware is set to run at (watts; asleep: its sleep power)."""
+        replies = await asyncio.gather(*(c.ask({"op": "settings"}) for c in self._children))
+        return {mid: w for c, r in zip(self._children, replies, strict=True)
+                for mid, w in zip(c.ids, r["w"], strict=True)}
+
     async def fault(self, miner_id: str, **faults: Any) -> None:
         """Set `SimAsic.faults` fields of one miner (e.g. ``timeout=True``: stops answering)."""
         await self._child_of[miner_id].ask({"op": "fault", "id": miner_id, "set": faults})
@@ -223,6 +229,15 @@ def drivers_for(farm: Farm, max_w: dict[str, float], clock: Clock, *,
 # -- the child ------------------------------------------------------------------------------
 
 
+def setting_w(a: SimAsic) -> float:
+    """What the emulated firmware is set to run at (watts; asleep: its sleep power)."""
+    if a.reported_sleep():
+        return float(a.spec.sleep_w)
+    if a.spec.actuator == WATTS or not a.spec.presets:
+        return float(a.target_w)
+    return float(a.spec.presets[a.level_index])
+
+
 async def _child() -> None:
     from poold.sim.firmware_rest import BraiinsRestServer
     from poold.sim.firmware_tcp import server_for
@@ -260,6 +275,8 @@ async def _child() -> None:
         elif op == "sum":
             reply({"w": sum(a.power_w() for a in asics),
                    "ths": sum(a.hashrate_ths() for a in asics)})
+        elif op == "settings":
+            reply({"w": [setting_w(a) for a in asics]})
         elif op == "fault":
             f = by_id[req["id"]].faults
             for k, v in req["set"].items():

@@ -1,66 +1,75 @@
-"""Benchmark: fleet control on firmware that serves only its documented minimum.
+"""Benchmark: a `poold run` process controlling firmware that serves only its documented minimum.
 
-Run: ``python -m tests.bench.fleet_firmware [--miners 2000 --speed 5 --seed 1]``.
+Run: ``python -m tests.bench.fleet_firmware [--miners 2000 --window 60 --seed 1]``.
 
-poold's simulator serves the documented-minimum firmware shape (Braiins OS public REST API:
-no cooling/state, `miner/details.status` as the MinerStatus number; LuxOS TCP API: no
-`config`) over real loopback sockets; poold's fleet controller (the `FleetController` a
-`poold run` with a `[fleet]` table runs, in this process) drives it through the real drivers.
+One `poold run -c CONFIG` process, as an operator runs it: a `[fleet]` table of 10 + `--miners`
+miners, the pool half on an in-process devnet (regtest, as `poold demo` wires it). The miners
+are poold's emulators (poold.sim behind Braiins OS public REST and LuxOS TCP servers, in the
+documented-minimum shape: no cooling/state, `miner/details.status` as the MinerStatus number,
+no LuxOS `config`) served by child processes (tests.bench.farm) at the firmware's REAL-time
+dynamics: a Braiins power target settles in ~30 s (first-order, tau ~10 s), a LuxOS profile in
+~5 s, sleep in 1-3 s, wake in ~30 s. Every command goes through poold's admin API (a rack cap,
+with the admin token); every power figure is the emulators' own meters, not poold's telemetry.
 
-1. Ten miners, two racks of five (Braiins and LuxOS), simulated time at `--speed`: every
-   miner must be read; no firmware setting may exceed the miner's nameplate at any sample;
-   rack000's cap is cut to 60 %:
-   - time_to_cap_s: from the cut until the rack's *true* power (the emulators' meters) is
-     under the cap for good;
-   - kept_vs_optimal: the rack's hashrate by the model H = H_nom·(P/P_nom)^0.6 at the watts
-     the emulators draw, over the model optimum for the cap (watts spread by equal marginal
+1. rack000 (5 miners, Braiins + LuxOS) cut to 60 %: every miner must be read; no firmware
+   setting of any of the 2,010 miners may exceed its nameplate at any sample (1 s);
+   - time_to_cap_s: from the PUT until the rack's true power is under the cap for good (the
+     phase ends once it has stayed under for 30 s);
+   - kept_vs_optimal: the rack's hashrate by the model H = H_nom*(P/P_nom)^0.6 at the watts the
+     emulators draw, over the model optimum for the cap (watts spread by equal marginal
      hashrate, each miner within its range) -- the baseline, computed in the same run;
-2. then one miner of rack001 stops answering, and rack001 is cut to 60 %:
-   blind_rack_under_cap = 1 if the rack's true power ends (and stays, 20 s) under the cap;
-3. then `--miners` emulated miners (served by child processes, tests.bench.farm, so that
-   only the controller's work is measured here) are polled and controlled by this one
-   process on real time:
-   poll_cpu_us_per_miner = this process's CPU ÷ telemetry readings taken, extrapolated to a
-   2 GW site (570,000 miners at 3.5 kW) at the configured poll interval.
+2. one miner of rack001 stops answering; once poold counts it blind, rack001 is cut to 60 %:
+   blind_rack_under_cap = 1 if the rack's true power ends under the cap and stays 20 s;
+3. all along, the `--miners` others (racks of 20) are polled by the same process; for
+   `--window` seconds: a third polled only, then every one of their racks cut to 80 % through
+   the API and controlled. poll_cpu_us_per_miner = the poold process's CPU time
+   (/proc/PID/stat utime + stime) over that window / telemetry readings in it (its own
+   `poold_telemetry_reads_total` on /metrics), extrapolated to a 2 GW site (570,000 miners at
+   3.5 kW) at the configured poll interval.
 
 Last line:
 ``fleet_firmware miners=<n> read=<n> over_nameplate=<n> time_to_cap_s=<x> kept_vs_optimal=<y>
 blind_rack_under_cap=<0|1> poll_cpu_us_per_miner=<z>``
 """
 
-
-
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
-import random
+import os
+import re
+import sys
+import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
-from poold.fleet.clock import LoopClock, ScaledClock
-from poold.fleet.controller import FleetController
-from poold.fleet.drivers.base import MinerDriver, Telemetry
-from poold.fleet.inventory import MinerSpec, parse_fleet
-from poold.sim.asic import WATTS, SimAsic
-from poold.sim.simsite import MODELS, SimSite, build_table
-from tests.bench.farm import Farm, drivers_for
+import aiohttp
+
+from poold.demo import write_config
+from poold.devnet import Devnet
+from poold.sim.fleet_demo import fleet_toml
+from poold.sim.ports import free_port
+from poold.sim.simsite import MODELS, build_table
+from tests.bench.farm import PASSWORD, Farm, raise_nofile
 
 ALLOWED_S = 10.0
+SETTLE_S = 30.0  # a Braiins OS power target, the slowest of the settles a cut waits for
 CUT = 0.6
+HOLD_S = 30.0  # "under for good": stayed under this long
 SITE_W = 2e9
 MINER_W = 3500.0
-PASSWORD = "sim-secret"
-
-
-def setting_w(a: SimAsic) -> float:
-    """What the emulated firmware is set to run at (watts; asleep: its sleep power)."""
-    if a.reported_sleep():
-        return float(a.spec.sleep_w)
-    if a.spec.actuator == WATTS or not a.spec.presets:
-        return float(a.target_w)
-    return float(a.spec.presets[a.level_index])
+INTERVAL_S = 10.0  # telemetry_interval_s: every miner read every 10 s
+MIN_PHASE_S = 60.0  # a cut is judged (kept_vs_optimal) no sooner: past a Braiins settle
+TOKEN = "bench-token"
+PASSWORD_ENV = "POOLD_BENCH_ASIC_PASSWORD"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+KEPT_LOG = Path(tempfile.gettempdir()) / "fleet_firmware.poold.log"  # poold's log, kept
+SMALL = [["braiins", "luxos", "braiins", "luxos", "braiins"],
+         ["luxos", "braiins", "luxos", "braiins", "luxos"]]
 
 
 def model_h(p_nom: float, h_nom: float, p: float) -> float:
@@ -68,14 +77,11 @@ def model_h(p_nom: float, h_nom: float, p: float) -> float:
 
 
 def optimum_h(miners: list[tuple[float, float, float, float]], cap_w: float) -> float:
-    """Max Σ H_nom·(P/P_nom)^0.6 with Σ P ≤ cap, min ≤ P ≤ max per miner (equal marginal
-    hashrate: P_i = (0.6·H_i/(λ·P_nom_i^0.6))^2.5, clamped; λ by bisection)."""
+    """Max sum H_nom*(P/P_nom)^0.6 with sum P <= cap, min <= P <= max per miner (equal
+    marginal hashrate: P_i = (0.6*H_i/(lam*P_nom_i^0.6))^2.5, clamped; lam by bisection)."""
     def watts(lam: float) -> list[float]:
-        out = []
-        for p_nom, h_nom, lo, hi in miners:
-            p = (0.6 * h_nom / (lam * p_nom**0.6)) ** 2.5
-            out.append(min(hi, max(lo, p)))
-        return out
+        return [min(hi, max(lo, (0.6 * h_nom / (lam * p_nom**0.6)) ** 2.5))
+                for p_nom, h_nom, lo, hi in miners]
 
     if sum(hi for _, _, _, hi in miners) <= cap_w:
         return sum(model_h(p, h, hi) for p, h, _, hi in miners)
@@ -90,183 +96,259 @@ def optimum_h(miners: list[tuple[float, float, float, float]], cap_w: float) -> 
                zip(miners, watts(hi_l), strict=True))
 
 
-async def small_site(speed: float, seed: int) -> dict[str, Any]:
-    clock = ScaledClock(speed)
-    table = build_table([["braiins", "luxos", "braiins", "luxos", "braiins"],
-                         ["luxos", "braiins", "luxos", "braiins", "luxos"]],
-                        over_cap_allowed_s=ALLOWED_S, telemetry_interval_s=5.0,
-                        stale_after_s=15.0, command_timeout_s=5.0, ramp_kw_per_min=120.0)
-    out: dict[str, Any] = {}
-    async with SimSite.started(table, clock, tcp=True, rng=random.Random(seed),
-                               driver_timeout_s=2.0, minimal_firmware=True) as site:
-        ctl = site.controller
-        over: set[str] = set()
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process (/proc/PID/stat fields 14 and 15), in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
-        def sample() -> None:
-            for mid, a in site.asics.items():
-                if setting_w(a) > ctl.miners[mid].spec.nameplate_w + 1e-6:
-                    over.add(mid)
 
-        async def run_for(seconds: float, each: Any = None) -> None:
-            end = clock.now() + seconds
-            while clock.now() < end:
-                await clock.sleep(0.5)
-                sample()
-                if each is not None:
-                    each()
+def reads_ok(text: str) -> float:
+    """Telemetry readings so far, from poold's /metrics (every driver, every outcome)."""
+    return sum(float(v) for v in re.findall(
+        r"^poold_telemetry_reads_total\{[^}]*\} ([0-9.e+]+)$", text, re.M))
 
-        await run_for(45.0)
-        now = clock.now()
-        out["read"] = sum(not m.health.stale(now, 15.0) for m in ctl.miners.values())
-        # 1. rack000 cut to 60 %
-        r0 = site.cfg.racks[0]
-        cap0 = r0.cap_kw * 1000.0 * CUT
-        ctl.set_cap(r0.id, cap0 / 1000.0)
-        t_cut = clock.now()
-        under_since: list[float | None] = [None]
 
-        def track0() -> None:
-            if site.true_power_w(r0.id) <= cap0:
-                if under_since[0] is None:
-                    under_since[0] = clock.now()
+def commands(text: str) -> float:
+    """Firmware commands poold has finished so far (any outcome), from its /metrics."""
+    return sum(float(v) for v in re.findall(
+        r"^poold_controller_commands_total\{[^}]*\} ([0-9.e+]+)$", text, re.M))
+
+
+class Bench:
+    def __init__(self, farm: Farm, table: dict[str, Any], http: aiohttp.ClientSession,
+                 proc: asyncio.subprocess.Process, log: Path) -> None:
+        self.farm = farm
+        self.table = table
+        self.http = http
+        self.proc = proc
+        self.log = log
+        self.spec = {m["id"]: m for m in table["miners"]}
+        self.rack_of = {m["id"]: m["rack"] for m in table["miners"]}
+        self.over: set[str] = set()
+        self.true_w: dict[str, float] = {}
+        self._watch: asyncio.Task[None] | None = None
+
+    async def get(self, path: str) -> Any:
+        async with self.http.get(path) as r:
+            return await r.json() if r.content_type == "application/json" else await r.text()
+
+    async def put_cap(self, rack: str, watts: float) -> None:
+        async with self.http.put(f"/api/v1/racks/{rack}/cap", json={"kw": watts / 1000}) as r:
+            if r.status != 200:
+                raise RuntimeError(f"PUT {rack} cap: HTTP {r.status} {await r.text()}")
+
+    def rack_w(self, rack: str) -> float:
+        return sum(w for mid, w in self.true_w.items() if self.rack_of[mid] == rack)
+
+    async def watch(self) -> None:
+        """Every second: the emulators' meters, and any firmware set above nameplate."""
+        while True:
+            sample, settings = await asyncio.gather(self.farm.sample(), self.farm.settings())
+            self.true_w = {mid: w for mid, (w, _) in sample.items()}
+            for mid, w in settings.items():
+                if w > self.spec[mid]["nameplate_w"] + 1e-6:
+                    self.over.add(mid)
+            await asyncio.sleep(1.0)
+
+    async def until(self, what: str, cond: Callable[[], Awaitable[bool]], within_s: float
+                    ) -> float:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < within_s:
+            if self.proc.returncode is not None:
+                raise RuntimeError(f"poold exited {self.proc.returncode}: {tail(self.log)}")
+            with contextlib.suppress(aiohttp.ClientError):
+                if await cond():
+                    return time.monotonic() - t0
+            await asyncio.sleep(1.0)
+        raise RuntimeError(f"{what} not within {within_s:g} s; poold log: {tail(self.log)}")
+
+    async def cut_and_hold(self, rack: str, frac: float, within_s: float
+                           ) -> tuple[float, float, float]:
+        """PUT the cut; (time until under for good or inf, cap W, true W at the end)."""
+        racks = {r["id"]: r for r in self.table["racks"]}
+        cap = racks[rack]["cap_kw"] * 1000.0 * frac
+        await self.put_cap(rack, cap)
+        t_cut = time.monotonic()
+        under_since: float | None = None
+        while time.monotonic() - t_cut < within_s:
+            await asyncio.sleep(0.5)
+            if self.rack_w(rack) <= cap:
+                under_since = under_since if under_since is not None else time.monotonic()
+                if time.monotonic() - under_since >= HOLD_S:
+                    break
             else:
-                under_since[0] = None
+                under_since = None
+        held = under_since is not None and time.monotonic() - under_since >= HOLD_S
+        while held and time.monotonic() - t_cut < MIN_PHASE_S:
+            await asyncio.sleep(0.5)  # the planner gives watts back once the ramps settle
+            held = self.rack_w(rack) <= cap
+        return ((under_since - t_cut) if held and under_since is not None else float("inf"),
+                cap, self.rack_w(rack))
 
-        await run_for(120.0, track0)
-        out["time_to_cap_s"] = (under_since[0] - t_cut) if under_since[0] is not None \
-            else float("inf")
-        rack0 = [(mid, a) for mid, a in site.asics.items()
-                 if ctl.miners[mid].spec.rack == r0.id]
-        kept = sum(model_h(ctl.miners[mid].spec.nameplate_w, ctl.miners[mid].spec.nameplate_ths,
-                           a.power_w()) for mid, a in rack0)
-        best = optimum_h([(ctl.miners[mid].spec.nameplate_w, ctl.miners[mid].spec.nameplate_ths,
-                           MODELS[a.spec.firmware].min_w, ctl.miners[mid].spec.max_w)
-                          for mid, a in rack0], cap0)
-        out["kept_vs_optimal"] = kept / best
-        out["rack0_w"], out["cap0_w"] = site.true_power_w(r0.id), cap0
-        # 2. a blind miner in rack001, then its cut to 60 %
-        r1 = site.cfg.racks[1]
-        blind = next(m.id for m in site.cfg.miners if m.rack == r1.id)
-        site.asics[blind].faults.timeout = True
-        await run_for(20.0)
-        cap1 = r1.cap_kw * 1000.0 * CUT
-        ctl.set_cap(r1.id, cap1 / 1000.0)
-        ok_since: list[float | None] = [None]
 
-        def track1() -> None:
-            if site.true_power_w(r1.id) <= cap1:
-                if ok_since[0] is None:
-                    ok_since[0] = clock.now()
-            else:
-                ok_since[0] = None
+def tail(log: Path, n: int = 15) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
+    return ""
 
-        await run_for(120.0, track1)
-        out["blind_rack_under_cap"] = int(ok_since[0] is not None
-                                          and clock.now() - ok_since[0] >= 20.0)
-        out["rack1_w"], out["cap1_w"] = site.true_power_w(r1.id), cap1
-        out["blind_gauge"] = ctl.guard.blind.get(r1.id, 0)
-        out["unverified"] = ctl.unverified()
-        out["over_nameplate"] = len(over)
-        out["miners"] = len(site.asics)
+
+async def run(n_big: int, window_s: float, seed: int, workdir: Path) -> dict[str, Any]:
+    per_rack = 20
+    big = [["braiins" if (r * per_rack + j) % 2 == 0 else "luxos" for j in range(per_rack)]
+           for r in range(max(1, n_big // per_rack))]
+    # Racks capped 5 % above their nameplates (the units draw up to 4 % over theirs, as real
+    # ones do), so the start is not itself a breach.
+    table = build_table(SMALL + big, rack_cap_factor=1.05, over_cap_allowed_s=ALLOWED_S,
+                        telemetry_interval_s=INTERVAL_S, stale_after_s=3 * INTERVAL_S,
+                        command_timeout_s=15.0, ramp_kw_per_min=600.0)
+    table["safe_cap_kw"] = round(table["cap_kw"] * 0.9, 3)
+    miners = [(m["id"], m["driver"]) for m in table["miners"]]
+    out: dict[str, Any] = {"miners": len(miners)}
+    t_setup = time.monotonic()
+    async with Devnet() as devnet, Farm.started(miners, seed=seed, minimal=True, speed=1.0,
+                                                password=PASSWORD) as farm:
+        for m in table["miners"]:
+            m["host"] = farm.by_id[m["id"]].address
+        port, api = free_port(), free_port()
+        cfg = write_config(workdir, devnet, port, 1e-4, fleet_toml(table, PASSWORD_ENV),
+                           api=("127.0.0.1", api), api_token=TOKEN)
+        log = workdir / "poold.log"
+        with log.open("wb") as f:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "poold", "--log-level", "WARNING", "run", "-c", str(cfg),
+                env={**os.environ, PASSWORD_ENV: PASSWORD}, stdout=f, stderr=f)
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        try:
+            async with aiohttp.ClientSession(f"http://127.0.0.1:{api}", headers=headers,
+                                             timeout=aiohttp.ClientTimeout(total=30)) as http:
+                b = Bench(farm, table, http, proc, log)
+                out.update(await phases(b, window_s, table))
+                out["setup_s"] = t_setup
+        finally:
+            if proc.returncode is None:
+                proc.terminate()
+                try:
+                    await asyncio.wait_for(proc.wait(), 90)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+        text = log.read_text(errors="replace")
+        out["log_warnings"] = sum("WARNING" in line for line in text.splitlines())
+        KEPT_LOG.write_text(text)
     return out
 
 
-# -- part 3: many miners, served by child processes (tests.bench.farm) ----------------------
-
-
-async def many(n: int, seed: int, window_s: float) -> dict[str, Any]:
-    kinds_flat = ["braiins" if i % 2 == 0 else "luxos" for i in range(n)]
-    async with Farm.started([(f"m{i:05d}", k) for i, k in enumerate(kinds_flat)], seed=seed,
-                            minimal=True, password=PASSWORD) as farm:
-        return await _control(farm, window_s)
-
-
-async def _control(farm: Farm, window_s: float) -> dict[str, Any]:
-    n = len(farm.miners)
-    per_rack = 20
-    kinds = [[m.kind for m in farm.miners[i:i + per_rack]] for i in range(0, n, per_rack)]
-    table = build_table(kinds, over_cap_allowed_s=ALLOWED_S, telemetry_interval_s=10.0,
-                        stale_after_s=30.0, command_timeout_s=15.0)
-    for m, r in zip(table["miners"], farm.miners, strict=True):
-        m["host"] = r.address
-    cfg = parse_fleet(table, "<bench>")
-    # The cfg's ids are the table's (rackNNN-mNNN), the farm's are mNNNNN: same order.
-    by_cfg = {m.id: r for m, r in zip(cfg.miners, farm.miners, strict=True)}
-    served = drivers_for(farm, {r.id: m.max_w for m, r in zip(cfg.miners, farm.miners,
-                                                               strict=True)},
-                         LoopClock(), password=PASSWORD, settle=False)
-    drivers: dict[str, MinerDriver] = {mid: served[r.id] for mid, r in by_cfg.items()}
-    readings = [0]
-
-    def count(_spec: MinerSpec, _tel: Telemetry) -> None:
-        readings[0] += 1
-
-    clock = LoopClock()
-    ctl = FleetController(cfg, drivers, clock=clock, on_telemetry=count, max_concurrency=256)
+async def phases(b: Bench, window_s: float, table: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    n = len(table["miners"])
     t0 = time.monotonic()
-    await ctl.start()
-    start_s = time.monotonic() - t0
-    read = sum(m.health.telemetry is not None for m in ctl.miners.values())
-    run = asyncio.get_running_loop().create_task(ctl.run())
-    await asyncio.sleep(ctl.cfg.telemetry_interval_s)  # past the start-up read
-    cpu0, r0, w0 = time.process_time(), readings[0], time.monotonic()
+
+    async def all_read() -> bool:
+        ms = (await b.get("/api/v1/miners"))["miners"]
+        return sum(m["telemetry"] is not None and not m["stale"] for m in ms) == n
+
+    try:
+        await b.until("every miner read", all_read, 240.0)
+    except RuntimeError as exc:
+        print(f"not every miner read: {exc}", file=sys.stderr)
+    out["start_s"] = time.monotonic() - t0
+    ms = (await b.get("/api/v1/miners"))["miners"]
+    out["read"] = sum(m["telemetry"] is not None and not m["stale"] for m in ms)
+    b._watch = asyncio.get_running_loop().create_task(b.watch())
+    # The start-up commands (every LuxOS unit brought to a profile within its nameplate, ...)
+    # and their read-backs are done before the first cut: no command for 15 s.
+    t_q = time.monotonic()
+    last, quiet_since = -1.0, time.monotonic()
+    while time.monotonic() - t_q < 180.0 and time.monotonic() - quiet_since < 15.0:
+        sent = commands(await b.get("/metrics"))
+        if sent != last:
+            last, quiet_since = sent, time.monotonic()
+        await asyncio.sleep(1.0)
+    out["quiet_s"] = time.monotonic() - t_q
+    # 1. rack000 cut to 60 %
+    t, cap0, w0 = await b.cut_and_hold("rack000", CUT, 150.0)
+    out["time_to_cap_s"], out["cap0_w"], out["rack0_w"] = t, cap0, w0
+    rack0 = [m for m in table["miners"] if m["rack"] == "rack000"]
+    kept = sum(model_h(m["nameplate_w"], m["nameplate_ths"], b.true_w[m["id"]]) for m in rack0)
+    best = optimum_h([(m["nameplate_w"], m["nameplate_ths"], MODELS[m["driver"]].min_w,
+                       m["max_w"]) for m in rack0], cap0)
+    out["kept_vs_optimal"] = kept / best
+    # 2. one blind miner in rack001, then its cut to 60 %
+    blind = next(m["id"] for m in table["miners"] if m["rack"] == "rack001")
+    await b.farm.fault(blind, timeout=True)
+
+    async def counted_blind() -> bool:
+        racks = (await b.get("/api/v1/racks"))["racks"]
+        return any(r["id"] == "rack001" and r["blind"] == 1 for r in racks)
+
+    out["blind_after_s"] = await b.until("poold counting rack001's miner blind",
+                                         counted_blind, 60.0)
+    t1, cap1, w1 = await b.cut_and_hold("rack001", CUT, 150.0)
+    out["blind_rack_under_cap"] = int(t1 != float("inf") and w1 <= cap1)
+    out["blind_time_s"], out["cap1_w"], out["rack1_w"] = t1, cap1, w1
+    # 3. the whole process: CPU per reading over the window, the big racks cut midway
+    c0, r0, w_0 = cpu_s(b.proc.pid), reads_ok(await b.get("/metrics")), time.monotonic()
     await asyncio.sleep(window_s / 3)
-    for rack in cfg.racks:  # controlled, not just polled: every rack cut to 80 %
-        ctl.set_cap(rack.id, rack.cap_kw * 0.8)
+    big_racks = [r for r in table["racks"] if r["id"] not in ("rack000", "rack001")]
+    await asyncio.gather(*(b.put_cap(r["id"], r["cap_kw"] * 1000.0 * 0.8) for r in big_racks))
     await asyncio.sleep(window_s * 2 / 3)
-    cpu = time.process_time() - cpu0
-    polls = readings[0] - r0
-    wall = time.monotonic() - w0
-    commands = ctl.commands_sent
-    stale = sum(m.health.stale(clock.now(), cfg.stale_after_s) for m in ctl.miners.values())
-    await ctl.stop(settle_timeout_s=5.0)
-    run.cancel()
-    for d in drivers.values():
-        await d.close()
-    return {"miners": n, "read": read, "start_s": start_s, "cpu_s": cpu, "polls": polls,
-            "wall_s": wall, "commands": commands, "stale_at_end": stale,
-            "interval_s": cfg.telemetry_interval_s,
-            "poll_cpu_us_per_miner": cpu / max(polls, 1) * 1e6}
+    c1, r1, w_1 = cpu_s(b.proc.pid), reads_ok(await b.get("/metrics")), time.monotonic()
+    out["cpu_s"], out["polls"], out["wall_s"] = c1 - c0, r1 - r0, w_1 - w_0
+    out["poll_cpu_us_per_miner"] = (c1 - c0) / max(r1 - r0, 1) * 1e6
+    racks = (await b.get("/api/v1/racks"))["racks"]
+    out["big_over"] = sum(b.rack_w(r["id"]) > r["cap_w"] for r in racks
+                          if r["id"] not in ("rack000", "rack001"))
+    out["blind_end"] = sum(r["blind"] for r in racks)
+    out["over_nameplate"] = len(b.over)
+    if b._watch is not None:
+        b._watch.cancel()
+    return out
+
+
+def window_s_after(r: dict[str, Any]) -> float:
+    return float(r["wall_s"]) * 2 / 3
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--miners", type=int, default=2000)
-    ap.add_argument("--speed", type=float, default=5.0, help="simulated time speed, parts 1-2")
     ap.add_argument("--window", type=float, default=60.0, help="measured seconds, part 3")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     logging.basicConfig(level=logging.ERROR)
-    # The blind miner's server holds its unanswered connections until it is stopped; asyncio
+    # A blind miner's server holds its unanswered connections until it is stopped; asyncio
     # logs each one cancelled then. Expected here, not news.
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-    small = asyncio.run(small_site(args.speed, args.seed))
-    print(f"10 miners (Braiins + LuxOS, documented minimum): read {small['read']}/"
-          f"{small['miners']}; settings above nameplate: {small['over_nameplate']}")
-    print(f"rack000 cut to 60 %: under {small['cap0_w']:.0f} W on the emulators' meters after "
-          f"{small['time_to_cap_s']:.1f} s (allowed {ALLOWED_S:g} s + settle); now "
-          f"{small['rack0_w']:.0f} W; model hashrate {small['kept_vs_optimal']:.3f} of the "
-          f"model optimum for the cap")
-    print(f"rack001 with one blind miner cut to 60 %: {small['rack1_w']:.0f} W vs cap "
-          f"{small['cap1_w']:.0f} W (blind gauge {small['blind_gauge']}, not shown under cap: "
-          f"{small['unverified'] or 'none'})")
-    big = asyncio.run(many(args.miners, args.seed, args.window))
-    print(f"{big['miners']} miners over loopback sockets: {big['read']} read at start "
-          f"({big['start_s']:.1f} s), {big['polls']} readings and {big['commands']} commands in "
-          f"{big['wall_s']:.0f} s, {big['stale_at_end']} stale at the end; controller process "
-          f"CPU {big['cpu_s']:.1f} s")
-    us = big["poll_cpu_us_per_miner"]
+    raise_nofile()
+    with tempfile.TemporaryDirectory(prefix="fleet_firmware.") as tmp:
+        r = asyncio.run(run(args.miners, args.window, args.seed, Path(tmp)))
+    print(f"one `poold run` process, {r['miners']} miners (Braiins + LuxOS, documented minimum, "
+          f"real-time firmware dynamics): {r['read']} read {r['start_s']:.0f} s after start; "
+          f"firmware set above nameplate: {r['over_nameplate']}")
+    print(f"rack000 cut to 60 % through the admin API: under {r['cap0_w']:.0f} W on the "
+          f"emulators' meters after {r['time_to_cap_s']:.1f} s (target: allowance "
+          f"{ALLOWED_S:g} s + Braiins settle {SETTLE_S:g} s), held {HOLD_S:g} s; "
+          f"{r['rack0_w']:.0f} W at the end; model hashrate {r['kept_vs_optimal']:.3f} of the "
+          f"model optimum for the cap (baseline)")
+    print(f"rack001, one miner blind (counted after {r['blind_after_s']:.0f} s), cut to 60 %: "
+          f"{r['rack1_w']:.0f} W vs cap {r['cap1_w']:.0f} W on the meters "
+          f"(under for good after {r['blind_time_s']:.1f} s)")
+    print(f"{r['miners'] - 10} miners in racks of 20, polled every {INTERVAL_S:g} s and cut to "
+          f"80 % mid-window: {r['polls']:.0f} readings in {r['wall_s']:.0f} s, poold CPU "
+          f"{r['cpu_s']:.1f} s ({r['cpu_s'] / r['wall_s']:.2f} core); racks over their cap on "
+          f"the meters {window_s_after(r):.0f} s after the cut: {r['big_over']}; blind: "
+          f"{r['blind_end']}; WARNING lines in poold's log ({KEPT_LOG}): {r['log_warnings']}")
+    us = r["poll_cpu_us_per_miner"]
     n_site = SITE_W / MINER_W
-    cores = n_site * us * 1e-6 / big["interval_s"]
-    print(f"2 GW site ≈ {n_site:,.0f} miners at {MINER_W:g} W: at a {big['interval_s']:g} s poll "
-          f"interval the fleet needs ≈ {cores:.1f} cores ({us:.0f} µs per miner per poll)")
-    miners = small["miners"] + big["miners"]
-    read = small["read"] + big["read"]
-    print(f"fleet_firmware miners={miners} read={read} over_nameplate={small['over_nameplate']} "
-          f"time_to_cap_s={small['time_to_cap_s']:.1f} "
-          f"kept_vs_optimal={small['kept_vs_optimal']:.3f} "
-          f"blind_rack_under_cap={small['blind_rack_under_cap']} "
-          f"poll_cpu_us_per_miner={us:.0f}")
+    cores = n_site * us * 1e-6 / INTERVAL_S
+    print(f"2 GW site ~ {n_site:,.0f} miners at {MINER_W:g} W: at a {INTERVAL_S:g} s poll "
+          f"interval the fleet needs ~ {cores:.1f} cores ({us:.0f} us of poold CPU per reading; "
+          f"{cores * INTERVAL_S / 10:.1f} cores at 10 s, {cores * INTERVAL_S / 30:.1f} at 30 s)")
+    print(f"fleet_firmware miners={r['miners']} read={r['read']} "
+          f"over_nameplate={r['over_nameplate']} time_to_cap_s={r['time_to_cap_s']:.1f} "
+          f"kept_vs_optimal={r['kept_vs_optimal']:.3f} "
+          f"blind_rack_under_cap={r['blind_rack_under_cap']} poll_cpu_us_per_miner={us:.0f}")
 
 
 if __name__ == "__main__":

@@ -56,6 +56,14 @@ async def test_one_blind_miner_of_five_and_a_cut_to_60_percent_ends_under_the_ca
         assert registry.get_sample_value("poold_rack_blind_miners", {"rack": rack.id}) == 1.0
         power = registry.get_sample_value("poold_rack_power_watts", {"rack": rack.id})
         assert power is not None and power <= cap_w
+        # every reading counted by outcome: the blind LuxOS miner's time out
+        timeouts = registry.get_sample_value("poold_telemetry_reads_total",
+                                             {"driver": "luxos", "result": "timeout"})
+        assert timeouts is not None and timeouts >= 1
+        for kind in ("braiins", "luxos"):
+            ok = registry.get_sample_value("poold_telemetry_reads_total",
+                                           {"driver": kind, "result": "ok"})
+            assert ok is not None and ok >= 10, (kind, ok)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and blind in
                 r.getMessage() and "telemetry" in r.getMessage()]
     assert warnings, "the first failure must be a WARNING"

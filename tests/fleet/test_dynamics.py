@@ -5,6 +5,7 @@ per miner per settle period; a slept miner stays asleep for `min_sleep_s`."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 
@@ -189,3 +190,24 @@ def test_an_early_wake_is_counted_and_logged_when_taken(caplog: pytest.LogCaptur
     assert lines and all(r.levelno == logging.INFO for r in caplog.records
                          if "before its dwell" in r.getMessage())
     assert "no miner awake or past its dwell can take" in lines[0]
+
+
+def test_a_miner_counted_asleep_is_not_called_disobedient_on_the_tail_of_its_ramp() -> None:
+    # Sleep commanded; the firmware says paused and its meter is still 97 W on the way down to
+    # 30 W: settled for `converged`, so it must not be "not following" on the same reading.
+    clock = ManualClock(100.0)
+    ctl, drivers = controller(fleet([1]), clock=clock)
+    feed(ctl, drivers, clock.t)
+    m = ctl.miners["r0m0"]
+    m.commanded, m.commanded_w, m.settle_until = Desired(sleep=True), 30.0, clock.t + 5.0
+    d = drivers["r0m0"]
+    d.sleeping = True
+    tel = dataclasses.replace(d.telemetry(), power_w=97.0)
+    clock.t += 2.0
+    ctl.dispatcher.take(m, tel, clock.t, steady=True)
+    assert not m.health.not_following
+    # ... but one that says paused and draws 400 W is not asleep
+    m.settle_until = clock.t
+    clock.t += 10.0
+    ctl.dispatcher.take(m, dataclasses.replace(tel, power_w=400.0), clock.t, steady=True)
+    assert m.health.not_following

@@ -1,0 +1,114 @@
+"""Benchmark: poold's own CPU for one telemetry reading, per driver (Braiins REST, LuxOS TCP).
+
+Run: ``python -m tests.bench.fleet_poll [--reads 400] [--profile]``.
+
+The emulated firmware (documented-minimum shape) is served by a child process
+(tests.bench.farm), so this process's CPU is the driver's and the controller's alone: each
+reading is a `Dispatcher.poll` (the driver's calls, parsing, the controller taking the reading)
+as `poold run` does it every `telemetry_interval_s`. `--profile` prints the cProfile of the
+reads (top 25 by own time). Baseline in the same run: the bare cost of one loopback
+request/reply of each transport (an aiohttp GET / a TCP connect-send-read-close), the floor
+a driver cannot go under per call.
+
+Last line: ``fleet_poll braiins_us=<x> luxos_us=<y> floor_http_us=<a> floor_tcp_us=<b>``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import logging
+import pstats
+import time
+from typing import Any
+
+import aiohttp
+
+from poold.fleet.clock import LoopClock
+from poold.fleet.controller import FleetController
+from poold.fleet.inventory import parse_fleet
+from poold.sim.simsite import build_table
+from tests.bench.farm import PASSWORD, Farm, drivers_for
+
+
+async def _floor(farm: Farm, reads: int) -> tuple[float, float]:
+    http = next(m for m in farm.miners if m.kind == "braiins")
+    tcp = next(m for m in farm.miners if m.kind == "luxos")
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"http://{http.address}/api/v1/miner/details") as r:
+            await r.read()
+        c0 = time.process_time()
+        for _ in range(reads):
+            async with s.get(f"http://{http.address}/api/v1/miner/details") as r:
+                await r.read()
+        f_http = (time.process_time() - c0) / reads
+    c0 = time.process_time()
+    for _ in range(reads):
+        reader, writer = await asyncio.open_connection(tcp.host, tcp.port)
+        writer.write(b'{"command":"summary"}')
+        await reader.read()
+        writer.close()
+        await writer.wait_closed()
+    f_tcp = (time.process_time() - c0) / reads
+    return f_http, f_tcp
+
+
+async def run(reads: int, profile: bool) -> dict[str, Any]:
+    async with Farm.started([("m0", "braiins"), ("m1", "luxos")], seed=1, minimal=True,
+                            password=PASSWORD) as farm:
+        table = build_table([["braiins", "luxos"]], telemetry_interval_s=3600.0,
+                            stale_after_s=7200.0)
+        cfg = parse_fleet(table, "<bench>")
+        by_cfg = dict(zip((m.id for m in cfg.miners), farm.miners, strict=True))
+        served = drivers_for(farm, {r.id: m.max_w for m, r in zip(cfg.miners, farm.miners,
+                                                                   strict=True)},
+                             LoopClock(), password=PASSWORD, settle=False)
+        drivers = {mid: served[r.id] for mid, r in by_cfg.items()}
+        ctl = FleetController(cfg, drivers, clock=LoopClock())
+        await ctl.start()  # capabilities, the first reading, logins
+        out: dict[str, Any] = {}
+        prof = cProfile.Profile() if profile else None
+        for m in ctl.miners.values():
+            for _ in range(5):
+                await ctl.dispatcher.poll(m)  # warm: optional calls found absent, etc.
+            if prof is not None:
+                prof.enable()
+            c0 = time.process_time()
+            for _ in range(reads):
+                await ctl.dispatcher.poll(m)
+            out[m.driver.kind] = (time.process_time() - c0) / reads
+            if prof is not None:
+                prof.disable()
+            assert m.health.telemetry is not None and m.health.telemetry.power_w
+        out["floor_http"], out["floor_tcp"] = await _floor(farm, reads)
+        if prof is not None:
+            buf = io.StringIO()
+            pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
+            out["profile"] = buf.getvalue()
+        for d in drivers.values():
+            await d.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reads", type=int, default=400)
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    out = asyncio.run(run(args.reads, args.profile))
+    if "profile" in out:
+        print(out["profile"])
+    b, lx = out["braiins"] * 1e6, out["luxos"] * 1e6
+    fh, ft = out["floor_http"] * 1e6, out["floor_tcp"] * 1e6
+    print(f"one reading: Braiins REST {b:.0f} µs ({b / fh:.1f}x one bare aiohttp GET, "
+          f"{fh:.0f} µs); LuxOS TCP {lx:.0f} µs ({lx / ft:.1f}x one bare TCP request, "
+          f"{ft:.0f} µs)")
+    print(f"fleet_poll braiins_us={b:.0f} luxos_us={lx:.0f} floor_http_us={fh:.0f} "
+          f"floor_tcp_us={ft:.0f}")
+
+
+if __name__ == "__main__":
+    main()
