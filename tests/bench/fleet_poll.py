@@ -10,7 +10,11 @@ reads (top 25 by own time). Baseline in the same run: the bare cost of one loopb
 request/reply of each transport (an aiohttp GET / a TCP connect-send-read-close), the floor
 a driver cannot go under per call.
 
-Last line: ``fleet_poll braiins_us=<x> luxos_us=<y> floor_http_us=<a> floor_tcp_us=<b>``
+A second baseline: the Braiins reading as it was, re-reading the power target on every
+reading (``TARGET_EVERY = 1``), against the default (once in ``TARGET_EVERY`` readings).
+
+Last line: ``fleet_poll braiins_us=<x> braiins_target_every_reading_us=<x0> luxos_us=<y>
+floor_http_us=<a> floor_tcp_us=<b>``
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ import aiohttp
 
 from poold.fleet.clock import LoopClock
 from poold.fleet.controller import FleetController
+from poold.fleet.drivers import braiins
 from poold.fleet.inventory import parse_fleet
+from poold.fleet.state import MinerState
 from poold.sim.simsite import build_table
 from tests.bench.farm import PASSWORD, Farm, drivers_for
 
@@ -70,7 +76,7 @@ async def run(reads: int, profile: bool) -> dict[str, Any]:
         await ctl.start()  # capabilities, the first reading, logins
         out: dict[str, Any] = {}
         prof = cProfile.Profile() if profile else None
-        for m in ctl.miners.values():
+        async def measure(m: MinerState) -> float:
             for _ in range(5):
                 await ctl.dispatcher.poll(m)  # warm: optional calls found absent, etc.
             if prof is not None:
@@ -78,10 +84,19 @@ async def run(reads: int, profile: bool) -> dict[str, Any]:
             c0 = time.process_time()
             for _ in range(reads):
                 await ctl.dispatcher.poll(m)
-            out[m.driver.kind] = (time.process_time() - c0) / reads
+            cpu = (time.process_time() - c0) / reads
             if prof is not None:
                 prof.disable()
             assert m.health.telemetry is not None and m.health.telemetry.power_w
+            return cpu
+
+        for m in ctl.miners.values():
+            if m.driver.kind == "braiins":
+                every = braiins.TARGET_EVERY
+                braiins.TARGET_EVERY = 1  # baseline: the target re-read on every reading
+                out["braiins_every"] = await measure(m)
+                braiins.TARGET_EVERY = every
+            out[m.driver.kind] = await measure(m)
         out["floor_http"], out["floor_tcp"] = await _floor(farm, reads)
         if prof is not None:
             buf = io.StringIO()
@@ -101,13 +116,15 @@ def main() -> None:
     out = asyncio.run(run(args.reads, args.profile))
     if "profile" in out:
         print(out["profile"])
-    b, lx = out["braiins"] * 1e6, out["luxos"] * 1e6
+    b, lx, b0 = out["braiins"] * 1e6, out["luxos"] * 1e6, out["braiins_every"] * 1e6
     fh, ft = out["floor_http"] * 1e6, out["floor_tcp"] * 1e6
     print(f"one reading: Braiins REST {b:.0f} µs ({b / fh:.1f}x one bare aiohttp GET, "
           f"{fh:.0f} µs); LuxOS TCP {lx:.0f} µs ({lx / ft:.1f}x one bare TCP request, "
           f"{ft:.0f} µs)")
-    print(f"fleet_poll braiins_us={b:.0f} luxos_us={lx:.0f} floor_http_us={fh:.0f} "
-          f"floor_tcp_us={ft:.0f}")
+    print(f"Braiins target re-read every {braiins.TARGET_EVERY} readings instead of every one: "
+          f"{b:.0f} µs vs {b0:.0f} µs per reading ({b / b0:.2f}x)")
+    print(f"fleet_poll braiins_us={b:.0f} braiins_target_every_reading_us={b0:.0f} "
+          f"luxos_us={lx:.0f} floor_http_us={fh:.0f} floor_tcp_us={ft:.0f}")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,11 @@ SETTLE_S = 30.0
 # the asked target is budgeted 30 s.
 SLEEP_SETTLE_S = 5.0
 WAKE_SETTLE_S = 30.0
+# The power target changes only when it is set (poold's own PUT, read back by `apply`, or a
+# person's): a poll re-reads it every TARGET_EVERY readings and otherwise reports the last one
+# read. A third of a reading's requests saved (miner/stats and miner/details carry the power,
+# hashrate and pause state the controller acts on).
+TARGET_EVERY = 10
 # Endpoints that are "not there" rather than failing: stop asking for them.
 _ABSENT = (404, 405, 501)
 
@@ -137,6 +142,8 @@ class BraiinsDriver:
         self._session: aiohttp.ClientSession | None = None
         self._limits: tuple[float, float] | None = None
         self._optional_calls = OptionalCalls()
+        self._target: float | None = None
+        self._target_age = TARGET_EVERY  # readings since the target was last read
 
     def __repr__(self) -> str:
         return f"BraiinsDriver({self.host}:{self.port})"
@@ -262,6 +269,9 @@ class BraiinsDriver:
         return _number(_get(mode, "tunermode", "target", "powertarget", "power_target", "watt"))
 
     async def read(self) -> Telemetry:
+        return await self._read(fresh_target=False)
+
+    async def _read(self, *, fresh_target: bool) -> Telemetry:
         errors: list[str] = []
         stats = await self._request("GET", "miner/stats")
         details = await self._request("GET", "miner/details")
@@ -271,7 +281,12 @@ class BraiinsDriver:
                                 f"{_get(details, 'status')!r} is not a MinerStatus")
         if not isinstance(stats, dict):
             raise FirmwareProtocolError(f"{self!r} GET miner/stats: reply is not an object")
-        target = await self._target_w(errors)
+        if fresh_target or self._target_age >= TARGET_EVERY - 1:
+            target = self._target = await self._target_w(errors)
+            self._target_age = 0
+        else:
+            target = self._target
+            self._target_age += 1
         cooling = await self._optional("cooling/state", errors)
         watt = _number(_get(stats, "power_stats", "approximated_consumption", "watt"))
         real = _get(stats, "miner_stats", "real_hashrate") or {}
@@ -302,7 +317,7 @@ class BraiinsDriver:
 
     async def apply(self, desired: Desired) -> Telemetry:
         caps = await self.capabilities()
-        before = await self.read()
+        before = await self._read(fresh_target=True)
         want_w = target_watts(desired, caps.min_w, caps.max_w)
         echoed: float | None = None
         if want_w is not None and target_differs(before.target_w, want_w):
@@ -313,10 +328,11 @@ class BraiinsDriver:
                                   f"!= asked {want_w} W")
         if desired.sleep != before.sleeping:
             await self._request("PUT", "actions/pause" if desired.sleep else "actions/resume")
-        after = await self.read()
+        after = await self._read(fresh_target=True)
         if after.target_w is None and echoed is not None:
             # No documented target read-back on this firmware: the PUT's echo is the proof.
             after = dataclasses.replace(after, target_w=echoed)
+            self._target = echoed
         return verify_watts_and_sleep(self, after, desired, want_w)
 
     async def reboot(self) -> None:

@@ -325,3 +325,39 @@ def test_the_factory_hands_every_driver_its_max_w() -> None:
     assert drivers["m-luxos"].max_w == 4300  # type: ignore[attr-defined]
     assert drivers["m-whatsminer"].max_w == 3500  # type: ignore[attr-defined]
     assert drivers["m-cgminer"].nameplate_w == 3500  # type: ignore[attr-defined]
+
+
+async def test_braiins_polls_re_read_the_target_every_tenth_reading_and_after_a_command(
+) -> None:
+    from poold.fleet.drivers.braiins import TARGET_EVERY
+
+    r = case("braiins-rest.json", "minimal")
+    at_2000 = {"json": {"overall_tuner_state": 1, "mode_state": {
+        "powertargetmodestate": {"current_target": {"watt": 2000}}}}}
+    # the target read at readings 1 and 11 and before the PUT; 2000 W after it
+    r["GET performance/tuner-state"] = [r["GET performance/tuner-state"]] * 3 + [at_2000]
+    r["PUT performance/power-target"] = {"json": {"watt": 2000}}
+    srv = await HttpReplay(r).start()
+    d = BraiinsDriver("127.0.0.1", srv.port, password=Secret("pw"), timeout_s=2.0)
+
+    def target_gets() -> int:
+        return sum(k in ("GET performance/tuner-state", "GET performance/mode")
+                   for k, _ in srv.requests)
+
+    try:
+        first = await d.read()
+        n0 = target_gets()
+        assert n0 >= 1
+        for _ in range(TARGET_EVERY - 1):  # readings 2..10
+            assert (await d.read()).target_w == first.target_w  # the last one read
+        assert target_gets() == n0
+        await d.read()  # reading 11 asks again: one in every TARGET_EVERY
+        assert target_gets() > n0
+        n1 = target_gets()
+        await d.apply(Desired(watts=2000))  # read before and after the PUT: fresh both times
+        assert target_gets() >= n1 + 2
+        stats = sum(k == "GET miner/stats" for k, _ in srv.requests)
+        assert stats == TARGET_EVERY + 3  # power and state are read on every reading
+    finally:
+        await d.close()
+        await srv.stop()
