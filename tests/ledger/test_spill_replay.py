@@ -159,15 +159,17 @@ class LateCommit:
         return head
 
 
-@pytest.mark.parametrize("spilled", ["after_the_timeout", "at_shutdown"])
+@pytest.mark.parametrize("case", ["spilled_after_the_timeout", "spilled_at_shutdown",
+                                  "replayed_without_a_restart"])
 async def test_a_late_commit_and_its_replay_never_both_count(
-        ledger_url: str, tmp_path: Path, spilled: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        ledger_url: str, tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch's commit times out but lands later; shares keep coming, the batch is retried
-    (refused) and spilled (by the spiller, or at shutdown), and the next start reads the chain
-    head just before the late commit lands, then replays the spill: every share counts exactly
-    once. (Without the batch id kept from the first commit attempt, the retried batch, merged
-    with newer shares or built on another head, hashed to another link and was stored again.)"""
-    if spilled == "at_shutdown":
+    (refused) and spilled (by the spiller, or at shutdown), and the next flush (after a
+    restart, or in the same process) reads the chain head just before the late commit lands,
+    then replays the spill: every share counts exactly once. (Without the batch id kept from
+    the first commit attempt, the retried batch, merged with newer shares or built on another
+    head, hashed to another link and was stored again.)"""
+    if case == "spilled_at_shutdown":
         monkeypatch.setattr(sharebuffer, "SPILL_AFTER_S", 3600.0)  # only shutdown spills
     cfg = LedgerConfig(url=ledger_url, state_dir=str(tmp_path), flush_interval_ms=10,
                        payout="pplns", network="regtest", fee_address="pool",
@@ -177,13 +179,14 @@ async def test_a_late_commit_and_its_replay_never_both_count(
     batch = [share(10 + n, account="alice" if n % 3 else "bob", difficulty=1.0 + n, t=now)
              for n in range(20)]
     during = [share(40 + n, account="dave", difficulty=0.5, t=now) for n in range(10)]
-    expected: dict[str, float] = {}
+    expected: dict[str, float] = {"carol": 3.0}  # the share after the replay
     for s in early + batch + during:
         expected[s.account] = expected.get(s.account, 0.0) + s.difficulty
 
     ledger = Ledger(cfg, store=LateCommit(open_store(ledger_url), ""))
     store = ledger.store
     assert isinstance(store, LateCommit)
+    weights: dict[str, float] = {}
     await ledger.start()
     try:
         for s in early:
@@ -196,28 +199,38 @@ async def test_a_late_commit_and_its_replay_never_both_count(
         for s in during:
             ledger.record_share(s)
         await until(lambda: store.refused >= 2
-                    and (spilled == "at_shutdown" or ledger.backlog == ledger.spilled_shares
-                         == 30), 10, "retries refused, the shares spilled",
+                    and (case == "spilled_at_shutdown" or ledger.backlog
+                         == ledger.spilled_shares == 30), 10,
+                    "retries refused, the shares spilled",
                     seen=lambda: (store.late is not None, store.refused, ledger.backlog,
                                   ledger.spilled_shares))
+        if case == "replayed_without_a_restart":
+            store.chain_name, store.land_on_head_read = ledger.chain, True
+            weights = await replay_after_the_landing(ledger, store, now)
     finally:
         await ledger.stop()
     assert ledger.lost_shares == 0 and ledger.spilled_shares == 30
-    assert store.late is not None  # not landed yet
 
-    again = LateCommit(open_store(ledger_url), ledger.chain)
-    again.late, again.land_on_head_read = store.late, True
-    ledger = Ledger(cfg, store=again)
-    await ledger.start()
-    try:
-        await until(lambda: again.late is None and ledger.backlog == 0, 20,
-                    "the late commit landed and the spill replayed",
-                    seen=lambda: (again.late is not None, ledger.backlog))
-        ledger.record_share(share(50, account="carol", difficulty=3.0, t=now + 1))
-        assert await ledger.flush()  # the chain goes on from the stored head
-        weights = await ledger.window_weights(1.0, now + 1000)
-    finally:
-        await ledger.stop()
-    expected["carol"] += 3.0
-
+    if case != "replayed_without_a_restart":
+        assert store.late is not None  # not landed yet
+        again = LateCommit(open_store(ledger_url), ledger.chain)
+        again.late, again.land_on_head_read = store.late, True
+        ledger = Ledger(cfg, store=again)
+        await ledger.start()
+        try:
+            weights = await replay_after_the_landing(ledger, again, now)
+        finally:
+            await ledger.stop()
     await each_share_once(cfg, expected, weights, links=4, shares=36)
+
+
+async def replay_after_the_landing(ledger: Ledger, store: LateCommit,
+                                   now: float) -> dict[str, float]:
+    """Wait for the late commit to land and the spill to be replayed; one more share (the
+    chain goes on from the stored head); the PPLNS window's weights."""
+    await until(lambda: store.late is None and ledger.backlog == 0, 20,
+                "the late commit landed and the spill replayed",
+                seen=lambda: (store.late is not None, ledger.backlog))
+    ledger.record_share(share(50, account="carol", difficulty=3.0, t=now + 1))
+    assert await ledger.flush()
+    return await ledger.window_weights(1.0, now + 1000)
