@@ -31,6 +31,7 @@ from poold.fleet.drivers.base import (
     Desired,
     DriverError,
     DriverTimeout,
+    FastSleep,
     Telemetry,
 )
 from poold.fleet.health import ShareRateEstimator, ambient_adjusted_limit, thermal_cap
@@ -120,6 +121,9 @@ class Dispatcher:
         self.rack_hs: dict[str, float] = dict.fromkeys(proj.topo.rack_miners, 0.0)
         #: Filters the increases `reconcile` may start (the grid response's slow step).
         self.admit: Callable[[list[Raise], float], list[Raise]] | None = None
+        #: True while the grid response's fast step has the firmware's attention (until its
+        #: deadline): only sleeps are sent, routine reads skip a round.
+        self.quiet: Callable[[float], bool] | None = None
         self._poll_heap: list[tuple[float, str]] = sorted(
             (m.next_poll, mid) for mid, m in miners.items())
 
@@ -167,6 +171,7 @@ class Dispatcher:
         (staggered restore); at most `max_starts_per_tick` commands per tick so a cycle stays
         bounded (the rest follow on the next tick). Returns commands started."""
         self.refill_ramp(now)
+        quiet = self.quiet is not None and self.quiet(now)
         over = {n for n, p in projection.items()
                 if p > self.planner.plan_caps.get(n, math.inf)}
         lowers: list[tuple[bool, float, MinerState, Desired, float]] = []
@@ -179,6 +184,8 @@ class Dispatcher:
             if a is None or desired is None or m.caps is None:
                 self.planner.pending.discard(mid)
                 continue
+            if quiet and not a.sleep:
+                continue  # after the fast step's deadline
             prev = m.commanded
             if desired == prev or (
                 prev is not None and prev.sleep == desired.sleep and m.commanded_w is not None
@@ -214,7 +221,11 @@ class Dispatcher:
             started += 1
         return started
 
-    def start(self, m: MinerState, desired: Desired, planned_w: float) -> None:
+    def start(self, m: MinerState, desired: Desired, planned_w: float, *,
+              fast: bool = False) -> None:
+        """Send `desired` to `m` in the background. `fast` (a sleep from the grid response's
+        fast step): the driver's `sleep_now` alone where it has one (FastSleep), confirmed by
+        the read that follows the settle time instead of reads around the command."""
         # Commanded state changes now, before the task runs, so this tick's projection
         # already counts it (and the guard does not shed twice for the same watts).
         caps = m.caps
@@ -228,20 +239,26 @@ class Dispatcher:
         m.commanded, m.commanded_w = desired, planned_w
         m.settle_until = self.clock.now() + settle_bound(caps, desired, prev[0]) \
             + self.cfg.command_timeout_s
-        task = asyncio.get_running_loop().create_task(self._command(m, desired, prev))
+        task = asyncio.get_running_loop().create_task(self._command(
+            m, desired, prev, fast=fast and desired.sleep and isinstance(m.driver, FastSleep)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _command(self, m: MinerState, desired: Desired,
-                       prev: tuple[Desired | None, float | None, float]) -> None:
+                       prev: tuple[Desired | None, float | None, float], *,
+                       fast: bool = False) -> None:
         caps = m.caps
         assert caps is not None
         going_to_sleep = desired.sleep and not (prev[0] is not None and prev[0].sleep)
         t0 = self.clock.now()
+        tel: Telemetry | None = None
         try:
             async with self._sem:
                 async with asyncio.timeout(self.cfg.command_timeout_s):
-                    tel = await m.driver.apply(desired)
+                    if fast and isinstance(m.driver, FastSleep):
+                        await m.driver.sleep_now()
+                    else:
+                        tel = await m.driver.apply(desired)
         except (DriverError, TimeoutError) as exc:
             m.commanded, m.commanded_w, m.settle_until = prev
             m.inflight = False
@@ -281,11 +298,13 @@ class Dispatcher:
         m.inflight = False
         if m.plan_desired is not None and m.plan_desired != desired:
             self.planner.pending.add(m.spec.id)  # the plan moved on while we were busy
-        self.take(m, tel, now, steady=False)
+        if tel is not None:
+            self.take(m, tel, now, steady=False)
         # Confirm from telemetry once the miner has had time to settle.
         await self.clock.sleep(bound + 0.5)
-        if m.commanded is desired and not m.inflight:
-            await self.poll(m)  # _take checks that the miner followed
+        if m.commanded is desired and not m.inflight and not (
+                self.quiet is not None and self.quiet(self.clock.now())):
+            await self.poll(m)  # _take checks that the miner followed (else the next poll)
 
     def _pool_implied_w(self, m: MinerState, now: float) -> tuple[float, float] | None:
         """Watts the pool-verified hashrate since the last command settled needs on the
@@ -460,6 +479,7 @@ class Dispatcher:
         heap = self._poll_heap
         interval = self.cfg.telemetry_interval_s
         stale = self.cfg.stale_after_s
+        quiet = self.quiet is not None and self.quiet(now)
         while heap and heap[0][0] <= now:
             due, mid = heapq.heappop(heap)
             nxt = due + interval  # keep each miner's phase: polls stay staggered
@@ -467,10 +487,10 @@ class Dispatcher:
                 nxt = now + interval * self._rng.random()
             heapq.heappush(heap, (nxt, mid))
             m = self.miners[mid]
-            if m.inflight:
-                continue  # the command reads back and confirms; skip this round
             if m.health.received_at > -math.inf and now - m.health.received_at > stale:
                 self.planner.mark(m)  # just went stale: re-plan with it at worst case
+            if m.inflight or quiet:
+                continue  # the command reads back and confirms / the fast step: skip a round
             task = asyncio.get_running_loop().create_task(self.poll(m))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

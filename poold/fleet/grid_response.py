@@ -5,15 +5,20 @@ Two speeds (the pure rules are in poold.fleet.fast_step):
 - **fast step**, at the guard tick that first sees the site cap drop because of the grid signal
   (a lower level, or heartbeat/ttl lost → `safe_cap_kw`): the smallest set of miners whose
   sleep brings the projected site under the level with a margin is chosen from a precomputed
-  order and all their sleep commands start at once, in parallel. The deadline is judged on the
+  order and all their sleep commands start at once, in parallel: each the firmware's one
+  sleep call (`FastSleep.sleep_now`, no reads around it), and until the deadline the
+  dispatcher sends nothing else and skips routine reads (`quiet`), so a few thousand sleeps
+  are not queued behind a few thousand reads and watt targets. The deadline is judged on the
   meters, not on the commands: a sleep acknowledged late still helps (each command keeps the
   usual `command_timeout_s`; cutting it at the deadline would only spend a retry and count a
   failure towards "faulty"), and the miners still drawing at the deadline are named as late.
   Raises and wakes are held while the meters are over the level.
-- **deadline**: the slept miners are read every `WATCH_S` until the site's metered power (each
-  miner's last reading; the worst case for a blind one) is under the level. That time is
-  `poold_grid_response_seconds`; past `response_s` the event is counted in
-  `poold_grid_response_misses_total` and logged once with the miners that were late.
+- **deadline**: every `WATCH_S` the site's metered power (each miner's last reading; the worst
+  case for a blind one) is checked against the level, and the slept miners not yet showing
+  their sleep are read (first `FIRST_READ_S` after their sleep was acknowledged). The time
+  from the signal to the site under the level is `poold_grid_response_seconds`; past
+  `response_s` the event is counted in `poold_grid_response_misses_total` and logged once
+  with the miners that were late.
 - **slow step**: once the meters are under the level the planner's plan (equal marginal
   hashrate under the cap) is dispatched as usual, but every raise or wake is admitted only
   while the site's envelope (each miner at the higher of its reading and its command) stays
@@ -51,9 +56,11 @@ SleepFn = Callable[[MinerState], None]
 MARGIN = 0.03
 #: The slow step keeps its envelope this far under the level.
 RAISE_MARGIN = 0.01
-#: How often the site's metered power is checked while the deadline runs, and how often
-#: each slept miner is read at most.
+#: How often the site's metered power is checked while the deadline runs; when a slept
+#: miner is first read after its sleep was acknowledged (sleep takes 1-3 s on the
+#: firmware: https://docs.luxor.tech/firmware/api/luxminer/curtail), and how often after.
 WATCH_S = 0.25
+FIRST_READ_S = 1.5
 READ_EVERY_S = 1.0
 #: The sleep order is rebuilt at most this often (one sort of the fleet).
 ORDER_EVERY_S = 10.0
@@ -190,6 +197,15 @@ class GridResponse:
 
     # -- the deadline, on the meters -------------------------------------------------------
 
+    def quiet(self, now: float) -> bool:
+        """The fast step's sleeps have the firmware (and this process) to themselves: from
+        the signal until the meters are under the level or the deadline has passed, the
+        dispatcher sends no other command and skips routine reads. At a few thousand miners
+        those would otherwise queue with the sleeps on the same sockets and CPU."""
+        ev = self.event
+        return (self.hold and ev is not None and ev.step.feasible and ev.under_at is None
+                and now < ev.asked_at + self.cfg.grid_response_s)
+
     def cancel(self) -> list[asyncio.Task[None]]:
         """Stop watching (shutdown); the caller awaits the returned tasks."""
         tasks = [t for t in [self._task, *self._reads] if t is not None]
@@ -212,6 +228,7 @@ class GridResponse:
         deadline = ev.asked_at + self.cfg.grid_response_s
         stale = self.cfg.stale_after_s
         watching = [self.miners[mid] for mid in ev.slept]
+        acked: dict[str, float] = {}  # when each sleep was first seen acknowledged
         try:
             while True:
                 now = self.clock.now()
@@ -223,13 +240,18 @@ class GridResponse:
                 if now - ev.asked_at > WATCH_MAX_S:
                     break
                 # Read the slept miners that do not yet show their sleep on the meter: not
-                # while their command is in flight (its read-back is on the way), and each at
-                # most every READ_EVERY_S (the reads cost the firmware and us CPU).
+                # while their command is in flight, the first time FIRST_READ_S after its
+                # acknowledgement (the sleep call alone reads nothing back), then at most
+                # every READ_EVERY_S (the reads cost the firmware and us CPU).
                 watching = [m for m in watching
                             if m.caps is None
                             or metered_w(m, now, stale) > 1.5 * m.caps.sleep_w]
-                due = [m for m in watching
-                       if not m.inflight and now - m.health.received_at >= READ_EVERY_S]
+                for m in watching:
+                    if not m.inflight:
+                        acked.setdefault(m.spec.id, now)
+                due = [m for m in watching if not m.inflight
+                       and now - acked[m.spec.id] >= FIRST_READ_S
+                       and now - m.health.received_at >= READ_EVERY_S]
                 if self.poll is not None and due:
                     for m in due:
                         self.poll_started(m)

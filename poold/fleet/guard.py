@@ -82,10 +82,11 @@ class Guard:
         self.grid.start_sleep = self._grid_sleep
         self.grid.planner_mark = planner.mark
         disp.admit = self.grid.admit
+        disp.quiet = self.grid.quiet
 
     def _grid_sleep(self, m: MinerState) -> None:
         assert m.caps is not None
-        self.disp.start(m, Desired(sleep=True), m.caps.sleep_w)
+        self.disp.start(m, Desired(sleep=True), m.caps.sleep_w, fast=True)
         self.planner.mark(m)
 
     def reconfigure(self, cfg: FleetConfig) -> None:

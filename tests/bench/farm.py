@@ -12,14 +12,15 @@ keeps a small control channel to each: JSON lines over the child's stdin/stdout.
         await farm.totals()    # (Σ true W, Σ true TH/s), every child sampled at once
         await farm.sample()    # {id: (W, TH/s)} per miner
         await farm.fault("m00003", timeout=True)   # that miner stops answering
+        await farm.record(0.1); ...; await farm.first_under(watts, since)  # child-timed
 
 The meters are the emulators' own physics (`SimAsic.power_w()` / `hashrate_ths()`), not what
 the firmware reports. `drivers_for` builds poold's real drivers for the farm's miners.
 
 Protocol (one JSON object a line): the parent writes the child's miners as its first line,
 the child answers ``{"rows": [...]}`` once every server listens; then requests
-``{"op": "sample" | "sum" | "settings" | "fault", ...}`` each get one reply line, in order.
-EOF on stdin stops the child's servers.
+``{"op": "sample" | "sum" | "settings" | "record" | "history" | "fault", ...}`` each get
+one reply line, in order. EOF on stdin stops the child's servers.
 
 Run alone (a farm for a controller in another process): ``python -m tests.bench.farm
 --miners 2000`` prints one line per miner (id kind host:port) and serves until stdin closes.
@@ -37,6 +38,7 @@ import math
 import random
 import resource
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -180,6 +182,41 @@ class Farm:
         return {mid: w for c, r in zip(self._children, replies, strict=True)
                 for mid, w in zip(c.ids, r["w"], strict=True)}
 
+    async def record(self, every_s: float) -> None:
+        """Every child samples its miners' true (Σ W, Σ TH/s) every `every_s` on its own clock
+        from now on, so a busy parent (or a busy pipe) does not blur when the meters moved."""
+        await asyncio.gather(*(c.ask({"op": "record", "every": every_s})
+                               for c in self._children))
+
+    async def history(self, since: float) -> list[list[tuple[float, float, float]]]:
+        """Per child, its recorded (time.monotonic(), W, TH/s) samples from `since` on
+        (CLOCK_MONOTONIC is one clock for every process of the machine)."""
+        replies = await asyncio.gather(*(c.ask({"op": "history", "since": since})
+                                         for c in self._children))
+        return [[(t, w, h) for t, w, h in r["samples"]] for r in replies]
+
+    async def first_under(self, watts: float, since: float) -> float | None:
+        """The first recorded moment after `since` when the site's true power was at most
+        `watts` (each child at its last sample before that moment), or None."""
+        hist = await self.history(since)
+        if any(not h for h in hist):
+            return None
+        moments = sorted({t for h in hist for t, _, _ in h})
+        idx = [0] * len(hist)
+        for t in moments:
+            total = 0.0
+            ready = True
+            for i, h in enumerate(hist):
+                while idx[i] + 1 < len(h) and h[idx[i] + 1][0] <= t:
+                    idx[i] += 1
+                if h[idx[i]][0] > t:
+                    ready = False  # this child has no sample yet at t
+                    break
+                total += h[idx[i]][1]
+            if ready and total <= watts:
+                return t
+        return None
+
     async def fault(self, miner_id: str, **faults: Any) -> None:
         """Set `SimAsic.faults` fields of one miner (e.g. ``timeout=True``: stops answering)."""
         await self._child_of[miner_id].ask({"op": "fault", "id": miner_id, "set": faults})
@@ -266,6 +303,15 @@ async def _child() -> None:
         rows.append({"id": mid, "kind": kind, "port": srv.port,
                      "spec": dataclasses.asdict(a.spec), "unit_factor": a.unit_factor})
     by_id = {a.miner_id: a for a in asics}
+    samples: list[tuple[float, float, float]] = []
+    recorder: asyncio.Task[None] | None = None
+
+    async def record(every_s: float) -> None:
+        while True:
+            samples.append((time.monotonic(), sum(a.power_w() for a in asics),
+                            sum(a.hashrate_ths() for a in asics)))
+            await asyncio.sleep(every_s)
+
     reply({"rows": rows})
     while line := await reader.readline():
         req = json.loads(line)
@@ -277,6 +323,18 @@ async def _child() -> None:
                    "ths": sum(a.hashrate_ths() for a in asics)})
         elif op == "settings":
             reply({"w": [setting_w(a) for a in asics]})
+        elif op == "record":
+            if recorder is not None:
+                recorder.cancel()
+            samples.clear()
+            recorder = loop.create_task(record(float(req["every"])))
+            reply({"ok": True})
+        elif op == "history":
+            since = float(req["since"])
+            # the last sample before `since` too: the state at `since` itself
+            first = max(0, next((i for i, s in enumerate(samples) if s[0] >= since),
+                                len(samples)) - 1)
+            reply({"samples": samples[first:]})
         elif op == "fault":
             f = by_id[req["id"]].faults
             for k, v in req["set"].items():
@@ -284,6 +342,8 @@ async def _child() -> None:
             reply({"ok": True})
         else:
             reply({"error": f"unknown op {op!r}"})
+    if recorder is not None:
+        recorder.cancel()
     for s in servers:
         await s.stop()
     out.close()

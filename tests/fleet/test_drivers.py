@@ -15,6 +15,7 @@ from poold.fleet.drivers.base import (
     Desired,
     DriverError,
     DriverTimeout,
+    FastSleep,
     FirmwareAuthError,
     FirmwareProtocolError,
     MinerDriver,
@@ -114,6 +115,21 @@ async def test_capabilities_read_apply_and_read_back(rig: Rig) -> None:
     await reading(rig.driver.read,
                   lambda t: t.power_w is not None and abs(t.power_w - sleep_w) <= 0.2 * sleep_w,
                   5.0, "the miner at its sleep power")
+    t = await rig.driver.apply(watts_for(rig, 1.0))
+    assert not t.sleeping
+
+
+async def test_sleep_now_is_the_one_sleep_call_and_the_next_read_confirms(rig: Rig) -> None:
+    """The grid response's fast step: sleep alone, no reads around it."""
+    assert isinstance(rig.driver, FastSleep)
+    t = await rig.driver.read()
+    assert not t.sleeping
+    before = rig.asic.commands_received
+    await rig.driver.sleep_now()
+    assert rig.asic.commands_received == before + 1 and rig.asic.reported_sleep()
+    sleep_w = rig.asic.spec.sleep_w
+    await reading(rig.driver.read, lambda t: t.sleeping and t.power_w is not None
+                  and t.power_w <= 1.5 * sleep_w, 5.0, "asleep on the reads after sleep_now")
     t = await rig.driver.apply(watts_for(rig, 1.0))
     assert not t.sleeping
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from poold.fleet.clock import Clock, LoopClock, run_virtual
 from poold.fleet.model import PowerCurve
@@ -45,6 +47,13 @@ async def wait_until(clock: Clock, cond: Any, limit_s: float, what: str,
             raise AssertionError(f"{what}: not within {limit_s} s")
         await clock.sleep(step_s)
     return clock.now() - t0
+
+
+def scraped(metrics: Metrics) -> dict[str, float]:
+    """The unlabelled samples of the /metrics exposition (what Prometheus scrapes)."""
+    text = generate_latest(metrics.registry).decode()
+    return {name: float(v) for name, v in
+            re.findall(r"^(poold_[a-z_]+) (\S+)$", text, re.M)}
 
 
 def table(**kw: Any) -> dict[str, Any]:
@@ -121,6 +130,52 @@ def test_ttl_lost_goes_to_the_safe_cap_through_the_fast_step() -> None:
     assert took <= 5.0
 
 
+def test_the_fast_step_has_the_firmware_to_itself_until_its_deadline() -> None:
+    """From the signal until the meters are under the level (or the deadline), the dispatcher
+    sends only the fast step's sleeps and skips routine reads; then both resume."""
+    async def go() -> dict[str, Any]:
+        clock = LoopClock(wall_at_zero=1_767_225_600.0)
+        site = await SimSite.create(table(), clock, tcp=False, rng=random.Random(9))
+        ctl = site.controller
+        run = asyncio.get_running_loop().create_task(ctl.run())
+        try:
+            await clock.sleep(40)
+            ctl.budgets.grid_signal(0.5 * site.cfg.cap_kw)
+            await wait_until(clock, lambda: ctl.guard.grid.event is not None, 5, "fast step",
+                             step_s=0.01)
+            ev = ctl.guard.grid.event
+            assert ev is not None
+            t_step = clock.now()  # the guard tick that ran the fast step
+            others = [m for mid, m in ctl.miners.items() if mid not in ev.slept]
+            cmd0 = {m.spec.id: m.commanded for m in others}
+            read0 = {m.spec.id: m.health.received_at for m in others}
+            quiet_s, moved, read = 0.0, set(), set()
+            while ctl.guard.grid.quiet(clock.now()):
+                moved |= {m.spec.id for m in others if m.commanded is not cmd0[m.spec.id]}
+                # a read already on its way at the fast step may land (SimDriver: ≤ 0.8 s)
+                if clock.now() - t_step > 1.0:
+                    read0.update({m.spec.id: m.health.received_at for m in others
+                                  if m.health.received_at <= t_step + 1.0})
+                    read |= {m.spec.id for m in others
+                             if m.health.received_at != read0[m.spec.id]}
+                await clock.sleep(0.05)
+                quiet_s = clock.now() - ev.asked_at
+            await wait_until(clock, lambda: all(m.health.received_at != read0[m.spec.id]
+                                                for m in others), 30, "routine reads again")
+            await wait_until(clock, lambda: any(m.commanded is not cmd0[m.spec.id]
+                                                for m in others), 30, "the slow step's commands")
+            return {"quiet_s": quiet_s, "moved": moved, "read": read, "slept": len(ev.slept),
+                    "others": len(others)}
+        finally:
+            run.cancel()
+            await ctl.stop(settle_timeout_s=1.0)
+
+    r = run_virtual(go())
+    assert r["slept"] >= 1 and r["others"] >= 1, r
+    assert 0 < r["quiet_s"] <= 5.0 + 0.1, r
+    assert not r["moved"] and not r["read"], r
+
+
 def test_a_late_miner_is_counted_and_named(caplog: pytest.LogCaptureFixture) -> None:
     async def go() -> tuple[float, list[str], str]:
         clock = LoopClock(wall_at_zero=1_767_225_600.0)
@@ -171,6 +226,15 @@ async def test_over_real_sockets_at_real_speed_signal_then_loss() -> None:
         await wait_until(clock, lambda: metrics.grid_response_seconds._value.get() > 0, 10,
                          "poold saw it on telemetry")
         assert metrics.grid_response_misses._value.get() == 0
+        # What the dashboard's "Grid level vs site power" panel reads, as /metrics shows it:
+        # the level in force is the grid's, the site's meters under it, the response time.
+        await wait_until(clock, lambda: 0 < scraped(metrics).get("poold_site_power_watts", 0)
+                         <= level, 10, "the guard's site gauges under the level")
+        shown = scraped(metrics)
+        assert shown["poold_site_cap_watts"] == pytest.approx(level, abs=1.0), shown
+        assert 0 < shown["poold_site_power_watts"] <= level, shown
+        assert 0 < shown["poold_grid_response_seconds"] <= 5.0, shown
+        assert shown["poold_grid_response_misses_total"] == 0, shown
         ctl.budgets.grid_signal(None, ttl_s=3.0)  # back to no limit, then silence
         expiry = clock.now() + 3.0
         safe = site.cfg.safe_cap_kw * 1000.0

@@ -16,7 +16,7 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from poold.errors import PooldError
 from poold.fleet.policy import Actuator
@@ -139,6 +139,15 @@ class MinerDriver(Protocol):
     async def set_pool(self, url: str, user: str, password: Secret) -> None: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class FastSleep(Protocol):
+    """A driver that can send sleep alone: the firmware's one documented sleep call, without
+    the reads before and after that `apply` makes. The grid response's fast step uses it (a
+    few thousand sleeps in seconds); the confirmation comes from the next telemetry read."""
+
+    async def sleep_now(self) -> None: ...
 
 
 async def with_timeout(seconds: float, what: str, fn: Callable[[], Awaitable[T]]) -> T:

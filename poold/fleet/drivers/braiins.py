@@ -335,6 +335,10 @@ class BraiinsDriver:
             self._target = echoed
         return verify_watts_and_sleep(self, after, desired, want_w)
 
+    async def sleep_now(self) -> None:
+        """Pause alone (the grid's fast step): no reads around it, the next read confirms."""
+        await self._request("PUT", "actions/pause")
+
     async def reboot(self) -> None:
         await self._request("PUT", "actions/reboot")
 

@@ -350,6 +350,18 @@ class LuxosDriver:
                                   f"{want_level.name if want_level else None}")
             return after
 
+    async def sleep_now(self) -> None:
+        """`curtail sleep` alone (the grid's fast step): no reads around it, the next read
+        confirms (https://docs.luxor.tech/firmware/api/luxminer/curtail)."""
+        async with self._lock:
+            sid = await self._session()
+            try:
+                await self._req("curtail", f"{sid},sleep")
+                self._sleep_set = True
+                self._sleep_set_at = time.monotonic()
+            finally:
+                await self._logoff(sid)
+
     async def reboot(self) -> None:
         async with self._lock:
             sid = await self._session()

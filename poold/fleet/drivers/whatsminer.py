@@ -186,6 +186,11 @@ class WhatsminerDriver:
             self._stop_set, self._stop_set_at = desired.sleep, time.monotonic()
         return verify_watts_and_sleep(self, await self.read(), desired, want)
 
+    async def sleep_now(self) -> None:
+        """Mining service stopped alone (the grid's fast step): the next read confirms."""
+        await self._write("set.miner.service", "stop")
+        self._stop_set, self._stop_set_at = True, time.monotonic()
+
     async def reboot(self) -> None:
         await self._write("set.system.reboot", "")
 
