@@ -146,15 +146,16 @@ class GridResponse:
     def tick(self, site_cap: Cap, now: float) -> None:
         """Start a fast step when the grid signal (or its loss) has just lowered the site cap."""
         prev, self._last_level = self._last_level, site_cap.watts
-        order = self._sleep_order(now)
         grid = site_cap.source is Source.GRID or (
             site_cap.source is Source.SAFE and self.budgets.grid_lost())
         self._gated_level = site_cap.watts if grid and self.enabled else None
-        if not self.enabled:
-            return
-        if prev is None or site_cap.watts >= prev - 1e-6 or not grid:
+        if not self.enabled or prev is None or site_cap.watts >= prev - 1e-6 or not grid:
+            self._sleep_order(now)  # kept fresh on the ticks without an event
             return
         asked = self.budgets.grid_changed_at(site_cap.source)
+        # The event uses the order as it stands (at most ORDER_EVERY_S + a tick old): its
+        # sort is not on the way between the signal and the sleep commands.
+        order = self._order if self._order is not None else self._sleep_order(now)
         self.fast_step(order, site_cap.watts, asked, now)
 
     def fast_step(self, order: SleepOrder, level_w: float, asked_at: float, now: float) -> None:

@@ -189,6 +189,7 @@ async def _measure(farm: Farm, ctl: FleetController, clock: LoopClock, recover_m
             else:
                 held_since = None
         out["recovered_vs_optimal"] = ratio
+        out["sleeps_level"] = sum(len(m.sleeps) for m in ctl.miners.values())
         out["recovered_s"] = time.monotonic() - w0
         out["peak_over_level_w"] = peak - level
         out["loss_to_safe_s"] = -1.0
@@ -230,7 +231,8 @@ def main() -> None:
               f"(-1: not within 240 s, {r['read']:.0f} read); {r['fresh_before']:.0f} fresh at "
               f"the signal (steady: {r['steady']}); "
               f"process CPU while polling {r['poll_cpu']:.0%} of one core; "
-              f"fast step slept {r['slept']:.0f}; "
+              f"fast step slept {r['slept']:.0f} (sleeps until recovered "
+              f"{r['sleeps_level']:.0f}); "
               f"recovered after {r['recovered_s']:.0f} s (peak over level "
               f"{r['peak_over_level_w']:.0f} W); deadline misses {r['misses']:.0f}; "
               f"process CPU while meeting the level {r['cpu_busy']:.0%} of one core; "

@@ -176,6 +176,32 @@ def test_the_fast_step_has_the_firmware_to_itself_until_its_deadline() -> None:
     assert not r["moved"] and not r["read"], r
 
 
+def test_the_fast_step_uses_the_order_computed_before_the_signal() -> None:
+    async def go() -> tuple[float, float, float, int]:
+        clock = LoopClock(wall_at_zero=1_767_225_600.0)
+        site = await SimSite.create(table(), clock, tcp=False, rng=random.Random(10))
+        ctl = site.controller
+        grid = ctl.guard.grid
+        run = asyncio.get_running_loop().create_task(ctl.run())
+        try:
+            await clock.sleep(40)
+            grid._order_at -= 60.0  # as if due for its rebuild at the very tick of the signal
+            before = grid._order_at
+            ctl.budgets.grid_signal(0.5 * site.cfg.cap_kw)
+            await wait_until(clock, lambda: grid.event is not None, 5, "fast step",
+                             step_s=0.01)
+            at_event = grid._order_at
+            await wait_until(clock, lambda: grid._order_at > before, 5, "rebuilt after")
+            assert grid.event is not None
+            return before, at_event, grid._order_at, len(grid.event.slept)
+        finally:
+            run.cancel()
+            await ctl.stop(settle_timeout_s=1.0)
+
+    before, at_event, after, slept = run_virtual(go())
+    assert slept >= 1 and at_event == before < after
+
+
 def test_a_late_miner_is_counted_and_named(caplog: pytest.LogCaptureFixture) -> None:
     async def go() -> tuple[float, list[str], str]:
         clock = LoopClock(wall_at_zero=1_767_225_600.0)
