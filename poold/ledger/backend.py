@@ -63,7 +63,7 @@ class ChainConflict(StoreUnavailable):
     (`chain_head`) and hashes the batch again."""
 
 
-class BatchStored(Exception):
+class BatchStored(PooldError):
     """A share batch's id is stored already with another chain link: an earlier attempt of
     this very batch committed (an answer lost to a timeout, a crash before the spill's `done`
     line). Raised inside the store's transaction, which then writes nothing."""
