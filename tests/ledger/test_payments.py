@@ -157,6 +157,18 @@ async def test_reconcile_loop_records_payouts_seen_in_new_blocks(
         await ledger.stop()
 
 
+class CountingNode(NodeReader):
+    """The node adapter, counting the blocks the watcher reads."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.calls: list[str] = []
+
+    async def getblock(self, hash_hex: str, verbosity: int) -> Any:
+        self.calls.append(hash_hex)
+        return await super().getblock(hash_hex, verbosity)
+
+
 async def test_watcher_is_bounded_and_skips_blocks_when_nothing_is_owed(
     devnet: Any, tmp_path: Path
 ) -> None:
@@ -164,17 +176,11 @@ async def test_watcher_is_bounded_and_skips_blocks_when_nothing_is_owed(
     store = open_store(url)
     await store.open()
     await devnet.generate(30)
-    calls: list[str] = []
-
-    class CountingNode(NodeReader):
-        async def getblock(self, hash_hex: str, verbosity: int) -> Any:
-            calls.append(hash_hex)
-            return await super().getblock(hash_hex, verbosity)
-
     rpc = RpcClient(devnet.rpc_url, user=devnet.rpc_user, password=devnet.rpc_password)
     await rpc.start()
     try:
         node = CountingNode([rpc])
+        calls = node.calls
         watcher = payments.PaymentWatcher(store, REGTEST, payments.account_addresses(REGTEST),
                                           lookback=12, max_blocks=5)
         assert await watcher.scan(node) == []
@@ -209,17 +215,11 @@ async def test_watcher_resumes_from_its_kept_position_after_a_restart(
     a = addr()
     await owe(url, {a: 30_000})
     await devnet.generate(101)
-    calls: list[str] = []
-
-    class CountingNode(NodeReader):
-        async def getblock(self, hash_hex: str, verbosity: int) -> Any:
-            calls.append(hash_hex)
-            return await super().getblock(hash_hex, verbosity)
-
     rpc = RpcClient(devnet.rpc_url, user=devnet.rpc_user, password=devnet.rpc_password)
     await rpc.start()
     try:
         node = CountingNode([rpc])
+        calls = node.calls
 
         def watcher() -> payments.PaymentWatcher:
             return payments.PaymentWatcher(store, REGTEST, payments.account_addresses(REGTEST),
