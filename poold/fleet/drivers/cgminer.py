@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
+import socket
 import time
 from typing import Any
 
@@ -54,16 +56,56 @@ class CgminerStatusError(DriverError):
         return self.code == INVALID_COMMAND and "invalid command" in self.msg.lower()
 
 
+RECV_CHUNK = 1 << 16  # a reply is a few kB: a 1 MiB receive buffer per call is an mmap each
+
+
+def _numeric_family(host: str) -> int | None:
+    """The socket family of a numeric address (what inventories hold), None for a name."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+
+
+async def _exchange(family: int, host: str, port: int, payload: bytes) -> bytes:
+    """Connect, send, read to EOF (or a trailing NUL), close: on a bare non-blocking socket
+    with the loop's sock_* calls (each tries the syscall first), without the transport,
+    protocol and stream objects `asyncio.open_connection` builds for every request."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, (host, port))
+        await loop.sock_sendall(sock, payload)
+        chunks: list[bytes] = []
+        size = 0
+        while size < MAX_REPLY:
+            data = await loop.sock_recv(sock, RECV_CHUNK)
+            if not data:
+                break
+            chunks.append(data)
+            size += len(data)
+            if data.endswith(b"\x00"):
+                break
+        return b"".join(chunks)
+    finally:
+        sock.close()
+
+
 async def cgminer_request(host: str, port: int, command: str, parameter: str | None = None,
                           *, timeout_s: float = 5.0) -> dict[str, Any]:
     """One cgminer-style request; returns the parsed reply or raises DriverError."""
+    req: dict[str, str] = {"command": command}
+    if parameter is not None:
+        req["parameter"] = parameter
+    family = _numeric_family(host)
 
     async def go() -> bytes:
-        reader, writer = await asyncio.open_connection(host, port)
+        if family is not None:
+            return await _exchange(family, host, port, json.dumps(req).encode())
+        reader, writer = await asyncio.open_connection(host, port)  # a host name
         try:
-            req: dict[str, str] = {"command": command}
-            if parameter is not None:
-                req["parameter"] = parameter
             writer.write(json.dumps(req).encode())
             await writer.drain()
             data = await reader.read(MAX_REPLY)
