@@ -10,6 +10,7 @@ to `safe_cap_kw` (fail-safe, as Proto Fleet does with its 240 s MQTT watchdog, d
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -46,6 +47,9 @@ class Budgets:
         self._forced_safe = False
         self._grid_received = False
         self.version = 0  # bumps on every explicit change (API, grid value, safe)
+        #: Called on every explicit change (the controller's wake: a grid signal or an API
+        #: cap takes effect at once, not at the next guard tick).
+        self.on_change: Callable[[], None] = lambda: None
 
     def reconfigure(self, cfg: FleetConfig) -> None:
         """Take the configured caps (and schedule, safe cap, heartbeat) of `cfg` (SIGHUP)."""
@@ -90,6 +94,7 @@ class Budgets:
                                  f"{self._config_w[node] / 1000:g}] kW")
             self._api[node] = (w, until)
         self.version += 1
+        self.on_change()
 
     def grid_signal(self, site_cap_kw: float | None, *, ttl_s: float | None = None) -> None:
         """A grid dispatch message: heartbeat plus the site cap it allows (None = no limit).
@@ -107,6 +112,7 @@ class Budgets:
             self._grid_w = new
             self._grid_changed_at = self._last_heartbeat
             self.version += 1
+        self.on_change()  # also a heartbeat: it moves the time the signal would be lost
 
     def heartbeat(self) -> None:
         self._last_heartbeat = self.clock.now()
@@ -126,6 +132,15 @@ class Budgets:
     def grid_lost(self) -> bool:
         hb = self._heartbeat_limit_s()
         return hb is not None and self.grid_signal_age() > hb
+
+    def grid_lost_in(self) -> float | None:
+        """Seconds until the grid signal's heartbeat or ttl runs out (the site then drops to
+        its safe cap), or None when it is not running (none in use, or already lost)."""
+        hb = self._heartbeat_limit_s()
+        if hb is None or self._forced_safe:
+            return None
+        left = hb - self.grid_signal_age()
+        return left if left >= 0 else None
 
     def grid_changed_at(self, source: Source) -> float:
         """When the grid asked for the site cap now in force from `source`: the message that

@@ -108,6 +108,10 @@ class FleetController:
         self.guard = Guard(cfg, clock, self.budgets, self.proj, self.planner, self.dispatcher,
                            self.metrics, shares)
         self._stopping = asyncio.Event()
+        #: Set by a cap change (grid signal, API): the guard ticks at once instead of at the
+        #: end of its interval, so a grid signal's fast step does not wait for it.
+        self._wake = asyncio.Event()
+        self.budgets.on_change = self._wake.set
         #: Controller CPU per guard cycle, and the cycles' process_time (start, end) spans;
         #: bounded (the most recent TIMING_SAMPLES).
         self.cycle_cpu_s: deque[float] = deque(maxlen=TIMING_SAMPLES)
@@ -170,11 +174,32 @@ class FleetController:
             cpu1 = time.process_time()
             self.cycle_cpu_s.append(cpu1 - cpu0)
             self.cycle_spans.append((cpu0, cpu1))
-            await self.clock.sleep(self.cfg.guard_interval_s)
+            await self._until_next_tick()
+
+    async def _until_next_tick(self) -> None:
+        """The guard interval, cut short by a cap change (`_wake`) and ended just after the
+        grid signal's heartbeat or ttl runs out (its loss is met at once, like a signal)."""
+        wait = self.cfg.guard_interval_s
+        lost_in = self.budgets.grid_lost_in()
+        if lost_in is not None and lost_in < wait:
+            wait = lost_in + 1e-3  # grid_lost() holds once the age is past the limit
+        if self._wake.is_set():
+            self._wake.clear()
+            return
+        sleep = asyncio.ensure_future(self.clock.sleep(wait))
+        woken = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait((sleep, woken), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (sleep, woken):
+                t.cancel()
+            await asyncio.gather(sleep, woken, return_exceptions=True)
+        self._wake.clear()
 
     async def stop(self, *, settle_timeout_s: float = 30.0) -> StopReport:
         """Leave the site at its safe cap, then stop all loops; says what it did."""
         self._stopping.set()
+        self._wake.set()
         self.budgets.force_safe(True)
         self.planner.mark()
         self.optimize()

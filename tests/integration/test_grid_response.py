@@ -176,6 +176,50 @@ def test_the_fast_step_has_the_firmware_to_itself_until_its_deadline() -> None:
     assert not r["moved"] and not r["read"], r
 
 
+def test_a_signal_and_its_loss_wake_the_guard_at_once() -> None:
+    """The guard ticks every second; a grid signal (what POST /api/v1/grid/signal calls) and
+    the moment its ttl runs out each start the fast step's sleeps within 0.2 s, not at the
+    next tick (signalled just after a tick: up to 1 s later without the wake)."""
+    async def go() -> tuple[float, float, float]:
+        clock = LoopClock(wall_at_zero=1_767_225_600.0)
+        site = await SimSite.create(table(), clock, tcp=False, rng=random.Random(11))
+        ctl = site.controller
+        grid = ctl.guard.grid
+        assert ctl.cfg.guard_interval_s == 1.0
+        run = asyncio.get_running_loop().create_task(ctl.run())
+        try:
+            await clock.sleep(40)
+            ticks = len(ctl.cycle_spans)
+            await wait_until(clock, lambda: len(ctl.cycle_spans) > ticks, 2, "a guard tick",
+                             step_s=0.001)
+            await clock.sleep(0.05)  # just after a tick: the next one is ~0.95 s away
+            t0 = clock.now()
+            ctl.budgets.grid_signal(0.5 * site.cfg.cap_kw, ttl_s=20.0)
+            to_step = await wait_until(clock, lambda: grid.event is not None
+                                       and any(ctl.miners[m].inflight
+                                               or (ctl.miners[m].commanded is not None
+                                               and ctl.miners[m].commanded.sleep)
+                                               for m in grid.event.slept),
+                                       5, "the fast step's sleeps", step_s=0.001)
+            assert grid.event is not None and grid.event.asked_at == t0
+            first = grid.event
+            # The ttl runs out 20 s after the signal, between two ticks; the safe cap (40 %
+            # of nameplate) is under the grid's 50 %: a second fast step.
+            expiry = t0 + 20.0
+            await wait_until(clock, lambda: grid.event is not first, 25, "the loss's step",
+                             step_s=0.001)
+            assert grid.event is not None
+            return to_step, grid.event.asked_at - expiry, clock.now() - expiry
+        finally:
+            run.cancel()
+            await ctl.stop(settle_timeout_s=1.0)
+
+    to_step, asked_vs_expiry, loss_to_step = run_virtual(go())
+    assert to_step < 0.2, to_step
+    assert abs(asked_vs_expiry) < 1e-6 and 0 <= loss_to_step < 0.2, (asked_vs_expiry,
+                                                                     loss_to_step)
+
+
 def test_the_fast_step_uses_the_order_computed_before_the_signal() -> None:
     async def go() -> tuple[float, float, float, int]:
         clock = LoopClock(wall_at_zero=1_767_225_600.0)
