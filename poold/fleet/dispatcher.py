@@ -18,10 +18,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import logging
 import math
 import random
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,6 +34,7 @@ from poold.fleet.drivers.base import (
     DriverError,
     DriverTimeout,
     FastSleep,
+    PowerRead,
     Telemetry,
 )
 from poold.fleet.health import ShareRateEstimator, ambient_adjusted_limit, thermal_cap
@@ -124,6 +127,9 @@ class Dispatcher:
         #: True while the grid response's fast step has the firmware's attention (until its
         #: deadline): only sleeps are sent, routine reads skip a round.
         self.quiet: Callable[[float], bool] | None = None
+        #: Told when a sleep is acknowledged (the grid response times the confirming read
+        #: of its fast step's sleeps from it).
+        self.on_fast_ack: Callable[[MinerState, float], None] | None = None
         self._poll_heap: list[tuple[float, str]] = sorted(
             (m.next_poll, mid) for mid, m in miners.items())
 
@@ -300,6 +306,8 @@ class Dispatcher:
             self.planner.pending.add(m.spec.id)  # the plan moved on while we were busy
         if tel is not None:
             self.take(m, tel, now, steady=False)
+        if desired.sleep and self.on_fast_ack is not None:
+            self.on_fast_ack(m, now)
         # Confirm from telemetry once the miner has had time to settle.
         await self.clock.sleep(bound + 0.5)
         if m.commanded is desired and not m.inflight and not (
@@ -465,6 +473,30 @@ class Dispatcher:
         self.take(m, tel, now, steady=True)
         if was_stale:
             self.planner.mark(m)  # back from stale: it can be planned again
+
+    async def poll_power(self, m: MinerState) -> None:
+        """The miner's watts alone where its driver has a documented power-only call
+        (PowerRead), a full `poll` otherwise. The reading's other fields stay as last read;
+        the next routine poll replaces them."""
+        t = m.health.telemetry
+        if not isinstance(m.driver, PowerRead) or t is None:
+            await self.poll(m)
+            return
+        try:
+            async with self._sem:
+                async with asyncio.timeout(self.cfg.command_timeout_s):
+                    watts = await m.driver.read_power()
+        except (DriverError, TimeoutError) as exc:
+            self._count_read(m, "timeout" if isinstance(exc, TimeoutError | DriverTimeout)
+                             else "error")
+            self.warn(m, self.clock.now(), "miner %s: power read failed: %s", m.spec.id,
+                      reason(exc, self.cfg.command_timeout_s))
+            return
+        self._count_read(m, "ok")
+        now = self.clock.now()
+        if m.health.telemetry is t:  # not replaced by a full reading meanwhile
+            m.health.telemetry = dataclasses.replace(t, power_w=watts, time=time.monotonic())
+            m.health.received_at = now
 
     def _count_read(self, m: MinerState, result: str) -> None:
         key = (m.driver.kind, result)

@@ -14,11 +14,16 @@ Two speeds (the pure rules are in poold.fleet.fast_step):
   failure towards "faulty"), and the miners still drawing at the deadline are named as late.
   Raises and wakes are held while the meters are over the level.
 - **deadline**: every `WATCH_S` the site's metered power (each miner's last reading; the worst
-  case for a blind one) is checked against the level, and the slept miners not yet showing
-  their sleep are read (first `FIRST_READ_S` after their sleep was acknowledged). The time
-  from the signal to the site under the level is `poold_grid_response_seconds`; past
-  `response_s` the event is counted in `poold_grid_response_misses_total` and logged once
-  with the miners that were late.
+  case for a blind one) is checked against the level. Each slept miner is read `FIRST_READ_S`
+  after its sleep was acknowledged (the dispatcher tells, `on_fast_ack`), then every
+  `READ_EVERY_S` until its meter shows the sleep: its watts alone where the firmware
+  documents a power-only call (`PowerRead`: one request instead of a full reading's
+  several), at most `read_slots` at a time, so that at a few thousand miners the site is
+  seen under the level on telemetry about when it is on the meters, and the reads leave the
+  sleeps still in flight most of the dispatcher's concurrency. The time from the signal to
+  the site under the level is `poold_grid_response_seconds`; past `response_s` the event is
+  counted in `poold_grid_response_misses_total` and logged once with the miners that were
+  late.
 - **slow step**: once the meters are under the level the planner's plan (equal marginal
   hashrate under the cap) is dispatched as usual, but every raise or wake is admitted only
   while the site's envelope (each miner at the higher of its reading and its command) stays
@@ -46,7 +51,7 @@ from poold.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-#: Reads one miner's telemetry now (the dispatcher's poll).
+#: Reads one miner's telemetry now (the dispatcher's power-only read, else a full poll).
 PollFn = Callable[[MinerState], Coroutine[Any, Any, None]]
 #: Starts a sleep command on one miner.
 SleepFn = Callable[[MinerState], None]
@@ -64,6 +69,9 @@ FIRST_READ_S = 1.5
 READ_EVERY_S = 1.0
 #: The sleep order is rebuilt at most this often (one sort of the fleet).
 ORDER_EVERY_S = 10.0
+#: Confirming reads in flight at most (a share of the dispatcher's concurrency: the guard
+#: sets `read_slots` to half of it, at most this).
+CONFIRM_READS = 256
 #: After a miss, keep watching this long for the time the meters did get under the level.
 WATCH_MAX_S = 120.0
 
@@ -80,6 +88,10 @@ class GridEvent:
     under_at: float | None = None
     missed: bool = False
     late: list[str] = field(default_factory=list)
+    slept_set: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        self.slept_set = frozenset(self.slept)
 
     @property
     def response_s(self) -> float | None:
@@ -115,6 +127,7 @@ class GridResponse:
         self.events = 0
         self._task: asyncio.Task[None] | None = None
         self._reads: set[asyncio.Task[None]] = set()
+        self.read_slots = asyncio.Semaphore(CONFIRM_READS)
         self.poll: PollFn | None = None
         #: Re-plan a miner's rack (the planner's mark).
         self.planner_mark: Callable[[MinerState], None] = lambda m: None
@@ -214,12 +227,33 @@ class GridResponse:
             t.cancel()
         return tasks
 
-    def poll_started(self, m: MinerState) -> None:
-        """Read one miner in the background (the watch loop does not wait for slow reads)."""
-        assert self.poll is not None
-        task = asyncio.get_running_loop().create_task(self.poll(m))
+    def sleep_acked(self, m: MinerState, acked_at: float) -> None:
+        """A sleep was acknowledged: if it is the live event's, read the miner
+        `FIRST_READ_S` later and on until its meter shows the sleep (the sleep call alone
+        reads nothing back)."""
+        ev = self.event
+        if ev is None or ev.under_at is not None or m.spec.id not in ev.slept_set \
+                or self.poll is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._confirm(ev, m, acked_at))
         self._reads.add(task)
         task.add_done_callback(self._reads.discard)
+
+    async def _confirm(self, ev: GridEvent, m: MinerState, acked_at: float) -> None:
+        assert self.poll is not None
+        stale = self.cfg.stale_after_s
+        due = acked_at + FIRST_READ_S
+        while True:
+            await self.clock.sleep(due - self.clock.now())
+            if self.event is not ev or ev.under_at is not None or m.inflight \
+                    or self.clock.now() - ev.asked_at > WATCH_MAX_S:
+                return  # the site is seen under the level (or a newer event, or a command)
+            async with self.read_slots:
+                await self.poll(m)
+            now = self.clock.now()
+            if m.caps is None or metered_w(m, now, stale) <= 1.5 * m.caps.sleep_w:
+                return
+            due = now + READ_EVERY_S
 
     def site_metered_w(self, now: float) -> float:
         stale = self.cfg.stale_after_s
@@ -227,9 +261,6 @@ class GridResponse:
 
     async def _watch(self, ev: GridEvent) -> None:
         deadline = ev.asked_at + self.cfg.grid_response_s
-        stale = self.cfg.stale_after_s
-        watching = [self.miners[mid] for mid in ev.slept]
-        acked: dict[str, float] = {}  # when each sleep was first seen acknowledged
         try:
             while True:
                 now = self.clock.now()
@@ -240,22 +271,6 @@ class GridResponse:
                     self._miss(ev, now)
                 if now - ev.asked_at > WATCH_MAX_S:
                     break
-                # Read the slept miners that do not yet show their sleep on the meter: not
-                # while their command is in flight, the first time FIRST_READ_S after its
-                # acknowledgement (the sleep call alone reads nothing back), then at most
-                # every READ_EVERY_S (the reads cost the firmware and us CPU).
-                watching = [m for m in watching
-                            if m.caps is None
-                            or metered_w(m, now, stale) > 1.5 * m.caps.sleep_w]
-                for m in watching:
-                    if not m.inflight:
-                        acked.setdefault(m.spec.id, now)
-                due = [m for m in watching if not m.inflight
-                       and now - acked[m.spec.id] >= FIRST_READ_S
-                       and now - m.health.received_at >= READ_EVERY_S]
-                if self.poll is not None and due:
-                    for m in due:
-                        self.poll_started(m)
                 await self.clock.sleep(WATCH_S)
         finally:
             self.hold = False

@@ -20,6 +20,7 @@ sleeps miners at once when the grid lowers the level, and gates raises while it 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 
@@ -27,7 +28,7 @@ from poold.fleet.budgets import Budgets, Cap
 from poold.fleet.clock import Clock
 from poold.fleet.dispatcher import Dispatcher
 from poold.fleet.drivers.base import Desired
-from poold.fleet.grid_response import GridResponse
+from poold.fleet.grid_response import CONFIRM_READS, GridResponse
 from poold.fleet.health import ShareRateEstimator
 from poold.fleet.inventory import FleetConfig
 from poold.fleet.planner import Planner
@@ -78,7 +79,10 @@ class Guard:
         self.optimize_budget_s = 0.06
         self._last_pool_export = -math.inf
         self.grid = GridResponse(cfg, clock, budgets, planner.miners, metrics)
-        self.grid.poll = disp.poll
+        self.grid.poll = disp.poll_power
+        self.grid.read_slots = asyncio.Semaphore(
+            max(1, min(CONFIRM_READS, disp.max_starts_per_tick // 2)))
+        disp.on_fast_ack = self.grid.sleep_acked
         self.grid.start_sleep = self._grid_sleep
         self.grid.planner_mark = planner.mark
         disp.admit = self.grid.admit

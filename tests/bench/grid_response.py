@@ -189,6 +189,11 @@ async def _measure(farm: Farm, ctl: FleetController, clock: LoopClock, recover_m
             else:
                 held_since = None
         out["recovered_vs_optimal"] = ratio
+        # poold's own view: the signal to its telemetry under the level (its deadline's
+        # measure), and whether it counted a miss, beside the meters' to_level_s.
+        out["telemetry_s"] = (ev.response_s if ev is not None and ev.response_s is not None
+                              else -1.0)
+        out["missed"] = ev is not None and ev.missed
         out["sleeps_level"] = sum(len(m.sleeps) for m in ctl.miners.values())
         out["recovered_s"] = time.monotonic() - w0
         out["peak_over_level_w"] = peak - level
@@ -203,6 +208,10 @@ async def _measure(farm: Farm, ctl: FleetController, clock: LoopClock, recover_m
             ev2 = ctl.guard.grid.event
             if ev2 is not None:
                 out["plan_ms"] = max(out["plan_ms"], ev2.plan_ms)
+            if ev2 is not None and ev2 is not ev:
+                await until(_seen(ev2), 30, 0.5)
+                out["loss_telemetry_s"] = -1.0 if ev2.response_s is None else ev2.response_s
+                out["loss_missed"] = ev2.missed
         out["sleep_cycles"] = sum(len(m.sleeps) for m in ctl.miners.values())
         out["misses"] = ctl.metrics.grid_response_misses._value.get()
         return out
@@ -210,6 +219,12 @@ async def _measure(farm: Farm, ctl: FleetController, clock: LoopClock, recover_m
         await ctl.stop(settle_timeout_s=2.0)
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
+
+
+def _seen(ev: Any) -> Callable[[], Awaitable[bool]]:
+    async def cond() -> bool:
+        return ev.under_at is not None or ev.missed
+    return cond
 
 
 def main() -> None:
@@ -239,6 +254,11 @@ def main() -> None:
               f"to_level vs baseline {r['to_level_s'] / base['to_level_s']:.2f}x; "
               f"load (1 min) at the signal {r['load_signal']}, at the loss "
               f"{r.get('load_loss', '-')}", flush=True)
+        print(f"miners={n}: poold's telemetry under the level {r['telemetry_s']:.2f} s after "
+              f"the signal (meters: to_level_s {r['to_level_s']:.2f}), miss counted: "
+              f"{r['missed']}; after the loss {r.get('loss_telemetry_s', -1.0):.2f} s "
+              f"(meters: loss_to_safe_s {r['loss_to_safe_s']:.2f}), miss counted: "
+              f"{r.get('loss_missed', '-')}", flush=True)
         lines.append(f"grid_response miners={n} to_level_s={r['to_level_s']:.2f} "
                 f"loss_to_safe_s={r['loss_to_safe_s']:.2f} "
                 f"recovered_vs_optimal={r['recovered_vs_optimal']:.3f} "

@@ -315,6 +315,56 @@ async def test_over_real_sockets_at_real_speed_signal_then_loss() -> None:
         assert loss_to_safe <= 5.0
 
 
+async def test_slept_miners_are_confirmed_on_telemetry_soon_after_their_ack() -> None:
+    """Over real sockets at real speed: each slept miner is read FIRST_READ_S (1.5 s) after
+    its sleep is acknowledged, by its firmware's power-only call, so poold's telemetry shows
+    the site under the level about when the meters do, and no miss is counted."""
+    from poold.fleet.drivers.base import PowerRead
+    from poold.fleet.grid_response import FIRST_READ_S
+
+    clock = LoopClock()
+    metrics = Metrics()
+    async with SimSite.started(table(), clock, tcp=True, rng=random.Random(12),
+                               metrics=metrics) as site:
+        ctl = site.controller
+        grid = ctl.guard.grid
+        acks: dict[str, float] = {}
+        reads: dict[str, list[float]] = {}
+        on_ack, poll = ctl.dispatcher.on_fast_ack, grid.poll
+        assert on_ack is not None and poll is not None
+
+        def ack(m: Any, at: float) -> None:
+            acks.setdefault(m.spec.id, at)
+            on_ack(m, at)
+
+        async def read(m: Any) -> None:
+            reads.setdefault(m.spec.id, []).append(clock.now())
+            await poll(m)
+
+        ctl.dispatcher.on_fast_ack, grid.poll = ack, read
+        await wait_until(clock, lambda: all(m.health.telemetry is not None
+                                            for m in ctl.miners.values()), 20, "every miner read")
+        await clock.sleep(3.0)
+        level = 0.5 * site.cfg.cap_kw * 1000.0
+        t0 = clock.now()
+        ctl.budgets.grid_signal(level / 1000.0)
+        to_level = await wait_until(clock, lambda: site.true_power_w() <= level, 15,
+                                    "site under 50 % on the meters", step_s=0.05)
+        ev = grid.event
+        assert ev is not None and ev.slept
+        await wait_until(clock, lambda: ev.under_at is not None or ev.missed, 10,
+                         "poold's telemetry under the level")
+        assert not ev.missed and metrics.grid_response_misses._value.get() == 0
+        assert ev.under_at is not None
+        seen = ev.under_at - t0
+        assert all(isinstance(ctl.miners[mid].driver, PowerRead) for mid in ev.slept)
+        delays = {mid: reads[mid][0] - acks[mid] for mid in ev.slept if mid in reads}
+        assert delays, (acks, reads)  # the site is seen under once enough are confirmed
+        assert all(FIRST_READ_S - 0.01 <= d <= 2.0 for d in delays.values()), delays
+        print(f"meters {to_level:.2f} s, telemetry {seen:.2f} s, confirm delays {delays}")
+        assert seen <= 5.0 and seen - to_level <= 2.0, (seen, to_level)
+
+
 def test_response_s_is_read_from_the_grid_signal_table() -> None:
     from poold.errors import ConfigError
     from poold.fleet.inventory import parse_fleet

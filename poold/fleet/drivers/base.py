@@ -150,6 +150,15 @@ class FastSleep(Protocol):
     async def sleep_now(self) -> None: ...
 
 
+@runtime_checkable
+class PowerRead(Protocol):
+    """A driver with a documented power-only call: what the miner draws now, in one request
+    (the grid response confirms a few thousand sleeps with it in seconds; a full `read`
+    costs several requests each)."""
+
+    async def read_power(self) -> float: ...
+
+
 async def with_timeout(seconds: float, what: str, fn: Callable[[], Awaitable[T]]) -> T:
     """Run `fn()` within `seconds`, mapping a timeout or socket error to DriverError."""
     try:

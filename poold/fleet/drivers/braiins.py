@@ -339,6 +339,16 @@ class BraiinsDriver:
         """Pause alone (the grid's fast step): no reads around it, the next read confirms."""
         await self._request("PUT", "actions/pause")
 
+    async def read_power(self) -> float:
+        """``GET miner/stats`` alone: ``power_stats.approximated_consumption.watt``
+        (https://developer.braiins-os.com/latest/openapi.json); a null is an error here."""
+        stats = await self._request("GET", "miner/stats")
+        watt = _number(_get(stats, "power_stats", "approximated_consumption", "watt"))
+        if watt is None:
+            raise FirmwareProtocolError(f"{self!r} GET miner/stats: no "
+                                        "power_stats.approximated_consumption.watt")
+        return watt
+
     async def reboot(self) -> None:
         await self._request("PUT", "actions/reboot")
 

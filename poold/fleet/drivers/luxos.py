@@ -362,6 +362,16 @@ class LuxosDriver:
             finally:
                 await self._logoff(sid)
 
+    async def read_power(self) -> float:
+        """``power`` alone: ``POWER[0].Watts``
+        (https://docs.luxor.tech/firmware/api/luxminer/power)."""
+        power = section(await self._req("power"), "POWER", f"{self!r} power")
+        watts = number(power.get("Watts"))
+        if watts is None:
+            raise FirmwareProtocolError(f"{self!r} power: POWER[0].Watts missing or not a "
+                                        f"number ({power.get('Watts')!r})")
+        return watts
+
     async def reboot(self) -> None:
         async with self._lock:
             sid = await self._session()

@@ -361,3 +361,32 @@ async def test_braiins_polls_re_read_the_target_every_tenth_reading_and_after_a_
     finally:
         await d.close()
         await srv.stop()
+
+
+async def test_power_only_reads_are_one_documented_request() -> None:
+    """The grid response's confirming read: Braiins `GET miner/stats`, LuxOS `power`, alone,
+    with the watts a full reading reports."""
+    from poold.fleet.drivers.base import PowerRead
+
+    srv = await HttpReplay(case("braiins-rest.json", "minimal")).start()
+    d = BraiinsDriver("127.0.0.1", srv.port, password=Secret("pw"), timeout_s=2.0)
+    try:
+        assert isinstance(d, PowerRead)
+        full = await d.read()
+        n = len(srv.requests)
+        assert await d.read_power() == full.power_w
+        assert [k for k, _ in srv.requests[n:]] == ["GET miner/stats"]
+    finally:
+        await d.close()
+        await srv.stop()
+    lsrv = await CgminerReplay(case("luxos.json", "minimal")).start()
+    lx = LuxosDriver("127.0.0.1", lsrv.port, timeout_s=2.0)
+    try:
+        assert isinstance(lx, PowerRead)
+        full = await lx.read()
+        n = len(lsrv.requests)
+        assert await lx.read_power() == full.power_w
+        assert [k for k, _ in lsrv.requests[n:]] == ["power"]
+    finally:
+        await lx.close()
+        await lsrv.stop()
