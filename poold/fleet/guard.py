@@ -39,6 +39,11 @@ from poold.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+#: Per guard tick, the node lines (shed, escalated, past or back under the allowance) logged
+#: one by one; the rest of a mass event (a site-wide cut reaches every rack at once) are
+#: summed up in one more line, so a cut of 100 racks is 6 lines, not 100 a tick.
+NODE_LINES_PER_TICK = 5
+
 
 def allowances(cfg: FleetConfig) -> dict[str, float]:
     """`over_cap_allowed_s` of every node (site, containers, racks)."""
@@ -68,6 +73,7 @@ class Guard:
         self._breached: set[str] = set()  # nodes past their allowance (logged once)
         self._tracked_at: float | None = None
         self._escalated_until: dict[str, float] = {}
+        self._notes: list[tuple[str, str]] = []  # this tick's node WARNINGs (_log_notes)
         #: Each node's projected and metered watts at the last tick.
         self.last_projection: dict[str, float] = {}
         self.last_metered: dict[str, float] = {}
@@ -134,9 +140,26 @@ class Guard:
         if shed:
             power = self.proj.node_power(now)
         self._track_over(metered, caps, now)
+        self._log_notes()
         self.last_projection = power
         self.last_metered = metered
         self._export(metered, caps, now)
+
+    def _note(self, node: str, msg: str, *args: object) -> None:
+        """A WARNING about `node`, logged at the end of the tick (see NODE_LINES_PER_TICK)."""
+        self._notes.append((node, msg % args))
+
+    def _log_notes(self) -> None:
+        notes, self._notes = self._notes, []
+        for _, line in notes[:NODE_LINES_PER_TICK]:
+            log.warning("%s", line)
+        rest = sorted({node for node, _ in notes[NODE_LINES_PER_TICK:]})
+        if rest:
+            names = ", ".join(rest[:20]) + (f" and {len(rest) - 20} more" if len(rest) > 20
+                                            else "")
+            log.warning("guard: %d more shed, escalation or allowance events this tick, on "
+                        "%d nodes: %s (each node's series show them)",
+                        len(notes) - NODE_LINES_PER_TICK, len(rest), names)
 
     # -- blind miners ---------------------------------------------------------------------------
 
@@ -217,8 +240,8 @@ class Guard:
             freed += w - self._sleep(m)
             acted = True
         if acted:
-            log.warning("guard: %s over cap (%.0f W > %.0f W); shed %.0f W", node,
-                        deficit_w + cap.watts * self.cfg.target_fraction, cap.watts, freed)
+            self._note(node, "guard: %s over cap (%.0f W > %.0f W); shed %.0f W", node,
+                       deficit_w + cap.watts * self.cfg.target_fraction, cap.watts, freed)
         return acted
 
     def _at(self, m: MinerState, now: float, deadline: float) -> float:
@@ -303,10 +326,10 @@ class Guard:
             if stepped or slept:
                 acted = True
                 self._escalated_until[node] = now + max(wait, self.cfg.guard_interval_s)
-                log.warning("guard: %s meters %.0f W > cap %.0f W and would still be over at "
-                            "its %.0f s allowance: %d miners stepped to their lowest setting, "
-                            "%d put to sleep (%.0f W)", node, metered[node], cap.watts,
-                            self.allowed.get(node, 0.0), stepped, slept, freed)
+                self._note(node, "guard: %s meters %.0f W > cap %.0f W and would still be over "
+                           "at its %.0f s allowance: %d miners stepped to their lowest setting, "
+                           "%d put to sleep (%.0f W)", node, metered[node], cap.watts,
+                           self.allowed.get(node, 0.0), stepped, slept, freed)
         return acted
 
     # -- accounting and export ------------------------------------------------------------------
@@ -329,15 +352,15 @@ class Guard:
                     self.metrics.rack_over_cap_seconds.labels(node).inc(min(dt, over - allowed))
                 if node not in self._breached:
                     self._breached.add(node)
-                    log.warning("%s has been over its cap for %.0f s, past its allowance of "
-                                "%.0f s: meters %.0f W, cap %.0f W (%d blind miners at worst "
-                                "case)", node, over, allowed, metered[node], cap.watts,
-                                sum(self.blind.get(r, 0) for r in self.topo.racks_under(node)))
+                    self._note(node, "%s has been over its cap for %.0f s, past its allowance "
+                               "of %.0f s: meters %.0f W, cap %.0f W (%d blind miners at worst "
+                               "case)", node, over, allowed, metered[node], cap.watts,
+                               sum(self.blind.get(r, 0) for r in self.topo.racks_under(node)))
             else:
                 if node in self._breached:
                     self._breached.discard(node)
-                    log.warning("%s is back under its cap after %.0f s over it", node,
-                                now - since if since is not None else 0.0)
+                    self._note(node, "%s is back under its cap after %.0f s over it", node,
+                               now - since if since is not None else 0.0)
                 self._over_since[node] = None
 
     def _export(self, metered: dict[str, float], caps: dict[str, Cap], now: float) -> None:

@@ -119,3 +119,43 @@ def test_a_breach_past_the_allowance_is_counted_and_logged_once(
     assert past is not None and 13.0 <= past <= 15.0  # 19 s over, 5 allowed
     logged = [r for r in caplog.records if "past its allowance" in r.getMessage()]
     assert len(logged) == 1 and logged[0].levelname == "WARNING"
+
+
+def test_a_mass_breach_is_a_few_lines_a_tick_not_one_per_rack(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Twenty racks cut at once and none can follow: all twenty pass their allowance in the
+    same tick, which logs NODE_LINES_PER_TICK lines and one that names the other fifteen;
+    each rack's breach is still counted."""
+    from poold.fleet.guard import NODE_LINES_PER_TICK
+
+    registry = CollectorRegistry()
+
+    async def go() -> list[list[str]]:
+        clock = LoopClock(wall_at_zero=1_767_225_600.0)
+        ctl, drivers = controller(fleet([2] * 20, allowed_s=5.0), clock=clock,
+                                  metrics=Metrics(registry))
+        feed(ctl, drivers, clock.now())
+        for m in ctl.miners.values():
+            m.health.faulty, m.health.retry_at = True, 1e9  # nothing can be commanded
+        for r in range(20):
+            ctl.budgets.set_cap(f"r{r}", 3.0)
+        ticks = []
+        for _ in range(10):
+            feed(ctl, drivers, clock.now())
+            caplog.clear()
+            ctl.guard.tick()
+            ticks.append([r.getMessage() for r in caplog.records
+                          if r.name == "poold.fleet.guard" and r.levelname == "WARNING"])
+            await clock.sleep(1.0)
+        ctl.dispatcher.cancel_all()
+        return ticks
+
+    ticks = run_virtual(go())
+    assert all(len(lines) <= NODE_LINES_PER_TICK + 1 for lines in ticks), ticks
+    breach = [lines for lines in ticks if any("past its allowance" in x for x in lines)]
+    assert len(breach) == 1, ticks  # all twenty in one tick, logged once
+    assert breach[0][-1].startswith(
+        "guard: 15 more shed, escalation or allowance events this tick, on 15 nodes: "), breach
+    for r in range(20):
+        past = registry.get_sample_value("poold_rack_over_cap_seconds_total", {"rack": f"r{r}"})
+        assert past is not None and past > 0.0
