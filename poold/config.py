@@ -233,8 +233,9 @@ OPTIONS: tuple[Option, ...] = (
        "under pool.state_dir", secret=True),
     _O("ledger", "flush_interval_ms", _float, 100.0, "share batches are committed at least "
        "this often: a kill -9 loses at most this window", minimum=1.0),
-    _O("ledger", "buffer_max_shares", _int, 1_000_000, "shares buffered while the store is "
-       "slow or down; beyond it they are counted as lost", minimum=1000),
+    _O("ledger", "buffer_max_shares", _int, 1_000_000, "shares held in memory while the store is "
+       "slow or down (the spill file takes them from half of it); past it none is dropped: "
+       "a WARNING and maximum back-pressure", minimum=1000),
     _O("ledger", "pplns_window_factor", _float, 2.0, "PPLNS window = N x network difficulty",
        minimum=0.01),
     _O("ledger", "dust_sat", _int, 10000, "split: smallest coinbase output", minimum=546),

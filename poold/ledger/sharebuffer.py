@@ -13,9 +13,11 @@ spill on disk, ordered batch commits, and the back-pressure factor.
   never drops what the store did not take.
 - `pressure` is >= 1 while the ledger lags: the share engine scales its vardiff goal by it, so
   new jobs carry a higher difficulty (fewer, larger shares; the same pay) until it catches up.
-Nothing is dropped but when the in-memory bound is hit while the disk cannot take the spill,
-or the spill itself fails; each loss is counted (`poold_ledger_lost_shares`) and logged with the
-reason (rate-limited).
+Nothing is dropped but when the spill itself fails (the disk will not take it) with memory past
+its bound, or a spilled batch cannot be read back; each loss is counted
+(`poold_ledger_lost_shares`) and logged with the reason (rate-limited). Memory past its bound
+while the spill merely lags (a burst above what the disk takes) keeps every share: a WARNING,
+and the back-pressure factor at its maximum.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import math
 import time
 from collections.abc import Callable
 from operator import attrgetter
@@ -81,6 +84,7 @@ class ShareBuffer:
         self._spilling_oldest: float | None = None
         self._lost_since_log = 0
         self._last_lost_log = 0.0
+        self._last_bound_log = -math.inf
         self._last_reason = ""
         self._write_failing = False
         self.last_error = ""
@@ -102,11 +106,22 @@ class ShareBuffer:
     def record(self, share: AcceptedShare) -> None:
         buf = self._buffer
         if len(buf) >= self._spill_mark:
-            if len(buf) >= self._max:
-                self.lose(1, f"in-memory buffer full at {self._max} and the spill file behind")
-                return
             self.spill_wanted.set()  # half full: the spiller goes now, not at its next tick
-        buf.append(share)
+            if len(buf) >= self._max:
+                self._over_bound()
+        buf.append(share)  # an accepted share is kept: past the bound is back-pressure, not loss
+
+    def _over_bound(self) -> None:
+        """The store and the spill file are both behind (a burst above what the disk takes):
+        the share is kept all the same, `pressure` is at its maximum (vardiff aims at the
+        fewest, largest shares), and a WARNING says so at most every 10 s."""
+        now = time.monotonic()
+        if now - self._last_bound_log >= _LOST_LOG_INTERVAL_S:
+            self._last_bound_log = now
+            log.warning("ledger: %d accepted shares in memory, past ledger.buffer_max_shares "
+                        "(%d): the store and the spill file are both behind; every share is "
+                        "kept and vardiff is at its maximum back-pressure (x%.0f) until they "
+                        "catch up", len(self._buffer), self._max, PRESSURE_MAX)
 
     @property
     def buffered(self) -> int:
@@ -139,6 +154,8 @@ class ShareBuffer:
 
     def pressure(self) -> float:
         """Back-pressure factor for the share engine: 1 while the ledger keeps up."""
+        if len(self._buffer) >= self._max:
+            return PRESSURE_MAX
         return max(1.0, min(PRESSURE_MAX, self.lag() / PRESSURE_LAG_S))
 
     # -- commits

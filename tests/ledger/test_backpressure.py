@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from poold.ledger.config import LedgerConfig
 from poold.ledger.ledger import Ledger
+from poold.ledger.sharebuffer import PRESSURE_MAX
 from poold.ledger.store import open_store
 from poold.metrics import Metrics
 from poold.work.vardiff import Vardiff
@@ -54,6 +57,57 @@ async def test_ledger_past_its_buffer_counts_every_share(ledger_url: str,
             await asyncio.sleep(0.05)
         assert ledger.backlog == 0 and ledger.pressure() == 1.0
     finally:
+        store.stall.set()
+        await ledger.stop()
+    assert ledger.lost_shares == 0 and ledger.committed_shares == recorded
+    check = open_store(ledger_url)
+    await check.open()
+    try:
+        assert await check.share_count() == recorded  # every one, none twice
+    finally:
+        await check.close()
+
+
+async def test_past_its_bound_with_the_spill_behind_too_the_ledger_keeps_every_share(
+        ledger_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The store hangs and the spill file lags (each spill append waits): memory goes past
+    `buffer_max_shares`; every share is kept, one WARNING says so, the back-pressure factor is
+    at its maximum, and when both answer again every share is committed once."""
+    store = Flaky(open_store(ledger_url))
+    cap = 2_000
+    ledger = Ledger(LedgerConfig(url=ledger_url, state_dir=str(tmp_path), flush_interval_ms=20,
+                                 buffer_max_shares=cap, batch_max_shares=1_000),
+                    store=store, metrics=Metrics(CollectorRegistry()))
+    await ledger.start()
+    spill = ledger._shares.spill
+    disk = asyncio.Event()
+    append = spill.append
+
+    async def lagging_append(*a: Any, **kw: Any) -> None:
+        await disk.wait()
+        await append(*a, **kw)
+
+    spill.append = lagging_append  # type: ignore[method-assign]
+    recorded = 0
+    try:
+        store.stall.clear()
+        while ledger.buffered <= 2 * cap and recorded < 20 * cap:
+            for _ in range(500):
+                ledger.record_share(share(recorded, t=time.time()))
+                recorded += 1
+            await asyncio.sleep(0.005)
+        assert ledger.lost_shares == 0 and ledger.buffered > 2 * cap, ledger.buffered
+        assert ledger.pressure() == PRESSURE_MAX
+        warned = [r for r in caplog.records if "past ledger.buffer_max_shares" in r.getMessage()]
+        assert len(warned) == 1 and warned[0].levelname == "WARNING"
+        disk.set()
+        store.stall.set()
+        deadline = time.monotonic() + 30
+        while ledger.committed_shares < recorded:
+            assert time.monotonic() < deadline, (ledger.committed_shares, ledger.backlog)
+            await asyncio.sleep(0.05)
+    finally:
+        disk.set()
         store.stall.set()
         await ledger.stop()
     assert ledger.lost_shares == 0 and ledger.committed_shares == recorded

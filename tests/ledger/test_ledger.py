@@ -20,6 +20,7 @@ from poold.ledger.records import AcceptedShare, BlockStatus, FoundBlock
 from poold.ledger.store import LedgerStore, StoreUnavailable, open_store
 from poold.metrics import Metrics
 from tests.ledger.helpers import block, share
+from tests.waiting import until
 
 
 def config(url: str, state_dir: Path, **kw: Any) -> LedgerConfig:
@@ -116,23 +117,35 @@ async def test_block_and_submit_results(ledger_url: str, tmp_path: Path) -> None
         await ledger.stop()
 
 
-async def test_slow_store_never_blocks_and_counts_losses(ledger_url: str,
-                                                        tmp_path: Path) -> None:
+async def test_slow_store_never_blocks_and_a_failing_spill_counts_losses(
+        ledger_url: str, tmp_path: Path) -> None:
+    """The store hangs: recording never waits on it. Past the in-memory bound a share is lost
+    only when the spill file fails it too (here: every append raises, a full disk): what is
+    over the bound is counted in poold_ledger_lost_shares, the rest committed later."""
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     store = Flaky(open_store(ledger_url))
     ledger = Ledger(config(ledger_url, tmp_path, flush_interval_ms=10, buffer_max_shares=2000),
                     store=store, metrics=metrics)
     await ledger.start()
+    spill = ledger._shares.spill
+    append = spill.append
+
+    async def full_disk(*a: Any, **kw: Any) -> None:
+        raise OSError(28, "No space left on device")
+
     try:
         store.stall.clear()  # every share write now hangs
         ledger.record_share(share(0))
         await asyncio.sleep(0.05)  # the flusher is stuck in a write of 1 share
+        spill.append = full_disk  # type: ignore[method-assign]
         started = time.perf_counter()
         for i in range(1, 10_000):
             ledger.record_share(share(i))
         elapsed = time.perf_counter() - started
         assert elapsed < 0.5  # 10k calls: never waits on the store
+        assert ledger.lost_shares == 0  # past the bound: kept until the spill fails them
+        await until(lambda: ledger.lost_shares > 0, 5.0, "the failed spill's loss")
         assert ledger.buffered == 2000
         assert ledger.lost_shares == 10_000 - 1 - 2000
         assert metrics.ledger_lost_shares._value.get() == ledger.lost_shares
@@ -142,13 +155,12 @@ async def test_slow_store_never_blocks_and_counts_losses(ledger_url: str,
         assert metrics.ledger_lag_seconds._value.get() > 0  # the lag is visible
         # A found block is not held up by the stuck share writes.
         await asyncio.wait_for(ledger.record_block(block(1)), 2.0)
+        spill.append = append  # type: ignore[method-assign]
         store.stall.set()
-        for _ in range(100):
-            await asyncio.sleep(0.02)
-            if ledger.committed_shares == 2001:
-                break
+        await until(lambda: ledger.committed_shares == 2001, 5.0, "the kept shares committed")
         assert await store.inner.share_count() == 2001
     finally:
+        spill.append = append  # type: ignore[method-assign]
         store.stall.set()
         await ledger.stop()
 
@@ -473,10 +485,10 @@ async def test_window_from_buckets_equals_share_by_share(ledger_url: str, tmp_pa
         ordered = sorted(enumerate(shares), key=lambda x: (x[1].time, x[0]), reverse=True)
         rows = [(s.time, s.account, s.difficulty) for _, s in ordered]
         for _ in range(25):
-            until = t0 + rng.uniform(-5, 310)
+            upto = t0 + rng.uniform(-5, 310)
             size = rng.choice([0.25, 1.0, 7.5, 40.0, 200.0, 10_000.0])
-            expected = pplns_window([(a, d) for t, a, d in rows if t <= until], size)
-            got = await ledger.window_weights(size / 2.0, until_time=until)  # factor 2
+            expected = pplns_window([(a, d) for t, a, d in rows if t <= upto], size)
+            got = await ledger.window_weights(size / 2.0, until_time=upto)  # factor 2
             assert got.keys() == expected.keys()
             for a in expected:
                 assert got[a] == pytest.approx(expected[a], rel=1e-9, abs=1e-9)
