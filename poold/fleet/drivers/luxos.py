@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from poold.fleet.drivers.base import (
@@ -54,6 +55,31 @@ from poold.fleet.drivers.cgminer import (
 from poold.fleet.policy import Actuator
 
 log = logging.getLogger(__name__)
+
+
+class _AtmOffLog:
+    """Switching ATM off is a WARNING once a minute for the whole fleet (with how many miners
+    since the last one), INFO per miner otherwise: a start that brings 1,000 LuxOS miners to
+    a profile within nameplate is one WARNING, not 1,000."""
+
+    every_s = 60.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.at = -float("inf")
+        self.since = 0
+
+    def level(self) -> tuple[int, int]:
+        """(log level, miners switched off since the last WARNING, this one included)."""
+        self.since += 1
+        now = self.clock()
+        if now - self.at < self.every_s:
+            return logging.INFO, self.since
+        self.at, n, self.since = now, self.since, 0
+        return logging.WARNING, n
+
+
+ATM_OFF_LOG = _AtmOffLog()
 
 # Settle maxima. "LuxOS drops a miner to roughly 25W in under five seconds and restores full
 # power in under ten" (Luxor, https://hashrateindex.com/blog/firmware-features-series-bitcoin-
@@ -116,7 +142,6 @@ class LuxosDriver:
         self._sleep_set_at = -1e18  # when (time.monotonic())
         self._stats_empty = 0  # consecutive stats replies without temperatures
         self._atm_owed = False  # we switched ATM off and owe switching it back on
-        self._atm_warned = False
 
     def __repr__(self) -> str:
         return f"LuxosDriver({self.host}:{self.port})"
@@ -278,11 +303,12 @@ class LuxosDriver:
             return
         await self._req("atmset", f"{sid},enabled=false")
         self._atm_owed = True
-        log.log(logging.INFO if self._atm_warned else logging.WARNING,
-                "%r: switched LuxOS ATM off to set profile %s (LuxOS refuses profile changes "
-                "under ATM); it is switched back on when the miner is asked for its top "
-                "profile again and at shutdown", self, profile)
-        self._atm_warned = True
+        level, n = ATM_OFF_LOG.level()
+        log.log(level, "%r: switched LuxOS ATM off to set profile %s (LuxOS refuses profile "
+                "changes under ATM); it is switched back on when the miner is asked for its "
+                "top profile again and at shutdown%s", self, profile,
+                f" ({n} LuxOS miners switched so in the last minute)"
+                if level == logging.WARNING and n > 1 else "")
 
     async def _atm_restore(self, sid: str, why: str, ceiling: Level | None = None) -> None:
         """ATM back on. ATM may raise the profile on its own, so it is capped: at `ceiling`

@@ -125,8 +125,9 @@ async def test_luxos_s21_is_never_offered_a_profile_above_max_w() -> None:
 
 
 async def test_luxos_atm_is_switched_off_loudly_and_restored(
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     caplog.set_level(logging.INFO, logger="poold.fleet.drivers.luxos")
+    monkeypatch.setattr(luxos, "ATM_OFF_LOG", luxos._AtmOffLog())  # no WARNING this minute yet
     r = luxos_writes()
     off = copy.deepcopy(r["atm"])
     off["json"]["ATM"][0]["Enabled"] = False
@@ -390,3 +391,15 @@ async def test_power_only_reads_are_one_documented_request() -> None:
     finally:
         await lx.close()
         await lsrv.stop()
+
+
+def test_luxos_atm_off_is_one_warning_a_minute_for_the_fleet() -> None:
+    """1,000 miners switched within a minute: one WARNING (the first), INFO for the rest; the
+    next WARNING, a minute later, says how many were switched since."""
+    now = [1000.0]
+    gate = luxos._AtmOffLog(clock=lambda: now[0])
+    levels = [gate.level() for _ in range(1000)]
+    assert levels[0] == (logging.WARNING, 1)
+    assert all(lv == logging.INFO for lv, _ in levels[1:])
+    now[0] += 60.0
+    assert gate.level() == (logging.WARNING, 1000)
