@@ -326,13 +326,11 @@ async def serve(cfg: Config, *, stop: asyncio.Event | None = None,
     relay_in: ShareRelayReceiver | None = None
     relay_out: ShareRelaySender | None = None
     if cfg.fleet is not None and owns_singletons(worker):
-
         fleet = FleetRuntime.build(cfg.fleet, metrics)  # ConfigError: missing credentials
         share_sink = TeeShareSink(ledger, fleet.share_sink)
         if worker is not None:  # worker 0 of --processes: the others forward their shares
             relay_in = ShareRelayReceiver(relay_path(cfg), fleet.share_sink.record_share)
     elif cfg.fleet is not None and worker is not None:
-
         relay_out = ShareRelaySender(relay_path(cfg), dropped=metrics.share_relay_dropped)
         share_sink = TeeShareSink(ledger, relay_out)
 

@@ -20,8 +20,20 @@ from poold.metrics import Metrics
 from poold.work.vardiff import Vardiff
 from tests.ledger.helpers import share
 from tests.ledger.test_ledger import Flaky
+from tests.waiting import until
 from tests.work.builders import rig
 from tests.work.test_engine import EASY, started, submit
+
+
+async def stored_once(ledger: Ledger, ledger_url: str, recorded: int) -> None:
+    """Every recorded share committed, none lost, and in the store exactly once."""
+    assert ledger.lost_shares == 0 and ledger.committed_shares == recorded
+    check = open_store(ledger_url)
+    await check.open()
+    try:
+        assert await check.share_count() == recorded  # every one, none twice
+    finally:
+        await check.close()
 
 
 async def test_ledger_past_its_buffer_counts_every_share(ledger_url: str,
@@ -51,21 +63,13 @@ async def test_ledger_past_its_buffer_counts_every_share(ledger_url: str,
         assert ledger.spilled_shares >= recorded - 2 * cap
         assert pressure > 1.0  # lagging by more than 2 s: vardiff aims at bigger shares
         store.stall.set()
-        deadline = time.monotonic() + 30
-        while ledger.committed_shares < recorded:
-            assert time.monotonic() < deadline, (ledger.committed_shares, ledger.backlog)
-            await asyncio.sleep(0.05)
+        await until(lambda: ledger.committed_shares >= recorded, 30.0, "every share committed",
+                    seen=lambda: (ledger.committed_shares, ledger.backlog))
         assert ledger.backlog == 0 and ledger.pressure() == 1.0
     finally:
         store.stall.set()
         await ledger.stop()
-    assert ledger.lost_shares == 0 and ledger.committed_shares == recorded
-    check = open_store(ledger_url)
-    await check.open()
-    try:
-        assert await check.share_count() == recorded  # every one, none twice
-    finally:
-        await check.close()
+    await stored_once(ledger, ledger_url, recorded)
 
 
 async def test_past_its_bound_with_the_spill_behind_too_the_ledger_keeps_every_share(
@@ -102,21 +106,13 @@ async def test_past_its_bound_with_the_spill_behind_too_the_ledger_keeps_every_s
         assert len(warned) == 1 and warned[0].levelname == "WARNING"
         disk.set()
         store.stall.set()
-        deadline = time.monotonic() + 30
-        while ledger.committed_shares < recorded:
-            assert time.monotonic() < deadline, (ledger.committed_shares, ledger.backlog)
-            await asyncio.sleep(0.05)
+        await until(lambda: ledger.committed_shares >= recorded, 30.0, "every share committed",
+                    seen=lambda: (ledger.committed_shares, ledger.backlog))
     finally:
         disk.set()
         store.stall.set()
         await ledger.stop()
-    assert ledger.lost_shares == 0 and ledger.committed_shares == recorded
-    check = open_store(ledger_url)
-    await check.open()
-    try:
-        assert await check.share_count() == recorded  # every one, none twice
-    finally:
-        await check.close()
+    await stored_once(ledger, ledger_url, recorded)
 
 
 def test_vardiff_aims_at_bigger_shares_under_pressure() -> None:
