@@ -70,19 +70,13 @@ def settle_bound(caps: Capabilities, desired: Desired, prev: Desired | None) -> 
     return caps.settle_s
 
 
-def asleep_w(caps: Capabilities) -> float:
-    """The most a miner told to sleep may draw and still count as asleep (the tail of its
-    ramp down, its controller board): settled for `converged` and following for the check."""
-    return max(1.5 * caps.sleep_w, 100.0)
-
-
 def converged(m: MinerState, tel: Telemetry) -> bool:
     """The reading shows the commanded state reached (settled before its bound)."""
     c, cw = m.commanded, m.commanded_w
     if c is None or m.caps is None:
         return False
     if c.sleep:
-        return tel.sleeping and (tel.power_w is None or tel.power_w <= asleep_w(m.caps))
+        return tel.sleeping and (tel.power_w is None or tel.power_w <= m.caps.asleep_w)
     if tel.sleeping or tel.power_w is None or cw is None:
         return False
     return abs(tel.power_w - cw) <= max(SETTLED_FRACTION * cw, 50.0)
@@ -191,7 +185,7 @@ class Dispatcher:
                 self.planner.pending.discard(mid)
                 continue
             if quiet and not a.sleep:
-                continue  # after the fast step's deadline
+                continue  # only sleeps until the fast step's deadline
             prev = m.commanded
             if desired == prev or (
                 prev is not None and prev.sleep == desired.sleep and m.commanded_w is not None
@@ -359,7 +353,7 @@ class Dispatcher:
         measured = max(seen)
         limit = cw * FOLLOW_TOLERANCE + 50.0
         if m.commanded is not None and m.commanded.sleep and t.sleeping:
-            limit = max(limit, asleep_w(m.caps))  # as `converged` counts it asleep
+            limit = max(limit, m.caps.asleep_w)  # as `converged` counts it asleep
         if measured > limit:
             if pool is not None and pool_w >= measured:  # the pool's shares decided it
                 h.implied_w = max(h.implied_w or 0.0, pool[1])

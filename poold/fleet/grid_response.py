@@ -251,7 +251,7 @@ class GridResponse:
             async with self.read_slots:
                 await self.poll(m)
             now = self.clock.now()
-            if m.caps is None or metered_w(m, now, stale) <= 1.5 * m.caps.sleep_w:
+            if m.caps is None or metered_w(m, now, stale) <= m.caps.asleep_w:
                 return
             due = now + READ_EVERY_S
 
@@ -292,7 +292,7 @@ class GridResponse:
         stale = self.cfg.stale_after_s
         ev.late = [mid for mid in ev.slept
                    if (c := self.miners[mid].caps) is None
-                   or metered_w(self.miners[mid], now, stale) > 1.5 * c.sleep_w]
+                   or metered_w(self.miners[mid], now, stale) > c.asleep_w]
         self.metrics.grid_response_misses.inc()
         log.warning("grid: site not under %.1f kW on the meters within %g s (%.1f kW now); "
                     "late: %s", ev.level_w / 1000.0, self.cfg.grid_response_s,

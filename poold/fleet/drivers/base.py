@@ -87,6 +87,12 @@ class Capabilities:
     reboots_on_change: bool = False
     read_only: bool = False
 
+    @property
+    def asleep_w(self) -> float:
+        """The most a miner told to sleep may draw and still count as asleep (the tail of
+        its ramp down, its controller board)."""
+        return max(1.5 * self.sleep_w, 100.0)
+
 
 @dataclass(frozen=True, slots=True)
 class Telemetry:
